@@ -1,0 +1,38 @@
+# certcheck: the two commands a newcomer needs are `make up` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: up test unit e2e lint control-plane bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## Build (once, cached under ~/.cache/certcheck) or find kube-apiserver and etcd.
+control-plane:
+	bash devcluster/build-control-plane.sh
+
+## Start etcd, kube-apiserver, nats-server, the CRD, the services and demo objects; Ctrl-C stops it all.
+up: $(STAMP) control-plane
+	$(PY) -m devcluster
+
+## Lint, type-check and run the whole suite against the real components.
+test: $(STAMP) control-plane lint
+	$(PY) -m pytest -q
+
+unit: $(STAMP)
+	$(PY) -m pytest -q -m "not e2e"
+
+lint: $(STAMP)
+	$(PY) -m ruff check services schemas devcluster tests benchmarks
+	$(PY) -m mypy
+
+bench: $(STAMP) control-plane
+	$(PY) benchmarks/startup.py
+
+clean:
+	rm -rf $(VENV) .certcheck .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,234 @@
+"""Starting and stopping etcd, kube-apiserver and nats-server as child processes on loopback."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import ssl
+import sys
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from devcluster import binaries
+from devcluster.pki import write_pki
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(check: object, what: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise RuntimeError(f"{what} exited with code {proc.returncode}:\n{tail}")
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} not ready after {timeout}s (log: {log})")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass
+class ControlPlane:
+    """etcd + kube-apiserver with RBAC, token authentication and a kubeconfig for an admin user."""
+
+    workdir: Path
+    etcd_port: int = 0
+    api_port: int = 0
+    admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    extra_tokens: dict[str, tuple[str, str]] = field(default_factory=dict)  # token -> (user, groups)
+    etcd: subprocess.Popen[bytes] | None = None
+    apiserver: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    def start(self) -> None:
+        bin_dir = binaries.control_plane_dir()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        pki = write_pki(self.workdir / "pki")
+        self.etcd_port = self.etcd_port or free_port()
+        self.api_port = self.api_port or free_port()
+        self._start_etcd(bin_dir)
+        self._start_apiserver(bin_dir, pki)
+        self._write_kubeconfig(pki["ca.crt"])
+
+    def _start_etcd(self, bin_dir: Path) -> None:
+        log = self.workdir / "etcd.log"
+        client_url = f"http://127.0.0.1:{self.etcd_port}"
+        self.etcd = subprocess.Popen(
+            [str(bin_dir / "etcd"), "--data-dir", str(self.workdir / "etcd"),
+             "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+             "--listen-peer-urls", f"http://127.0.0.1:{free_port()}", "--unsafe-no-fsync",
+             "--log-level", "warn"],
+            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"{client_url}/health", timeout=1) as response:
+                    return b"true" in response.read()
+            except OSError:
+                return False
+
+        _wait(healthy, "etcd", 30, self.etcd, log)
+
+    def _start_apiserver(self, bin_dir: Path, pki: dict[str, Path]) -> None:
+        tokens = self.workdir / "tokens.csv"
+        lines = [f'{self.admin_token},admin,admin,"system:masters"']
+        lines += [f'{token},{user},{user},"{groups}"' for token, (user, groups) in self.extra_tokens.items()]
+        tokens.write_text("\n".join(lines) + "\n")
+        tokens.chmod(0o600)
+        log = self.workdir / "kube-apiserver.log"
+        self.apiserver = subprocess.Popen(
+            [str(bin_dir / "kube-apiserver"),
+             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+             "--bind-address=127.0.0.1", f"--secure-port={self.api_port}",
+             f"--tls-cert-file={pki['server.crt']}", f"--tls-private-key-file={pki['server.key']}",
+             f"--client-ca-file={pki['ca.crt']}", f"--token-auth-file={tokens}",
+             "--service-account-issuer=https://kubernetes.default.svc",
+             f"--service-account-key-file={pki['sa.pub']}",
+             f"--service-account-signing-key-file={pki['sa.key']}",
+             "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=RBAC",
+             "--anonymous-auth=false", "--endpoint-reconciler-type=none",
+             "--enable-priority-and-fairness=false", "--v=0"],
+            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        context = ssl.create_default_context(cafile=str(pki["ca.crt"]))
+
+        def ready() -> bool:
+            request = urllib.request.Request(
+                f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.admin_token}"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=2, context=context) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        _wait(ready, "kube-apiserver", 90, self.apiserver, log)
+
+    def _write_kubeconfig(self, ca: Path) -> None:
+        self.kubeconfig.write_text(self.kubeconfig_for("admin", self.admin_token, ca))
+        self.kubeconfig.chmod(0o600)
+
+    def kubeconfig_for(self, user: str, token: str, ca: Path | None = None) -> str:
+        ca_data = base64.b64encode((ca or self.workdir / "pki" / "ca.crt").read_bytes()).decode()
+        return yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "certcheck-dev",
+            "clusters": [{"name": "certcheck-dev",
+                          "cluster": {"server": self.url, "certificate-authority-data": ca_data}}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": "certcheck-dev", "context": {"cluster": "certcheck-dev", "user": user}}],
+        })
+
+    def stop(self) -> None:
+        _stop(self.apiserver)
+        _stop(self.etcd)
+
+
+@dataclass
+class NatsServer:
+    workdir: Path
+    port: int = 0
+    monitor_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self.monitor_port = self.monitor_port or free_port()
+        log = self.workdir / "nats-server.log"
+        self.proc = subprocess.Popen(
+            [str(binaries.nats_server()), "-a", "127.0.0.1", "-p", str(self.port),
+             "-m", str(self.monitor_port), "-js", "-sd", str(self.workdir / "jetstream"),
+             "--server_name", "certcheck-dev"],
+            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+        def healthy() -> bool:
+            try:
+                url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        _wait(healthy, "nats-server", 30, self.proc, log)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        _stop(self.proc, signal.SIGKILL)
+
+
+@dataclass
+class ServiceProcess:
+    """One certcheck service as a child process (``python -m services.<name>``)."""
+
+    name: str
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [os.environ.get("CERTCHECK_PYTHON", sys.executable), "-m", f"services.{self.name}"],
+            env={**os.environ, **self.env}, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def kill(self) -> None:
+        _stop(self.proc, signal.SIGKILL)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def wait_http_ok(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout}s")

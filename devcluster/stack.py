@@ -1,0 +1,95 @@
+"""The whole local system: control plane, nats-server, the CRD, and the certcheck services."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from devcluster.cluster import ControlPlane, NatsServer, ServiceProcess, free_port, wait_http_ok
+
+REPO = Path(__file__).resolve().parent.parent
+CRD_PATH = REPO / "k8s" / "base" / "crd.yaml"
+SERVICES = ("watcher", "evaluator", "recorder")
+
+
+def api_client(kubeconfig: Path) -> client.ApiClient:
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    configuration.connection_pool_maxsize = 16
+    return client.ApiClient(configuration)
+
+
+def apply_crd(api: client.ApiClient, path: Path = CRD_PATH, timeout: float = 30) -> None:
+    """Create or update the CRD and wait until the API server serves it."""
+    ext = client.ApiextensionsV1Api(api)
+    body = yaml.safe_load(path.read_text())
+    name = body["metadata"]["name"]
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        current = ext.read_custom_resource_definition(name)
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        ext.replace_custom_resource_definition(name, body)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        crd = ext.read_custom_resource_definition(name)
+        conditions = crd.status.conditions or [] if crd.status else []
+        if any(c.type == "Established" and c.status == "True" for c in conditions):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"CRD {name} not established after {timeout}s")
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    control_plane: ControlPlane = field(init=False)
+    nats: NatsServer = field(init=False)
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+    http_ports: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.control_plane = ControlPlane(self.workdir / "kube")
+        self.nats = NatsServer(self.workdir / "nats")
+
+    def start_infrastructure(self) -> None:
+        self.control_plane.start()
+        self.nats.start()
+        apply_crd(api_client(self.control_plane.kubeconfig))
+
+    def service_env(self, name: str) -> dict[str, str]:
+        port = self.http_ports.setdefault(name, free_port())
+        return {
+            "CERTCHECK_NATS_URL": self.nats.url,
+            "CERTCHECK_KUBECONFIG": str(self.control_plane.kubeconfig),
+            "CERTCHECK_HTTP_HOST": "127.0.0.1",
+            "CERTCHECK_HTTP_PORT": str(port),
+            "PYTHONPATH": str(REPO),
+        }
+
+    def start_service(self, name: str, wait: bool = True, **extra_env: str) -> ServiceProcess:
+        logs = self.workdir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        process = ServiceProcess(name, {**self.service_env(name), **extra_env}, logs / f"{name}.log")
+        process.start()
+        self.services[name] = process
+        if wait:
+            wait_http_ok(f"http://127.0.0.1:{self.http_ports[name]}/readyz", timeout=60)
+        return process
+
+    def start_services(self) -> None:
+        for name in SERVICES:
+            self.start_service(name)
+
+    def stop(self) -> None:
+        for process in self.services.values():
+            process.stop()
+        self.nats.stop()
+        self.control_plane.stop()

@@ -1,0 +1,1 @@
+"""The wire contract of certcheck: message structs, subjects and stream definitions."""

@@ -1,0 +1,204 @@
+"""Messages on the bus. Every message is a tagged, versioned msgspec Struct.
+
+The tag (``kind``) names the message and its schema version, e.g. ``SecretObserved/v1``. A breaking
+change adds a new tag; consumers decode with the union types below and reject unknown tags.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class State(enum.StrEnum):
+    VALID = "Valid"
+    EXPIRING_SOON = "ExpiringSoon"
+    EXPIRED = "Expired"
+    NOT_YET_VALID = "NotYetValid"
+    INVALID = "Invalid"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Observed objects (published by the watcher)
+# ---------------------------------------------------------------------------------------------------
+
+
+class SelectorRequirement(msgspec.Struct, frozen=True, rename="camel"):
+    key: str
+    operator: str
+    values: list[str] = []
+
+
+class LabelSelector(msgspec.Struct, frozen=True, rename="camel"):
+    match_labels: dict[str, str] = {}
+    match_expressions: list[SelectorRequirement] = []
+
+
+class CertSource(msgspec.Struct, frozen=True):
+    """The certificates found under one data key of a Secret.
+
+    ``pem`` holds only PEM ``CERTIFICATE`` blocks, never any other Secret data. ``error`` says why the
+    key could not be read (for example: no certificate found).
+    """
+
+    key: str
+    pem: list[str] = []
+    error: str | None = None
+
+
+class SecretObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="SecretObserved/v1"):
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    type: str
+    labels: dict[str, str] = {}
+    # Only the annotations certcheck owns (certcheck.dev/...): the recorder's diff base.
+    annotations: dict[str, str] = {}
+    sources: list[CertSource] = []
+
+
+class CertCheckObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="CertCheckObserved/v1"):
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    generation: int
+    threshold_days: int
+    selector: LabelSelector | None = None
+    # The status as last written, passed through untouched: the evaluator's diff base.
+    status: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class ObjectDeleted(msgspec.Struct, frozen=True, tag_field="kind", tag="ObjectDeleted/v1"):
+    object_kind: str  # subjects.KIND_SECRET or subjects.KIND_CERTCHECK
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+
+
+ObjectEvent = SecretObserved | CertCheckObserved | ObjectDeleted
+
+
+# ---------------------------------------------------------------------------------------------------
+# The CertCheck status (the same struct is written to Kubernetes, hence camelCase)
+# ---------------------------------------------------------------------------------------------------
+
+
+class Condition(msgspec.Struct, frozen=True, rename="camel"):
+    type: str
+    status: str  # "True" | "False" | "Unknown"
+    reason: str
+    message: str
+    last_transition_time: str
+    observed_generation: int = 0
+
+
+class CertificateStatus(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+    name: str  # the Secret
+    key: str  # the data key
+    index: int  # position in the key's chain or bundle (0 = first)
+    state: State
+    not_before: str | None = None
+    not_after: str | None = None
+    active: bool = False
+    days_remaining: int | None = None
+    subject: str | None = None
+    issuer: str | None = None
+    serial_number: str | None = None
+    fingerprint: str | None = None
+    reason: str | None = None  # why the entry is Invalid
+
+
+class CertCheckStatus(msgspec.Struct, frozen=True, rename="camel"):
+    observed_generation: int = 0
+    target_secrets_count: int = 0
+    target_certs_count: int = 0
+    valid_count: int = 0
+    expiring_soon_count: int = 0
+    expired_count: int = 0
+    not_yet_valid_count: int = 0
+    invalid_count: int = 0
+    earliest_not_after: str | None = None
+    earliest_certificate: str | None = None
+    certificates: list[CertificateStatus] = []
+    certificates_omitted: int = 0
+    conditions: list[Condition] = []
+
+
+# ---------------------------------------------------------------------------------------------------
+# Results (published by the evaluator, applied by the recorder)
+# ---------------------------------------------------------------------------------------------------
+
+
+class AnnotationPatch(msgspec.Struct, frozen=True):
+    """Set (str) or remove (None) certcheck's annotations on one Secret."""
+
+    namespace: str
+    name: str
+    uid: str
+    annotations: dict[str, str | None]
+
+
+class EventIntent(msgspec.Struct, frozen=True):
+    """A Kubernetes Event to emit once: ``dedup_key`` names it, so emitting it twice is a no-op."""
+
+    namespace: str
+    involved_api_version: str
+    involved_kind: str
+    involved_name: str
+    involved_uid: str
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+    dedup_key: str
+
+
+class EvaluationResult(msgspec.Struct, frozen=True, tag_field="kind", tag="EvaluationResult/v1"):
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    evaluated_at: str
+    # The objects-stream sequence the evaluation saw: a result never replaces a newer one.
+    view_seq: int
+    status: CertCheckStatus
+    status_changed: bool
+    annotation_patches: list[AnnotationPatch] = []
+    events: list[EventIntent] = []
+    next_due: str | None = None
+
+
+class CertCheckRemoved(msgspec.Struct, frozen=True, tag_field="kind", tag="CertCheckRemoved/v1"):
+    namespace: str
+    name: str
+    uid: str
+    view_seq: int
+
+
+class AnnotationCleanup(msgspec.Struct, frozen=True, tag_field="kind", tag="AnnotationCleanup/v1"):
+    """A Secret no CertCheck covers any more: remove what certcheck wrote on it."""
+
+    view_seq: int
+    patch: AnnotationPatch
+
+
+ResultMessage = EvaluationResult | CertCheckRemoved | AnnotationCleanup
+
+
+class Due(msgspec.Struct, frozen=True, tag_field="kind", tag="Due/v1"):
+    """Fired by the server when a CertCheck's schedule comes due."""
+
+    namespace: str
+    name: str
+    due_at: str
+
+
+# Shared encoders/decoders: building them once is what makes msgspec fast.
+encoder = msgspec.json.Encoder()
+object_decoder = msgspec.json.Decoder(ObjectEvent)
+result_decoder = msgspec.json.Decoder(ResultMessage)
+due_decoder = msgspec.json.Decoder(Due)
+status_decoder = msgspec.json.Decoder(CertCheckStatus | None)

@@ -1,0 +1,64 @@
+"""JetStream stream and consumer definitions: the one place that says how the bus is laid out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas import subjects
+
+# Headers certcheck sets on its messages.
+HDR_MSG_ID = "Nats-Msg-Id"
+HDR_SCHEDULE = "Nats-Schedule"
+HDR_SCHEDULE_TARGET = "Nats-Schedule-Target"
+HDR_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+HDR_RESOURCE_VERSION = "Certcheck-Resource-Version"
+HDR_DIGEST = "Certcheck-Digest"
+HDR_VIEW_SEQ = "Certcheck-View-Seq"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    description: str
+    max_msgs_per_subject: int = -1
+    allow_msg_schedules: bool = False
+    allow_msg_ttl: bool = False
+    duplicate_window_seconds: float = 120.0
+
+
+# The observed state of the cluster: one message per object (last value per subject), tombstones
+# for deletions. Any evaluator replica rebuilds its view by reading it from the start.
+OBJECTS = StreamSpec(
+    name="CERTCHECK_OBJECTS",
+    subjects=(subjects.OBJECTS_ALL,),
+    description="Observed CertChecks and Secrets (certificate material only), last value per object",
+    max_msgs_per_subject=1,
+    allow_msg_ttl=True,
+)
+
+# Evaluation results per CertCheck and annotation clean-ups per Secret (last value per subject, so a
+# newer result supersedes one the recorder has not applied yet).
+RESULTS = StreamSpec(
+    name="CERTCHECK_RESULTS",
+    subjects=(subjects.RESULTS_ALL, subjects.CLEANUP_ALL),
+    description="Evaluation results per CertCheck and annotation clean-ups per Secret",
+    max_msgs_per_subject=1,
+    allow_msg_ttl=True,
+)
+
+# Delayed re-evaluations: one pending schedule per CertCheck, and the messages it fires.
+TRIGGERS = StreamSpec(
+    name="CERTCHECK_TRIGGERS",
+    subjects=(subjects.SCHEDULE_ALL, subjects.DUE_ALL),
+    description="Per-CertCheck schedules (ADR-51) and the due messages they fire",
+    max_msgs_per_subject=1,
+    allow_msg_schedules=True,
+)
+
+ALL_STREAMS = (OBJECTS, RESULTS, TRIGGERS)
+
+# Durable consumers (shared by every replica of the service that binds them).
+EVALUATOR_OBJECTS_CONSUMER = "evaluator-objects"
+EVALUATOR_DUE_CONSUMER = "evaluator-due"
+RECORDER_CONSUMER = "recorder"

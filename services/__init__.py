@@ -1,0 +1,1 @@
+"""certcheck services: watcher, evaluator, recorder, notifier, and their shared plumbing."""

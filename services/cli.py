@@ -1,0 +1,28 @@
+"""``certcheck <service>``: one command for every service."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = "usage: certcheck {watcher,evaluator,recorder} [options]   (certcheck SERVICE --help for options)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    service, rest = args[0], args[1:]
+    if service == "watcher":
+        from services.watcher.__main__ import run
+    elif service == "evaluator":
+        from services.evaluator.__main__ import run
+    elif service == "recorder":
+        from services.recorder.__main__ import run
+    else:
+        sys.exit(f"certcheck: unknown service {service!r}\n{USAGE}")
+    run(rest)
+
+
+if __name__ == "__main__":
+    main()

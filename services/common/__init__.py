@@ -1,0 +1,1 @@
+"""Plumbing shared by every service: settings, logging, bus, Kubernetes client, health, runtime."""

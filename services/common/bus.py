@@ -1,0 +1,134 @@
+"""NATS connection and JetStream set-up, shared by every service."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+from prometheus_client import Gauge
+
+from schemas.streams import ALL_STREAMS, StreamSpec
+
+log = logging.getLogger(__name__)
+
+MIN_SERVER_VERSION = (2, 12, 0)
+MIN_API_LEVEL = 2
+
+nats_connected = Gauge("certcheck_nats_connected", "1 while the NATS connection is up")
+
+
+class UnsupportedServerError(RuntimeError):
+    """The NATS server cannot run certcheck (too old, or JetStream features missing)."""
+
+
+@dataclass
+class Bus:
+    nc: NATS
+    js: JetStreamContext
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+
+async def connect(url: str, name: str) -> Bus:
+    async def on_disconnect() -> None:
+        nats_connected.set(0)
+        log.warning("disconnected from NATS")
+
+    async def on_reconnect() -> None:
+        nats_connected.set(1)
+        log.info("reconnected to NATS")
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("NATS error: %s", exc)
+
+    nc = await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        error_cb=on_error,
+        connect_timeout=5,
+    )
+    nats_connected.set(1)
+    bus = Bus(nc, nc.jetstream(timeout=10))
+    await check_server(bus)
+    return bus
+
+
+async def check_server(bus: Bus) -> None:
+    """Refuse servers that would silently ignore message schedules (anything before 2.12)."""
+    version = bus.nc.connected_server_version
+    found = (version.major, version.minor, version.patch)
+    if found < MIN_SERVER_VERSION:
+        raise UnsupportedServerError(
+            f"nats-server {version} is too old: certcheck needs {'.'.join(map(str, MIN_SERVER_VERSION))} or "
+            "newer for JetStream message schedules (older servers accept and silently ignore them)"
+        )
+    info = await bus.js.account_info()
+    level = info.api.level or 0
+    if level < MIN_API_LEVEL:
+        raise UnsupportedServerError(
+            f"nats-server {version} reports JetStream API level {level}; certcheck needs {MIN_API_LEVEL}+"
+        )
+
+
+def _stream_config(spec: StreamSpec) -> StreamConfig:
+    return StreamConfig(
+        name=spec.name,
+        description=spec.description,
+        subjects=list(spec.subjects),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_msgs_per_subject=spec.max_msgs_per_subject,
+        allow_msg_schedules=spec.allow_msg_schedules or None,
+        allow_msg_ttl=spec.allow_msg_ttl or None,
+        duplicate_window=spec.duplicate_window_seconds,
+    )
+
+
+async def ensure_streams(bus: Bus, specs: tuple[StreamSpec, ...] = ALL_STREAMS) -> None:
+    """Create or update every stream, then verify the server really honours what was asked."""
+    for spec in specs:
+        config = _stream_config(spec)
+        try:
+            await bus.js.stream_info(spec.name)
+            info = await bus.js.update_stream(config)
+        except NotFoundError:
+            info = await bus.js.add_stream(config)
+        if spec.allow_msg_schedules and not info.config.allow_msg_schedules:
+            raise UnsupportedServerError(
+                f"stream {spec.name}: the server did not enable message schedules (allow_msg_schedules); "
+                "use nats-server 2.12 or newer"
+            )
+
+
+async def fetch_batch(sub: JetStreamContext.PullSubscription, max_batch: int, wait: float) -> list[Msg]:
+    """Up to ``max_batch`` messages: waits up to ``wait`` seconds for the first one, then takes whatever
+    else is already available without waiting (nats-py's fetch would linger for a full batch)."""
+    try:
+        first = await sub.fetch(1, timeout=wait)
+    except TimeoutError:
+        return []
+    if max_batch <= 1:
+        return first
+    try:
+        rest = await sub.fetch(max_batch - 1, timeout=0.05)
+    except TimeoutError:
+        rest = []
+    return first + rest
+
+
+def redelivery_delay(msg: Msg, base: float = 0.5, cap: float = 60.0) -> float:
+    """Exponential back-off for a nak, from how often the message was delivered already."""
+    attempts = msg.metadata.num_delivered or 1
+    return min(cap, base * 2 ** min(attempts - 1, 10))

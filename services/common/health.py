@@ -1,0 +1,61 @@
+"""The HTTP endpoint every service exposes: /healthz, /readyz and /metrics."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+
+class Health:
+    """Liveness is a heartbeat from the event loop; readiness is set by the service once it is synced."""
+
+    def __init__(self, stale_after_seconds: float = 30.0) -> None:
+        self.ready = False
+        self.reason = "starting"
+        self._beat = time.monotonic()
+        self._stale_after = stale_after_seconds
+
+    def beat(self) -> None:
+        self._beat = time.monotonic()
+
+    @property
+    def alive(self) -> bool:
+        return time.monotonic() - self._beat < self._stale_after
+
+    def set_ready(self, ready: bool, reason: str = "") -> None:
+        self.ready, self.reason = ready, reason
+
+
+def serve_http(
+    health: Health, host: str, port: int, registry: CollectorRegistry = REGISTRY
+) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif self.path == "/healthz":
+                ok = health.alive
+                self._reply(200 if ok else 503, b"ok\n" if ok else b"event loop stalled\n")
+            elif self.path == "/readyz":
+                ok = health.ready
+                self._reply(200 if ok else 503, f"{'ok' if ok else health.reason}\n".encode())
+            else:
+                self._reply(404, b"not found\n")
+
+        def _reply(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server

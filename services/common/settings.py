@@ -1,0 +1,45 @@
+"""Settings from the environment (CERTCHECK_*), overridable by command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"CERTCHECK_{name.upper()}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    nats_url: str = field(default_factory=lambda: _env("nats_url", "nats://127.0.0.1:4222"))
+    kubeconfig: str = field(
+        default_factory=lambda: _env("kubeconfig", os.environ.get("KUBECONFIG", ""))
+    )
+    http_host: str = field(default_factory=lambda: _env("http_host", "0.0.0.0"))
+    http_port: int = field(default_factory=lambda: int(_env("http_port", "8080")))
+    log_level: str = field(default_factory=lambda: _env("log_level", "INFO"))
+    # watcher
+    secret_types: str = field(default_factory=lambda: _env("secret_types", "kubernetes.io/tls"))
+    secret_label_selector: str = field(default_factory=lambda: _env("secret_label_selector", ""))
+    list_page_size: int = field(default_factory=lambda: int(_env("list_page_size", "500")))
+    # evaluator
+    status_cap: int = field(default_factory=lambda: int(_env("status_cap", "500")))
+    resync_interval_seconds: float = field(
+        default_factory=lambda: float(_env("resync_interval_seconds", str(10 * 3600)))
+    )
+    # recorder
+    write_concurrency: int = field(default_factory=lambda: int(_env("write_concurrency", "16")))
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None, prog: str | None = None) -> Settings:
+        defaults = cls()
+        parser = argparse.ArgumentParser(prog=prog, description="certcheck service settings")
+        for f in fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            parser.add_argument(
+                flag, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name),
+                help=f"(env CERTCHECK_{f.name.upper()}, default %(default)s)",
+            )
+        return cls(**vars(parser.parse_args(argv)))

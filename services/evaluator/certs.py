@@ -1,0 +1,64 @@
+"""Decoding certificates into the facts certcheck needs. Pure: no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+
+@dataclass(frozen=True, slots=True)
+class CertFacts:
+    not_before: datetime
+    not_after: datetime
+    subject_cn: str | None
+    issuer_cn: str | None
+    serial_number: str
+    fingerprint: str  # sha256 of the DER, hex
+
+
+@dataclass(frozen=True, slots=True)
+class CertError:
+    reason: str
+
+
+Parsed = CertFacts | CertError
+
+
+def _common_name(name: x509.Name) -> str | None:
+    try:
+        values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError:
+        return None
+    if not values:
+        return None
+    value = values[0].value
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+@lru_cache(maxsize=65536)
+def parse_pem_certificate(pem: str) -> Parsed:
+    """Facts of one PEM CERTIFICATE block, or the reason it cannot be read. Cached by content."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as exc:
+        return CertError(f"malformed certificate: {exc}")
+    try:
+        not_before = cert.not_valid_before_utc
+        not_after = cert.not_valid_after_utc
+    except ValueError as exc:
+        return CertError(f"unreadable validity dates: {exc}")
+    return CertFacts(
+        not_before=not_before,
+        not_after=not_after,
+        subject_cn=_common_name(cert.subject),
+        issuer_cn=_common_name(cert.issuer),
+        serial_number=format(cert.serial_number, "x"),
+        fingerprint=hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
+    )
+

@@ -1,0 +1,233 @@
+"""The evaluator's bus adapter: follows the objects stream into the view, takes work from durable
+consumers, evaluates with the pure core, and publishes results, clean-ups and schedules."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import APIError, NotFoundError
+from prometheus_client import Counter, Histogram
+
+from schemas import subjects
+from schemas.messages import (
+    AnnotationCleanup,
+    CertCheckRemoved,
+    Due,
+    EvaluationResult,
+    due_decoder,
+    encoder,
+    object_decoder,
+)
+from schemas.streams import (
+    EVALUATOR_DUE_CONSUMER,
+    EVALUATOR_OBJECTS_CONSUMER,
+    HDR_EXPECTED_LAST_SUBJECT_SEQ,
+    HDR_SCHEDULE,
+    HDR_SCHEDULE_TARGET,
+    HDR_VIEW_SEQ,
+    OBJECTS,
+    RESULTS,
+    TRIGGERS,
+)
+from services.common.bus import Bus, fetch_batch
+from services.common.settings import Settings
+from services.evaluator import core
+from services.evaluator.view import CertCheckKey, Effects, View
+
+log = logging.getLogger(__name__)
+
+WRONG_LAST_SEQUENCE = 10071
+BATCH = 500
+
+evaluations = Counter("certcheck_evaluations_total", "CertCheck evaluations", ["trigger"])
+evaluation_seconds = Histogram(
+    "certcheck_evaluation_duration_seconds", "Time to evaluate one CertCheck",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+stale_results = Counter("certcheck_stale_results_dropped_total", "Results dropped: a newer one was published")
+bad_messages = Counter("certcheck_evaluator_bad_messages_total", "Messages that could not be decoded", ["stream"])
+schedule_lag = Histogram(
+    "certcheck_schedule_lag_seconds", "How late a due re-evaluation ran after its due time",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 60),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Evaluator:
+    def __init__(self, bus: Bus, settings: Settings) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.view = View()
+        self._advanced = asyncio.Condition()
+
+    # --- the view -------------------------------------------------------------------------------
+
+    async def follow_objects(self) -> None:
+        sub = await self.bus.js.subscribe(
+            subjects.OBJECTS_ALL, stream=OBJECTS.name, ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL, pending_msgs_limit=200_000,
+        )
+        async for msg in sub.messages:
+            seq = msg.metadata.sequence.stream
+            try:
+                event = object_decoder.decode(msg.data)
+            except Exception:
+                log.exception("undecodable object message %s at seq %d", msg.subject, seq)
+                bad_messages.labels(OBJECTS.name).inc()
+                self.view.seq = max(self.view.seq, seq)
+            else:
+                self.view.apply(seq, event, utcnow())
+            async with self._advanced:
+                self._advanced.notify_all()
+
+    async def wait_for_view(self, seq: int) -> None:
+        async with self._advanced:
+            await self._advanced.wait_for(lambda: self.view.seq >= seq)
+
+    async def catch_up(self) -> None:
+        info = await self.bus.js.stream_info(OBJECTS.name)
+        await self.wait_for_view(info.state.last_seq)
+
+    # --- work ------------------------------------------------------------------------------------
+
+    async def consumers(self) -> None:
+        """Create the durable work consumers before reading the view, so nothing falls between."""
+        await self.bus.js.pull_subscribe(
+            subjects.OBJECTS_ALL, durable=EVALUATOR_OBJECTS_CONSUMER, stream=OBJECTS.name,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.EXPLICIT,
+                                  ack_wait=60, max_ack_pending=20_000),
+        )
+        await self.bus.js.pull_subscribe(
+            subjects.DUE_ALL, durable=EVALUATOR_DUE_CONSUMER, stream=TRIGGERS.name,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.EXPLICIT,
+                                  ack_wait=60, filter_subject=subjects.DUE_ALL),
+        )
+
+    async def sweep(self, trigger: str) -> None:
+        """Evaluate every CertCheck and release every Secret nobody covers (start-up and resync)."""
+        effects = Effects(evaluate=set(self.view.all_certchecks()), released=set(self.view.uncovered_annotated()))
+        log.info("full evaluation (%s) of %d CertChecks", trigger, len(effects.evaluate))
+        await self.act(effects, trigger)
+
+    async def work_objects(self) -> None:
+        sub = await self.bus.js.pull_subscribe_bind(EVALUATOR_OBJECTS_CONSUMER, stream=OBJECTS.name)
+        while True:
+            msgs = await fetch_batch(sub, BATCH, wait=5)
+            if not msgs:
+                continue
+            effects = Effects()
+            for msg in msgs:
+                seq = msg.metadata.sequence.stream
+                await self.wait_for_view(seq)
+                found = self.view.effects_of(seq)
+                if found is None:  # too old to remember: re-evaluate the whole namespace
+                    _, namespace, _ = subjects.split_object_subject(msg.subject)
+                    found = Effects(evaluate={k for k in self.view.all_certchecks() if k[0] == namespace})
+                effects.merge(found)
+            await self.act(effects, "change")
+            for msg in msgs:
+                await msg.ack()
+
+    async def work_due(self) -> None:
+        sub = await self.bus.js.pull_subscribe_bind(EVALUATOR_DUE_CONSUMER, stream=TRIGGERS.name)
+        while True:
+            msgs = await fetch_batch(sub, BATCH, wait=5)
+            due: set[CertCheckKey] = set()
+            for msg in msgs:
+                try:
+                    fired = due_decoder.decode(msg.data)
+                except Exception:
+                    log.exception("undecodable due message on %s", msg.subject)
+                    bad_messages.labels(TRIGGERS.name).inc()
+                    continue
+                lag = (utcnow() - datetime.fromisoformat(fired.due_at)).total_seconds()
+                schedule_lag.observe(max(lag, 0.0))
+                due.add((fired.namespace, fired.name))
+            if due:
+                await self.act(Effects(evaluate=due), "due")
+            for msg in msgs:
+                await msg.ack()
+
+    async def resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_interval_seconds)
+            await self.sweep("resync")
+
+    # --- acting ---------------------------------------------------------------------------------
+
+    async def act(self, effects: Effects, trigger: str) -> None:
+        now = utcnow()
+        view_seq = self.view.seq
+        for namespace, name, uid in effects.removed:
+            removed = CertCheckRemoved(namespace=namespace, name=name, uid=uid, view_seq=view_seq)
+            await self.publish_result(subjects.result_subject(namespace, name), encoder.encode(removed), view_seq)
+            await self.schedule((namespace, name), None)
+        for key in sorted(effects.evaluate):
+            if self.view.certcheck(key) is not None:
+                await self.evaluate(key, now, view_seq, trigger)
+        for namespace, name in sorted(effects.released):
+            secret = self.view.secret((namespace, name))
+            if secret is None or secret.covered_by:
+                continue
+            patch = core.cleanup_patch(secret.view)
+            if patch:
+                message = AnnotationCleanup(view_seq=view_seq, patch=patch)
+                await self.publish_result(
+                    subjects.cleanup_subject(namespace, name), encoder.encode(message), view_seq
+                )
+
+    async def evaluate(self, key: CertCheckKey, now: datetime, view_seq: int, trigger: str) -> None:
+        entry = self.view.certcheck(key)
+        assert entry is not None
+        started = time.perf_counter()
+        secrets, coverage = self.view.inputs(key)
+        evaluation = core.evaluate(entry.spec, secrets, coverage, entry.observed, now, self.settings.status_cap)
+        evaluation_seconds.observe(time.perf_counter() - started)
+        evaluations.labels(trigger).inc()
+        result = EvaluationResult(
+            namespace=key[0], name=key[1], uid=entry.spec.uid, generation=entry.spec.generation,
+            evaluated_at=core.rfc3339(now), view_seq=view_seq, status=evaluation.status,
+            status_changed=evaluation.status_changed, annotation_patches=evaluation.annotation_patches,
+            events=evaluation.events,
+            next_due=core.rfc3339(evaluation.next_due) if evaluation.next_due else None,
+        )
+        await self.publish_result(subjects.result_subject(*key), encoder.encode(result), view_seq)
+        await self.schedule(key, evaluation.next_due)
+
+    async def publish_result(self, subject: str, payload: bytes, view_seq: int) -> None:
+        """Publish unless a result from a newer view is already there (compare-and-set per subject)."""
+        while True:
+            try:
+                last = await self.bus.js.get_last_msg(RESULTS.name, subject)
+                last_seq = last.seq or 0
+                last_view_seq = int((last.headers or {}).get(HDR_VIEW_SEQ, "0"))
+            except NotFoundError:
+                last_seq, last_view_seq = 0, 0
+            if last_view_seq > view_seq:
+                stale_results.inc()
+                return
+            headers = {HDR_EXPECTED_LAST_SUBJECT_SEQ: str(last_seq), HDR_VIEW_SEQ: str(view_seq)}
+            try:
+                await self.bus.js.publish(subject, payload, stream=RESULTS.name, headers=headers)
+                return
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+
+    async def schedule(self, key: CertCheckKey, due: datetime | None) -> None:
+        """One pending schedule per CertCheck: replaced by the next due time, or removed."""
+        subject = subjects.schedule_subject(*key)
+        if due is None:
+            await self.bus.js.purge_stream(TRIGGERS.name, subject=subject)
+            return
+        due_at = core.rfc3339(due)
+        headers = {HDR_SCHEDULE: f"@at {due_at}", HDR_SCHEDULE_TARGET: subjects.due_subject(*key)}
+        payload = encoder.encode(Due(namespace=key[0], name=key[1], due_at=due_at))
+        await self.bus.js.publish(subject, payload, stream=TRIGGERS.name, headers=headers)

@@ -1,0 +1,259 @@
+"""The evaluator's view of the cluster, rebuilt from the objects stream. Pure: no I/O.
+
+Every evaluator replica holds the whole view (it is a cache of the durable stream, not state of its own)
+and keeps the CertCheck-to-Secret index. ``apply`` folds one stream message in and says which
+CertChecks it affects, so a Secret change is mapped to exactly the CertChecks that select it (or did).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import msgspec
+
+from schemas import subjects
+from schemas.messages import (
+    CertCheckObserved,
+    CertCheckStatus,
+    LabelSelector,
+    ObjectDeleted,
+    ObjectEvent,
+    SecretObserved,
+    status_decoder,
+)
+from services.evaluator import core
+from services.evaluator.certs import CertError, parse_pem_certificate
+from services.evaluator.selector import matches, selector_error
+
+CertCheckKey = tuple[str, str]  # (namespace, name)
+SecretKey = tuple[str, str]
+
+
+@dataclass
+class CertCheckEntry:
+    spec: core.CertCheckSpec
+    selector: LabelSelector | None
+    resource_version: str
+    observed: CertCheckStatus | None
+    covered: set[str] = field(default_factory=set)  # Secret names it selects
+
+
+@dataclass
+class SecretEntry:
+    view: core.SecretView
+    resource_version: str
+    covered_by: set[str] = field(default_factory=set)  # CertCheck names that select it
+
+
+@dataclass
+class Effects:
+    """What one applied message asks the evaluator to do."""
+
+    evaluate: set[CertCheckKey] = field(default_factory=set)
+    removed: list[tuple[str, str, str]] = field(default_factory=list)  # (namespace, name, uid)
+    released: set[SecretKey] = field(default_factory=set)  # Secrets no CertCheck covers any more
+
+    def merge(self, other: Effects) -> None:
+        self.evaluate |= other.evaluate
+        self.removed.extend(other.removed)
+        self.released |= other.released
+
+
+def _newer(incoming: str, current: str) -> bool:
+    """Whether a resourceVersion is not older than the one held (out-of-order delivery guard)."""
+    if incoming.isdigit() and current.isdigit():
+        return int(incoming) >= int(current)
+    return True
+
+
+def secret_view(observed: SecretObserved) -> core.SecretView:
+    entries: list[core.CertEntry] = []
+    for source in observed.sources:
+        if source.error is not None:
+            entries.append(core.CertEntry(source.key, 0, CertError(source.error)))
+            continue
+        for index, pem in enumerate(source.pem):
+            entries.append(core.CertEntry(source.key, index, parse_pem_certificate(pem)))
+    return core.SecretView(
+        namespace=observed.namespace, name=observed.name, uid=observed.uid,
+        labels=dict(observed.labels), annotations=dict(observed.annotations), entries=tuple(entries),
+    )
+
+
+def decode_status(raw: msgspec.Raw) -> CertCheckStatus | None:
+    """The status as written; anything unreadable counts as no status (it will be rewritten)."""
+    try:
+        return status_decoder.decode(raw)
+    except msgspec.ValidationError:
+        return None
+    except msgspec.DecodeError:
+        return None
+
+
+class View:
+    def __init__(self, effects_memory: int = 100_000) -> None:
+        self.seq = 0
+        self.certchecks: dict[str, dict[str, CertCheckEntry]] = {}
+        self.secrets: dict[str, dict[str, SecretEntry]] = {}
+        self._effects: OrderedDict[int, Effects] = OrderedDict()
+        self._effects_memory = effects_memory
+
+    # --- queries -------------------------------------------------------------------------------
+
+    def certcheck(self, key: CertCheckKey) -> CertCheckEntry | None:
+        return self.certchecks.get(key[0], {}).get(key[1])
+
+    def secret(self, key: SecretKey) -> SecretEntry | None:
+        return self.secrets.get(key[0], {}).get(key[1])
+
+    def all_certchecks(self) -> Iterator[CertCheckKey]:
+        for namespace, entries in self.certchecks.items():
+            for name in entries:
+                yield (namespace, name)
+
+    def uncovered_annotated(self) -> Iterator[SecretKey]:
+        """Secrets that carry certcheck's annotations although no CertCheck covers them."""
+        for namespace, entries in self.secrets.items():
+            for name, entry in entries.items():
+                if not entry.covered_by and entry.view.annotations:
+                    yield (namespace, name)
+
+    def effects_of(self, seq: int) -> Effects | None:
+        return self._effects.get(seq)
+
+    def coverage(self, namespace: str, secret_name: str) -> core.Coverage:
+        entry = self.secrets[namespace][secret_name]
+        names = tuple(sorted(entry.covered_by))
+        thresholds = [self.certchecks[namespace][n].spec.threshold_days for n in names]
+        return core.Coverage(names, max(thresholds, default=0))
+
+    def inputs(self, key: CertCheckKey) -> tuple[list[core.SecretView], dict[str, core.Coverage]]:
+        """The selected Secrets of a CertCheck and each one's coverage: what ``core.evaluate`` takes."""
+        entry = self.certchecks[key[0]][key[1]]
+        namespace_secrets = self.secrets.get(key[0], {})
+        selected = [namespace_secrets[name].view for name in sorted(entry.covered)]
+        return selected, {view.name: self.coverage(key[0], view.name) for view in selected}
+
+    # --- folding the stream in ----------------------------------------------------------------------
+
+    def apply(self, seq: int, event: ObjectEvent, now: datetime) -> Effects:
+        if isinstance(event, SecretObserved):
+            effects = self._apply_secret(event, now)
+        elif isinstance(event, CertCheckObserved):
+            effects = self._apply_certcheck(event)
+        elif event.object_kind == subjects.KIND_SECRET:
+            effects = self._delete_secret(event)
+        else:
+            effects = self._delete_certcheck(event)
+        self.seq = max(self.seq, seq)
+        self._effects[seq] = effects
+        while len(self._effects) > self._effects_memory:
+            self._effects.popitem(last=False)
+        return effects
+
+    def _selects(self, entry: CertCheckEntry, labels: dict[str, str]) -> bool:
+        return entry.selector is not None and entry.spec.selector_error is None and matches(
+            entry.selector, labels
+        )
+
+    def _apply_secret(self, event: SecretObserved, now: datetime) -> Effects:
+        namespace_secrets = self.secrets.setdefault(event.namespace, {})
+        previous = namespace_secrets.get(event.name)
+        if previous and previous.view.uid == event.uid and not _newer(
+            event.resource_version, previous.resource_version
+        ):
+            return Effects()
+        view = secret_view(event)
+        certchecks = self.certchecks.get(event.namespace, {})
+        covered_by = {name for name, entry in certchecks.items() if self._selects(entry, view.labels)}
+        old_covered_by = previous.covered_by if previous else set()
+        for name in old_covered_by - covered_by:
+            certchecks[name].covered.discard(event.name)
+        for name in covered_by - old_covered_by:
+            certchecks[name].covered.add(event.name)
+        entry = SecretEntry(view, event.resource_version, covered_by)
+        namespace_secrets[event.name] = entry
+        effects = Effects()
+        content_changed = previous is None or (
+            previous.view.uid, previous.view.labels, previous.view.entries
+        ) != (view.uid, view.labels, view.entries)
+        if content_changed:
+            effects.evaluate = {(event.namespace, n) for n in covered_by | old_covered_by}
+        elif covered_by and core.annotation_patch(
+            view, core.desired_annotations(view, self.coverage(event.namespace, event.name), now)
+        ):
+            # Someone changed certcheck's annotations by hand: put them back.
+            effects.evaluate = {(event.namespace, n) for n in covered_by}
+        if not covered_by and view.annotations:
+            effects.released.add((event.namespace, event.name))
+        return effects
+
+    def _delete_secret(self, event: ObjectDeleted) -> Effects:
+        previous = self.secrets.get(event.namespace, {}).pop(event.name, None)
+        if previous is None:
+            return Effects()
+        certchecks = self.certchecks.get(event.namespace, {})
+        for name in previous.covered_by:
+            certchecks[name].covered.discard(event.name)
+        return Effects(evaluate={(event.namespace, n) for n in previous.covered_by})
+
+    def _apply_certcheck(self, event: CertCheckObserved) -> Effects:
+        namespace_certchecks = self.certchecks.setdefault(event.namespace, {})
+        previous = namespace_certchecks.get(event.name)
+        if previous and previous.spec.uid == event.uid and not _newer(
+            event.resource_version, previous.resource_version
+        ):
+            return Effects()
+        spec = core.CertCheckSpec(
+            namespace=event.namespace, name=event.name, uid=event.uid, generation=event.generation,
+            threshold_days=event.threshold_days, selector_error=selector_error(event.selector),
+        )
+        observed = decode_status(event.status)
+        if previous and previous.spec == spec and previous.selector == event.selector:
+            # Only the status changed (our own write coming back): nothing to re-evaluate.
+            previous.observed = observed
+            previous.resource_version = event.resource_version
+            return Effects()
+        if previous and previous.spec.uid != event.uid:
+            self._delete_certcheck(ObjectDeleted(subjects.KIND_CERTCHECK, event.namespace, event.name,
+                                                 previous.spec.uid, previous.resource_version))
+        entry = CertCheckEntry(spec, event.selector, event.resource_version, observed)
+        namespace_certchecks[event.name] = entry
+        old_covered = previous.covered if previous and previous.spec.uid == event.uid else set()
+        namespace_secrets = self.secrets.get(event.namespace, {})
+        entry.covered = {n for n, s in namespace_secrets.items() if self._selects(entry, s.view.labels)}
+        effects = Effects(evaluate={(event.namespace, event.name)})
+        threshold_changed = previous is not None and previous.spec.threshold_days != spec.threshold_days
+        touched = (entry.covered ^ old_covered) | (entry.covered if threshold_changed else set())
+        for secret_name in old_covered - entry.covered:
+            namespace_secrets[secret_name].covered_by.discard(event.name)
+        for secret_name in entry.covered - old_covered:
+            namespace_secrets[secret_name].covered_by.add(event.name)
+        self._neighbours(event.namespace, touched, effects)
+        return effects
+
+    def _delete_certcheck(self, event: ObjectDeleted) -> Effects:
+        previous = self.certchecks.get(event.namespace, {}).pop(event.name, None)
+        if previous is None:
+            return Effects()
+        namespace_secrets = self.secrets.get(event.namespace, {})
+        for secret_name in previous.covered:
+            namespace_secrets[secret_name].covered_by.discard(event.name)
+        effects = Effects(removed=[(event.namespace, event.name, previous.spec.uid)])
+        self._neighbours(event.namespace, previous.covered, effects)
+        return effects
+
+    def _neighbours(self, namespace: str, touched: set[str], effects: Effects) -> None:
+        """Secrets whose coverage changed: re-evaluate their other CertChecks, or release them."""
+        namespace_secrets = self.secrets.get(namespace, {})
+        for secret_name in touched:
+            secret = namespace_secrets.get(secret_name)
+            if secret is None:
+                continue
+            if secret.covered_by:
+                effects.evaluate |= {(namespace, n) for n in secret.covered_by}
+            elif secret.view.annotations:
+                effects.released.add((namespace, secret_name))

@@ -1,0 +1,1 @@
+"""The notifier: Slack and webhook alerts (issue 5; not built yet)."""

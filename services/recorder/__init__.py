@@ -1,0 +1,1 @@
+"""The recorder: applies evaluation results to Kubernetes (status, annotations, Events)."""

@@ -1,0 +1,132 @@
+"""The recorder's bus adapter: takes results from the durable consumer, applies them, then acks.
+
+Results are last-value per CertCheck, so a recorder that falls behind skips straight to the newest one.
+Every write is idempotent (patches set absolute values; Events are named by a dedup key), so a
+redelivered result is harmless; a small cache of what was written skips repeats without a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from prometheus_client import Counter
+
+from schemas.messages import (
+    AnnotationCleanup,
+    AnnotationPatch,
+    CertCheckRemoved,
+    EvaluationResult,
+    ResultMessage,
+    encoder,
+    result_decoder,
+)
+from schemas.streams import RECORDER_CONSUMER, RESULTS
+from services.common.bus import Bus, fetch_batch, redelivery_delay
+from services.common.settings import Settings
+from services.recorder.kube import Gone, KubeWriter
+
+log = logging.getLogger(__name__)
+
+BATCH = 200
+applied = Counter("certcheck_recorder_results_total", "Results handled", ["kind", "outcome"])
+
+
+class _Lru(OrderedDict[Any, Any]):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+class Recorder:
+    def __init__(self, bus: Bus, writer: KubeWriter, settings: Settings) -> None:
+        self.bus = bus
+        self.writer = writer
+        self._pool = ThreadPoolExecutor(settings.write_concurrency, thread_name_prefix="kube-write")
+        self._limit = asyncio.Semaphore(settings.write_concurrency * 2)
+        self._written_status = _Lru(10_000)
+        self._written_annotations = _Lru(200_000)
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        async with self._limit:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def run(self) -> None:
+        sub = await self.bus.js.pull_subscribe(
+            ">", durable=RECORDER_CONSUMER, stream=RESULTS.name,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT,
+                                  ack_wait=120, max_ack_pending=5_000),
+        )
+        while True:
+            msgs = await fetch_batch(sub, BATCH, wait=5)
+            newest: dict[str, Msg] = {}
+            for msg in msgs:
+                older = newest.get(msg.subject)
+                if older is not None:
+                    await older.ack()  # superseded within the batch
+                newest[msg.subject] = msg
+            await asyncio.gather(*(self._handle(msg) for msg in newest.values()))
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            result = result_decoder.decode(msg.data)
+        except Exception:
+            log.exception("undecodable result on %s; dropping it", msg.subject)
+            applied.labels("unknown", "undecodable").inc()
+            await msg.term()
+            return
+        kind = type(result).__name__
+        try:
+            await self.apply(result)
+        except Exception as exc:
+            delay = redelivery_delay(msg)
+            log.warning("applying %s failed, retrying in %.1fs: %s", msg.subject, delay, exc)
+            applied.labels(kind, "retry").inc()
+            await msg.nak(delay=delay)
+            return
+        applied.labels(kind, "ok").inc()
+        await msg.ack()
+
+    async def apply(self, result: ResultMessage) -> None:
+        if isinstance(result, EvaluationResult):
+            await self._apply_evaluation(result)
+        elif isinstance(result, AnnotationCleanup):
+            await self._annotate(result.patch)
+        elif isinstance(result, CertCheckRemoved):
+            self._written_status.pop((result.namespace, result.name), None)
+
+    async def _apply_evaluation(self, result: EvaluationResult) -> None:
+        await asyncio.gather(*(self._annotate(patch) for patch in result.annotation_patches))
+        for intent in result.events:
+            await self._call(self.writer.emit_event, intent)
+        status_key = (result.namespace, result.name)
+        fingerprint = (result.uid, encoder.encode(result.status))
+        if result.status_changed and self._written_status.get(status_key) != fingerprint:
+            try:
+                await self._call(self.writer.patch_status, result.namespace, result.name, result.uid,
+                                 result.status)
+            except Gone:
+                return
+            self._written_status.put(status_key, fingerprint)
+
+    async def _annotate(self, patch: AnnotationPatch) -> None:
+        key = (patch.namespace, patch.name, patch.uid)
+        written = self._written_annotations.get(key, {})
+        if all(written.get(k, "<unknown>") == v for k, v in patch.annotations.items()):
+            return
+        try:
+            await self._call(self.writer.patch_annotations, patch)
+        except Gone:
+            return
+        self._written_annotations.put(key, {**written, **patch.annotations})

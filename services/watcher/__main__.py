@@ -1,0 +1,106 @@
+"""The watcher service: wiring of the Kubernetes list/watches to the publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from typing import Any
+
+from kubernetes import client
+
+from schemas import subjects
+from services.common import bus as bus_mod
+from services.common.health import Health
+from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, api_client
+from services.common.runtime import run_service
+from services.common.settings import Settings
+from services.watcher.extract import RawCertCheck, RawSecret, certcheck_observed, secret_observed
+from services.watcher.listwatch import ListWatch, Sink
+from services.watcher.publisher import Change, Delete, Listed, Publisher, Upsert, load_published
+
+log = logging.getLogger("certcheck.watcher")
+
+
+def _sink(kind: str, put: Any, observe: Any) -> Sink[Any]:
+    return Sink(
+        upsert=lambda item: put(Upsert(kind, observe(item))),
+        delete=lambda item: put(Delete(kind, item.metadata.namespace, item.metadata.name,
+                                       item.metadata.uid, item.metadata.resourceVersion)),
+        listed=lambda keys: put(Listed(kind, keys)),
+    )
+
+
+def build_watches(settings: Settings, api: client.ApiClient, put: Any) -> dict[str, ListWatch[Any]]:
+    core = client.CoreV1Api(api)
+    custom = client.CustomObjectsApi(api)
+    types = [t.strip() for t in settings.secret_types.split(",") if t.strip() and t.strip() != "*"]
+    secret_kwargs: dict[str, Any] = {}
+    if len(types) == 1:
+        secret_kwargs["field_selector"] = f"type={types[0]}"
+    if settings.secret_label_selector:
+        secret_kwargs["label_selector"] = settings.secret_label_selector
+    wanted_types = set(types)
+    secrets = ListWatch(
+        "secrets",
+        functools.partial(core.list_secret_for_all_namespaces, **secret_kwargs),
+        RawSecret,
+        key=lambda s: (s.metadata.namespace, s.metadata.name),
+        sink=_sink(subjects.KIND_SECRET, put, secret_observed),
+        page_size=settings.list_page_size,
+        accept=(lambda s: s.type in wanted_types) if len(types) > 1 else (lambda _: True),
+    )
+    certchecks = ListWatch(
+        "certchecks",
+        functools.partial(custom.list_cluster_custom_object, CERTCHECK_GROUP, CERTCHECK_VERSION,
+                          CERTCHECK_PLURAL),
+        RawCertCheck,
+        key=lambda c: (c.metadata.namespace, c.metadata.name),
+        sink=_sink(subjects.KIND_CERTCHECK, put, certcheck_observed),
+        page_size=settings.list_page_size,
+    )
+    return {subjects.KIND_SECRET: secrets, subjects.KIND_CERTCHECK: certchecks}
+
+
+async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
+    bus = await bus_mod.connect(settings.nats_url, "certcheck-watcher")
+    await bus_mod.ensure_streams(bus)
+    known = await bus_mod_load(bus)
+    loop = asyncio.get_running_loop()
+    watches: dict[str, ListWatch[Any]] = {}
+    publisher = Publisher(bus, known, on_lost=lambda kind: watches[kind].request_relist())
+
+    def put(change: Change) -> None:
+        loop.call_soon_threadsafe(publisher.queue.put_nowait, change)
+
+    watches.update(build_watches(settings, api_client(settings.kubeconfig), put))
+    publishing = asyncio.create_task(publisher.run())
+    # CertChecks first, so the evaluator knows the selectors before the Secrets flood in.
+    watches[subjects.KIND_CERTCHECK].start()
+    watches[subjects.KIND_SECRET].start()
+    health.set_ready(True)
+    await stop.wait()
+    for watch in watches.values():
+        watch.stop()
+    while not publisher.queue.empty():
+        await asyncio.sleep(0.05)
+    await bus.js.publish_async_completed() if bus.js.publish_async_pending() else None
+    publishing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await publishing
+    await bus.close()
+
+
+async def bus_mod_load(bus: bus_mod.Bus) -> dict[tuple[str, str, str], str]:
+    known = await load_published(bus)
+    log.info("loaded %d published objects from the stream", len(known))
+    return known
+
+
+def run(argv: list[str] | None = None) -> None:
+    run_service("watcher", main, argv)
+
+
+if __name__ == "__main__":
+    run()

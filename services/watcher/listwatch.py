@@ -1,0 +1,199 @@
+"""LIST then WATCH one resource, for ever: bookmarks, resume from the last resourceVersion, re-list on
+410 Gone, reconnect with jittered backoff. Runs in a thread (the Kubernetes client is synchronous) and
+hands what it sees to a sink.
+
+Responses are decoded with msgspec straight from the raw bytes into structs holding only what certcheck
+needs, page by page, so a LIST of tens of thousands of Secrets never sits in memory as client models.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+from kubernetes.watch.watch import iter_resp_lines
+from prometheus_client import Counter, Gauge
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+watch_restarts = Counter(
+    "certcheck_watch_restarts_total", "Watch (re)connections by resource and cause", ["resource", "cause"]
+)
+kube_connected = Gauge("certcheck_kubernetes_connected", "1 while the watch of a resource is up", ["resource"])
+
+
+class _ListMeta(msgspec.Struct):
+    resourceVersion: str = ""  # noqa: N815
+    continue_: str | None = msgspec.field(default=None, name="continue")
+
+
+class _Status(msgspec.Struct):
+    code: int = 0
+    message: str = ""
+    reason: str = ""
+
+
+class _WatchHead(msgspec.Struct):
+    type: str
+    object: msgspec.Raw
+
+
+class _BookmarkMeta(msgspec.Struct):
+    resourceVersion: str = ""  # noqa: N815
+
+
+class _Bookmark(msgspec.Struct):
+    metadata: _BookmarkMeta
+
+
+class GoneError(Exception):
+    """The resourceVersion is too old: the watch must start over from a fresh LIST."""
+
+
+@dataclass
+class Sink(Generic[T]):
+    """Where a ListWatch delivers: every object of a LIST, the end of a LIST, and each watch event."""
+
+    upsert: Callable[[T], None]
+    delete: Callable[[T], None]
+    listed: Callable[[set[tuple[str, str]]], None]  # (namespace, name) of everything the LIST returned
+
+
+ListCall = Callable[..., Any]
+
+
+class ListWatch(Generic[T]):
+    def __init__(
+        self,
+        resource: str,
+        call: ListCall,
+        item_type: type[T],
+        key: Callable[[T], tuple[str, str]],
+        sink: Sink[T],
+        page_size: int = 500,
+        watch_timeout_seconds: int = 300,
+        accept: Callable[[T], bool] = lambda _: True,
+    ) -> None:
+        self.resource = resource
+        self._call = call
+        self._item_type = item_type
+        self._key = key
+        self._sink = sink
+        self._page_size = page_size
+        self._watch_timeout = watch_timeout_seconds
+        self._accept = accept
+        self._list_decoder = msgspec.json.Decoder(_make_list_type(item_type))
+        self._item_decoder = msgspec.json.Decoder(item_type)
+        self._stop = threading.Event()
+        self._relist = threading.Event()
+        self.resource_version: str | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"watch-{self.resource}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def request_relist(self) -> None:
+        """Start over with a LIST at the next opportunity (e.g. after the bus lost a publish)."""
+        self._relist.set()
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                if self.resource_version is None or self._relist.is_set():
+                    self._relist.clear()
+                    self._list()
+                    watch_restarts.labels(self.resource, "list").inc()
+                self._watch()
+                failures = 0
+            except GoneError:
+                log.info("resourceVersion expired, re-listing", extra={"resource": self.resource})
+                watch_restarts.labels(self.resource, "gone").inc()
+                self.resource_version = None
+            except Exception as exc:  # noqa: BLE001 - any failure: back off and resume
+                kube_connected.labels(self.resource).set(0)
+                failures += 1
+                delay = min(30.0, 0.2 * 2 ** min(failures, 8)) * random.uniform(0.5, 1.0)
+                log.warning("watch failed, retrying in %.1fs: %s", delay, exc,
+                            extra={"resource": self.resource})
+                watch_restarts.labels(self.resource, "error").inc()
+                self._stop.wait(delay)
+
+    def _list(self) -> None:
+        seen: set[tuple[str, str]] = set()
+        continue_token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": self._page_size, "_preload_content": False}
+            if continue_token:
+                kwargs["_continue"] = continue_token
+            response = self._call(**kwargs)
+            try:
+                page = self._list_decoder.decode(response.data)
+            finally:
+                response.release_conn()
+            for item in page.items or []:
+                if self._accept(item):
+                    seen.add(self._key(item))
+                    self._sink.upsert(item)
+            continue_token = page.metadata.continue_
+            if not continue_token:
+                self.resource_version = page.metadata.resourceVersion
+                break
+        kube_connected.labels(self.resource).set(1)
+        self._sink.listed(seen)
+
+    def _watch(self) -> None:
+        response = self._call(
+            watch=True,
+            resource_version=self.resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self._watch_timeout,
+            _preload_content=False,
+            _request_timeout=(10, self._watch_timeout + 30),
+        )
+        kube_connected.labels(self.resource).set(1)
+        try:
+            for line in iter_resp_lines(response):
+                if self._stop.is_set() or self._relist.is_set():
+                    return
+                self._handle(line)
+        finally:
+            response.release_conn()
+
+    def _handle(self, line: str | bytes) -> None:
+        head = msgspec.json.decode(line, type=_WatchHead)
+        if head.type == "ERROR":
+            status = msgspec.json.decode(head.object, type=_Status)
+            if status.code == 410:
+                raise GoneError(status.message)
+            raise RuntimeError(f"watch error {status.code} {status.reason}: {status.message}")
+        if head.type == "BOOKMARK":
+            self.resource_version = msgspec.json.decode(head.object, type=_Bookmark).metadata.resourceVersion
+            return
+        item = self._item_decoder.decode(head.object)
+        self.resource_version = item.metadata.resourceVersion  # type: ignore[attr-defined]
+        if not self._accept(item):
+            return
+        if head.type == "DELETED":
+            self._sink.delete(item)
+        else:
+            self._sink.upsert(item)
+
+
+def _make_list_type(item_type: type[T]) -> type[Any]:
+    return msgspec.defstruct(
+        f"{item_type.__name__}List",
+        [("metadata", _ListMeta, msgspec.field(default_factory=_ListMeta)),
+         ("items", list[item_type] | None, None)],  # type: ignore[valid-type]
+    )

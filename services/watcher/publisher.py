@@ -1,0 +1,151 @@
+"""Publishing observed objects to the bus, once per real change.
+
+The publisher remembers, per object, the digest of what it last published (loaded from the stream at
+start-up), so a restart or a re-list that finds nothing changed publishes nothing, and objects that
+vanished while nobody watched get a tombstone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.js.api import DeliverPolicy
+from prometheus_client import Counter
+
+from schemas import subjects
+from schemas.messages import CertCheckObserved, ObjectDeleted, SecretObserved, encoder
+from schemas.streams import HDR_DIGEST, HDR_MSG_ID, HDR_RESOURCE_VERSION, OBJECTS
+from services.common.bus import Bus
+from services.watcher.extract import digest
+
+log = logging.getLogger(__name__)
+
+TOMBSTONE = "deleted"
+TOMBSTONE_TTL_SECONDS = 7 * 24 * 3600
+
+published = Counter("certcheck_watcher_published_total", "Objects published", ["kind", "change"])
+publish_failures = Counter("certcheck_watcher_publish_failures_total", "Publishes that failed", ["kind"])
+
+ObjectKey = tuple[str, str, str]  # (kind, namespace, name)
+
+
+@dataclass(frozen=True)
+class Upsert:
+    kind: str
+    observed: SecretObserved | CertCheckObserved
+
+
+@dataclass(frozen=True)
+class Delete:
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+
+
+@dataclass(frozen=True)
+class Listed:
+    kind: str
+    keys: set[tuple[str, str]]
+
+
+Change = Upsert | Delete | Listed
+
+
+async def load_published(bus: Bus) -> dict[ObjectKey, str]:
+    """Digest of the last message per object in the objects stream (headers only)."""
+    info = await bus.js.stream_info(OBJECTS.name)
+    last_seq = info.state.last_seq
+    known: dict[ObjectKey, str] = {}
+    if info.state.messages == 0:
+        return known
+    sub = await bus.js.subscribe(
+        subjects.OBJECTS_ALL, ordered_consumer=True, headers_only=True, deliver_policy=DeliverPolicy.ALL
+    )
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=10)
+            kind, namespace, name = subjects.split_object_subject(msg.subject)
+            known[(kind, namespace, name)] = (msg.headers or {}).get(HDR_DIGEST, "")
+            if msg.metadata.sequence.stream >= last_seq:
+                break
+    finally:
+        await sub.unsubscribe()
+    return known
+
+
+class Publisher:
+    def __init__(self, bus: Bus, known: dict[ObjectKey, str], on_lost: Callable[[str], None]) -> None:
+        self._bus = bus
+        self._known = known
+        self._on_lost = on_lost  # asks the kind's ListWatch to re-list when a publish failed
+        self.queue: asyncio.Queue[Change] = asyncio.Queue()
+
+    async def run(self) -> None:
+        while True:
+            change = await self.queue.get()
+            try:
+                await self._handle(change)
+            except Exception:
+                log.exception("publishing failed; will re-list %s", change.kind)
+                publish_failures.labels(change.kind).inc()
+                self._on_lost(change.kind)
+
+    async def _handle(self, change: Change) -> None:
+        if isinstance(change, Upsert):
+            await self._upsert(change)
+        elif isinstance(change, Delete):
+            await self._delete(change.kind, change.namespace, change.name, change.uid, change.resource_version)
+        else:
+            gone = [key for key, value in self._known.items()
+                    if key[0] == change.kind and value != TOMBSTONE and (key[1], key[2]) not in change.keys]
+            for kind, namespace, name in gone:
+                await self._delete(kind, namespace, name, "", "")
+
+    async def _upsert(self, change: Upsert) -> None:
+        observed = change.observed
+        key = (change.kind, observed.namespace, observed.name)
+        content_digest = digest(observed)
+        if self._known.get(key) == content_digest:
+            return
+        await self._publish(key, encoder.encode(observed), content_digest, observed.uid,
+                            observed.resource_version)
+        published.labels(change.kind, "upsert").inc()
+
+    async def _delete(self, kind: str, namespace: str, name: str, uid: str, resource_version: str) -> None:
+        key = (kind, namespace, name)
+        if self._known.get(key) in (TOMBSTONE, None) and uid == "":
+            return
+        message = ObjectDeleted(kind, namespace, name, uid, resource_version)
+        await self._publish(key, encoder.encode(message), TOMBSTONE, uid or "unknown",
+                            resource_version or "relist", ttl=TOMBSTONE_TTL_SECONDS)
+        published.labels(kind, "delete").inc()
+
+    async def _publish(
+        self, key: ObjectKey, payload: bytes, content_digest: str, uid: str, resource_version: str,
+        ttl: float | None = None,
+    ) -> None:
+        kind, namespace, name = key
+        headers = {
+            # Identical publishes from several watcher replicas collapse into one message.
+            HDR_MSG_ID: f"{kind}/{uid}/{resource_version}/{content_digest}",
+            HDR_DIGEST: content_digest,
+            HDR_RESOURCE_VERSION: resource_version,
+        }
+        future = await self._bus.js.publish_async(
+            subjects.object_subject(kind, namespace, name), payload, headers=headers, msg_ttl=ttl
+        )
+        self._known[key] = content_digest
+        future.add_done_callback(lambda f: self._acked(key, f))
+
+    def _acked(self, key: ObjectKey, future: asyncio.Future[object]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            log.warning("publish of %s not acknowledged: %s", "/".join(key),
+                        None if future.cancelled() else future.exception())
+            publish_failures.labels(key[0]).inc()
+            self._known.pop(key, None)
+            self._on_lost(key[0])
