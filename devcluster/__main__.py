@@ -1,6 +1,6 @@
 """``make up``: start the whole system locally and keep it running until Ctrl-C.
 
-    python -m devcluster [--no-demo] [--state-dir .certcheck]
+python -m devcluster [--no-demo] [--state-dir .certcheck]
 """
 
 from __future__ import annotations
@@ -33,28 +33,37 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        print("starting etcd, kube-apiserver and nats-server (the first run builds kube-apiserver)...",
-              flush=True)
+        print(
+            "starting etcd, kube-apiserver and nats-server (the first run builds kube-apiserver)...",
+            flush=True,
+        )
         stack.start_infrastructure()
         stack.start_services()
         if not args.no_demo:
             create_demo(api_client(stack.control_plane.kubeconfig))
         kubeconfig = stack.control_plane.kubeconfig
-        print(f"""
+        print(
+            f"""
 certcheck is running.
   kube-apiserver  {stack.control_plane.url}
   nats-server     {stack.nats.url}
   kubeconfig      {kubeconfig}
-  metrics         {', '.join(f'{n}: http://127.0.0.1:{p}/metrics' for n, p in stack.http_ports.items())}
-  logs            {args.state_dir / 'logs'}
+  metrics         {", ".join(f"{n}: http://127.0.0.1:{p}/metrics" for n, p in stack.http_ports.items())}
+  logs            {args.state_dir / "logs"}
 
 Try:
   export KUBECONFIG={kubeconfig}
-  kubectl get certchecks -A{'' if args.no_demo else f'''
+  kubectl get certchecks -A{
+                ""
+                if args.no_demo
+                else f'''
   kubectl -n {NAMESPACE} get certcheck demo -o yaml
-  kubectl -n {NAMESPACE} get events'''}
+  kubectl -n {NAMESPACE} get events'''
+            }
 
-Press Ctrl-C to stop everything.""", flush=True)
+Press Ctrl-C to stop everything.""",
+            flush=True,
+        )
         while not stopping:
             for name, process in stack.services.items():
                 if not process.running:

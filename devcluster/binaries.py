@@ -26,8 +26,10 @@ def control_plane_dir() -> Path:
         return path
     result = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
     if result.returncode != 0:
-        raise MissingBinaryError(f"building kube-apiserver and etcd failed (exit {result.returncode}); "
-                                 f"see the output of {BUILD_SCRIPT} above")
+        raise MissingBinaryError(
+            f"building kube-apiserver and etcd failed (exit {result.returncode}); "
+            f"see the output of {BUILD_SCRIPT} above"
+        )
     return Path(result.stdout.strip().splitlines()[-1])
 
 

@@ -42,7 +42,7 @@ def make_cert(
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def tls_secret_data(cert_pem: bytes, key_pem: bytes) -> dict[str, str]:
+def tls_secret_data(cert_pem: bytes, key_pem: bytes) -> dict[str, bytes | str]:
     return {
         "tls.crt": base64.b64encode(cert_pem).decode(),
         "tls.key": base64.b64encode(key_pem).decode(),

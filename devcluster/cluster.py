@@ -9,8 +9,8 @@ import secrets
 import signal
 import socket
 import ssl
-import sys
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -85,17 +85,29 @@ class ControlPlane:
         log = self.workdir / "etcd.log"
         client_url = f"http://127.0.0.1:{self.etcd_port}"
         self.etcd = subprocess.Popen(
-            [str(bin_dir / "etcd"), "--data-dir", str(self.workdir / "etcd"),
-             "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
-             "--listen-peer-urls", f"http://127.0.0.1:{free_port()}", "--unsafe-no-fsync",
-             "--log-level", "warn"],
-            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(bin_dir / "etcd"),
+                "--data-dir",
+                str(self.workdir / "etcd"),
+                "--listen-client-urls",
+                client_url,
+                "--advertise-client-urls",
+                client_url,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{free_port()}",
+                "--unsafe-no-fsync",
+                "--log-level",
+                "warn",
+            ],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
         def healthy() -> bool:
             try:
                 with urllib.request.urlopen(f"{client_url}/health", timeout=1) as response:
-                    return b"true" in response.read()
+                    return b"true" in bytes(response.read())
             except OSError:
                 return False
 
@@ -109,18 +121,28 @@ class ControlPlane:
         tokens.chmod(0o600)
         log = self.workdir / "kube-apiserver.log"
         self.apiserver = subprocess.Popen(
-            [str(bin_dir / "kube-apiserver"),
-             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-             "--bind-address=127.0.0.1", f"--secure-port={self.api_port}",
-             f"--tls-cert-file={pki['server.crt']}", f"--tls-private-key-file={pki['server.key']}",
-             f"--client-ca-file={pki['ca.crt']}", f"--token-auth-file={tokens}",
-             "--service-account-issuer=https://kubernetes.default.svc",
-             f"--service-account-key-file={pki['sa.pub']}",
-             f"--service-account-signing-key-file={pki['sa.key']}",
-             "--service-cluster-ip-range=10.0.0.0/24", "--authorization-mode=RBAC",
-             "--anonymous-auth=false", "--endpoint-reconciler-type=none",
-             "--enable-priority-and-fairness=false", "--v=0"],
-            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(bin_dir / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.api_port}",
+                f"--tls-cert-file={pki['server.crt']}",
+                f"--tls-private-key-file={pki['server.key']}",
+                f"--client-ca-file={pki['ca.crt']}",
+                f"--token-auth-file={tokens}",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                f"--service-account-key-file={pki['sa.pub']}",
+                f"--service-account-signing-key-file={pki['sa.key']}",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--authorization-mode=RBAC",
+                "--anonymous-auth=false",
+                "--endpoint-reconciler-type=none",
+                "--enable-priority-and-fairness=false",
+                "--v=0",
+            ],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         context = ssl.create_default_context(cafile=str(pki["ca.crt"]))
 
@@ -130,7 +152,7 @@ class ControlPlane:
             )
             try:
                 with urllib.request.urlopen(request, timeout=2, context=context) as response:
-                    return response.status == 200
+                    return bool(response.status == 200)
             except OSError:
                 return False
 
@@ -142,13 +164,23 @@ class ControlPlane:
 
     def kubeconfig_for(self, user: str, token: str, ca: Path | None = None) -> str:
         ca_data = base64.b64encode((ca or self.workdir / "pki" / "ca.crt").read_bytes()).decode()
-        return yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "certcheck-dev",
-            "clusters": [{"name": "certcheck-dev",
-                          "cluster": {"server": self.url, "certificate-authority-data": ca_data}}],
-            "users": [{"name": user, "user": {"token": token}}],
-            "contexts": [{"name": "certcheck-dev", "context": {"cluster": "certcheck-dev", "user": user}}],
-        })
+        return yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "certcheck-dev",
+                "clusters": [
+                    {
+                        "name": "certcheck-dev",
+                        "cluster": {"server": self.url, "certificate-authority-data": ca_data},
+                    }
+                ],
+                "users": [{"name": user, "user": {"token": token}}],
+                "contexts": [
+                    {"name": "certcheck-dev", "context": {"cluster": "certcheck-dev", "user": user}}
+                ],
+            }
+        )
 
     def stop(self) -> None:
         _stop(self.apiserver)
@@ -172,17 +204,30 @@ class NatsServer:
         self.monitor_port = self.monitor_port or free_port()
         log = self.workdir / "nats-server.log"
         self.proc = subprocess.Popen(
-            [str(binaries.nats_server()), "-a", "127.0.0.1", "-p", str(self.port),
-             "-m", str(self.monitor_port), "-js", "-sd", str(self.workdir / "jetstream"),
-             "--server_name", "certcheck-dev"],
-            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(binaries.nats_server()),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-m",
+                str(self.monitor_port),
+                "-js",
+                "-sd",
+                str(self.workdir / "jetstream"),
+                "--server_name",
+                "certcheck-dev",
+            ],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
         def healthy() -> bool:
             try:
                 url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
                 with urllib.request.urlopen(url, timeout=1) as response:
-                    return response.status == 200
+                    return bool(response.status == 200)
             except OSError:
                 return False
 
@@ -208,7 +253,9 @@ class ServiceProcess:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [os.environ.get("CERTCHECK_PYTHON", sys.executable), "-m", f"services.{self.name}"],
-            env={**os.environ, **self.env}, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -226,9 +273,8 @@ class ServiceProcess:
 def wait_http_ok(url: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+            if response.status == 200:
+                return
         time.sleep(0.1)
     raise RuntimeError(f"{url} not ready after {timeout}s")

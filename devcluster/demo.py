@@ -23,7 +23,8 @@ def create_demo(api: client.ApiClient) -> None:
         cert, key = expiring_in(days, common_name=f"{name}.demo.test")
         secret = client.V1Secret(
             metadata=client.V1ObjectMeta(name=name, labels={"app": "demo"}),
-            type="kubernetes.io/tls", data=tls_secret_data(cert, key),
+            type="kubernetes.io/tls",
+            data=tls_secret_data(cert, key),
         )
         try:
             core.create_namespaced_secret(NAMESPACE, secret)
@@ -31,7 +32,8 @@ def create_demo(api: client.ApiClient) -> None:
             if exc.status != 409:
                 raise
     certcheck = {
-        "apiVersion": f"{CERTCHECK_GROUP}/{CERTCHECK_VERSION}", "kind": "CertCheck",
+        "apiVersion": f"{CERTCHECK_GROUP}/{CERTCHECK_VERSION}",
+        "kind": "CertCheck",
         "metadata": {"name": "demo"},
         "spec": {"selector": {"matchLabels": {"app": "demo"}}, "threshold": 30},
     }

@@ -35,7 +35,7 @@ def apply_crd(api: client.ApiClient, path: Path = CRD_PATH, timeout: float = 30)
         if exc.status != 409:
             raise
         current = ext.read_custom_resource_definition(name)
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version  # type: ignore[union-attr]
         ext.replace_custom_resource_definition(name, body)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -101,9 +101,9 @@ class CertificateStatus(msgspec.Struct, frozen=True, rename="camel", omit_defaul
     key: str  # the data key
     index: int  # position in the key's chain or bundle (0 = first)
     state: State
+    active: bool  # the certificate is valid right now (always written, even when False)
     not_before: str | None = None
     not_after: str | None = None
-    active: bool = False
     days_remaining: int | None = None
     subject: str | None = None
     issuer: str | None = None

@@ -130,5 +130,5 @@ async def fetch_batch(sub: JetStreamContext.PullSubscription, max_batch: int, wa
 
 def redelivery_delay(msg: Msg, base: float = 0.5, cap: float = 60.0) -> float:
     """Exponential back-off for a nak, from how often the message was delivered already."""
-    attempts = msg.metadata.num_delivered or 1
-    return min(cap, base * 2 ** min(attempts - 1, 10))
+    attempts = int(msg.metadata.num_delivered or 1)
+    return float(min(cap, base * 2 ** min(attempts - 1, 10)))

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from services.common.health import Health, serve_http
 from services.common.logs import setup_logging
@@ -41,6 +42,20 @@ async def _run(name: str, main: ServiceMain, settings: Settings) -> None:
         if server:
             server.shutdown()
         log.info("stopped %s", name)
+
+
+async def supervise(stop: asyncio.Event, *tasks: asyncio.Task[None]) -> None:
+    """Run until asked to stop or until a task fails; then cancel the rest and re-raise the failure."""
+    stopping: asyncio.Task[Any] = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        if task is not stopping and not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+            raise SystemExit(1)
 
 
 def run_service(name: str, main: ServiceMain, argv: list[str] | None = None) -> None:

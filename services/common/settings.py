@@ -14,9 +14,7 @@ def _env(name: str, default: str) -> str:
 @dataclass(frozen=True)
 class Settings:
     nats_url: str = field(default_factory=lambda: _env("nats_url", "nats://127.0.0.1:4222"))
-    kubeconfig: str = field(
-        default_factory=lambda: _env("kubeconfig", os.environ.get("KUBECONFIG", ""))
-    )
+    kubeconfig: str = field(default_factory=lambda: _env("kubeconfig", os.environ.get("KUBECONFIG", "")))
     http_host: str = field(default_factory=lambda: _env("http_host", "0.0.0.0"))
     http_port: int = field(default_factory=lambda: int(_env("http_port", "8080")))
     log_level: str = field(default_factory=lambda: _env("log_level", "INFO"))
@@ -39,7 +37,9 @@ class Settings:
         for f in fields(cls):
             flag = "--" + f.name.replace("_", "-")
             parser.add_argument(
-                flag, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name),
+                flag,
+                type=type(getattr(defaults, f.name)),
+                default=getattr(defaults, f.name),
                 help=f"(env CERTCHECK_{f.name.upper()}, default %(default)s)",
             )
         return cls(**vars(parser.parse_args(argv)))

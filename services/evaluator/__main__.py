@@ -7,7 +7,7 @@ import logging
 
 from services.common import bus as bus_mod
 from services.common.health import Health
-from services.common.runtime import run_service
+from services.common.runtime import run_service, supervise
 from services.common.settings import Settings
 from services.evaluator.service import Evaluator
 
@@ -28,15 +28,10 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
         asyncio.create_task(evaluator.resync(), name="resync"),
     ]
     health.set_ready(True)
-    stopping = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await bus.close()
-    for task in done:
-        if task is not stopping and task.exception():
-            raise task.exception()  # type: ignore[misc]
+    try:
+        await supervise(stop, *tasks)
+    finally:
+        await bus.close()
 
 
 def run(argv: list[str] | None = None) -> None:

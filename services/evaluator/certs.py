@@ -61,4 +61,3 @@ def parse_pem_certificate(pem: str) -> Parsed:
         serial_number=format(cert.serial_number, "x"),
         fingerprint=hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
     )
-

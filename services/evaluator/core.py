@@ -148,8 +148,12 @@ def _certificate_status(rated: _Rated, now: datetime) -> CertificateStatus:
     parsed = rated.entry.parsed
     if isinstance(parsed, CertError):
         return CertificateStatus(
-            name=rated.secret.name, key=rated.entry.key, index=rated.entry.index,
-            state=State.INVALID, reason=parsed.reason,
+            name=rated.secret.name,
+            key=rated.entry.key,
+            index=rated.entry.index,
+            state=State.INVALID,
+            active=False,
+            reason=parsed.reason,
         )
     return CertificateStatus(
         name=rated.secret.name,
@@ -168,15 +172,24 @@ def _certificate_status(rated: _Rated, now: datetime) -> CertificateStatus:
 
 
 def _condition(
-    type_: str, status: bool, reason: str, message: str, generation: int,
-    observed: dict[str, Condition], now: datetime,
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    observed: dict[str, Condition],
+    now: datetime,
 ) -> Condition:
     status_text = "True" if status else "False"
     previous = observed.get(type_)
     since = previous.last_transition_time if previous and previous.status == status_text else rfc3339(now)
     return Condition(
-        type=type_, status=status_text, reason=reason, message=message,
-        last_transition_time=since, observed_generation=generation,
+        type=type_,
+        status=status_text,
+        reason=reason,
+        message=message,
+        last_transition_time=since,
+        observed_generation=generation,
     )
 
 
@@ -190,16 +203,25 @@ def _examples(rated: Sequence[_Rated]) -> str:
 
 
 def _conditions(
-    spec: CertCheckSpec, by_state: dict[State, list[_Rated]], total: int, secrets: int,
-    observed: dict[str, Condition], now: datetime,
+    spec: CertCheckSpec,
+    by_state: dict[State, list[_Rated]],
+    total: int,
+    secrets: int,
+    observed: dict[str, Condition],
+    now: datetime,
 ) -> list[Condition]:
     gen = spec.generation
     if spec.selector_error:
         ready = _condition("Ready", False, "InvalidSelector", spec.selector_error, gen, observed, now)
     else:
         ready = _condition(
-            "Ready", True, "Evaluated", f"{total} certificates in {secrets} Secrets evaluated",
-            gen, observed, now,
+            "Ready",
+            True,
+            "Evaluated",
+            f"{total} certificates in {secrets} Secrets evaluated",
+            gen,
+            observed,
+            now,
         )
     conditions = [ready]
     for type_, state, what in (
@@ -220,9 +242,7 @@ def _dedup_key(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
-def desired_annotations(
-    secret: SecretView, coverage: Coverage, now: datetime
-) -> dict[str, str | None]:
+def desired_annotations(secret: SecretView, coverage: Coverage, now: datetime) -> dict[str, str | None]:
     """What certcheck's annotations on a Secret should be, given every CertCheck that covers it.
 
     The state uses the largest threshold among the covering CertChecks, so two CertChecks with different
@@ -257,7 +277,9 @@ def cleanup_patch(secret: SecretView) -> AnnotationPatch | None:
     return AnnotationPatch(secret.namespace, secret.name, secret.uid, dict.fromkeys(secret.annotations))
 
 
-def _secret_event(secret: SecretView, desired: dict[str, str | None], coverage: Coverage) -> EventIntent | None:
+def _secret_event(
+    secret: SecretView, desired: dict[str, str | None], coverage: Coverage
+) -> EventIntent | None:
     new_state = desired.get(ann.STATE)
     if new_state == secret.annotations.get(ann.STATE) or new_state not in BAD_STATES:
         return None
@@ -270,9 +292,15 @@ def _secret_event(secret: SecretView, desired: dict[str, str | None], coverage: 
             f"{coverage.max_threshold_days}-day threshold of CertCheck {', '.join(coverage.certchecks)}"
         )
     return EventIntent(
-        namespace=secret.namespace, involved_api_version="v1", involved_kind="Secret",
-        involved_name=secret.name, involved_uid=secret.uid, type="Warning", reason=str(new_state),
-        message=message, dedup_key=_dedup_key(secret.uid, str(new_state), str(not_after)),
+        namespace=secret.namespace,
+        involved_api_version="v1",
+        involved_kind="Secret",
+        involved_name=secret.name,
+        involved_uid=secret.uid,
+        type="Warning",
+        reason=str(new_state),
+        message=message,
+        dedup_key=_dedup_key(secret.uid, str(new_state), str(not_after)),
     )
 
 
@@ -283,7 +311,8 @@ def _certcheck_events(
     events = []
     for state in BAD_STATES:
         moved = [
-            r for r in rated
+            r
+            for r in rated
             if r.state == state and previous.get((r.secret.name, r.entry.key, r.entry.index)) != state
         ]
         if not moved:
@@ -293,12 +322,19 @@ def _certcheck_events(
             f"{r.label}@{r.entry.parsed.fingerprint if isinstance(r.entry.parsed, CertFacts) else ''}"
             for r in moved
         )
-        events.append(EventIntent(
-            namespace=spec.namespace, involved_api_version=CERTCHECK_API_VERSION,
-            involved_kind="CertCheck", involved_name=spec.name, involved_uid=spec.uid, type="Warning",
-            reason=str(state), message=f"{len(moved)} certificates newly {what}: {_examples(moved)}",
-            dedup_key=_dedup_key(spec.uid, str(state), *ids),
-        ))
+        events.append(
+            EventIntent(
+                namespace=spec.namespace,
+                involved_api_version=CERTCHECK_API_VERSION,
+                involved_kind="CertCheck",
+                involved_name=spec.name,
+                involved_uid=spec.uid,
+                type="Warning",
+                reason=str(state),
+                message=f"{len(moved)} certificates newly {what}: {_examples(moved)}",
+                dedup_key=_dedup_key(spec.uid, str(state), *ids),
+            )
+        )
     return events
 
 

@@ -45,13 +45,17 @@ BATCH = 500
 
 evaluations = Counter("certcheck_evaluations_total", "CertCheck evaluations", ["trigger"])
 evaluation_seconds = Histogram(
-    "certcheck_evaluation_duration_seconds", "Time to evaluate one CertCheck",
+    "certcheck_evaluation_duration_seconds",
+    "Time to evaluate one CertCheck",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
 stale_results = Counter("certcheck_stale_results_dropped_total", "Results dropped: a newer one was published")
-bad_messages = Counter("certcheck_evaluator_bad_messages_total", "Messages that could not be decoded", ["stream"])
+bad_messages = Counter(
+    "certcheck_evaluator_bad_messages_total", "Messages that could not be decoded", ["stream"]
+)
 schedule_lag = Histogram(
-    "certcheck_schedule_lag_seconds", "How late a due re-evaluation ran after its due time",
+    "certcheck_schedule_lag_seconds",
+    "How late a due re-evaluation ran after its due time",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 60),
 )
 
@@ -71,8 +75,11 @@ class Evaluator:
 
     async def follow_objects(self) -> None:
         sub = await self.bus.js.subscribe(
-            subjects.OBJECTS_ALL, stream=OBJECTS.name, ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL, pending_msgs_limit=200_000,
+            subjects.OBJECTS_ALL,
+            stream=OBJECTS.name,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            pending_msgs_limit=200_000,
         )
         async for msg in sub.messages:
             seq = msg.metadata.sequence.stream
@@ -100,19 +107,33 @@ class Evaluator:
     async def consumers(self) -> None:
         """Create the durable work consumers before reading the view, so nothing falls between."""
         await self.bus.js.pull_subscribe(
-            subjects.OBJECTS_ALL, durable=EVALUATOR_OBJECTS_CONSUMER, stream=OBJECTS.name,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.EXPLICIT,
-                                  ack_wait=60, max_ack_pending=20_000),
+            subjects.OBJECTS_ALL,
+            durable=EVALUATOR_OBJECTS_CONSUMER,
+            stream=OBJECTS.name,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.NEW,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=60,
+                max_ack_pending=20_000,
+            ),
         )
         await self.bus.js.pull_subscribe(
-            subjects.DUE_ALL, durable=EVALUATOR_DUE_CONSUMER, stream=TRIGGERS.name,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.EXPLICIT,
-                                  ack_wait=60, filter_subject=subjects.DUE_ALL),
+            subjects.DUE_ALL,
+            durable=EVALUATOR_DUE_CONSUMER,
+            stream=TRIGGERS.name,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.NEW,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=60,
+                filter_subject=subjects.DUE_ALL,
+            ),
         )
 
     async def sweep(self, trigger: str) -> None:
         """Evaluate every CertCheck and release every Secret nobody covers (start-up and resync)."""
-        effects = Effects(evaluate=set(self.view.all_certchecks()), released=set(self.view.uncovered_annotated()))
+        effects = Effects(
+            evaluate=set(self.view.all_certchecks()), released=set(self.view.uncovered_annotated())
+        )
         log.info("full evaluation (%s) of %d CertChecks", trigger, len(effects.evaluate))
         await self.act(effects, trigger)
 
@@ -167,7 +188,9 @@ class Evaluator:
         view_seq = self.view.seq
         for namespace, name, uid in effects.removed:
             removed = CertCheckRemoved(namespace=namespace, name=name, uid=uid, view_seq=view_seq)
-            await self.publish_result(subjects.result_subject(namespace, name), encoder.encode(removed), view_seq)
+            await self.publish_result(
+                subjects.result_subject(namespace, name), encoder.encode(removed), view_seq
+            )
             await self.schedule((namespace, name), None)
         for key in sorted(effects.evaluate):
             if self.view.certcheck(key) is not None:
@@ -188,13 +211,21 @@ class Evaluator:
         assert entry is not None
         started = time.perf_counter()
         secrets, coverage = self.view.inputs(key)
-        evaluation = core.evaluate(entry.spec, secrets, coverage, entry.observed, now, self.settings.status_cap)
+        evaluation = core.evaluate(
+            entry.spec, secrets, coverage, entry.observed, now, self.settings.status_cap
+        )
         evaluation_seconds.observe(time.perf_counter() - started)
         evaluations.labels(trigger).inc()
         result = EvaluationResult(
-            namespace=key[0], name=key[1], uid=entry.spec.uid, generation=entry.spec.generation,
-            evaluated_at=core.rfc3339(now), view_seq=view_seq, status=evaluation.status,
-            status_changed=evaluation.status_changed, annotation_patches=evaluation.annotation_patches,
+            namespace=key[0],
+            name=key[1],
+            uid=entry.spec.uid,
+            generation=entry.spec.generation,
+            evaluated_at=core.rfc3339(now),
+            view_seq=view_seq,
+            status=evaluation.status,
+            status_changed=evaluation.status_changed,
+            annotation_patches=evaluation.annotation_patches,
             events=evaluation.events,
             next_due=core.rfc3339(evaluation.next_due) if evaluation.next_due else None,
         )

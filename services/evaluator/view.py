@@ -78,15 +78,20 @@ def secret_view(observed: SecretObserved) -> core.SecretView:
         for index, pem in enumerate(source.pem):
             entries.append(core.CertEntry(source.key, index, parse_pem_certificate(pem)))
     return core.SecretView(
-        namespace=observed.namespace, name=observed.name, uid=observed.uid,
-        labels=dict(observed.labels), annotations=dict(observed.annotations), entries=tuple(entries),
+        namespace=observed.namespace,
+        name=observed.name,
+        uid=observed.uid,
+        labels=dict(observed.labels),
+        annotations=dict(observed.annotations),
+        entries=tuple(entries),
     )
 
 
 def decode_status(raw: msgspec.Raw) -> CertCheckStatus | None:
     """The status as written; anything unreadable counts as no status (it will be rewritten)."""
     try:
-        return status_decoder.decode(raw)
+        status: CertCheckStatus | None = status_decoder.decode(raw)
+        return status
     except msgspec.ValidationError:
         return None
     except msgspec.DecodeError:
@@ -155,15 +160,19 @@ class View:
         return effects
 
     def _selects(self, entry: CertCheckEntry, labels: dict[str, str]) -> bool:
-        return entry.selector is not None and entry.spec.selector_error is None and matches(
-            entry.selector, labels
+        return (
+            entry.selector is not None
+            and entry.spec.selector_error is None
+            and matches(entry.selector, labels)
         )
 
     def _apply_secret(self, event: SecretObserved, now: datetime) -> Effects:
         namespace_secrets = self.secrets.setdefault(event.namespace, {})
         previous = namespace_secrets.get(event.name)
-        if previous and previous.view.uid == event.uid and not _newer(
-            event.resource_version, previous.resource_version
+        if (
+            previous
+            and previous.view.uid == event.uid
+            and not _newer(event.resource_version, previous.resource_version)
         ):
             return Effects()
         view = secret_view(event)
@@ -178,7 +187,9 @@ class View:
         namespace_secrets[event.name] = entry
         effects = Effects()
         content_changed = previous is None or (
-            previous.view.uid, previous.view.labels, previous.view.entries
+            previous.view.uid,
+            previous.view.labels,
+            previous.view.entries,
         ) != (view.uid, view.labels, view.entries)
         if content_changed:
             effects.evaluate = {(event.namespace, n) for n in covered_by | old_covered_by}
@@ -203,13 +214,19 @@ class View:
     def _apply_certcheck(self, event: CertCheckObserved) -> Effects:
         namespace_certchecks = self.certchecks.setdefault(event.namespace, {})
         previous = namespace_certchecks.get(event.name)
-        if previous and previous.spec.uid == event.uid and not _newer(
-            event.resource_version, previous.resource_version
+        if (
+            previous
+            and previous.spec.uid == event.uid
+            and not _newer(event.resource_version, previous.resource_version)
         ):
             return Effects()
         spec = core.CertCheckSpec(
-            namespace=event.namespace, name=event.name, uid=event.uid, generation=event.generation,
-            threshold_days=event.threshold_days, selector_error=selector_error(event.selector),
+            namespace=event.namespace,
+            name=event.name,
+            uid=event.uid,
+            generation=event.generation,
+            threshold_days=event.threshold_days,
+            selector_error=selector_error(event.selector),
         )
         observed = decode_status(event.status)
         if previous and previous.spec == spec and previous.selector == event.selector:
@@ -218,8 +235,15 @@ class View:
             previous.resource_version = event.resource_version
             return Effects()
         if previous and previous.spec.uid != event.uid:
-            self._delete_certcheck(ObjectDeleted(subjects.KIND_CERTCHECK, event.namespace, event.name,
-                                                 previous.spec.uid, previous.resource_version))
+            self._delete_certcheck(
+                ObjectDeleted(
+                    subjects.KIND_CERTCHECK,
+                    event.namespace,
+                    event.name,
+                    previous.spec.uid,
+                    previous.resource_version,
+                )
+            )
         entry = CertCheckEntry(spec, event.selector, event.resource_version, observed)
         namespace_certchecks[event.name] = entry
         old_covered = previous.covered if previous and previous.spec.uid == event.uid else set()

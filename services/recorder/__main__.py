@@ -7,7 +7,7 @@ import asyncio
 from services.common import bus as bus_mod
 from services.common.health import Health
 from services.common.kube import api_client
-from services.common.runtime import run_service
+from services.common.runtime import run_service, supervise
 from services.common.settings import Settings
 from services.recorder.kube import KubeWriter
 from services.recorder.service import Recorder
@@ -18,15 +18,11 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     await bus_mod.ensure_streams(bus)
     writer = KubeWriter(api_client(settings.kubeconfig, pool_size=settings.write_concurrency))
     recorder = Recorder(bus, writer, settings)
-    task = asyncio.create_task(recorder.run(), name="record")
     health.set_ready(True)
-    stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait([stopping, task], return_when=asyncio.FIRST_COMPLETED)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await bus.close()
-    if task.done() and not task.cancelled() and task.exception():
-        raise task.exception()  # type: ignore[misc]
+    try:
+        await supervise(stop, asyncio.create_task(recorder.run(), name="record"))
+    finally:
+        await bus.close()
 
 
 def run(argv: list[str] | None = None) -> None:

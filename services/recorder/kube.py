@@ -38,7 +38,12 @@ class KubeWriter:
         body = {"metadata": {"uid": uid}, "status": msgspec.to_builtins(status)}
         try:
             self.custom.patch_namespaced_custom_object_status(
-                CERTCHECK_GROUP, CERTCHECK_VERSION, namespace, CERTCHECK_PLURAL, name, body,
+                CERTCHECK_GROUP,
+                CERTCHECK_VERSION,
+                namespace,
+                CERTCHECK_PLURAL,
+                name,
+                body,
                 _content_type=MERGE_PATCH,
             )
         except ApiException as exc:
@@ -66,8 +71,11 @@ class KubeWriter:
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(name=name, namespace=intent.namespace),
             involved_object=client.V1ObjectReference(
-                api_version=intent.involved_api_version, kind=intent.involved_kind,
-                name=intent.involved_name, namespace=intent.namespace, uid=intent.involved_uid,
+                api_version=intent.involved_api_version,
+                kind=intent.involved_kind,
+                name=intent.involved_name,
+                namespace=intent.namespace,
+                uid=intent.involved_uid,
             ),
             reason=intent.reason,
             message=intent.message[:1024],
@@ -92,4 +100,3 @@ class KubeWriter:
             raise
         writes.labels("event", "ok").inc()
         return True
-

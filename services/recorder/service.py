@@ -64,9 +64,15 @@ class Recorder:
 
     async def run(self) -> None:
         sub = await self.bus.js.pull_subscribe(
-            ">", durable=RECORDER_CONSUMER, stream=RESULTS.name,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT,
-                                  ack_wait=120, max_ack_pending=5_000),
+            ">",
+            durable=RECORDER_CONSUMER,
+            stream=RESULTS.name,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=120,
+                max_ack_pending=5_000,
+            ),
         )
         while True:
             msgs = await fetch_batch(sub, BATCH, wait=5)
@@ -114,8 +120,9 @@ class Recorder:
         fingerprint = (result.uid, encoder.encode(result.status))
         if result.status_changed and self._written_status.get(status_key) != fingerprint:
             try:
-                await self._call(self.writer.patch_status, result.namespace, result.name, result.uid,
-                                 result.status)
+                await self._call(
+                    self.writer.patch_status, result.namespace, result.name, result.uid, result.status
+                )
             except Gone:
                 return
             self._written_status.put(status_key, fingerprint)

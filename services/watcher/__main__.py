@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from typing import Any
@@ -14,7 +13,7 @@ from schemas import subjects
 from services.common import bus as bus_mod
 from services.common.health import Health
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, api_client
-from services.common.runtime import run_service
+from services.common.runtime import run_service, supervise
 from services.common.settings import Settings
 from services.watcher.extract import RawCertCheck, RawSecret, certcheck_observed, secret_observed
 from services.watcher.listwatch import ListWatch, Sink
@@ -26,8 +25,15 @@ log = logging.getLogger("certcheck.watcher")
 def _sink(kind: str, put: Any, observe: Any) -> Sink[Any]:
     return Sink(
         upsert=lambda item: put(Upsert(kind, observe(item))),
-        delete=lambda item: put(Delete(kind, item.metadata.namespace, item.metadata.name,
-                                       item.metadata.uid, item.metadata.resourceVersion)),
+        delete=lambda item: put(
+            Delete(
+                kind,
+                item.metadata.namespace,
+                item.metadata.name,
+                item.metadata.uid,
+                item.metadata.resourceVersion,
+            )
+        ),
         listed=lambda keys: put(Listed(kind, keys)),
     )
 
@@ -53,8 +59,9 @@ def build_watches(settings: Settings, api: client.ApiClient, put: Any) -> dict[s
     )
     certchecks = ListWatch(
         "certchecks",
-        functools.partial(custom.list_cluster_custom_object, CERTCHECK_GROUP, CERTCHECK_VERSION,
-                          CERTCHECK_PLURAL),
+        functools.partial(
+            custom.list_cluster_custom_object, CERTCHECK_GROUP, CERTCHECK_VERSION, CERTCHECK_PLURAL
+        ),
         RawCertCheck,
         key=lambda c: (c.metadata.namespace, c.metadata.name),
         sink=_sink(subjects.KIND_CERTCHECK, put, certcheck_observed),
@@ -66,7 +73,8 @@ def build_watches(settings: Settings, api: client.ApiClient, put: Any) -> dict[s
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     bus = await bus_mod.connect(settings.nats_url, "certcheck-watcher")
     await bus_mod.ensure_streams(bus)
-    known = await bus_mod_load(bus)
+    known = await load_published(bus)
+    log.info("loaded %d published objects from the stream", len(known))
     loop = asyncio.get_running_loop()
     watches: dict[str, ListWatch[Any]] = {}
     publisher = Publisher(bus, known, on_lost=lambda kind: watches[kind].request_relist())
@@ -75,27 +83,18 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
         loop.call_soon_threadsafe(publisher.queue.put_nowait, change)
 
     watches.update(build_watches(settings, api_client(settings.kubeconfig), put))
-    publishing = asyncio.create_task(publisher.run())
+    publishing = asyncio.create_task(publisher.run(), name="publish")
     # CertChecks first, so the evaluator knows the selectors before the Secrets flood in.
     watches[subjects.KIND_CERTCHECK].start()
     watches[subjects.KIND_SECRET].start()
     health.set_ready(True)
-    await stop.wait()
-    for watch in watches.values():
-        watch.stop()
-    while not publisher.queue.empty():
-        await asyncio.sleep(0.05)
-    await bus.js.publish_async_completed() if bus.js.publish_async_pending() else None
-    publishing.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await publishing
-    await bus.close()
-
-
-async def bus_mod_load(bus: bus_mod.Bus) -> dict[tuple[str, str, str], str]:
-    known = await load_published(bus)
-    log.info("loaded %d published objects from the stream", len(known))
-    return known
+    try:
+        await supervise(stop, publishing)
+    finally:
+        for watch in watches.values():
+            watch.stop()
+        await publisher.flush(timeout=5)
+        await bus.close()
 
 
 def run(argv: list[str] | None = None) -> None:

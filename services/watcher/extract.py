@@ -21,15 +21,13 @@ REQUIRED_KEYS = ("tls.crt",)
 MAX_VALUE_BYTES = 1 << 20  # a certificate value larger than this is reported, not read
 MAX_PEM_BYTES_PER_SECRET = 512 << 10  # keeps every message well under NATS's 1 MiB payload limit
 
-_PEM_CERT = re.compile(
-    rb"-----BEGIN CERTIFICATE-----\r?\n([A-Za-z0-9+/=\r\n\t ]+?)-----END CERTIFICATE-----"
-)
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n([A-Za-z0-9+/=\r\n\t ]+?)-----END CERTIFICATE-----")
 
 
 class ObjectMeta(msgspec.Struct):
     name: str
     uid: str
-    resourceVersion: str  # noqa: N815 (Kubernetes' spelling)
+    resourceVersion: str
     namespace: str = ""
     generation: int = 0
     labels: dict[str, str] | None = None
@@ -86,8 +84,13 @@ def _bounded(sources: list[CertSource]) -> list[CertSource]:
     for source in sources:
         size = sum(len(block) for block in source.pem)
         if size > budget:
-            bounded.append(CertSource(source.key, error=f"key {source.key} holds too many certificates "
-                                      f"({len(source.pem)} blocks, {size} bytes)"))
+            bounded.append(
+                CertSource(
+                    source.key,
+                    error=f"key {source.key} holds too many certificates "
+                    f"({len(source.pem)} blocks, {size} bytes)",
+                )
+            )
             continue
         budget -= size
         bounded.append(source)
@@ -132,9 +135,11 @@ _encoder = msgspec.json.Encoder(order="deterministic")
 def digest(observed: SecretObserved | CertCheckObserved) -> str:
     """A fingerprint of everything that matters downstream (the resourceVersion excluded)."""
     if isinstance(observed, SecretObserved):
-        content = _encoder.encode((observed.uid, observed.type, observed.labels, observed.annotations,
-                                   observed.sources))
+        content = _encoder.encode(
+            (observed.uid, observed.type, observed.labels, observed.annotations, observed.sources)
+        )
     else:
-        content = _encoder.encode((observed.uid, observed.generation, observed.threshold_days,
-                                   observed.selector, observed.status))
+        content = _encoder.encode(
+            (observed.uid, observed.generation, observed.threshold_days, observed.selector, observed.status)
+        )
     return hashlib.sha256(content).hexdigest()[:32]

@@ -26,11 +26,13 @@ T = TypeVar("T")
 watch_restarts = Counter(
     "certcheck_watch_restarts_total", "Watch (re)connections by resource and cause", ["resource", "cause"]
 )
-kube_connected = Gauge("certcheck_kubernetes_connected", "1 while the watch of a resource is up", ["resource"])
+kube_connected = Gauge(
+    "certcheck_kubernetes_connected", "1 while the watch of a resource is up", ["resource"]
+)
 
 
 class _ListMeta(msgspec.Struct):
-    resourceVersion: str = ""  # noqa: N815
+    resourceVersion: str = ""
     continue_: str | None = msgspec.field(default=None, name="continue")
 
 
@@ -46,7 +48,7 @@ class _WatchHead(msgspec.Struct):
 
 
 class _BookmarkMeta(msgspec.Struct):
-    resourceVersion: str = ""  # noqa: N815
+    resourceVersion: str = ""
 
 
 class _Bookmark(msgspec.Struct):
@@ -121,12 +123,13 @@ class ListWatch(Generic[T]):
                 log.info("resourceVersion expired, re-listing", extra={"resource": self.resource})
                 watch_restarts.labels(self.resource, "gone").inc()
                 self.resource_version = None
-            except Exception as exc:  # noqa: BLE001 - any failure: back off and resume
+            except Exception as exc:
                 kube_connected.labels(self.resource).set(0)
                 failures += 1
                 delay = min(30.0, 0.2 * 2 ** min(failures, 8)) * random.uniform(0.5, 1.0)
-                log.warning("watch failed, retrying in %.1fs: %s", delay, exc,
-                            extra={"resource": self.resource})
+                log.warning(
+                    "watch failed, retrying in %.1fs: %s", delay, exc, extra={"resource": self.resource}
+                )
                 watch_restarts.labels(self.resource, "error").inc()
                 self._stop.wait(delay)
 
@@ -194,6 +197,8 @@ class ListWatch(Generic[T]):
 def _make_list_type(item_type: type[T]) -> type[Any]:
     return msgspec.defstruct(
         f"{item_type.__name__}List",
-        [("metadata", _ListMeta, msgspec.field(default_factory=_ListMeta)),
-         ("items", list[item_type] | None, None)],  # type: ignore[valid-type]
+        [
+            ("metadata", _ListMeta, msgspec.field(default_factory=_ListMeta)),
+            ("items", list[item_type] | None, None),  # type: ignore[valid-type]
+        ],
     )

@@ -8,9 +8,11 @@ vanished while nobody watched get a tombstone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from nats.js.api import DeliverPolicy
 from prometheus_client import Counter
@@ -85,6 +87,15 @@ class Publisher:
         self._on_lost = on_lost  # asks the kind's ListWatch to re-list when a publish failed
         self.queue: asyncio.Queue[Change] = asyncio.Queue()
 
+    async def flush(self, timeout: float) -> None:
+        """Publish what is queued and wait for the acknowledgements (on shutdown)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not self.queue.empty():
+                    await self._handle(self.queue.get_nowait())
+                if self._bus.js.publish_async_pending():
+                    await self._bus.js.publish_async_completed()
+
     async def run(self) -> None:
         while True:
             change = await self.queue.get()
@@ -99,10 +110,15 @@ class Publisher:
         if isinstance(change, Upsert):
             await self._upsert(change)
         elif isinstance(change, Delete):
-            await self._delete(change.kind, change.namespace, change.name, change.uid, change.resource_version)
+            await self._delete(
+                change.kind, change.namespace, change.name, change.uid, change.resource_version
+            )
         else:
-            gone = [key for key, value in self._known.items()
-                    if key[0] == change.kind and value != TOMBSTONE and (key[1], key[2]) not in change.keys]
+            gone = [
+                key
+                for key, value in self._known.items()
+                if key[0] == change.kind and value != TOMBSTONE and (key[1], key[2]) not in change.keys
+            ]
             for kind, namespace, name in gone:
                 await self._delete(kind, namespace, name, "", "")
 
@@ -112,8 +128,9 @@ class Publisher:
         content_digest = digest(observed)
         if self._known.get(key) == content_digest:
             return
-        await self._publish(key, encoder.encode(observed), content_digest, observed.uid,
-                            observed.resource_version)
+        await self._publish(
+            key, encoder.encode(observed), content_digest, observed.uid, observed.resource_version
+        )
         published.labels(change.kind, "upsert").inc()
 
     async def _delete(self, kind: str, namespace: str, name: str, uid: str, resource_version: str) -> None:
@@ -121,12 +138,23 @@ class Publisher:
         if self._known.get(key) in (TOMBSTONE, None) and uid == "":
             return
         message = ObjectDeleted(kind, namespace, name, uid, resource_version)
-        await self._publish(key, encoder.encode(message), TOMBSTONE, uid or "unknown",
-                            resource_version or "relist", ttl=TOMBSTONE_TTL_SECONDS)
+        await self._publish(
+            key,
+            encoder.encode(message),
+            TOMBSTONE,
+            uid or "unknown",
+            resource_version or "relist",
+            ttl=TOMBSTONE_TTL_SECONDS,
+        )
         published.labels(kind, "delete").inc()
 
     async def _publish(
-        self, key: ObjectKey, payload: bytes, content_digest: str, uid: str, resource_version: str,
+        self,
+        key: ObjectKey,
+        payload: bytes,
+        content_digest: str,
+        uid: str,
+        resource_version: str,
         ttl: float | None = None,
     ) -> None:
         kind, namespace, name = key
@@ -142,10 +170,13 @@ class Publisher:
         self._known[key] = content_digest
         future.add_done_callback(lambda f: self._acked(key, f))
 
-    def _acked(self, key: ObjectKey, future: asyncio.Future[object]) -> None:
+    def _acked(self, key: ObjectKey, future: asyncio.Future[Any]) -> None:
         if future.cancelled() or future.exception() is not None:
-            log.warning("publish of %s not acknowledged: %s", "/".join(key),
-                        None if future.cancelled() else future.exception())
+            log.warning(
+                "publish of %s not acknowledged: %s",
+                "/".join(key),
+                None if future.cancelled() else future.exception(),
+            )
             publish_failures.labels(key[0]).inc()
             self._known.pop(key, None)
             self._on_lost(key[0])

@@ -1,0 +1,178 @@
+"""Shared fixtures. End-to-end tests share one real control plane, nats-server and set of services per
+session; each test works in a namespace of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats
+import pytest
+from kubernetes import client
+
+from devcluster.stack import Stack, api_client
+from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION
+
+T = TypeVar("T")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+class BusTap:
+    """Records every message on the bus (core NATS sees JetStream traffic too), from a thread."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.messages: list[tuple[str, bytes, dict[str, str]]] = []
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="bus-tap")
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("bus tap did not connect")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._tap())
+
+    async def _tap(self) -> None:
+        async def quiet(_: Exception) -> None:
+            pass
+
+        nc = await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, error_cb=quiet)
+
+        async def record(msg: Any) -> None:
+            self.messages.append((msg.subject, msg.data, dict(msg.headers or {})))
+
+        await nc.subscribe(">", cb=record)
+        await nc.flush()
+        self._ready.set()
+        while True:
+            await asyncio.sleep(3600)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir = Path(tmp_path_factory.mktemp("certcheck"))
+    stack = Stack(workdir)
+    try:
+        stack.start_infrastructure()
+        stack.start_services()
+    except Exception:
+        stack.stop()
+        raise
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def bus_tap(stack: Stack) -> BusTap:
+    tap = BusTap(stack.nats.url)
+    tap.start()
+    return tap
+
+
+@pytest.fixture(scope="session")
+def api(stack: Stack) -> client.ApiClient:
+    return api_client(stack.control_plane.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def core_api(api: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api)
+
+
+@pytest.fixture(scope="session")
+def custom_api(api: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api)
+
+
+@pytest.fixture
+def namespace(core_api: client.CoreV1Api) -> str:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core_api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    return name
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float = 15.0, what: str = "condition") -> T:
+    """Poll until ``probe`` returns something truthy; fail with the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
+
+
+class Cluster:
+    """Small helpers over the real API server for tests."""
+
+    def __init__(self, core: client.CoreV1Api, custom: client.CustomObjectsApi) -> None:
+        self.core = core
+        self.custom = custom
+
+    def create_tls_secret(
+        self, namespace: str, name: str, cert_pem: bytes, key_pem: bytes, labels: dict[str, str] | None = None
+    ) -> client.V1Secret:
+        from devcluster.certs import tls_secret_data
+
+        body = client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name, labels=labels or {}),
+            type="kubernetes.io/tls",
+            data=tls_secret_data(cert_pem, key_pem),
+        )
+        return self.core.create_namespaced_secret(namespace, body)
+
+    def create_certcheck(
+        self, namespace: str, name: str, selector: dict[str, Any], threshold: int | None = 30
+    ) -> dict[str, Any]:
+        spec: dict[str, Any] = {"selector": selector}
+        if threshold is not None:
+            spec["threshold"] = threshold
+        body = {
+            "apiVersion": f"{CERTCHECK_GROUP}/{CERTCHECK_VERSION}",
+            "kind": "CertCheck",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+        return self.custom.create_namespaced_custom_object(  # type: ignore[no-any-return]
+            CERTCHECK_GROUP, CERTCHECK_VERSION, namespace, CERTCHECK_PLURAL, body
+        )
+
+    def certcheck(self, namespace: str, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(  # type: ignore[no-any-return]
+            CERTCHECK_GROUP, CERTCHECK_VERSION, namespace, CERTCHECK_PLURAL, name
+        )
+
+    def status(self, namespace: str, name: str) -> dict[str, Any]:
+        return self.certcheck(namespace, name).get("status") or {}
+
+    def annotations(self, namespace: str, name: str) -> dict[str, str]:
+        return self.core.read_namespaced_secret(name, namespace).metadata.annotations or {}
+
+    def events(self, namespace: str, kind: str | None = None, name: str | None = None) -> list[Any]:
+        items = self.core.list_namespaced_event(namespace).items
+        return [
+            e
+            for e in items
+            if (kind is None or e.involved_object.kind == kind)
+            and (name is None or e.involved_object.name == name)
+        ]
+
+
+@pytest.fixture(scope="session")
+def cluster(core_api: client.CoreV1Api, custom_api: client.CustomObjectsApi) -> Cluster:
+    return Cluster(core_api, custom_api)

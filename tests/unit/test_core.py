@@ -1,0 +1,239 @@
+"""The evaluator's pure core: states at the boundaries, next due time, status, annotations, Events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from schemas import annotations as ann
+from schemas.messages import State
+from services.evaluator import core
+from services.evaluator.certs import CertError, CertFacts
+
+NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def facts(not_after: datetime, not_before: datetime | None = None, fingerprint: str = "f") -> CertFacts:
+    return CertFacts(
+        not_before=not_before or not_after - timedelta(days=365),
+        not_after=not_after,
+        subject_cn="svc.test",
+        issuer_cn="ca",
+        serial_number="1",
+        fingerprint=fingerprint,
+    )
+
+
+def secret(
+    name: str,
+    *parsed: CertFacts | CertError,
+    annotations: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
+) -> core.SecretView:
+    return core.SecretView(
+        namespace="ns",
+        name=name,
+        uid=f"uid-{name}",
+        labels=labels or {"app": "x"},
+        annotations=annotations or {},
+        entries=tuple(core.CertEntry("tls.crt", i, p) for i, p in enumerate(parsed)),
+    )
+
+
+SPEC = core.CertCheckSpec(namespace="ns", name="check", uid="uid-check", generation=3, threshold_days=30)
+
+
+class TestClassify:
+    def test_exactly_at_threshold_is_expiring_soon(self) -> None:
+        cert = facts(NOW + timedelta(days=30))
+        assert core.classify(cert, 30, NOW) == State.EXPIRING_SOON
+
+    def test_one_second_before_threshold_is_valid(self) -> None:
+        cert = facts(NOW + timedelta(days=30, seconds=1))
+        assert core.classify(cert, 30, NOW) == State.VALID
+
+    def test_exactly_at_not_after_is_still_valid_time_so_expiring_soon(self) -> None:
+        # RFC 5280: the validity period includes notAfter itself.
+        assert core.classify(facts(NOW), 30, NOW) == State.EXPIRING_SOON
+
+    def test_just_after_not_after_is_expired(self) -> None:
+        assert core.classify(facts(NOW - timedelta(microseconds=1)), 30, NOW) == State.EXPIRED
+
+    def test_before_not_before_is_not_yet_valid(self) -> None:
+        cert = facts(NOW + timedelta(days=400), not_before=NOW + timedelta(seconds=1))
+        assert core.classify(cert, 30, NOW) == State.NOT_YET_VALID
+
+    def test_exactly_at_not_before_is_valid(self) -> None:
+        cert = facts(NOW + timedelta(days=400), not_before=NOW)
+        assert core.classify(cert, 30, NOW) == State.VALID
+
+    def test_zero_threshold_is_expiring_only_at_not_after(self) -> None:
+        assert core.classify(facts(NOW + timedelta(seconds=1)), 0, NOW) == State.VALID
+        assert core.classify(facts(NOW), 0, NOW) == State.EXPIRING_SOON
+
+
+class TestNextDue:
+    def test_next_due_is_the_threshold_crossing_when_valid(self) -> None:
+        cert = facts(NOW + timedelta(days=40))
+        assert core.next_due([cert], 30, NOW) == NOW + timedelta(days=10)
+
+    def test_next_due_is_just_after_not_after_when_expiring(self) -> None:
+        cert = facts(NOW + timedelta(days=5))
+        assert core.next_due([cert], 30, NOW) == NOW + timedelta(days=5, seconds=1)
+
+    def test_next_due_is_not_before_for_a_future_certificate(self) -> None:
+        cert = facts(NOW + timedelta(days=400), not_before=NOW + timedelta(hours=2))
+        assert core.next_due([cert], 30, NOW) == NOW + timedelta(hours=2)
+
+    def test_next_due_takes_the_earliest_over_all_certificates(self) -> None:
+        certs = [facts(NOW + timedelta(days=90)), facts(NOW + timedelta(days=31))]
+        assert core.next_due(certs, 30, NOW) == NOW + timedelta(days=1)
+
+    def test_nothing_due_once_everything_expired(self) -> None:
+        assert core.next_due([facts(NOW - timedelta(days=1))], 30, NOW) is None
+
+    def test_due_times_round_up_to_whole_seconds(self) -> None:
+        cert = facts(NOW + timedelta(days=40, microseconds=250_000))
+        assert core.next_due([cert], 30, NOW) == NOW + timedelta(days=10, seconds=1)
+
+    def test_evaluating_at_the_due_time_gives_the_new_state(self) -> None:
+        cert = facts(NOW + timedelta(days=40, seconds=7))
+        due = core.next_due([cert], 30, NOW)
+        assert due is not None
+        assert core.classify(cert, 30, due) == State.EXPIRING_SOON
+        expired_due = core.next_due([cert], 30, due)
+        assert expired_due is not None
+        assert core.classify(cert, 30, expired_due) == State.EXPIRED
+
+
+class TestEvaluate:
+    def test_counts_and_urgency_order(self) -> None:
+        secrets = [
+            secret("healthy", facts(NOW + timedelta(days=200))),
+            secret("expiring", facts(NOW + timedelta(days=10))),
+            secret("expired", facts(NOW - timedelta(days=1))),
+            secret("broken", CertError("malformed certificate")),
+        ]
+        result = core.evaluate(SPEC, secrets, {}, None, NOW)
+        status = result.status
+        assert (status.target_secrets_count, status.target_certs_count) == (4, 4)
+        assert (
+            status.valid_count,
+            status.expiring_soon_count,
+            status.expired_count,
+            status.invalid_count,
+        ) == (1, 1, 1, 1)
+        assert [c.name for c in status.certificates] == ["expired", "expiring", "broken", "healthy"]
+        assert status.earliest_certificate == "expired/tls.crt[0]"
+        assert status.certificates[2].reason == "malformed certificate"
+        assert status.observed_generation == 3
+
+    def test_status_is_capped_to_the_most_urgent_and_counts_what_is_omitted(self) -> None:
+        secrets = [secret(f"s{i:03d}", facts(NOW + timedelta(days=i + 1))) for i in range(50)]
+        result = core.evaluate(SPEC, secrets, {}, None, NOW, status_cap=10)
+        assert len(result.status.certificates) == 10
+        assert result.status.certificates_omitted == 40
+        assert result.status.certificates[0].name == "s000"
+        assert result.status.target_certs_count == 50
+
+    def test_unchanged_status_is_not_rewritten_and_conditions_keep_their_transition_time(self) -> None:
+        secrets = [secret("expiring", facts(NOW + timedelta(days=10, hours=1)))]
+        first = core.evaluate(SPEC, secrets, {}, None, NOW)
+        assert first.status_changed
+        later = NOW + timedelta(minutes=5)  # the same whole number of days remains
+        second = core.evaluate(SPEC, secrets, {}, first.status, later)
+        assert not second.status_changed
+        ready = next(c for c in second.status.conditions if c.type == "ExpiringSoon")
+        assert ready.status == "True"
+        assert ready.last_transition_time == core.rfc3339(NOW)
+
+    def test_condition_transition_time_moves_when_its_status_flips(self) -> None:
+        cert = facts(NOW + timedelta(days=31))
+        first = core.evaluate(SPEC, [secret("a", cert)], {}, None, NOW)
+        later = NOW + timedelta(days=2)
+        second = core.evaluate(SPEC, [secret("a", cert)], {}, first.status, later)
+        expiring = next(c for c in second.status.conditions if c.type == "ExpiringSoon")
+        assert (expiring.status, expiring.last_transition_time) == ("True", core.rfc3339(later))
+
+    def test_invalid_selector_makes_ready_false_with_the_reason(self) -> None:
+        spec = core.CertCheckSpec("ns", "check", "uid", 1, 30, selector_error="bad operator 'Foo'")
+        result = core.evaluate(spec, [], {}, None, NOW)
+        ready = next(c for c in result.status.conditions if c.type == "Ready")
+        assert (ready.status, ready.reason, ready.message) == (
+            "False",
+            "InvalidSelector",
+            "bad operator 'Foo'",
+        )
+
+    def test_events_only_for_state_changes(self) -> None:
+        expiring = secret("expiring", facts(NOW + timedelta(days=10)))
+        first = core.evaluate(SPEC, [expiring], {}, None, NOW)
+        reasons = sorted((e.involved_kind, e.reason) for e in first.events)
+        assert reasons == [("CertCheck", "ExpiringSoon"), ("Secret", "ExpiringSoon")]
+        # The same world, observed after the first result was recorded: nothing new to say.
+        recorded = secret(
+            "expiring",
+            facts(NOW + timedelta(days=10)),
+            annotations={k: v for k, v in first.annotation_patches[0].annotations.items() if v is not None},
+        )
+        second = core.evaluate(SPEC, [recorded], {}, first.status, NOW + timedelta(hours=1))
+        assert second.events == []
+        assert second.annotation_patches == []
+
+    def test_healthy_certificate_gives_no_warning(self) -> None:
+        result = core.evaluate(SPEC, [secret("ok", facts(NOW + timedelta(days=300)))], {}, None, NOW)
+        assert result.events == []
+
+    def test_event_dedup_key_is_stable_for_the_same_transition(self) -> None:
+        expiring = [secret("expiring", facts(NOW + timedelta(days=10)))]
+        first = core.evaluate(SPEC, expiring, {}, None, NOW)
+        again = core.evaluate(SPEC, expiring, {}, None, NOW + timedelta(seconds=30))
+        assert [e.dedup_key for e in first.events] == [e.dedup_key for e in again.events]
+
+
+class TestAnnotations:
+    def test_annotations_name_the_urgent_certificate_and_the_covering_certchecks(self) -> None:
+        view = secret("chain", facts(NOW + timedelta(days=300)), facts(NOW + timedelta(days=20)))
+        desired = core.desired_annotations(view, core.Coverage(("a", "b"), 30), NOW)
+        assert desired[ann.STATE] == "ExpiringSoon"
+        assert desired[ann.NOT_AFTER] == core.rfc3339(NOW + timedelta(days=20))
+        assert desired[ann.CHECKED_BY] == "a,b"
+
+    def test_two_certchecks_with_different_thresholds_agree_on_the_annotations(self) -> None:
+        view = secret("s", facts(NOW + timedelta(days=20)))
+        coverage = {"s": core.Coverage(("long", "short"), 30)}
+        long_spec = core.CertCheckSpec("ns", "long", "u1", 1, 30)
+        short_spec = core.CertCheckSpec("ns", "short", "u2", 1, 7)
+        long_result = core.evaluate(long_spec, [view], coverage, None, NOW)
+        short_result = core.evaluate(short_spec, [view], coverage, None, NOW)
+        assert long_result.annotation_patches == short_result.annotation_patches
+        assert short_result.status.certificates[0].state == State.VALID
+
+    def test_patch_holds_only_what_differs(self) -> None:
+        view = secret(
+            "s",
+            facts(NOW + timedelta(days=200)),
+            annotations={ann.STATE: "Valid", ann.CHECKED_BY: "check", "certcheck.dev/stale": "x"},
+        )
+        desired = core.desired_annotations(view, core.Coverage(("check",), 30), NOW)
+        patch = core.annotation_patch(view, desired)
+        assert patch is not None
+        assert set(patch.annotations) == {ann.NOT_AFTER, ann.NOT_BEFORE}
+
+    def test_cleanup_removes_every_owned_annotation(self) -> None:
+        view = secret("s", annotations={ann.STATE: "Valid", ann.CHECKED_BY: "gone"})
+        patch = core.cleanup_patch(view)
+        assert patch is not None and patch.annotations == {ann.STATE: None, ann.CHECKED_BY: None}
+        assert core.cleanup_patch(secret("clean")) is None
+
+
+@pytest.mark.parametrize("days,state", [(-1, State.EXPIRED), (5, State.EXPIRING_SOON), (60, State.VALID)])
+def test_certificate_status_entry_carries_dates_and_remaining_days(days: int, state: State) -> None:
+    not_after = NOW + timedelta(days=days, hours=1)
+    result = core.evaluate(SPEC, [secret("s", facts(not_after))], {}, None, NOW)
+    entry = result.status.certificates[0]
+    assert entry.state == state
+    assert entry.not_after == core.rfc3339(not_after)
+    assert entry.days_remaining == days
+    assert entry.active == (state != State.EXPIRED)

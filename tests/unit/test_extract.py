@@ -1,0 +1,97 @@
+"""The watcher's extraction: only certificate blocks leave, everything else is dropped or reported."""
+
+from __future__ import annotations
+
+import base64
+
+from devcluster.certs import expiring_in
+from services.watcher.extract import (
+    ObjectMeta,
+    RawSecret,
+    digest,
+    read_cert_source,
+    secret_observed,
+)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def raw_secret(data: dict[str, str], annotations: dict[str, str] | None = None) -> RawSecret:
+    meta = ObjectMeta(
+        name="web",
+        uid="u1",
+        resourceVersion="7",
+        namespace="ns",
+        labels={"app": "web"},
+        annotations=annotations,
+    )
+    return RawSecret(metadata=meta, type="kubernetes.io/tls", data=data)
+
+
+def test_only_certificate_blocks_are_kept_even_when_a_key_is_bundled_in_tls_crt() -> None:
+    cert, key = expiring_in(10)
+    observed = secret_observed(raw_secret({"tls.crt": b64(key + cert), "tls.key": b64(key)}))
+    [source] = observed.sources
+    assert source.key == "tls.crt" and len(source.pem) == 1
+    assert "PRIVATE KEY" not in source.pem[0]
+    assert source.pem[0].encode().strip() == cert.strip()
+
+
+def test_chain_keeps_every_certificate_in_order() -> None:
+    leaf, _ = expiring_in(10, "leaf")
+    intermediate, _ = expiring_in(100, "intermediate")
+    source = read_cert_source("tls.crt", b64(leaf + intermediate))
+    assert [p.encode().strip() for p in source.pem] == [leaf.strip(), intermediate.strip()]
+
+
+def test_ca_crt_is_read_when_present() -> None:
+    cert, key = expiring_in(10)
+    ca, _ = expiring_in(1000, "ca")
+    observed = secret_observed(raw_secret({"tls.crt": b64(cert), "tls.key": b64(key), "ca.crt": b64(ca)}))
+    assert [s.key for s in observed.sources] == ["tls.crt", "ca.crt"]
+
+
+def test_missing_empty_and_garbage_values_are_reported_not_raised() -> None:
+    assert read_cert_source("tls.crt", None).error == "key tls.crt is missing"
+    assert read_cert_source("tls.crt", "").error == "key tls.crt is empty"
+    assert read_cert_source("tls.crt", "%%%").error == "key tls.crt is not valid base64"
+    assert read_cert_source("tls.crt", b64(b"hello")).error == "no PEM CERTIFICATE block in key tls.crt"
+
+
+def test_oversized_value_is_reported() -> None:
+    error = read_cert_source("tls.crt", "A" * (3 << 20)).error
+    assert error is not None and "too large" in error
+
+
+def test_only_certcheck_annotations_are_observed() -> None:
+    cert, _ = expiring_in(10)
+    observed = secret_observed(
+        raw_secret(
+            {"tls.crt": b64(cert)},
+            annotations={
+                "certcheck.dev/state": "Valid",
+                "kubectl.kubernetes.io/last-applied-configuration": "{}",
+            },
+        )
+    )
+    assert observed.annotations == {"certcheck.dev/state": "Valid"}
+
+
+def test_digest_ignores_resource_version_but_not_content() -> None:
+    cert, _ = expiring_in(10)
+    other, _ = expiring_in(20)
+    first = secret_observed(raw_secret({"tls.crt": b64(cert)}))
+    bumped = secret_observed(
+        RawSecret(
+            metadata=ObjectMeta(
+                name="web", uid="u1", resourceVersion="8", namespace="ns", labels={"app": "web"}
+            ),
+            type="kubernetes.io/tls",
+            data={"tls.crt": b64(cert)},
+        )
+    )
+    changed = secret_observed(raw_secret({"tls.crt": b64(other)}))
+    assert digest(first) == digest(bumped)
+    assert digest(first) != digest(changed)

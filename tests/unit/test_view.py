@@ -1,0 +1,162 @@
+"""The evaluator's view: a change is mapped to exactly the CertChecks it concerns."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+import msgspec
+
+from devcluster.certs import expiring_in
+from schemas import subjects
+from schemas.messages import CertCheckObserved, CertSource, LabelSelector, ObjectDeleted, SecretObserved
+from services.evaluator.view import View
+
+NOW = datetime.now(UTC)
+CERT, _ = expiring_in(10)
+
+
+def secret(
+    name: str,
+    labels: dict[str, str],
+    rv: str = "1",
+    annotations: dict[str, str] | None = None,
+    namespace: str = "ns",
+    cert: bytes = CERT,
+) -> SecretObserved:
+    return SecretObserved(
+        namespace=namespace,
+        name=name,
+        uid=f"uid-{name}",
+        resource_version=rv,
+        type="kubernetes.io/tls",
+        labels=labels,
+        annotations=annotations or {},
+        sources=[CertSource("tls.crt", pem=[cert.decode()])],
+    )
+
+
+def certcheck(
+    name: str,
+    match: dict[str, str],
+    threshold: int = 30,
+    generation: int = 1,
+    rv: str = "1",
+    namespace: str = "ns",
+) -> CertCheckObserved:
+    return CertCheckObserved(
+        namespace=namespace,
+        name=name,
+        uid=f"uid-{name}",
+        resource_version=rv,
+        generation=generation,
+        threshold_days=threshold,
+        selector=LabelSelector(match_labels=match),
+    )
+
+
+def fold(view: View, *events: object) -> list[object]:
+    return [view.apply(i + 1 + view.seq, e, NOW) for i, e in enumerate(events)]  # type: ignore[arg-type]
+
+
+def test_secret_change_maps_to_every_certcheck_that_selects_it_and_no_other() -> None:
+    view = View()
+    fold(view, certcheck("a", {"app": "x"}), certcheck("b", {"team": "t"}), certcheck("c", {"app": "other"}))
+    [effects] = fold(view, secret("s", {"app": "x", "team": "t"}))
+    assert effects.evaluate == {("ns", "a"), ("ns", "b")}
+
+
+def test_unselected_secret_triggers_nothing() -> None:
+    view = View()
+    fold(view, certcheck("a", {"app": "x"}))
+    [effects] = fold(view, secret("s", {"app": "nope"}))
+    assert effects.evaluate == set()
+
+
+def test_certcheck_in_another_namespace_is_never_affected() -> None:
+    view = View()
+    fold(view, certcheck("a", {"app": "x"}, namespace="other"))
+    [effects] = fold(view, secret("s", {"app": "x"}))
+    assert effects.evaluate == set()
+
+
+def test_label_change_out_of_a_selector_affects_the_certcheck_it_left() -> None:
+    view = View()
+    fold(view, certcheck("a", {"app": "x"}), secret("s", {"app": "x"}))
+    [effects] = fold(view, secret("s", {"app": "y"}, rv="2", annotations={"certcheck.dev/state": "Valid"}))
+    assert effects.evaluate == {("ns", "a")}
+    assert effects.released == {("ns", "s")}
+
+
+def test_only_our_annotations_changing_back_triggers_nothing() -> None:
+    view = View()
+    fold(view, certcheck("a", {"app": "x"}), secret("s", {"app": "x"}))
+    inputs, coverage = view.inputs(("ns", "a"))
+    from services.evaluator import core
+
+    desired = core.desired_annotations(inputs[0], coverage["s"], NOW)
+    written = {k: v for k, v in desired.items() if v is not None}
+    [effects] = fold(view, secret("s", {"app": "x"}, rv="2", annotations=written))
+    assert effects.evaluate == set()
+
+
+def test_older_resource_version_arriving_late_is_ignored() -> None:
+    view = View()
+    fold(view, certcheck("a", {"app": "x"}), secret("s", {"app": "x"}, rv="5"))
+    [effects] = fold(view, secret("s", {"app": "y"}, rv="4"))
+    assert effects.evaluate == set()
+    entry = view.secret(("ns", "s"))
+    assert entry is not None and entry.view.labels == {"app": "x"}
+
+
+def test_status_only_update_of_a_certcheck_triggers_nothing() -> None:
+    view = View()
+    fold(view, certcheck("a", {"app": "x"}))
+    updated = msgspec.structs.replace(
+        certcheck("a", {"app": "x"}, rv="2"), status=msgspec.Raw(b'{"validCount":1}')
+    )
+    [effects] = fold(view, updated)
+    assert effects.evaluate == set()
+
+
+def test_deleting_a_certcheck_releases_secrets_nobody_else_covers_and_reevaluates_the_others() -> None:
+    view = View()
+    fold(
+        view,
+        certcheck("a", {"app": "x"}),
+        certcheck("b", {"tier": "web"}),
+        secret("only-a", {"app": "x"}, annotations={"certcheck.dev/state": "Valid"}),
+        secret("both", {"app": "x", "tier": "web"}),
+    )
+    [effects] = fold(view, ObjectDeleted(subjects.KIND_CERTCHECK, "ns", "a", "uid-a", "9"))
+    assert effects.removed == [("ns", "a", "uid-a")]
+    assert effects.released == {("ns", "only-a")}
+    assert effects.evaluate == {("ns", "b")}
+
+
+def test_threshold_change_reevaluates_neighbours_sharing_secrets() -> None:
+    view = View()
+    fold(view, certcheck("a", {"app": "x"}), certcheck("b", {"app": "x"}), secret("s", {"app": "x"}))
+    [effects] = fold(view, certcheck("a", {"app": "x"}, threshold=60, generation=2, rv="3"))
+    assert effects.evaluate == {("ns", "a"), ("ns", "b")}
+    assert view.coverage("ns", "s").max_threshold_days == 60
+
+
+def test_deleted_secret_reevaluates_its_certchecks() -> None:
+    view = View()
+    fold(view, certcheck("a", {"app": "x"}), secret("s", {"app": "x"}))
+    [effects] = fold(view, ObjectDeleted(subjects.KIND_SECRET, "ns", "s", "uid-s", "3"))
+    assert effects.evaluate == {("ns", "a")}
+    assert view.inputs(("ns", "a"))[0] == []
+
+
+def test_unparsable_pem_becomes_an_invalid_entry() -> None:
+    view = View()
+    bad = base64.b64encode(b"garbage").decode()
+    pem = f"-----BEGIN CERTIFICATE-----\n{bad}\n-----END CERTIFICATE-----\n"
+    event = SecretObserved(
+        "ns", "s", "u", "1", "kubernetes.io/tls", {"app": "x"}, {}, [CertSource("tls.crt", pem=[pem])]
+    )
+    fold(view, certcheck("a", {"app": "x"}), event)
+    [entry] = view.inputs(("ns", "a"))[0][0].entries
+    assert type(entry.parsed).__name__ == "CertError"
