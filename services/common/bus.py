@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -69,16 +71,19 @@ async def check_server(bus: Bus) -> None:
     """Refuse servers that would silently ignore message schedules (anything before 2.12)."""
     version = bus.nc.connected_server_version
     found = (version.major, version.minor, version.patch)
+    shown = ".".join(map(str, found))
+    where = bus.nc.connected_url.netloc if bus.nc.connected_url else "?"
     if found < MIN_SERVER_VERSION:
+        needed = ".".join(map(str, MIN_SERVER_VERSION))
         raise UnsupportedServerError(
-            f"nats-server {version} is too old: certcheck needs {'.'.join(map(str, MIN_SERVER_VERSION))} or "
-            "newer for JetStream message schedules (older servers accept and silently ignore them)"
+            f"nats-server {shown} at {where} is too old: certcheck needs {needed} or newer for JetStream "
+            "message schedules (older servers accept and silently ignore them)"
         )
     info = await bus.js.account_info()
     level = info.api.level or 0
     if level < MIN_API_LEVEL:
         raise UnsupportedServerError(
-            f"nats-server {version} reports JetStream API level {level}; certcheck needs {MIN_API_LEVEL}+"
+            f"nats-server {shown} reports JetStream API level {level}; certcheck needs {MIN_API_LEVEL}+"
         )
 
 
@@ -118,6 +123,10 @@ async def fetch_batch(sub: JetStreamContext.PullSubscription, max_batch: int, wa
     try:
         first = await sub.fetch(1, timeout=wait)
     except TimeoutError:
+        return []
+    except nats.errors.Error as exc:  # disconnected: the client reconnects on its own
+        log.debug("fetch failed: %s", exc)
+        await asyncio.sleep(min(wait, 1.0))
         return []
     if max_batch <= 1:
         return first

@@ -9,6 +9,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from services.common.bus import UnsupportedServerError
 from services.common.health import Health, serve_http
 from services.common.logs import setup_logging
 from services.common.settings import Settings
@@ -61,4 +62,8 @@ async def supervise(stop: asyncio.Event, *tasks: asyncio.Task[None]) -> None:
 def run_service(name: str, main: ServiceMain, argv: list[str] | None = None) -> None:
     settings = Settings.from_args(argv, prog=f"certcheck {name}")
     setup_logging(name, settings.log_level)
-    asyncio.run(_run(name, main, settings))
+    try:
+        asyncio.run(_run(name, main, settings))
+    except UnsupportedServerError as exc:
+        log.error("cannot start %s: %s", name, exc)
+        raise SystemExit(2) from None

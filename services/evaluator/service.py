@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 from prometheus_client import Counter, Histogram
@@ -33,7 +35,7 @@ from schemas.streams import (
     RESULTS,
     TRIGGERS,
 )
-from services.common.bus import Bus, fetch_batch
+from services.common.bus import Bus, fetch_batch, redelivery_delay
 from services.common.settings import Settings
 from services.evaluator import core
 from services.evaluator.view import CertCheckKey, Effects, View
@@ -152,9 +154,7 @@ class Evaluator:
                     _, namespace, _ = subjects.split_object_subject(msg.subject)
                     found = Effects(evaluate={k for k in self.view.all_certchecks() if k[0] == namespace})
                 effects.merge(found)
-            await self.act(effects, "change")
-            for msg in msgs:
-                await msg.ack()
+            await self._settle(msgs, self.act(effects, "change"))
 
     async def work_due(self) -> None:
         sub = await self.bus.js.pull_subscribe_bind(EVALUATOR_DUE_CONSUMER, stream=TRIGGERS.name)
@@ -171,10 +171,23 @@ class Evaluator:
                 lag = (utcnow() - datetime.fromisoformat(fired.due_at)).total_seconds()
                 schedule_lag.observe(max(lag, 0.0))
                 due.add((fired.namespace, fired.name))
-            if due:
-                await self.act(Effects(evaluate=due), "due")
+            if msgs:
+                await self._settle(msgs, self.act(Effects(evaluate=due), "due"))
+
+    async def _settle(self, msgs: list[Msg], work: Awaitable[None]) -> None:
+        """Ack the batch once its work is done; on failure nak it, so JetStream redelivers it later."""
+        try:
+            await work
+        except Exception as exc:
+            if not msgs:
+                raise
+            delay = redelivery_delay(msgs[0])
+            log.warning("evaluation failed, redelivering %d messages in %.1fs: %s", len(msgs), delay, exc)
             for msg in msgs:
-                await msg.ack()
+                await msg.nak(delay=delay)
+            return
+        for msg in msgs:
+            await msg.ack()
 
     async def resync(self) -> None:
         while True:
