@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> None:
         stack.start_services()
         if not args.no_demo:
             create_demo(api_client(stack.control_plane.kubeconfig))
-        kubeconfig = stack.control_plane.kubeconfig
+        # A stable, known path for the kubeconfig, whatever the layout of the state directory.
+        kubeconfig = args.state_dir / "kubeconfig"
+        shutil.copyfile(stack.control_plane.kubeconfig, kubeconfig)
+        kubeconfig.chmod(0o600)
         print(
             f"""
 certcheck is running.
