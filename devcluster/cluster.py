@@ -51,6 +51,23 @@ def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeo
         proc.wait()
 
 
+# Writes only, at Metadata level: enough to count who wrote what, without any Secret data.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    verbs: [create, update, patch, delete, deletecollection]
+    resources:
+      - group: ""
+        resources: [secrets, events, namespaces]
+      - group: certcheck.dev
+        resources: [certchecks, certchecks/status]
+  - level: None
+"""
+
+
 @dataclass
 class ControlPlane:
     """etcd + kube-apiserver with RBAC, token authentication and a kubeconfig for an admin user."""
@@ -70,6 +87,17 @@ class ControlPlane:
     @property
     def kubeconfig(self) -> Path:
         return self.workdir / "kubeconfig"
+
+    @property
+    def audit_log(self) -> Path:
+        """Every write (create, update, patch, delete) the API server accepted, one JSON line each."""
+        return self.workdir / "audit.log"
+
+    def add_user(self, user: str, groups: str) -> str:
+        """A token for a user (before start): lets tests tell who wrote what in the audit log."""
+        token = secrets.token_hex(16)
+        self.extra_tokens[token] = (user, groups)
+        return token
 
     def start(self) -> None:
         bin_dir = binaries.control_plane_dir()
@@ -120,6 +148,8 @@ class ControlPlane:
         tokens.write_text("\n".join(lines) + "\n")
         tokens.chmod(0o600)
         log = self.workdir / "kube-apiserver.log"
+        audit_policy = self.workdir / "audit-policy.yaml"
+        audit_policy.write_text(AUDIT_POLICY)
         self.apiserver = subprocess.Popen(
             [
                 str(bin_dir / "kube-apiserver"),
@@ -138,6 +168,10 @@ class ControlPlane:
                 "--anonymous-auth=false",
                 "--endpoint-reconciler-type=none",
                 "--enable-priority-and-fairness=false",
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
                 "--v=0",
             ],
             stdout=log.open("ab"),

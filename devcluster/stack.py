@@ -17,6 +17,10 @@ CRD_PATH = REPO / "k8s" / "base" / "crd.yaml"
 SERVICES = ("watcher", "evaluator", "recorder")
 
 
+def service_user(service: str) -> str:
+    return f"system:serviceaccount:certcheck:{service}"
+
+
 def api_client(kubeconfig: Path) -> client.ApiClient:
     configuration = client.Configuration()
     config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
@@ -55,20 +59,31 @@ class Stack:
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     http_ports: dict[str, int] = field(default_factory=dict)
 
+    kubeconfigs: dict[str, Path] = field(default_factory=dict)
+
     def __post_init__(self) -> None:
         self.control_plane = ControlPlane(self.workdir / "kube")
         self.nats = NatsServer(self.workdir / "nats")
+        # One identity per service, so the audit log tells who wrote what. (RBAC per service: issue 7.)
+        self._tokens = {
+            name: self.control_plane.add_user(service_user(name), "system:masters") for name in SERVICES
+        }
 
     def start_infrastructure(self) -> None:
         self.control_plane.start()
         self.nats.start()
         apply_crd(api_client(self.control_plane.kubeconfig))
+        for name, token in self._tokens.items():
+            path = self.control_plane.workdir / f"kubeconfig-{name}"
+            path.write_text(self.control_plane.kubeconfig_for(service_user(name), token))
+            path.chmod(0o600)
+            self.kubeconfigs[name] = path
 
     def service_env(self, name: str) -> dict[str, str]:
         port = self.http_ports.setdefault(name, free_port())
         return {
             "CERTCHECK_NATS_URL": self.nats.url,
-            "CERTCHECK_KUBECONFIG": str(self.control_plane.kubeconfig),
+            "CERTCHECK_KUBECONFIG": str(self.kubeconfigs.get(name, self.control_plane.kubeconfig)),
             "CERTCHECK_HTTP_HOST": "127.0.0.1",
             "CERTCHECK_HTTP_PORT": str(port),
             "PYTHONPATH": str(REPO),

@@ -176,3 +176,42 @@ class Cluster:
 @pytest.fixture(scope="session")
 def cluster(core_api: client.CoreV1Api, custom_api: client.CustomObjectsApi) -> Cluster:
     return Cluster(core_api, custom_api)
+
+
+class AuditLog:
+    """Reads the API server's audit log: who wrote what, from a mark on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def mark(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def writes(self, since: int, namespace: str, user: str | None = None) -> list[tuple[str, str, str]]:
+        """(verb, resource[/subresource], name) of every accepted write in a namespace since a mark."""
+        import json
+
+        found = []
+        with self.path.open("rb") as log:
+            log.seek(since)
+            for line in log:
+                entry = json.loads(line)
+                ref = entry.get("objectRef") or {}
+                if ref.get("namespace") != namespace or entry.get("stage") != "ResponseComplete":
+                    continue
+                if user is not None and entry.get("user", {}).get("username") != user:
+                    continue
+                if entry.get("responseStatus", {}).get("code", 200) >= 300:
+                    continue
+                subresource = f"/{ref['subresource']}" if ref.get("subresource") else ""
+                resource = ref.get("resource", "") + subresource
+                found.append((entry["verb"], resource, ref.get("name", "")))
+        return found
+
+
+@pytest.fixture(scope="session")
+def audit(stack: Stack) -> AuditLog:
+    return AuditLog(stack.control_plane.audit_log)
+
+
+RECORDER_USER = "system:serviceaccount:certcheck:recorder"

@@ -128,11 +128,13 @@ async def fetch_batch(sub: JetStreamContext.PullSubscription, max_batch: int, wa
         log.debug("fetch failed: %s", exc)
         await asyncio.sleep(min(wait, 1.0))
         return []
-    if max_batch <= 1:
+    # The consumer says how many more are waiting: ask for exactly those, so the fetch returns at once.
+    pending = int(first[0].metadata.num_pending or 0)
+    if max_batch <= 1 or pending == 0:
         return first
     try:
-        rest = await sub.fetch(max_batch - 1, timeout=0.05)
-    except TimeoutError:
+        rest = await sub.fetch(min(pending, max_batch - 1), timeout=0.05)
+    except (TimeoutError, nats.errors.Error):
         rest = []
     return first + rest
 
