@@ -99,6 +99,12 @@ class Stack:
             wait_http_ok(f"http://127.0.0.1:{self.http_ports[name]}/readyz", timeout=60)
         return process
 
+    def restart_service(self, name: str, kill: bool = True) -> ServiceProcess:
+        """SIGKILL (as a crash would) or SIGTERM a service, then start it again and wait until ready."""
+        process = self.services[name]
+        process.kill() if kill else process.stop()
+        return self.start_service(name)
+
     def start_services(self) -> None:
         for name in SERVICES:
             self.start_service(name)

@@ -58,6 +58,12 @@ TRIGGERS = StreamSpec(
 
 ALL_STREAMS = (OBJECTS, RESULTS, TRIGGERS)
 
+# Key-value buckets (JetStream-backed, file storage).
+# The recorder's durable "applied up to" mark per results subject: a redelivered result is not re-applied.
+RECORDER_APPLIED_BUCKET = "certcheck_recorder_applied"
+# The watcher's last fully published resourceVersion per resource: a restart resumes its watches there.
+WATCHER_STATE_BUCKET = "certcheck_watcher"
+
 # Durable consumers (shared by every replica of the service that binds them).
 EVALUATOR_OBJECTS_CONSUMER = "evaluator-objects"
 EVALUATOR_DUE_CONSUMER = "evaluator-due"

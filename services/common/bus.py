@@ -11,8 +11,9 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 from prometheus_client import Gauge
 
 from schemas.streams import ALL_STREAMS, StreamSpec
@@ -84,6 +85,16 @@ async def check_server(bus: Bus) -> None:
     if level < MIN_API_LEVEL:
         raise UnsupportedServerError(
             f"nats-server {shown} reports JetStream API level {level}; certcheck needs {MIN_API_LEVEL}+"
+        )
+
+
+async def key_value(bus: Bus, bucket: str, description: str = "") -> KeyValue:
+    """A file-backed KV bucket, created on first use."""
+    try:
+        return await bus.js.key_value(bucket)
+    except BucketNotFoundError:
+        return await bus.js.create_key_value(
+            KeyValueConfig(bucket=bucket, description=description, history=1, storage=StorageType.FILE)
         )
 
 

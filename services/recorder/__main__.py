@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from schemas.streams import RECORDER_APPLIED_BUCKET
 from services.common import bus as bus_mod
 from services.common.health import Health
 from services.common.kube import api_client
@@ -17,7 +18,8 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     bus = await bus_mod.connect(settings.nats_url, "certcheck-recorder")
     await bus_mod.ensure_streams(bus)
     writer = KubeWriter(api_client(settings.kubeconfig, pool_size=settings.write_concurrency))
-    recorder = Recorder(bus, writer, settings)
+    applied = await bus_mod.key_value(bus, RECORDER_APPLIED_BUCKET, "results applied by the recorder")
+    recorder = Recorder(bus, writer, settings, applied)
     health.set_ready(True)
     try:
         await supervise(stop, asyncio.create_task(recorder.run(), name="record"))

@@ -1,8 +1,9 @@
 """The recorder's bus adapter: takes results from the durable consumer, applies them, then acks.
 
 Results are last-value per CertCheck, so a recorder that falls behind skips straight to the newest one.
-Every write is idempotent (patches set absolute values; Events are named by a dedup key), so a
-redelivered result is harmless; a small cache of what was written skips repeats without a request.
+Every write is idempotent (patches set absolute values; Events are named by a dedup key). A durable mark
+per subject (the stream sequence applied last, in a KV bucket) makes a redelivery after a crash a no-op,
+and a small cache of what was written skips repeats across results without a request.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
 from schemas.messages import (
@@ -50,8 +53,9 @@ class _Lru(OrderedDict[Any, Any]):
 
 
 class Recorder:
-    def __init__(self, bus: Bus, writer: KubeWriter, settings: Settings) -> None:
+    def __init__(self, bus: Bus, writer: KubeWriter, settings: Settings, applied: KeyValue) -> None:
         self.bus = bus
+        self.applied = applied
         self.writer = writer
         self._pool = ThreadPoolExecutor(settings.write_concurrency, thread_name_prefix="kube-write")
         self._limit = asyncio.Semaphore(settings.write_concurrency * 2)
@@ -93,8 +97,15 @@ class Recorder:
             await msg.term()
             return
         kind = type(result).__name__
+        seq = msg.metadata.sequence.stream
+        mark = msg.subject.removeprefix("certcheck.v1.")
         try:
+            if await self._applied_up_to(mark) >= seq:  # a redelivery of what was already applied
+                applied.labels(kind, "duplicate").inc()
+                await msg.ack()
+                return
             await self.apply(result)
+            await self.applied.put(mark, str(seq).encode())
         except Exception as exc:
             delay = redelivery_delay(msg)
             log.warning("applying %s failed, retrying in %.1fs: %s", msg.subject, delay, exc)
@@ -103,6 +114,13 @@ class Recorder:
             return
         applied.labels(kind, "ok").inc()
         await msg.ack()
+
+    async def _applied_up_to(self, mark: str) -> int:
+        try:
+            entry = await self.applied.get(mark)
+        except KeyNotFoundError:
+            return 0
+        return int(entry.value or b"0")
 
     async def apply(self, result: ResultMessage) -> None:
         if isinstance(result, EvaluationResult):

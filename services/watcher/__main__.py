@@ -10,6 +10,7 @@ from typing import Any
 from kubernetes import client
 
 from schemas import subjects
+from schemas.streams import WATCHER_STATE_BUCKET
 from services.common import bus as bus_mod
 from services.common.health import Health
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, api_client
@@ -17,7 +18,16 @@ from services.common.runtime import run_service, supervise
 from services.common.settings import Settings
 from services.watcher.extract import RawCertCheck, RawSecret, certcheck_observed, secret_observed
 from services.watcher.listwatch import ListWatch, Sink
-from services.watcher.publisher import Change, Delete, Listed, Publisher, Upsert, load_published
+from services.watcher.publisher import (
+    Change,
+    Delete,
+    Listed,
+    Progress,
+    Publisher,
+    Upsert,
+    load_progress,
+    load_published,
+)
 
 log = logging.getLogger("certcheck.watcher")
 
@@ -35,10 +45,13 @@ def _sink(kind: str, put: Any, observe: Any) -> Sink[Any]:
             )
         ),
         listed=lambda keys: put(Listed(kind, keys)),
+        progress=lambda resource_version: put(Progress(kind, resource_version)),
     )
 
 
-def build_watches(settings: Settings, api: client.ApiClient, put: Any) -> dict[str, ListWatch[Any]]:
+def build_watches(
+    settings: Settings, api: client.ApiClient, put: Any, resume: dict[str, str | None]
+) -> dict[str, ListWatch[Any]]:
     core = client.CoreV1Api(api)
     custom = client.CustomObjectsApi(api)
     types = [t.strip() for t in settings.secret_types.split(",") if t.strip() and t.strip() != "*"]
@@ -56,6 +69,7 @@ def build_watches(settings: Settings, api: client.ApiClient, put: Any) -> dict[s
         sink=_sink(subjects.KIND_SECRET, put, secret_observed),
         page_size=settings.list_page_size,
         accept=(lambda s: s.type in wanted_types) if len(types) > 1 else (lambda _: True),
+        resume_from=resume.get(subjects.KIND_SECRET),
     )
     certchecks = ListWatch(
         "certchecks",
@@ -66,6 +80,7 @@ def build_watches(settings: Settings, api: client.ApiClient, put: Any) -> dict[s
         key=lambda c: (c.metadata.namespace, c.metadata.name),
         sink=_sink(subjects.KIND_CERTCHECK, put, certcheck_observed),
         page_size=settings.list_page_size,
+        resume_from=resume.get(subjects.KIND_CERTCHECK),
     )
     return {subjects.KIND_SECRET: secrets, subjects.KIND_CERTCHECK: certchecks}
 
@@ -75,21 +90,28 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     await bus_mod.ensure_streams(bus)
     known = await load_published(bus)
     log.info("loaded %d published objects from the stream", len(known))
+    progress_kv = await bus_mod.key_value(bus, WATCHER_STATE_BUCKET, "how far the watcher's watches got")
+    resume = {
+        kind: await load_progress(progress_kv, kind)
+        for kind in (subjects.KIND_SECRET, subjects.KIND_CERTCHECK)
+    }
+    log.info("resuming watches from %s", resume)
     loop = asyncio.get_running_loop()
     watches: dict[str, ListWatch[Any]] = {}
-    publisher = Publisher(bus, known, on_lost=lambda kind: watches[kind].request_relist())
+    publisher = Publisher(bus, known, lambda kind: watches[kind].request_relist(), progress_kv)
 
     def put(change: Change) -> None:
         loop.call_soon_threadsafe(publisher.queue.put_nowait, change)
 
-    watches.update(build_watches(settings, api_client(settings.kubeconfig), put))
+    watches.update(build_watches(settings, api_client(settings.kubeconfig), put, resume))
     publishing = asyncio.create_task(publisher.run(), name="publish")
+    saving = asyncio.create_task(publisher.save_progress(), name="save-progress")
     # CertChecks first, so the evaluator knows the selectors before the Secrets flood in.
     watches[subjects.KIND_CERTCHECK].start()
     watches[subjects.KIND_SECRET].start()
     health.set_ready(True)
     try:
-        await supervise(stop, publishing)
+        await supervise(stop, publishing, saving)
     finally:
         for watch in watches.values():
             watch.stop()

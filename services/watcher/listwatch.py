@@ -66,6 +66,7 @@ class Sink(Generic[T]):
     upsert: Callable[[T], None]
     delete: Callable[[T], None]
     listed: Callable[[set[tuple[str, str]]], None]  # (namespace, name) of everything the LIST returned
+    progress: Callable[[str], None]  # every change up to this resourceVersion has been handed over
 
 
 ListCall = Callable[..., Any]
@@ -82,6 +83,7 @@ class ListWatch(Generic[T]):
         page_size: int = 500,
         watch_timeout_seconds: int = 300,
         accept: Callable[[T], bool] = lambda _: True,
+        resume_from: str | None = None,
     ) -> None:
         self.resource = resource
         self._call = call
@@ -95,7 +97,8 @@ class ListWatch(Generic[T]):
         self._item_decoder = msgspec.json.Decoder(item_type)
         self._stop = threading.Event()
         self._relist = threading.Event()
-        self.resource_version: str | None = None
+        # Where a previous run stopped: watch from there; a LIST only if the server answers 410 Gone.
+        self.resource_version: str | None = resume_from
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -155,6 +158,7 @@ class ListWatch(Generic[T]):
                 break
         kube_connected.labels(self.resource).set(1)
         self._sink.listed(seen)
+        self._sink.progress(self.resource_version)
 
     def _watch(self) -> None:
         response = self._call(
@@ -183,6 +187,7 @@ class ListWatch(Generic[T]):
             raise RuntimeError(f"watch error {status.code} {status.reason}: {status.message}")
         if head.type == "BOOKMARK":
             self.resource_version = msgspec.json.decode(head.object, type=_Bookmark).metadata.resourceVersion
+            self._sink.progress(self.resource_version)
             return
         item = self._item_decoder.decode(head.object)
         self.resource_version = item.metadata.resourceVersion  # type: ignore[attr-defined]
@@ -192,6 +197,7 @@ class ListWatch(Generic[T]):
             self._sink.delete(item)
         else:
             self._sink.upsert(item)
+        self._sink.progress(self.resource_version)
 
 
 def _make_list_type(item_type: type[T]) -> type[Any]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.js.api import DeliverPolicy
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
 from schemas import subjects
@@ -55,7 +57,24 @@ class Listed:
     keys: set[tuple[str, str]]
 
 
-Change = Upsert | Delete | Listed
+@dataclass(frozen=True)
+class Progress:
+    kind: str
+    resource_version: str
+
+
+Change = Upsert | Delete | Listed | Progress
+
+PROGRESS_SAVE_INTERVAL = 1.0
+
+
+async def load_progress(kv: KeyValue, kind: str) -> str | None:
+    """The resourceVersion up to which a previous run published everything, if any."""
+    try:
+        entry = await kv.get(f"rv.{kind}")
+    except KeyNotFoundError:
+        return None
+    return entry.value.decode() if entry.value else None
 
 
 async def load_published(bus: Bus) -> dict[ObjectKey, str]:
@@ -81,9 +100,14 @@ async def load_published(bus: Bus) -> dict[ObjectKey, str]:
 
 
 class Publisher:
-    def __init__(self, bus: Bus, known: dict[ObjectKey, str], on_lost: Callable[[str], None]) -> None:
+    def __init__(
+        self, bus: Bus, known: dict[ObjectKey, str], on_lost: Callable[[str], None], progress_kv: KeyValue
+    ) -> None:
         self._bus = bus
         self._known = known
+        self._progress_kv = progress_kv
+        self._progress: dict[str, str] = {}
+        self._saved: dict[str, str] = {}
         self._on_lost = on_lost  # asks the kind's ListWatch to re-list when a publish failed
         self.queue: asyncio.Queue[Change] = asyncio.Queue()
 
@@ -95,6 +119,27 @@ class Publisher:
                     await self._handle(self.queue.get_nowait())
                 if self._bus.js.publish_async_pending():
                     await self._bus.js.publish_async_completed()
+                await self._save_progress()
+
+    async def save_progress(self) -> None:
+        """Persist, once the publishes before it are acknowledged, how far each watch got."""
+        while True:
+            await asyncio.sleep(PROGRESS_SAVE_INTERVAL)
+            await self._save_progress()
+
+    async def _save_progress(self) -> None:
+        pending = {k: v for k, v in self._progress.items() if self._saved.get(k) != v}
+        if not pending:
+            return
+        if self._bus.js.publish_async_pending():
+            await self._bus.js.publish_async_completed()
+        for kind, resource_version in pending.items():
+            try:
+                await self._progress_kv.put(f"rv.{kind}", resource_version.encode())
+            except Exception as exc:
+                log.warning("could not save watch progress of %s: %s", kind, exc)
+                continue
+            self._saved[kind] = resource_version
 
     async def run(self) -> None:
         while True:
@@ -107,7 +152,9 @@ class Publisher:
                 self._on_lost(change.kind)
 
     async def _handle(self, change: Change) -> None:
-        if isinstance(change, Upsert):
+        if isinstance(change, Progress):
+            self._progress[change.kind] = change.resource_version
+        elif isinstance(change, Upsert):
             await self._upsert(change)
         elif isinstance(change, Delete):
             await self._delete(
@@ -179,4 +226,5 @@ class Publisher:
             )
             publish_failures.labels(key[0]).inc()
             self._known.pop(key, None)
+            self._progress.pop(key[0], None)  # never record progress past a lost publish
             self._on_lost(key[0])

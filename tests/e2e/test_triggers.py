@@ -1,0 +1,181 @@
+"""Each trigger leads to a fresh evaluation of exactly the affected CertChecks, and leaves no litter."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+from devcluster.certs import expiring_in, tls_secret_data
+from devcluster.stack import Stack
+from tests.conftest import RECORDER_USER, AuditLog, Cluster, wait_for
+
+
+def names_in_status(cluster: Cluster, namespace: str, certcheck: str) -> list[str]:
+    return sorted(c["name"] for c in cluster.status(namespace, certcheck).get("certificates", []))
+
+
+def owned(annotations: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in annotations.items() if k.startswith("certcheck.dev/")}
+
+
+def metric(stack: Stack, service: str, name: str, labels: str = "") -> float:
+    url = f"http://127.0.0.1:{stack.http_ports[service]}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name) and labels in line)
+
+
+def test_threshold_change_reevaluates_the_certcheck(cluster: Cluster, namespace: str) -> None:
+    cert, key = expiring_in(20)
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "a"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "a"}}, threshold=10)
+    wait_for(lambda: cluster.status(namespace, "c").get("validCount") == 1, what="Valid under 10 days")
+
+    cluster.custom.patch_namespaced_custom_object(
+        "certcheck.dev", "v1alpha1", namespace, "certchecks", "c", {"spec": {"threshold": 30}}
+    )
+    status = wait_for(
+        lambda: (s := cluster.status(namespace, "c")).get("expiringSoonCount") == 1 and s,
+        what="ExpiringSoon under 30 days",
+    )
+    assert status["observedGeneration"] == 2
+    assert cluster.annotations(namespace, "s")["certcheck.dev/state"] == "ExpiringSoon"
+
+
+def test_selector_change_moves_secrets_in_and_out_and_cleans_up(cluster: Cluster, namespace: str) -> None:
+    cert, key = expiring_in(100)
+    cluster.create_tls_secret(namespace, "blue", cert, key, labels={"color": "blue"})
+    cluster.create_tls_secret(namespace, "green", cert, key, labels={"color": "green"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"color": "blue"}})
+    wait_for(lambda: names_in_status(cluster, namespace, "c") == ["blue"], what="blue selected")
+    wait_for(lambda: owned(cluster.annotations(namespace, "blue")), what="blue annotated")
+
+    cluster.custom.patch_namespaced_custom_object(
+        "certcheck.dev",
+        "v1alpha1",
+        namespace,
+        "certchecks",
+        "c",
+        {"spec": {"selector": {"matchLabels": {"color": "green"}}}},
+    )
+    wait_for(lambda: names_in_status(cluster, namespace, "c") == ["green"], what="green selected")
+    wait_for(lambda: owned(cluster.annotations(namespace, "green")), what="green annotated")
+    wait_for(lambda: not owned(cluster.annotations(namespace, "blue")), what="blue's annotations removed")
+
+
+def test_deleting_a_certcheck_removes_its_annotations_but_keeps_those_another_needs(
+    cluster: Cluster, namespace: str
+) -> None:
+    cert, key = expiring_in(100)
+    cluster.create_tls_secret(namespace, "only-a", cert, key, labels={"a": "1"})
+    cluster.create_tls_secret(namespace, "both", cert, key, labels={"a": "1", "b": "1"})
+    cluster.create_certcheck(namespace, "a", {"matchLabels": {"a": "1"}})
+    cluster.create_certcheck(namespace, "b", {"matchLabels": {"b": "1"}})
+    wait_for(
+        lambda: cluster.annotations(namespace, "both").get("certcheck.dev/checked-by") == "a,b",
+        what="both covered by a and b",
+    )
+    wait_for(lambda: owned(cluster.annotations(namespace, "only-a")), what="only-a annotated")
+
+    cluster.custom.delete_namespaced_custom_object("certcheck.dev", "v1alpha1", namespace, "certchecks", "a")
+    wait_for(lambda: not owned(cluster.annotations(namespace, "only-a")), what="only-a cleaned")
+    wait_for(
+        lambda: cluster.annotations(namespace, "both").get("certcheck.dev/checked-by") == "b",
+        what="both now covered by b only",
+    )
+    assert cluster.annotations(namespace, "both")["certcheck.dev/state"] == "Valid"
+
+
+def test_secret_entering_and_leaving_a_selector_by_its_labels(cluster: Cluster, namespace: str) -> None:
+    cert, key = expiring_in(100)
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"watched": "yes"}})
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"watched": "no"})
+    wait_for(lambda: cluster.status(namespace, "c").get("conditions"), what="first evaluation")
+    assert names_in_status(cluster, namespace, "c") == []
+
+    cluster.core.patch_namespaced_secret("s", namespace, {"metadata": {"labels": {"watched": "yes"}}})
+    wait_for(lambda: names_in_status(cluster, namespace, "c") == ["s"], what="s entered")
+    wait_for(lambda: owned(cluster.annotations(namespace, "s")), what="s annotated")
+
+    cluster.core.patch_namespaced_secret("s", namespace, {"metadata": {"labels": {"watched": "no"}}})
+    wait_for(lambda: names_in_status(cluster, namespace, "c") == [], what="s left")
+    wait_for(lambda: not owned(cluster.annotations(namespace, "s")), what="s cleaned")
+
+
+def test_deleted_secret_leaves_the_status(cluster: Cluster, namespace: str) -> None:
+    cert, key = expiring_in(100)
+    for name in ("keep", "drop"):
+        cluster.create_tls_secret(namespace, name, cert, key, labels={"app": "x"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}})
+    wait_for(lambda: names_in_status(cluster, namespace, "c") == ["drop", "keep"], what="both listed")
+    cluster.core.delete_namespaced_secret("drop", namespace)
+    status = wait_for(
+        lambda: (s := cluster.status(namespace, "c")).get("targetCertsCount") == 1 and s, what="drop gone"
+    )
+    assert [c["name"] for c in status["certificates"]] == ["keep"]
+
+
+def test_a_secret_selected_by_two_certchecks_updates_both(cluster: Cluster, namespace: str) -> None:
+    cert, key = expiring_in(100)
+    cluster.create_tls_secret(namespace, "shared", cert, key, labels={"app": "x", "team": "t"})
+    cluster.create_certcheck(namespace, "by-app", {"matchLabels": {"app": "x"}})
+    cluster.create_certcheck(namespace, "by-team", {"matchLabels": {"team": "t"}})
+    wait_for(
+        lambda: all(cluster.status(namespace, c).get("validCount") == 1 for c in ("by-app", "by-team")),
+        what="both Valid",
+    )
+
+    renewed, renewed_key = expiring_in(5)
+    cluster.core.patch_namespaced_secret("shared", namespace, {"data": tls_secret_data(renewed, renewed_key)})
+    wait_for(
+        lambda: all(
+            cluster.status(namespace, c).get("expiringSoonCount") == 1 for c in ("by-app", "by-team")
+        ),
+        what="both ExpiringSoon",
+    )
+
+
+def test_two_certchecks_with_different_thresholds_never_fight(
+    cluster: Cluster, namespace: str, audit: AuditLog
+) -> None:
+    cert, key = expiring_in(20)
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "x"})
+    cluster.create_certcheck(namespace, "strict", {"matchLabels": {"app": "x"}}, threshold=30)
+    cluster.create_certcheck(namespace, "lenient", {"matchLabels": {"app": "x"}}, threshold=7)
+    wait_for(lambda: cluster.status(namespace, "strict").get("expiringSoonCount") == 1, what="strict")
+    wait_for(lambda: cluster.status(namespace, "lenient").get("validCount") == 1, what="lenient")
+    wait_for(
+        lambda: cluster.annotations(namespace, "s").get("certcheck.dev/checked-by") == "lenient,strict",
+        what="annotations settled",
+    )
+    assert cluster.annotations(namespace, "s")["certcheck.dev/state"] == "ExpiringSoon"
+
+    time.sleep(1)
+    mark = audit.mark()
+    cluster.core.patch_namespaced_secret("s", namespace, {"metadata": {"labels": {"touch": "1"}}})
+    time.sleep(2)
+    assert audit.writes(mark, namespace, RECORDER_USER) == []
+
+
+def test_a_change_to_a_secret_nobody_selects_triggers_no_evaluation(
+    cluster: Cluster, namespace: str, stack: Stack
+) -> None:
+    cert, key = expiring_in(100)
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}})
+    cluster.create_tls_secret(namespace, "stranger", cert, key, labels={"app": "other"})
+    wait_for(lambda: cluster.status(namespace, "c").get("conditions"), what="first evaluation")
+    time.sleep(1)
+    published = metric(stack, "watcher", "certcheck_watcher_published_total", 'kind="secret"')
+    evaluations = metric(stack, "evaluator", "certcheck_evaluations_total", 'trigger="change"')
+
+    renewed, renewed_key = expiring_in(3)
+    cluster.core.patch_namespaced_secret(
+        "stranger", namespace, {"data": tls_secret_data(renewed, renewed_key)}
+    )
+    wait_for(
+        lambda: metric(stack, "watcher", "certcheck_watcher_published_total", 'kind="secret"') > published,
+        what="the watcher to publish the change",
+    )
+    time.sleep(1)
+    assert metric(stack, "evaluator", "certcheck_evaluations_total", 'trigger="change"') == evaluations
+    assert not owned(cluster.annotations(namespace, "stranger"))
