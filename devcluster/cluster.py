@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -77,6 +78,7 @@ class ControlPlane:
     api_port: int = 0
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
     extra_tokens: dict[str, tuple[str, str]] = field(default_factory=dict)  # token -> (user, groups)
+    extra_args: list[str] = field(default_factory=list)  # more kube-apiserver flags
     etcd: subprocess.Popen[bytes] | None = None
     apiserver: subprocess.Popen[bytes] | None = None
 
@@ -172,6 +174,7 @@ class ControlPlane:
                 f"--audit-log-path={self.audit_log}",
                 "--audit-log-format=json",
                 "--audit-log-mode=blocking",
+                *self.extra_args,
                 "--v=0",
             ],
             stdout=log.open("ab"),
@@ -215,6 +218,20 @@ class ControlPlane:
                 ],
             }
         )
+
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to now, as the API server does every 5 minutes; returns the revision."""
+        url = f"http://127.0.0.1:{self.etcd_port}/v3/kv/range"
+        request = urllib.request.Request(url, data=b'{"key": "AA=="}', method="POST")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            revision = int(json.loads(response.read())["header"]["revision"])
+        compaction = urllib.request.Request(
+            f"http://127.0.0.1:{self.etcd_port}/v3/kv/compaction",
+            data=json.dumps({"revision": revision, "physical": True}).encode(),
+            method="POST",
+        )
+        with urllib.request.urlopen(compaction, timeout=10):
+            return revision
 
     def stop(self) -> None:
         _stop(self.apiserver)

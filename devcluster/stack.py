@@ -61,8 +61,10 @@ class Stack:
 
     kubeconfigs: dict[str, Path] = field(default_factory=dict)
 
+    apiserver_args: list[str] = field(default_factory=list)
+
     def __post_init__(self) -> None:
-        self.control_plane = ControlPlane(self.workdir / "kube")
+        self.control_plane = ControlPlane(self.workdir / "kube", extra_args=list(self.apiserver_args))
         self.nats = NatsServer(self.workdir / "nats")
         # One identity per service, so the audit log tells who wrote what. (RBAC per service: issue 7.)
         self._tokens = {
@@ -100,7 +102,8 @@ class Stack:
         return process
 
     def restart_service(self, name: str, kill: bool = True) -> ServiceProcess:
-        """SIGKILL (as a crash would) or SIGTERM a service, then start it again and wait until ready."""
+        """SIGKILL (as a crash would) or SIGTERM a service, then start it again (with its default
+        settings) and wait until ready."""
         process = self.services[name]
         process.kill() if kill else process.stop()
         return self.start_service(name)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from kubernetes import client
 
 from devcluster.certs import expiring_in, make_cert, tls_secret_data
-from devcluster.stack import Stack
+from devcluster.stack import Stack, api_client
 from tests.conftest import Cluster, wait_for
 
 
@@ -78,3 +83,68 @@ def test_watcher_restart_notices_changes_and_deletions_made_while_it_was_down(
         what="the change and the deletion",
     )
     assert sorted(c["name"] for c in status["certificates"]) == ["changed", "kept"]
+
+
+def test_watcher_resumes_from_its_resource_version_after_a_restart(
+    cluster: Cluster, namespace: str, stack: Stack
+) -> None:
+    from tests.e2e.test_triggers import metric
+
+    cert, key = expiring_in(100)
+    for name in ("a", "b"):
+        cluster.create_tls_secret(namespace, name, cert, key, labels={"app": "r"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "r"}})
+    wait_for(lambda: cluster.status(namespace, "c").get("targetCertsCount") == 2, what="two listed")
+    time.sleep(1.5)  # the watcher saves its progress every second
+
+    # A quick restart resumes the watch where it stopped: no LIST.
+    stack.restart_service("watcher", kill=False)
+    cluster.core.delete_namespaced_secret("a", namespace)
+    wait_for(lambda: cluster.status(namespace, "c").get("targetCertsCount") == 1, what="a's deletion")
+    assert metric(stack, "watcher", "certcheck_watch_restarts_total", 'cause="list"') == 0
+    time.sleep(1.5)
+
+
+@pytest.fixture(scope="module")
+def uncached_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A second control plane whose watches go straight to etcd (no watch cache), so that an etcd
+    compaction makes old resourceVersions answer 410 Gone at once, as they do in production over time."""
+    stack = Stack(Path(tmp_path_factory.mktemp("uncached")), apiserver_args=["--watch-cache=false"])
+    try:
+        stack.start_infrastructure()
+        stack.start_services()
+    except Exception:
+        stack.stop()
+        raise
+    yield stack
+    stack.stop()
+
+
+def test_watcher_relists_on_410_gone_and_notices_deletions_made_while_it_was_down(
+    uncached_stack: Stack,
+) -> None:
+    from tests.conftest import Cluster as ClusterHelper
+    from tests.e2e.test_triggers import metric
+
+    stack = uncached_stack
+    api = api_client(stack.control_plane.kubeconfig)
+    cluster = ClusterHelper(client.CoreV1Api(api), client.CustomObjectsApi(api))
+    namespace = "gone"
+    cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    cert, key = expiring_in(100)
+    for name in ("a", "b"):
+        cluster.create_tls_secret(namespace, name, cert, key, labels={"app": "g"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "g"}})
+    wait_for(lambda: cluster.status(namespace, "c").get("targetCertsCount") == 2, what="two listed")
+    time.sleep(1.5)  # the watcher saves its progress every second
+
+    stack.services["watcher"].stop()
+    cluster.core.delete_namespaced_secret("b", namespace)
+    stack.control_plane.compact_etcd()  # the saved resourceVersion is history now
+    stack.start_service("watcher")
+
+    wait_for(
+        lambda: cluster.status(namespace, "c").get("targetCertsCount") == 1, timeout=20, what="b's deletion"
+    )
+    assert metric(stack, "watcher", "certcheck_watch_restarts_total", 'resource="secrets",cause="gone"') == 1
+    assert metric(stack, "watcher", "certcheck_watch_restarts_total", 'resource="secrets",cause="list"') == 1

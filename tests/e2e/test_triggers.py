@@ -22,7 +22,13 @@ def metric(stack: Stack, service: str, name: str, labels: str = "") -> float:
     url = f"http://127.0.0.1:{stack.http_ports[service]}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         lines = response.read().decode().splitlines()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name) and labels in line)
+    wanted = [fragment for fragment in labels.split(",") if fragment]  # label order in the output is sorted
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line.startswith(name + "{") or line.startswith(name + " ")
+        if all(fragment in line for fragment in wanted)
+    )
 
 
 def test_threshold_change_reevaluates_the_certcheck(cluster: Cluster, namespace: str) -> None:
@@ -179,3 +185,56 @@ def test_a_change_to_a_secret_nobody_selects_triggers_no_evaluation(
     time.sleep(1)
     assert metric(stack, "evaluator", "certcheck_evaluations_total", 'trigger="change"') == evaluations
     assert not owned(cluster.annotations(namespace, "stranger"))
+
+
+def test_a_secret_created_after_its_certcheck_is_picked_up(cluster: Cluster, namespace: str) -> None:
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "late"}})
+    wait_for(lambda: cluster.status(namespace, "c").get("conditions"), what="first evaluation")
+    cert, key = expiring_in(3)
+    cluster.create_tls_secret(namespace, "late", cert, key, labels={"app": "late"})
+    wait_for(lambda: cluster.status(namespace, "c").get("expiringSoonCount") == 1, what="the new Secret")
+
+
+def test_deleting_a_certcheck_cancels_its_schedule(cluster: Cluster, namespace: str, stack: Stack) -> None:
+    import asyncio
+
+    import nats
+
+    from schemas import subjects
+    from schemas.streams import TRIGGERS
+
+    async def pending_schedules() -> int:
+        nc = await nats.connect(stack.nats.url)
+        info = await nc.jetstream().stream_info(
+            TRIGGERS.name, subjects_filter=subjects.schedule_subject(namespace, "c")
+        )
+        await nc.close()
+        return len(info.state.subjects or {})
+
+    cert, key = expiring_in(100)
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "x"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}})
+    wait_for(lambda: asyncio.run(pending_schedules()) == 1, what="a pending schedule")
+    cluster.custom.delete_namespaced_custom_object("certcheck.dev", "v1alpha1", namespace, "certchecks", "c")
+    wait_for(lambda: asyncio.run(pending_schedules()) == 0, what="the schedule to be cancelled")
+
+
+def test_periodic_resync_reevaluates_everything_and_writes_nothing_new(
+    cluster: Cluster, namespace: str, stack: Stack, audit: AuditLog
+) -> None:
+    cert, key = expiring_in(50)
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "x"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}})
+    wait_for(lambda: cluster.annotations(namespace, "s").get("certcheck.dev/state"), what="recorded")
+    stack.services["evaluator"].stop()
+    stack.start_service("evaluator", CERTCHECK_RESYNC_INTERVAL_SECONDS="1")
+    try:
+        time.sleep(1)
+        mark = audit.mark()
+        wait_for(
+            lambda: metric(stack, "evaluator", "certcheck_evaluations_total", 'trigger="resync"') >= 2,
+            what="two resyncs",
+        )
+        assert audit.writes(mark, namespace, RECORDER_USER) == []
+    finally:
+        stack.restart_service("evaluator", kill=False)
