@@ -164,6 +164,11 @@ def main() -> None:
             recorded = wait_recorded(stack, certs, checks) + 0.0
             total = time.monotonic() - started
             print(f"start-up: all {certs} certificates recorded {total:.2f}s after the services were started")
+            for kind in ("annotations", "status", "event"):
+                writes = metric(stack, "recorder", "certcheck_kubernetes_writes_total", f'kind="{kind}"')
+                print(f"  {kind} writes: {writes:.0f}")
+            evaluations = metric(stack, "evaluator", "certcheck_evaluations_total")
+            print(f"  evaluations: {evaluations:.0f}")
             for name in SERVICES:
                 process = stack.services[name].proc
                 assert process is not None

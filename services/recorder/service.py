@@ -131,9 +131,10 @@ class Recorder:
             self._written_status.pop((result.namespace, result.name), None)
 
     async def _apply_evaluation(self, result: EvaluationResult) -> None:
-        await asyncio.gather(*(self._annotate(patch) for patch in result.annotation_patches))
-        for intent in result.events:
-            await self._call(self.writer.emit_event, intent)
+        await asyncio.gather(
+            *(self._annotate(patch) for patch in result.annotation_patches),
+            *(self._call(self.writer.emit_event, intent) for intent in result.events),
+        )
         status_key = (result.namespace, result.name)
         fingerprint = (result.uid, encoder.encode(result.status))
         if result.status_changed and self._written_status.get(status_key) != fingerprint:
