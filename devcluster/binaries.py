@@ -33,13 +33,26 @@ def control_plane_dir() -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
-def old_nats_server() -> Path:
-    """Debian bookworm's nats-server 2.9 (cached): only to prove that certcheck refuses it."""
-    script = Path(__file__).with_name("old-nats-server.sh")
-    result = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, text=True, check=False)
+def debian_binaries(package: str, *paths: str) -> list[Path]:
+    """Binaries from a Debian bookworm package, extracted once into the cache (test tools only)."""
+    script = Path(__file__).with_name("deb-binary.sh")
+    result = subprocess.run(
+        ["bash", str(script), package, *paths], stdout=subprocess.PIPE, text=True, check=False
+    )
     if result.returncode != 0:
-        raise MissingBinaryError(f"fetching Debian's nats-server failed (exit {result.returncode})")
-    return Path(result.stdout.strip().splitlines()[-1])
+        raise MissingBinaryError(f"fetching Debian's {package} failed (exit {result.returncode})")
+    return [Path(line) for line in result.stdout.split()]
+
+
+def old_nats_server() -> Path:
+    """Debian bookworm's nats-server 2.9: only to prove that certcheck refuses it."""
+    return debian_binaries("nats-server", "/usr/sbin/nats-server")[0]
+
+
+def prometheus_tools() -> tuple[Path, Path]:
+    """(prometheus, promtool) from Debian bookworm's prometheus package."""
+    prometheus, promtool = debian_binaries("prometheus", "/usr/bin/prometheus", "/usr/bin/promtool")
+    return prometheus, promtool
 
 
 def nats_server() -> Path:

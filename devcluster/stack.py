@@ -14,7 +14,7 @@ from devcluster.cluster import ControlPlane, NatsServer, ServiceProcess, free_po
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_PATH = REPO / "k8s" / "base" / "crd.yaml"
-SERVICES = ("watcher", "evaluator", "recorder")
+SERVICES = ("watcher", "evaluator", "recorder", "exporter")
 
 
 def service_user(service: str) -> str:

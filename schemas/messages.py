@@ -109,6 +109,7 @@ class CertificateStatus(msgspec.Struct, frozen=True, rename="camel", omit_defaul
     issuer: str | None = None
     serial_number: str | None = None
     fingerprint: str | None = None
+    dns_names: list[str] | None = None
     reason: str | None = None  # why the entry is Invalid
 
 
@@ -126,6 +127,8 @@ class CertCheckStatus(msgspec.Struct, frozen=True, rename="camel"):
     certificates: list[CertificateStatus] = []
     certificates_omitted: int = 0
     conditions: list[Condition] = []
+    # When the status was last written: whenever anything in it changes, and at least every resync.
+    last_evaluation_time: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -143,7 +146,13 @@ class AnnotationPatch(msgspec.Struct, frozen=True):
 
 
 class EventIntent(msgspec.Struct, frozen=True):
-    """A Kubernetes Event to emit once: ``dedup_key`` names it, so emitting it twice is a no-op."""
+    """A Kubernetes Event to emit once per occurrence.
+
+    ``dedup_key`` names the Event (object, reason, certificate), so emitting it twice is a no-op.
+    ``occurrence`` is the resourceVersion of the involved object as observed when the change was seen:
+    the same change seen again (a redelivery, a stale evaluation) has the same occurrence and is dropped;
+    a genuine repeat (the state left and came back) has a new one and increments the Event's count.
+    """
 
     namespace: str
     involved_api_version: str
@@ -154,6 +163,7 @@ class EventIntent(msgspec.Struct, frozen=True):
     reason: str
     message: str
     dedup_key: str
+    occurrence: str = ""
 
 
 class EvaluationResult(msgspec.Struct, frozen=True, tag_field="kind", tag="EvaluationResult/v1"):

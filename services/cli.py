@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-USAGE = "usage: certcheck {watcher,evaluator,recorder} [options]   (certcheck SERVICE --help for options)"
+USAGE = "usage: certcheck {watcher,evaluator,recorder,exporter} [options]  (SERVICE --help: options)"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> None:
         from services.evaluator.__main__ import run
     elif service == "recorder":
         from services.recorder.__main__ import run
+    elif service == "exporter":
+        from services.exporter.__main__ import run
     else:
         sys.exit(f"certcheck: unknown service {service!r}\n{USAGE}")
     run(rest)

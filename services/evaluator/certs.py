@@ -20,6 +20,7 @@ class CertFacts:
     issuer_cn: str | None
     serial_number: str
     fingerprint: str  # sha256 of the DER, hex
+    dns_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,4 +61,13 @@ def parse_pem_certificate(pem: str) -> Parsed:
         issuer_cn=_common_name(cert.issuer),
         serial_number=format(cert.serial_number, "x"),
         fingerprint=hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
+        dns_names=_dns_names(cert),
     )
+
+
+def _dns_names(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):
+        return ()
+    return tuple(san.get_values_for_type(x509.DNSName))

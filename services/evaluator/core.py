@@ -5,11 +5,12 @@ No I/O and no clock: every function takes ``now``. This is where the expiry logi
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+
+import msgspec
 
 from schemas import annotations as ann
 from schemas.messages import (
@@ -20,10 +21,9 @@ from schemas.messages import (
     EventIntent,
     State,
 )
+from services.evaluator import events as ev
 from services.evaluator.certs import CertError, CertFacts
 
-CERTCHECK_API_VERSION = "certcheck.dev/v1alpha1"
-BAD_STATES = (State.EXPIRING_SOON, State.EXPIRED)
 # Urgency: what an operator must look at first comes first.
 _RANK = {State.EXPIRED: 0, State.EXPIRING_SOON: 1, State.INVALID: 2, State.NOT_YET_VALID: 3, State.VALID: 4}
 _FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
@@ -82,6 +82,7 @@ class SecretView:
     labels: dict[str, str]
     annotations: dict[str, str]  # certcheck-owned only
     entries: tuple[CertEntry, ...]
+    resource_version: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,7 @@ class CertCheckSpec:
     generation: int
     threshold_days: int
     selector_error: str | None = None
+    resource_version: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +170,7 @@ def _certificate_status(rated: _Rated, now: datetime) -> CertificateStatus:
         issuer=parsed.issuer_cn,
         serial_number=parsed.serial_number,
         fingerprint=parsed.fingerprint,
+        dns_names=list(parsed.dns_names) or None,
     )
 
 
@@ -238,10 +241,6 @@ def _conditions(
     return conditions
 
 
-def _dedup_key(*parts: str) -> str:
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
-
-
 def desired_annotations(secret: SecretView, coverage: Coverage, now: datetime) -> dict[str, str | None]:
     """What certcheck's annotations on a Secret should be, given every CertCheck that covers it.
 
@@ -277,65 +276,36 @@ def cleanup_patch(secret: SecretView) -> AnnotationPatch | None:
     return AnnotationPatch(secret.namespace, secret.name, secret.uid, dict.fromkeys(secret.annotations))
 
 
-def _secret_event(
-    secret: SecretView, desired: dict[str, str | None], coverage: Coverage
-) -> EventIntent | None:
-    new_state = desired.get(ann.STATE)
-    if new_state == secret.annotations.get(ann.STATE) or new_state not in BAD_STATES:
-        return None
-    not_after = desired.get(ann.NOT_AFTER)
-    if new_state == State.EXPIRED:
-        message = f"Certificate in Secret {secret.namespace}/{secret.name} expired at {not_after}"
-    else:
-        message = (
-            f"Certificate in Secret {secret.namespace}/{secret.name} expires at {not_after}, within the "
-            f"{coverage.max_threshold_days}-day threshold of CertCheck {', '.join(coverage.certchecks)}"
-        )
-    return EventIntent(
-        namespace=secret.namespace,
-        involved_api_version="v1",
-        involved_kind="Secret",
-        involved_name=secret.name,
-        involved_uid=secret.uid,
-        type="Warning",
-        reason=str(new_state),
-        message=message,
-        dedup_key=_dedup_key(secret.uid, str(new_state), str(not_after)),
+def _entry_change(rated: _Rated) -> ev.EntryChange:
+    parsed = rated.entry.parsed
+    facts = parsed if isinstance(parsed, CertFacts) else None
+    return ev.EntryChange(
+        label=rated.label,
+        secret=rated.secret.name,
+        key=rated.entry.key,
+        index=rated.entry.index,
+        state=str(rated.state),
+        not_after=rfc3339(facts.not_after) if facts else None,
+        fingerprint=facts.fingerprint if facts else "",
     )
 
 
-def _certcheck_events(
-    spec: CertCheckSpec, rated: Sequence[_Rated], observed: CertCheckStatus | None
-) -> list[EventIntent]:
-    previous = {(c.name, c.key, c.index): c.state for c in observed.certificates} if observed else {}
-    events = []
-    for state in BAD_STATES:
-        moved = [
-            r
-            for r in rated
-            if r.state == state and previous.get((r.secret.name, r.entry.key, r.entry.index)) != state
-        ]
-        if not moved:
-            continue
-        what = "expired" if state == State.EXPIRED else f"expiring within {spec.threshold_days} days"
-        ids = sorted(
-            f"{r.label}@{r.entry.parsed.fingerprint if isinstance(r.entry.parsed, CertFacts) else ''}"
-            for r in moved
-        )
-        events.append(
-            EventIntent(
-                namespace=spec.namespace,
-                involved_api_version=CERTCHECK_API_VERSION,
-                involved_kind="CertCheck",
-                involved_name=spec.name,
-                involved_uid=spec.uid,
-                type="Warning",
-                reason=str(state),
-                message=f"{len(moved)} certificates newly {what}: {_examples(moved)}",
-                dedup_key=_dedup_key(spec.uid, str(state), *ids),
-            )
-        )
-    return events
+def _stamped(
+    status: CertCheckStatus, observed: CertCheckStatus | None, now: datetime, refresh_after: timedelta | None
+) -> tuple[CertCheckStatus, bool]:
+    """The status with its lastEvaluationTime, and whether it must be written.
+
+    It is written when anything but that time differs from what is recorded, or when the recorded time
+    is older than ``refresh_after`` (so that a status still says when it was last confirmed).
+    """
+    last = observed.last_evaluation_time if observed else None
+    unchanged = observed is not None and status == msgspec.structs.replace(
+        observed, last_evaluation_time=None
+    )
+    fresh = last is not None and (refresh_after is None or datetime.fromisoformat(last) + refresh_after > now)
+    if unchanged and fresh:
+        return msgspec.structs.replace(status, last_evaluation_time=last), False
+    return msgspec.structs.replace(status, last_evaluation_time=rfc3339(now)), True
 
 
 def evaluate(
@@ -345,6 +315,7 @@ def evaluate(
     observed: CertCheckStatus | None,
     now: datetime,
     status_cap: int = DEFAULT_STATUS_CAP,
+    refresh_after: timedelta | None = None,
 ) -> Evaluation:
     """Evaluate one CertCheck over the Secrets it selects.
 
@@ -360,32 +331,59 @@ def evaluate(
     with_dates = [r for r in rated if r.not_after != _FAR_FUTURE]
     earliest = min(with_dates, key=lambda r: r.not_after) if with_dates else None
     observed_conditions = {c.type: c for c in observed.conditions} if observed else {}
-    status = CertCheckStatus(
-        observed_generation=spec.generation,
-        target_secrets_count=len(secrets),
-        target_certs_count=len(rated),
-        valid_count=len(by_state.get(State.VALID, [])),
-        expiring_soon_count=len(by_state.get(State.EXPIRING_SOON, [])),
-        expired_count=len(by_state.get(State.EXPIRED, [])),
-        not_yet_valid_count=len(by_state.get(State.NOT_YET_VALID, [])),
-        invalid_count=len(by_state.get(State.INVALID, [])),
-        earliest_not_after=rfc3339(earliest.not_after) if earliest else None,
-        earliest_certificate=earliest.label if earliest else None,
-        certificates=[_certificate_status(r, now) for r in rated[:status_cap]],
-        certificates_omitted=max(0, len(rated) - status_cap),
-        conditions=_conditions(spec, by_state, len(rated), len(secrets), observed_conditions, now),
+    status, status_changed = _stamped(
+        CertCheckStatus(
+            observed_generation=spec.generation,
+            target_secrets_count=len(secrets),
+            target_certs_count=len(rated),
+            valid_count=len(by_state.get(State.VALID, [])),
+            expiring_soon_count=len(by_state.get(State.EXPIRING_SOON, [])),
+            expired_count=len(by_state.get(State.EXPIRED, [])),
+            not_yet_valid_count=len(by_state.get(State.NOT_YET_VALID, [])),
+            invalid_count=len(by_state.get(State.INVALID, [])),
+            earliest_not_after=rfc3339(earliest.not_after) if earliest else None,
+            earliest_certificate=earliest.label if earliest else None,
+            certificates=[_certificate_status(r, now) for r in rated[:status_cap]],
+            certificates_omitted=max(0, len(rated) - status_cap),
+            conditions=_conditions(spec, by_state, len(rated), len(secrets), observed_conditions, now),
+        ),
+        observed,
+        now,
+        refresh_after,
     )
-    evaluation = Evaluation(status=status, status_changed=status != observed)
+    evaluation = Evaluation(status=status, status_changed=status_changed)
     for secret in secrets:
         secret_coverage = coverage.get(secret.name, Coverage((spec.name,), spec.threshold_days))
         desired = desired_annotations(secret, secret_coverage, now)
         patch = annotation_patch(secret, desired)
-        if patch:
-            evaluation.annotation_patches.append(patch)
-        event = _secret_event(secret, desired, secret_coverage)
+        if patch is None:
+            continue
+        evaluation.annotation_patches.append(patch)
+        event = ev.secret_event(
+            ev.SecretChange(
+                namespace=secret.namespace,
+                name=secret.name,
+                uid=secret.uid,
+                resource_version=secret.resource_version,
+                observed=secret.annotations,
+                desired=desired,
+                threshold_days=secret_coverage.max_threshold_days,
+                certchecks=secret_coverage.certchecks,
+            )
+        )
         if event:
             evaluation.events.append(event)
-    evaluation.events.extend(_certcheck_events(spec, rated, observed))
+    evaluation.events.extend(
+        ev.certcheck_events(
+            spec.namespace,
+            spec.name,
+            spec.uid,
+            spec.resource_version,
+            spec.threshold_days,
+            [_entry_change(r) for r in rated],
+            observed,
+        )
+    )
     evaluation.next_due = next_due(
         (r.entry.parsed for r in rated if isinstance(r.entry.parsed, CertFacts)), spec.threshold_days, now
     )

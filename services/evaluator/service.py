@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -22,7 +22,6 @@ from schemas.messages import (
     EvaluationResult,
     due_decoder,
     encoder,
-    object_decoder,
 )
 from schemas.streams import (
     EVALUATOR_DUE_CONSUMER,
@@ -38,6 +37,7 @@ from schemas.streams import (
 from services.common.bus import Bus, fetch_batch, redelivery_delay
 from services.common.settings import Settings
 from services.evaluator import core
+from services.evaluator.follow import ViewFollower
 from services.evaluator.view import CertCheckKey, Effects, View
 
 log = logging.getLogger(__name__)
@@ -71,38 +71,13 @@ class Evaluator:
         self.bus = bus
         self.settings = settings
         self.view = View()
-        self._advanced = asyncio.Condition()
-
-    # --- the view -------------------------------------------------------------------------------
+        self.follower = ViewFollower(bus, self.view)
 
     async def follow_objects(self) -> None:
-        sub = await self.bus.js.subscribe(
-            subjects.OBJECTS_ALL,
-            stream=OBJECTS.name,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-            pending_msgs_limit=200_000,
-        )
-        async for msg in sub.messages:
-            seq = msg.metadata.sequence.stream
-            try:
-                event = object_decoder.decode(msg.data)
-            except Exception:
-                log.exception("undecodable object message %s at seq %d", msg.subject, seq)
-                bad_messages.labels(OBJECTS.name).inc()
-                self.view.seq = max(self.view.seq, seq)
-            else:
-                self.view.apply(seq, event, utcnow())
-            async with self._advanced:
-                self._advanced.notify_all()
-
-    async def wait_for_view(self, seq: int) -> None:
-        async with self._advanced:
-            await self._advanced.wait_for(lambda: self.view.seq >= seq)
+        await self.follower.run()
 
     async def catch_up(self) -> None:
-        info = await self.bus.js.stream_info(OBJECTS.name)
-        await self.wait_for_view(info.state.last_seq)
+        await self.follower.catch_up()
 
     # --- work ------------------------------------------------------------------------------------
 
@@ -148,7 +123,7 @@ class Evaluator:
             effects = Effects()
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
-                await self.wait_for_view(seq)
+                await self.follower.wait_for(seq)
                 found = self.view.effects_of(seq)
                 if found is None:  # too old to remember: re-evaluate the whole namespace
                     _, namespace, _ = subjects.split_object_subject(msg.subject)
@@ -225,7 +200,13 @@ class Evaluator:
         started = time.perf_counter()
         secrets, coverage = self.view.inputs(key)
         evaluation = core.evaluate(
-            entry.spec, secrets, coverage, entry.observed, now, self.settings.status_cap
+            entry.spec,
+            secrets,
+            coverage,
+            entry.observed,
+            now,
+            self.settings.status_cap,
+            refresh_after=timedelta(seconds=self.settings.resync_interval_seconds),
         )
         evaluation_seconds.observe(time.perf_counter() - started)
         evaluations.labels(trigger).inc()

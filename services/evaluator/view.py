@@ -69,6 +69,15 @@ def _newer(incoming: str, current: str) -> bool:
     return True
 
 
+def _same_spec(a: core.CertCheckSpec, b: core.CertCheckSpec) -> bool:
+    return (a.uid, a.generation, a.threshold_days, a.selector_error) == (
+        b.uid,
+        b.generation,
+        b.threshold_days,
+        b.selector_error,
+    )
+
+
 def secret_view(observed: SecretObserved) -> core.SecretView:
     entries: list[core.CertEntry] = []
     for source in observed.sources:
@@ -84,6 +93,7 @@ def secret_view(observed: SecretObserved) -> core.SecretView:
         labels=dict(observed.labels),
         annotations=dict(observed.annotations),
         entries=tuple(entries),
+        resource_version=observed.resource_version,
     )
 
 
@@ -227,10 +237,12 @@ class View:
             generation=event.generation,
             threshold_days=event.threshold_days,
             selector_error=selector_error(event.selector),
+            resource_version=event.resource_version,
         )
         observed = decode_status(event.status)
-        if previous and previous.spec == spec and previous.selector == event.selector:
+        if previous and _same_spec(previous.spec, spec) and previous.selector == event.selector:
             # Only the status changed (our own write coming back): nothing to re-evaluate.
+            previous.spec = spec
             previous.observed = observed
             previous.resource_version = event.resource_version
             return Effects()

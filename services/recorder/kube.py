@@ -16,6 +16,7 @@ from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VE
 log = logging.getLogger(__name__)
 
 COMPONENT = "certcheck-recorder"
+OCCURRENCE = "certcheck.dev/occurrence"
 writes = Counter("certcheck_kubernetes_writes_total", "Writes to the Kubernetes API", ["kind", "outcome"])
 
 
@@ -64,12 +65,16 @@ class KubeWriter:
             raise
         writes.labels("annotations", "ok").inc()
 
-    def emit_event(self, intent: EventIntent) -> bool:
-        """Create the Event named by its dedup key; False if it exists already (emitted before)."""
+    def emit_event(self, intent: EventIntent) -> str:
+        """Create the Event named by its dedup key. If it exists, a new occurrence of the same change
+        increments its count (aggregation); the same occurrence again is a no-op.
+        Returns "created", "aggregated" or "duplicate"."""
         now = datetime.now(UTC)
         name = f"{intent.involved_name[:200]}.{intent.dedup_key}"
         event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(name=name, namespace=intent.namespace),
+            metadata=client.V1ObjectMeta(
+                name=name, namespace=intent.namespace, annotations={OCCURRENCE: intent.occurrence}
+            ),
             involved_object=client.V1ObjectReference(
                 api_version=intent.involved_api_version,
                 kind=intent.involved_kind,
@@ -91,12 +96,31 @@ class KubeWriter:
             self.core.create_namespaced_event(intent.namespace, event)
         except ApiException as exc:
             if exc.status == 409:
-                writes.labels("event", "exists").inc()
-                return False
+                return self._aggregate(name, intent, now)
             if exc.status == 404:  # the namespace is being deleted
                 writes.labels("event", "gone").inc()
-                return False
+                return "duplicate"
             writes.labels("event", "error").inc()
             raise
         writes.labels("event", "ok").inc()
-        return True
+        return "created"
+
+    def _aggregate(self, name: str, intent: EventIntent, now: datetime) -> str:
+        existing = self.core.read_namespaced_event(name, intent.namespace)
+        annotations = existing.metadata.annotations or {}
+        if annotations.get(OCCURRENCE) == intent.occurrence:
+            writes.labels("event", "duplicate").inc()
+            return "duplicate"
+        patch = {
+            "metadata": {
+                "annotations": {OCCURRENCE: intent.occurrence},
+                "resourceVersion": existing.metadata.resource_version,
+            },
+            "count": (existing.count or 1) + 1,
+            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "message": intent.message[:1024],
+        }
+        # The resourceVersion makes this a compare-and-set: two replicas never both count one occurrence.
+        self.core.patch_namespaced_event(name, intent.namespace, patch, _content_type=MERGE_PATCH)
+        writes.labels("event", "aggregated").inc()
+        return "aggregated"

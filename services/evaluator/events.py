@@ -1,0 +1,154 @@
+"""Which Kubernetes Events a change deserves. Pure: no I/O.
+
+One Event per state change per certificate, on the Secret, and one summary per reason on the CertCheck:
+- Warning ``ExpiringSoon``, ``Expired``, ``Invalid``: a certificate entered that state;
+- Normal ``Renewed``: the certificate was replaced by one with a later notAfter;
+- Normal ``Recovered``: a certificate left a bad state without being replaced (e.g. a threshold change).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from schemas import annotations as ann
+from schemas.messages import CertCheckStatus, EventIntent, State
+
+WARNING_STATES = (State.EXPIRING_SOON, State.EXPIRED, State.INVALID)
+RENEWED = "Renewed"
+RECOVERED = "Recovered"
+CERTCHECK_API_VERSION = "certcheck.dev/v1alpha1"
+_EXAMPLES = 3
+
+
+def dedup_key(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+def transition_reason(
+    old_state: str | None, new_state: str, old_not_after: str | None, new_not_after: str | None
+) -> str | None:
+    """The Event reason for a certificate going from old to new, or None when nothing is worth saying."""
+    if new_state != old_state and new_state in WARNING_STATES:
+        return new_state
+    if old_state is None:
+        return None
+    if old_not_after and new_not_after and new_not_after > old_not_after:  # RFC 3339 UTC sorts as text
+        return RENEWED
+    if old_state in WARNING_STATES and new_state == State.VALID:
+        return RECOVERED
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SecretChange:
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    observed: dict[str, str]  # the annotations as the Secret carries them
+    desired: dict[str, str | None]
+    threshold_days: int
+    certchecks: tuple[str, ...]
+
+
+def secret_event(change: SecretChange) -> EventIntent | None:
+    old_state, new_state = change.observed.get(ann.STATE), change.desired.get(ann.STATE)
+    old_not_after, new_not_after = change.observed.get(ann.NOT_AFTER), change.desired.get(ann.NOT_AFTER)
+    if new_state is None:
+        return None
+    reason = transition_reason(old_state, new_state, old_not_after, new_not_after)
+    if reason is None:
+        return None
+    where = f"Certificate in Secret {change.namespace}/{change.name}"
+    messages = {
+        State.EXPIRED: f"{where} expired at {new_not_after}",
+        State.EXPIRING_SOON: (
+            f"{where} expires at {new_not_after}, within the {change.threshold_days}-day threshold of "
+            f"CertCheck {', '.join(change.certchecks)}"
+        ),
+        State.INVALID: f"{where} cannot be read (see the CertCheck's status for the reason)",
+        RENEWED: f"{where} was renewed: notAfter {old_not_after} -> {new_not_after}",
+        RECOVERED: f"{where} is {new_state} again (notAfter {new_not_after})",
+    }
+    return EventIntent(
+        namespace=change.namespace,
+        involved_api_version="v1",
+        involved_kind="Secret",
+        involved_name=change.name,
+        involved_uid=change.uid,
+        type="Warning" if reason in WARNING_STATES else "Normal",
+        reason=str(reason),
+        message=messages[reason],
+        dedup_key=dedup_key(change.uid, str(reason), str(new_not_after)),
+        occurrence=change.resource_version,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EntryChange:
+    """One certificate entry of a CertCheck's status: what it is now, and its identity."""
+
+    label: str  # secret/key[index]
+    secret: str
+    key: str
+    index: int
+    state: str
+    not_after: str | None
+    fingerprint: str
+
+
+def certcheck_events(
+    namespace: str,
+    name: str,
+    uid: str,
+    resource_version: str,
+    threshold_days: int,
+    entries: Sequence[EntryChange],
+    observed: CertCheckStatus | None,
+) -> list[EventIntent]:
+    """One summary Event per reason for the entries that changed since the status was last written."""
+    previous = {(c.name, c.key, c.index): c for c in observed.certificates} if observed else {}
+    truncated = bool(observed and observed.certificates_omitted)
+    moved: dict[str, list[EntryChange]] = {}
+    for entry in entries:
+        before = previous.get((entry.secret, entry.key, entry.index))
+        if before is None and truncated:
+            continue  # left out of the capped list last time: its previous state is unknown
+        reason = transition_reason(
+            str(before.state) if before else None,
+            entry.state,
+            before.not_after if before else None,
+            entry.not_after,
+        )
+        if reason:
+            moved.setdefault(reason, []).append(entry)
+    descriptions = {
+        State.EXPIRING_SOON: f"newly expiring within {threshold_days} days",
+        State.EXPIRED: "newly expired",
+        State.INVALID: "newly unreadable",
+        RENEWED: "renewed",
+        RECOVERED: "recovered",
+    }
+    events = []
+    for reason, changed in moved.items():
+        shown = ", ".join(
+            f"{e.label} (notAfter {e.not_after})" if e.not_after else e.label for e in changed[:_EXAMPLES]
+        )
+        more = f" and {len(changed) - _EXAMPLES} more" if len(changed) > _EXAMPLES else ""
+        events.append(
+            EventIntent(
+                namespace=namespace,
+                involved_api_version=CERTCHECK_API_VERSION,
+                involved_kind="CertCheck",
+                involved_name=name,
+                involved_uid=uid,
+                type="Warning" if reason in WARNING_STATES else "Normal",
+                reason=str(reason),
+                message=f"{len(changed)} certificates {descriptions[reason]}: {shown}{more}",
+                dedup_key=dedup_key(uid, str(reason), *sorted(f"{e.label}@{e.fingerprint}" for e in changed)),
+                occurrence=resource_version,
+            )
+        )
+    return events

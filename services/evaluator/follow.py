@@ -1,0 +1,60 @@
+"""Following the objects stream into a View (the evaluator's, and the exporter's)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from nats.js.api import DeliverPolicy
+from prometheus_client import Counter
+
+from schemas import subjects
+from schemas.messages import object_decoder
+from schemas.streams import OBJECTS
+from services.common.bus import Bus
+from services.evaluator.view import View
+
+log = logging.getLogger(__name__)
+
+bad_objects = Counter("certcheck_undecodable_objects_total", "Object messages that could not be decoded")
+
+
+class ViewFollower:
+    """Reads the whole objects stream with an ordered consumer and folds every message into ``view``."""
+
+    def __init__(self, bus: Bus, view: View) -> None:
+        self.bus = bus
+        self.view = view
+        self._advanced = asyncio.Condition()
+
+    async def run(self) -> None:
+        sub = await self.bus.js.subscribe(
+            subjects.OBJECTS_ALL,
+            stream=OBJECTS.name,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            pending_msgs_limit=1_000_000,
+        )
+        async for msg in sub.messages:
+            seq = msg.metadata.sequence.stream
+            try:
+                event = object_decoder.decode(msg.data)
+            except Exception:
+                log.exception("undecodable object message %s at seq %d", msg.subject, seq)
+                bad_objects.inc()
+                self.view.seq = max(self.view.seq, seq)
+            else:
+                self.view.apply(seq, event, datetime.now(UTC))
+            async with self._advanced:
+                self._advanced.notify_all()
+
+    async def wait_for(self, seq: int) -> None:
+        """Until the view has applied everything up to stream sequence ``seq``."""
+        async with self._advanced:
+            await self._advanced.wait_for(lambda: self.view.seq >= seq)
+
+    async def catch_up(self) -> None:
+        """Until the view holds everything the stream held when this was called."""
+        info = await self.bus.js.stream_info(OBJECTS.name)
+        await self.wait_for(info.state.last_seq)

@@ -1,0 +1,38 @@
+"""The exporter service: wiring."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import REGISTRY
+
+from services.common import bus as bus_mod
+from services.common.health import Health
+from services.common.runtime import run_service, supervise
+from services.common.settings import Settings
+from services.evaluator.follow import ViewFollower
+from services.evaluator.view import View
+from services.exporter.collector import ViewCollector
+
+
+async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
+    bus = await bus_mod.connect(settings.nats_url, "certcheck-exporter")
+    await bus_mod.ensure_streams(bus)
+    view = View()
+    follower = ViewFollower(bus, view)
+    following = asyncio.create_task(follower.run(), name="follow-objects")
+    await follower.catch_up()
+    REGISTRY.register(ViewCollector(view, asyncio.get_running_loop()))
+    health.set_ready(True)
+    try:
+        await supervise(stop, following)
+    finally:
+        await bus.close()
+
+
+def run(argv: list[str] | None = None) -> None:
+    run_service("exporter", main, argv)
+
+
+if __name__ == "__main__":
+    run()

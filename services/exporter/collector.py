@@ -1,0 +1,116 @@
+"""A Prometheus collector over the view. Label names follow x509-certificate-exporter's where they mean
+the same thing, so existing dashboards and alerts carry over."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from schemas.messages import State
+from services.evaluator import core
+from services.evaluator.certs import CertFacts
+from services.evaluator.view import View
+
+CERT_LABELS = [
+    "secret_namespace",
+    "secret_name",
+    "secret_key",
+    "chain_index",
+    "certcheck",
+    "subject_CN",
+    "issuer_CN",
+    "serial_number",
+]
+ERROR_LABELS = ["secret_namespace", "secret_name", "secret_key", "chain_index", "certcheck", "reason"]
+CERTCHECK_LABELS = ["certcheck_namespace", "certcheck"]
+
+
+def families(view: View, now: datetime) -> list[Metric]:
+    """Every series, computed from the view at ``now``. Pure: no I/O."""
+    not_after = GaugeMetricFamily(
+        "certcheck_certificate_not_after_timestamp_seconds",
+        "The certificate's notAfter, as a Unix timestamp",
+        labels=CERT_LABELS,
+    )
+    not_before = GaugeMetricFamily(
+        "certcheck_certificate_not_before_timestamp_seconds",
+        "The certificate's notBefore, as a Unix timestamp",
+        labels=CERT_LABELS,
+    )
+    expired = GaugeMetricFamily(
+        "certcheck_certificate_expired", "1 if the certificate has expired", labels=CERT_LABELS
+    )
+    expiring = GaugeMetricFamily(
+        "certcheck_certificate_expiring",
+        "1 if the certificate is within its CertCheck's threshold and not expired",
+        labels=CERT_LABELS,
+    )
+    error = GaugeMetricFamily(
+        "certcheck_certificate_error",
+        "1 for a certificate entry that cannot be read, with the reason",
+        labels=ERROR_LABELS,
+    )
+    threshold = GaugeMetricFamily(
+        "certcheck_certcheck_threshold_seconds", "The CertCheck's threshold", labels=CERTCHECK_LABELS
+    )
+    targets = GaugeMetricFamily(
+        "certcheck_certcheck_targets", "Certificates a CertCheck evaluates", labels=CERTCHECK_LABELS
+    )
+    by_state = GaugeMetricFamily(
+        "certcheck_certcheck_certificates", "Certificates per state", labels=[*CERTCHECK_LABELS, "state"]
+    )
+    for key in sorted(view.all_certchecks()):
+        entry = view.certcheck(key)
+        assert entry is not None
+        namespace, name = key
+        days = entry.spec.threshold_days
+        secrets, _ = view.inputs(key)
+        counts = dict.fromkeys(State, 0)
+        for secret in secrets:
+            for cert in secret.entries:
+                where = [namespace, secret.name, cert.key, str(cert.index), name]
+                parsed = cert.parsed
+                if not isinstance(parsed, CertFacts):
+                    error.add_metric([*where, parsed.reason[:200]], 1)
+                    counts[State.INVALID] += 1
+                    continue
+                state = core.classify(parsed, days, now)
+                counts[state] += 1
+                labels = [*where, parsed.subject_cn or "", parsed.issuer_cn or "", parsed.serial_number]
+                not_after.add_metric(labels, parsed.not_after.timestamp())
+                not_before.add_metric(labels, parsed.not_before.timestamp())
+                expired.add_metric(labels, 1 if state == State.EXPIRED else 0)
+                expiring.add_metric(labels, 1 if state == State.EXPIRING_SOON else 0)
+        threshold.add_metric([namespace, name], days * 86400)
+        targets.add_metric([namespace, name], sum(counts.values()))
+        for state, count in counts.items():
+            by_state.add_metric([namespace, name, str(state)], count)
+    return [not_after, not_before, expired, expiring, error, threshold, targets, by_state]
+
+
+class ViewCollector(Collector):
+    """Builds the families on the event loop that owns the view, so a scrape never sees it half-updated."""
+
+    def __init__(
+        self,
+        view: View,
+        loop: asyncio.AbstractEventLoop,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.view = view
+        self.loop = loop
+        self.clock = clock
+
+    def describe(self) -> Iterator[Metric]:
+        # The registry calls this on registration (on the loop's own thread): names only, no samples.
+        yield from families(View(), self.clock())
+
+    def collect(self) -> Iterator[Metric]:
+        async def build() -> list[Metric]:
+            return families(self.view, self.clock())
+
+        yield from asyncio.run_coroutine_threadsafe(build(), self.loop).result(timeout=30)

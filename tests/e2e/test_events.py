@@ -1,0 +1,91 @@
+"""Events operators can act on: one per state change, Normal ones for good news, repeats aggregated."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from devcluster.certs import expiring_in, make_cert, tls_secret_data
+from tests.conftest import Cluster, wait_for
+
+
+def reasons(cluster: Cluster, namespace: str, kind: str, name: str) -> list[tuple[str, str, int]]:
+    return sorted((e.type, e.reason, e.count) for e in cluster.events(namespace, kind, name))
+
+
+def set_threshold(cluster: Cluster, namespace: str, name: str, days: int) -> None:
+    cluster.custom.patch_namespaced_custom_object(
+        "certcheck.dev", "v1alpha1", namespace, "certchecks", name, {"spec": {"threshold": days}}
+    )
+
+
+def test_renewal_gives_a_normal_renewed_event(cluster: Cluster, namespace: str) -> None:
+    cert, key = expiring_in(5)
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "x"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}})
+    wait_for(
+        lambda: reasons(cluster, namespace, "Secret", "s") == [("Warning", "ExpiringSoon", 1)],
+        what="ExpiringSoon",
+    )
+    renewed, renewed_key = expiring_in(200)
+    cluster.core.patch_namespaced_secret("s", namespace, {"data": tls_secret_data(renewed, renewed_key)})
+    wait_for(lambda: ("Normal", "Renewed", 1) in reasons(cluster, namespace, "Secret", "s"), what="Renewed")
+    wait_for(
+        lambda: ("Normal", "Renewed", 1) in reasons(cluster, namespace, "CertCheck", "c"),
+        what="Renewed on the CertCheck",
+    )
+
+
+def test_a_state_that_comes_back_aggregates_into_the_same_event(cluster: Cluster, namespace: str) -> None:
+    cert, key = expiring_in(20)
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "x"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}}, threshold=30)
+    wait_for(
+        lambda: reasons(cluster, namespace, "Secret", "s") == [("Warning", "ExpiringSoon", 1)],
+        what="ExpiringSoon once",
+    )
+    set_threshold(cluster, namespace, "c", 10)
+    wait_for(
+        lambda: ("Normal", "Recovered", 1) in reasons(cluster, namespace, "Secret", "s"), what="Recovered"
+    )
+    set_threshold(cluster, namespace, "c", 30)
+    wait_for(
+        lambda: ("Warning", "ExpiringSoon", 2) in reasons(cluster, namespace, "Secret", "s"),
+        what="the same ExpiringSoon Event counted twice",
+    )
+    assert len(cluster.events(namespace, "Secret", "s")) == 2  # ExpiringSoon (count 2) and Recovered
+
+
+def test_an_unreadable_certificate_is_invalid_with_the_reason(cluster: Cluster, namespace: str) -> None:
+    cert, key = expiring_in(100)
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "x"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}})
+    wait_for(lambda: cluster.annotations(namespace, "s").get("certcheck.dev/state") == "Valid", what="Valid")
+    garbage = b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
+    cluster.core.patch_namespaced_secret(
+        "s", namespace, {"data": {"tls.crt": base64.b64encode(garbage).decode()}}
+    )
+    status: dict[str, Any] = wait_for(
+        lambda: (s := cluster.status(namespace, "c")).get("invalidCount") == 1 and s, what="Invalid"
+    )
+    [entry] = status["certificates"]
+    assert entry["state"] == "Invalid" and entry["reason"].startswith("malformed certificate")
+    invalid = next(c for c in status["conditions"] if c["type"] == "Invalid")
+    assert invalid["status"] == "True" and "s/tls.crt[0]" in invalid["message"]
+    wait_for(
+        lambda: ("Warning", "Invalid", 1) in reasons(cluster, namespace, "Secret", "s"), what="Invalid Event"
+    )
+
+
+def test_status_lists_dns_names_and_when_it_was_evaluated(cluster: Cluster, namespace: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    cert, key = make_cert(
+        "web.test", datetime.now(UTC) + timedelta(days=60), dns_names=("web.test", "www.web.test")
+    )
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "x"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}})
+    status = wait_for(lambda: (s := cluster.status(namespace, "c")).get("certificates") and s, what="status")
+    assert status["certificates"][0]["dnsNames"] == ["web.test", "www.web.test"]
+    evaluated = datetime.fromisoformat(status["lastEvaluationTime"])
+    assert abs(datetime.now(UTC) - evaluated) < timedelta(seconds=30)
