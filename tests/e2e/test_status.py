@@ -1,0 +1,77 @@
+"""The CertCheck status: bounded, exact, and conditions that move only when they change."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kubernetes import client
+
+from devcluster.certs import expiring_in, make_cert, tls_secret_data
+from tests.conftest import Cluster, wait_for
+
+
+def test_status_of_2000_secrets_is_capped_sorted_by_urgency_and_counts_are_exact(
+    cluster: Cluster, namespace: str
+) -> None:
+    now = datetime.now(UTC)
+    # 2,000 Secrets: 100 expired, 300 expiring within 30 days, 1,600 valid.
+    plan = [
+        (f"s{i:04d}", -1 - i % 5 if i < 100 else 5 + i % 20 if i < 400 else 60 + i % 300) for i in range(2000)
+    ]
+
+    def create(item: tuple[str, int]) -> None:
+        name, days = item
+        cert, key = make_cert(f"{name}.test", now + timedelta(days=days, hours=1))
+        cluster.core.create_namespaced_secret(
+            namespace,
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(name=name, labels={"fleet": "big"}),
+                type="kubernetes.io/tls",
+                data=tls_secret_data(cert, key),
+            ),
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, plan))
+    cluster.create_certcheck(namespace, "big", {"matchLabels": {"fleet": "big"}})
+    status: dict[str, Any] = wait_for(
+        lambda: (s := cluster.status(namespace, "big")).get("targetCertsCount") == 2000 and s,
+        timeout=60,
+        what="all 2,000 certificates",
+    )
+    assert (status["expiredCount"], status["expiringSoonCount"], status["validCount"]) == (100, 300, 1600)
+    assert len(status["certificates"]) == 500 and status["certificatesOmitted"] == 1500
+    states = [c["state"] for c in status["certificates"]]
+    assert states == ["Expired"] * 100 + ["ExpiringSoon"] * 300 + ["Valid"] * 100
+    expiring_after = [c["notAfter"] for c in status["certificates"][100:400]]
+    assert expiring_after == sorted(expiring_after)
+    response = cluster.custom.get_namespaced_custom_object(
+        "certcheck.dev", "v1alpha1", namespace, "certchecks", "big", _preload_content=False
+    )
+    body = response.data
+    assert len(body) < 400_000, "the status must stay far below etcd's 1.5 MiB object limit"
+
+
+def test_conditions_move_only_when_their_status_changes(cluster: Cluster, namespace: str) -> None:
+    cert, key = expiring_in(10)
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "x"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}})
+
+    def condition(kind: str) -> dict[str, Any]:
+        return next(c for c in cluster.status(namespace, "c").get("conditions", []) if c["type"] == kind)
+
+    wait_for(lambda: cluster.status(namespace, "c").get("conditions"), what="conditions")
+    expiring = condition("ExpiringSoon")
+    assert (expiring["status"], expiring["reason"]) == ("True", "CertificatesExpiringSoon")
+    assert "s/tls.crt[0]" in expiring["message"]
+    ready_since = condition("Ready")["lastTransitionTime"]
+
+    renewed, renewed_key = expiring_in(300)
+    cluster.core.patch_namespaced_secret("s", namespace, {"data": tls_secret_data(renewed, renewed_key)})
+    wait_for(lambda: condition("ExpiringSoon")["status"] == "False", what="ExpiringSoon False")
+    after = condition("ExpiringSoon")
+    assert after["reason"] == "NoExpiringSoon"
+    assert after["lastTransitionTime"] >= expiring["lastTransitionTime"]
+    assert condition("Ready")["lastTransitionTime"] == ready_since  # Ready stayed True: it did not move
