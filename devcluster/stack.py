@@ -14,7 +14,7 @@ from devcluster.cluster import ControlPlane, NatsServer, ServiceProcess, free_po
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_PATH = REPO / "k8s" / "base" / "crd.yaml"
-SERVICES = ("watcher", "evaluator", "recorder", "exporter")
+SERVICES = ("watcher", "evaluator", "recorder", "notifier", "exporter")
 
 
 def service_user(service: str) -> str:
@@ -62,6 +62,7 @@ class Stack:
     kubeconfigs: dict[str, Path] = field(default_factory=dict)
 
     apiserver_args: list[str] = field(default_factory=list)
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)  # per service, from its first start
 
     def __post_init__(self) -> None:
         self.control_plane = ControlPlane(self.workdir / "kube", extra_args=list(self.apiserver_args))
@@ -91,26 +92,33 @@ class Stack:
             "PYTHONPATH": str(REPO),
         }
 
-    def start_service(self, name: str, wait: bool = True, **extra_env: str) -> ServiceProcess:
+    def start_service(
+        self, name: str, env: dict[str, str] | None = None, wait: bool = True, instance: str | None = None
+    ) -> ServiceProcess:
+        """Start ``python -m services.<name>``; ``instance`` names a further replica (its own port, log)."""
+        instance = instance or name
+        extra_env = self.extra_env.setdefault(instance, dict(env or {}))
         logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        process = ServiceProcess(name, {**self.service_env(name), **extra_env}, logs / f"{name}.log")
+        process = ServiceProcess(
+            name, {**self.service_env(instance), **extra_env, **(env or {})}, logs / f"{instance}.log"
+        )
         process.start()
-        self.services[name] = process
+        self.services[instance] = process
         if wait:
-            wait_http_ok(f"http://127.0.0.1:{self.http_ports[name]}/readyz", timeout=60)
+            wait_http_ok(f"http://127.0.0.1:{self.http_ports[instance]}/readyz", timeout=60)
         return process
 
     def restart_service(self, name: str, kill: bool = True) -> ServiceProcess:
-        """SIGKILL (as a crash would) or SIGTERM a service, then start it again (with its default
-        settings) and wait until ready."""
+        """SIGKILL (as a crash would) or SIGTERM a service, then start it again with the settings it
+        was first started with, and wait until ready."""
         process = self.services[name]
         process.kill() if kill else process.stop()
-        return self.start_service(name)
+        return self.start_service(name, self.extra_env.get(name, {}))
 
-    def start_services(self) -> None:
+    def start_services(self, extra_env: dict[str, dict[str, str]] | None = None) -> None:
         for name in SERVICES:
-            self.start_service(name)
+            self.start_service(name, (extra_env or {}).get(name, {}))
 
     def stop(self) -> None:
         for process in self.services.values():

@@ -59,6 +59,42 @@ class SecretObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="SecretO
     sources: list[CertSource] = []
 
 
+class SecretKeyRef(msgspec.Struct, frozen=True):
+    name: str
+    key: str
+
+
+class SecretRef(msgspec.Struct, frozen=True):
+    name: str
+
+
+class SlackTarget(msgspec.Struct, frozen=True, rename="camel"):
+    channel: str
+    token_secret_ref: SecretKeyRef
+
+
+class WebhookTarget(msgspec.Struct, frozen=True, rename="camel"):
+    url: str
+    signing_secret_ref: SecretKeyRef | None = None
+    headers_secret_ref: SecretRef | None = None  # every key of that Secret becomes a header
+
+
+DEFAULT_NOTIFY_STATES = ("ExpiringSoon", "Expired", "Invalid")
+
+
+class NotificationTarget(msgspec.Struct, frozen=True, rename="camel"):
+    name: str
+    slack: SlackTarget | None = None
+    webhook: WebhookTarget | None = None
+    states: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_NOTIFY_STATES))
+    repeat_interval: str | None = None  # e.g. "24h"; default: notify on state change only
+    send_resolved: bool = False
+
+
+class NotificationSpec(msgspec.Struct, frozen=True):
+    targets: list[NotificationTarget] = []
+
+
 class CertCheckObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="CertCheckObserved/v1"):
     namespace: str
     name: str
@@ -67,6 +103,7 @@ class CertCheckObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="Cert
     generation: int
     threshold_days: int
     selector: LabelSelector | None = None
+    notification: NotificationSpec | None = None
     # The status as last written, passed through untouched: the evaluator's diff base.
     status: msgspec.Raw = msgspec.Raw(b"null")
 
@@ -113,6 +150,12 @@ class CertificateStatus(msgspec.Struct, frozen=True, rename="camel", omit_defaul
     reason: str | None = None  # why the entry is Invalid
 
 
+class NotificationFailure(msgspec.Struct, frozen=True, rename="camel"):
+    target: str
+    reason: str
+    since: str
+
+
 class CertCheckStatus(msgspec.Struct, frozen=True, rename="camel"):
     observed_generation: int = 0
     target_secrets_count: int = 0
@@ -129,6 +172,8 @@ class CertCheckStatus(msgspec.Struct, frozen=True, rename="camel"):
     conditions: list[Condition] = []
     # When the status was last written: whenever anything in it changes, and at least every resync.
     last_evaluation_time: str | None = None
+    # Written by the notifier only (the recorder never sends this field): targets failing for good.
+    notification_failures: list[NotificationFailure] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -179,6 +224,8 @@ class EvaluationResult(msgspec.Struct, frozen=True, tag_field="kind", tag="Evalu
     annotation_patches: list[AnnotationPatch] = []
     events: list[EventIntent] = []
     next_due: str | None = None
+    notification: NotificationSpec | None = None
+    threshold_days: int = 0
 
 
 class CertCheckRemoved(msgspec.Struct, frozen=True, tag_field="kind", tag="CertCheckRemoved/v1"):
@@ -204,6 +251,38 @@ class Due(msgspec.Struct, frozen=True, tag_field="kind", tag="Due/v1"):
     namespace: str
     name: str
     due_at: str
+
+
+# ---------------------------------------------------------------------------------------------------
+# Notifications (sent by the notifier; the webhook body is this JSON)
+# ---------------------------------------------------------------------------------------------------
+
+
+class CertificateNotice(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+    secret: str
+    key: str
+    index: int
+    state: str
+    change: str  # "firing" (entered a notifying state), "repeat" (still in it), "resolved" (left it)
+    previous_state: str | None = None
+    not_after: str | None = None
+    days_remaining: int | None = None
+    subject: str | None = None
+    issuer: str | None = None
+    serial_number: str | None = None
+    reason: str | None = None
+
+
+class ExpiryNotification(msgspec.Struct, frozen=True, rename="camel", tag_field="kind",
+                         tag="ExpiryNotification/v1"):
+    """The body of a webhook notification (documented in docs/notifications.md)."""
+
+    delivery_id: str
+    namespace: str
+    certcheck: str
+    target: str
+    threshold_days: int | None
+    certificates: list[CertificateNotice]
 
 
 # Shared encoders/decoders: building them once is what makes msgspec fast.

@@ -64,7 +64,11 @@ RECORDER_APPLIED_BUCKET = "certcheck_recorder_applied"
 # The watcher's last fully published resourceVersion per resource: a restart resumes its watches there.
 WATCHER_STATE_BUCKET = "certcheck_watcher"
 
+# The notifier's durable state per CertCheck: what each target was told, and any pending delivery.
+NOTIFIER_STATE_BUCKET = "certcheck_notifier"
+
 # Durable consumers (shared by every replica of the service that binds them).
 EVALUATOR_OBJECTS_CONSUMER = "evaluator-objects"
 EVALUATOR_DUE_CONSUMER = "evaluator-due"
 RECORDER_CONSUMER = "recorder"
+NOTIFIER_CONSUMER = "notifier"

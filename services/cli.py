@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-USAGE = "usage: certcheck {watcher,evaluator,recorder,exporter} [options]  (SERVICE --help: options)"
+USAGE = "usage: certcheck {watcher,evaluator,recorder,notifier,exporter} [options]  (SERVICE --help: options)"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> None:
         from services.recorder.__main__ import run
     elif service == "exporter":
         from services.exporter.__main__ import run
+    elif service == "notifier":
+        from services.notifier.__main__ import run
     else:
         sys.exit(f"certcheck: unknown service {service!r}\n{USAGE}")
     run(rest)

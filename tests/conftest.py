@@ -17,6 +17,7 @@ from kubernetes import client
 
 from devcluster.stack import Stack, api_client
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION
+from tests.receivers import Receiver, slack_ok
 
 T = TypeVar("T")
 
@@ -63,12 +64,23 @@ class BusTap:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def slack() -> Iterator[Receiver]:
+    """A server that answers like Slack's Web API; the session's notifier posts to it."""
+    receiver = Receiver(slack_ok())
+    yield receiver
+    receiver.close()
+
+
+NOTIFIER_TEST_ENV = {"CERTCHECK_NOTIFY_MAX_ATTEMPTS": "4"}
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, slack: Receiver) -> Iterator[Stack]:
     workdir = Path(tmp_path_factory.mktemp("certcheck"))
     stack = Stack(workdir)
     try:
         stack.start_infrastructure()
-        stack.start_services()
+        stack.start_services({"notifier": {"CERTCHECK_SLACK_API_URL": slack.url, **NOTIFIER_TEST_ENV}})
     except Exception:
         stack.stop()
         raise
@@ -137,9 +149,16 @@ class Cluster:
         return self.core.create_namespaced_secret(namespace, body)
 
     def create_certcheck(
-        self, namespace: str, name: str, selector: dict[str, Any], threshold: int | None = 30
+        self,
+        namespace: str,
+        name: str,
+        selector: dict[str, Any],
+        threshold: int | None = 30,
+        notification: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         spec: dict[str, Any] = {"selector": selector}
+        if notification is not None:
+            spec["notification"] = notification
         if threshold is not None:
             spec["threshold"] = threshold
         body = {

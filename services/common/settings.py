@@ -29,6 +29,9 @@ class Settings:
     )
     # recorder
     write_concurrency: int = field(default_factory=lambda: int(_env("write_concurrency", "16")))
+    # notifier
+    slack_api_url: str = field(default_factory=lambda: _env("slack_api_url", "https://slack.com/api"))
+    notify_max_attempts: int = field(default_factory=lambda: int(_env("notify_max_attempts", "6")))
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None, prog: str | None = None) -> Settings:

@@ -241,6 +241,21 @@ def _conditions(
     return conditions
 
 
+def _notification_conditions(
+    spec: CertCheckSpec, observed: CertCheckStatus | None, conditions: dict[str, Condition], now: datetime
+) -> list[Condition]:
+    """``NotificationFailed`` mirrors the failures the notifier recorded in the status."""
+    failures = (observed.notification_failures if observed else None) or []
+    if not failures and "NotificationFailed" not in conditions:
+        return []
+    gen = spec.generation
+    if failures:
+        message = "; ".join(f"{f.target}: {f.reason}" for f in failures)[:1000]
+        return [_condition("NotificationFailed", True, "DeliveryFailed", message, gen, conditions, now)]
+    message = "every notification target accepts messages again"
+    return [_condition("NotificationFailed", False, "Delivered", message, gen, conditions, now)]
+
+
 def desired_annotations(secret: SecretView, coverage: Coverage, now: datetime) -> dict[str, str | None]:
     """What certcheck's annotations on a Secret should be, given every CertCheck that covers it.
 
@@ -345,7 +360,9 @@ def evaluate(
             earliest_certificate=earliest.label if earliest else None,
             certificates=[_certificate_status(r, now) for r in rated[:status_cap]],
             certificates_omitted=max(0, len(rated) - status_cap),
-            conditions=_conditions(spec, by_state, len(rated), len(secrets), observed_conditions, now),
+            conditions=_conditions(spec, by_state, len(rated), len(secrets), observed_conditions, now)
+            + _notification_conditions(spec, observed, observed_conditions, now),
+            notification_failures=observed.notification_failures if observed else None,
         ),
         observed,
         now,

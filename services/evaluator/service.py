@@ -222,6 +222,8 @@ class Evaluator:
             annotation_patches=evaluation.annotation_patches,
             events=evaluation.events,
             next_due=core.rfc3339(evaluation.next_due) if evaluation.next_due else None,
+            notification=entry.notification,
+            threshold_days=entry.spec.threshold_days,
         )
         await self.publish_result(subjects.result_subject(*key), encoder.encode(result), view_seq)
         await self.schedule(key, evaluation.next_due)

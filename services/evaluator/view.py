@@ -19,6 +19,7 @@ from schemas.messages import (
     CertCheckObserved,
     CertCheckStatus,
     LabelSelector,
+    NotificationSpec,
     ObjectDeleted,
     ObjectEvent,
     SecretObserved,
@@ -39,6 +40,7 @@ class CertCheckEntry:
     resource_version: str
     observed: CertCheckStatus | None
     covered: set[str] = field(default_factory=set)  # Secret names it selects
+    notification: NotificationSpec | None = None
 
 
 @dataclass
@@ -67,6 +69,10 @@ def _newer(incoming: str, current: str) -> bool:
     if incoming.isdigit() and current.isdigit():
         return int(incoming) >= int(current)
     return True
+
+
+def _failures(status: CertCheckStatus | None) -> object:
+    return status.notification_failures if status else None
 
 
 def _same_spec(a: core.CertCheckSpec, b: core.CertCheckSpec) -> bool:
@@ -241,9 +247,14 @@ class View:
         )
         observed = decode_status(event.status)
         if previous and _same_spec(previous.spec, spec) and previous.selector == event.selector:
-            # Only the status changed (our own write coming back): nothing to re-evaluate.
+            # Only the status changed (our own write coming back): nothing to re-evaluate, unless the
+            # notifier recorded a change in its failures (the NotificationFailed condition follows them).
+            failures_changed = _failures(previous.observed) != _failures(observed)
             previous.spec = spec
             previous.observed = observed
+            previous.notification = event.notification
+            if failures_changed:
+                return Effects(evaluate={(event.namespace, event.name)})
             previous.resource_version = event.resource_version
             return Effects()
         if previous and previous.spec.uid != event.uid:
@@ -256,7 +267,9 @@ class View:
                     previous.resource_version,
                 )
             )
-        entry = CertCheckEntry(spec, event.selector, event.resource_version, observed)
+        entry = CertCheckEntry(
+            spec, event.selector, event.resource_version, observed, notification=event.notification
+        )
         namespace_certchecks[event.name] = entry
         old_covered = previous.covered if previous and previous.spec.uid == event.uid else set()
         namespace_secrets = self.secrets.get(event.namespace, {})

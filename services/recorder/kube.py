@@ -10,7 +10,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter
 
-from schemas.messages import AnnotationPatch, CertCheckStatus, EventIntent
+from schemas.messages import AnnotationPatch, CertCheckStatus, EventIntent, NotificationFailure
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, MERGE_PATCH
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,9 @@ class KubeWriter:
 
     def patch_status(self, namespace: str, name: str, uid: str, status: CertCheckStatus) -> None:
         # Every field is sent, None as null, so a merge patch also removes what no longer applies.
-        body = {"metadata": {"uid": uid}, "status": msgspec.to_builtins(status)}
+        fields = msgspec.to_builtins(status)
+        fields.pop("notificationFailures", None)  # the notifier's field: never overwritten from here
+        body = {"metadata": {"uid": uid}, "status": fields}
         try:
             self.custom.patch_namespaced_custom_object_status(
                 CERTCHECK_GROUP,
@@ -53,6 +55,27 @@ class KubeWriter:
                 raise Gone(f"CertCheck {namespace}/{name}") from exc
             raise
         writes.labels("status", "ok").inc()
+
+    def patch_notification_failures(
+        self, namespace: str, name: str, uid: str, failures: list[NotificationFailure]
+    ) -> None:
+        """The notifier's own status field (the recorder never sends it, so neither overwrites the other)."""
+        value = [msgspec.to_builtins(f) for f in failures] or None
+        body = {"metadata": {"uid": uid}, "status": {"notificationFailures": value}}
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                CERTCHECK_GROUP,
+                CERTCHECK_VERSION,
+                namespace,
+                CERTCHECK_PLURAL,
+                name,
+                body,
+                _content_type=MERGE_PATCH,
+            )
+        except ApiException as exc:
+            if _is_gone(exc):
+                raise Gone(f"CertCheck {namespace}/{name}") from exc
+            raise
 
     def patch_annotations(self, patch: AnnotationPatch) -> None:
         body = {"metadata": {"uid": patch.uid, "annotations": patch.annotations}}

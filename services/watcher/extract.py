@@ -14,7 +14,13 @@ import re
 import msgspec
 
 from schemas import annotations as ann
-from schemas.messages import CertCheckObserved, CertSource, LabelSelector, SecretObserved
+from schemas.messages import (
+    CertCheckObserved,
+    CertSource,
+    LabelSelector,
+    NotificationSpec,
+    SecretObserved,
+)
 
 CERT_KEYS = ("tls.crt", "ca.crt")
 REQUIRED_KEYS = ("tls.crt",)
@@ -43,6 +49,7 @@ class RawSecret(msgspec.Struct):
 class RawCertCheckSpec(msgspec.Struct):
     selector: LabelSelector | None = None
     threshold: int = 30
+    notification: msgspec.Raw = msgspec.Raw(b"null")
 
 
 class RawCertCheck(msgspec.Struct):
@@ -115,6 +122,17 @@ def secret_observed(secret: RawSecret) -> SecretObserved:
     )
 
 
+_notification_decoder = msgspec.json.Decoder(NotificationSpec | None)
+
+
+def _notification(raw: msgspec.Raw) -> NotificationSpec | None:
+    try:
+        spec: NotificationSpec | None = _notification_decoder.decode(raw)
+        return spec
+    except msgspec.ValidationError:
+        return None  # the CRD schema rejects such specs; an older object must not stop the watch
+
+
 def certcheck_observed(certcheck: RawCertCheck) -> CertCheckObserved:
     meta = certcheck.metadata
     return CertCheckObserved(
@@ -125,6 +143,7 @@ def certcheck_observed(certcheck: RawCertCheck) -> CertCheckObserved:
         generation=meta.generation,
         threshold_days=certcheck.spec.threshold,
         selector=certcheck.spec.selector,
+        notification=_notification(certcheck.spec.notification),
         status=certcheck.status,
     )
 
@@ -140,6 +159,13 @@ def digest(observed: SecretObserved | CertCheckObserved) -> str:
         )
     else:
         content = _encoder.encode(
-            (observed.uid, observed.generation, observed.threshold_days, observed.selector, observed.status)
+            (
+                observed.uid,
+                observed.generation,
+                observed.threshold_days,
+                observed.selector,
+                observed.notification,
+                observed.status,
+            )
         )
     return hashlib.sha256(content).hexdigest()[:32]

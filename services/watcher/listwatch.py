@@ -26,6 +26,9 @@ T = TypeVar("T")
 watch_restarts = Counter(
     "certcheck_watch_restarts_total", "Watch (re)connections by resource and cause", ["resource", "cause"]
 )
+skipped_objects = Counter(
+    "certcheck_watch_skipped_objects_total", "Objects skipped because they could not be read", ["resource"]
+)
 kube_connected = Gauge(
     "certcheck_kubernetes_connected", "1 while the watch of a resource is up", ["resource"]
 )
@@ -53,6 +56,15 @@ class _BookmarkMeta(msgspec.Struct):
 
 class _Bookmark(msgspec.Struct):
     metadata: _BookmarkMeta
+
+
+class _NamedMeta(msgspec.Struct):
+    name: str = ""
+    namespace: str = ""
+
+
+class _Named(msgspec.Struct):
+    metadata: _NamedMeta = msgspec.field(default_factory=_NamedMeta)
 
 
 class GoneError(Exception):
@@ -148,8 +160,9 @@ class ListWatch(Generic[T]):
                 page = self._list_decoder.decode(response.data)
             finally:
                 response.release_conn()
-            for item in page.items or []:
-                if self._accept(item):
+            for raw in page.items or []:
+                item = self._decode_item(raw)
+                if item is not None and self._accept(item):
                     seen.add(self._key(item))
                     self._sink.upsert(item)
             continue_token = page.metadata.continue_
@@ -178,6 +191,22 @@ class ListWatch(Generic[T]):
         finally:
             response.release_conn()
 
+    def _decode_item(self, raw: msgspec.Raw) -> T | None:
+        """One object, or None (logged, counted) if it does not have the shape certcheck reads: a single
+        odd object never stops the watch of all the others."""
+        try:
+            return self._item_decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            where = "?"
+            try:
+                meta = msgspec.json.decode(raw, type=_Named).metadata
+                where = f"{meta.namespace}/{meta.name}"
+            except msgspec.MsgspecError:
+                pass
+            log.error("skipping %s %s: %s", self.resource, where, exc, extra={"resource": self.resource})
+            skipped_objects.labels(self.resource).inc()
+            return None
+
     def _handle(self, line: str | bytes) -> None:
         head = msgspec.json.decode(line, type=_WatchHead)
         if head.type == "ERROR":
@@ -189,7 +218,10 @@ class ListWatch(Generic[T]):
             self.resource_version = msgspec.json.decode(head.object, type=_Bookmark).metadata.resourceVersion
             self._sink.progress(self.resource_version)
             return
-        item = self._item_decoder.decode(head.object)
+        item = self._decode_item(head.object)
+        if item is None:
+            self.resource_version = msgspec.json.decode(head.object, type=_Bookmark).metadata.resourceVersion
+            return
         self.resource_version = item.metadata.resourceVersion  # type: ignore[attr-defined]
         if not self._accept(item):
             return
@@ -205,6 +237,6 @@ def _make_list_type(item_type: type[T]) -> type[Any]:
         f"{item_type.__name__}List",
         [
             ("metadata", _ListMeta, msgspec.field(default_factory=_ListMeta)),
-            ("items", list[item_type] | None, None),  # type: ignore[valid-type]
+            ("items", list[msgspec.Raw] | None, None),
         ],
     )

@@ -227,7 +227,7 @@ def test_periodic_resync_reevaluates_everything_and_writes_nothing_new(
     cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}})
     wait_for(lambda: cluster.annotations(namespace, "s").get("certcheck.dev/state"), what="recorded")
     stack.services["evaluator"].stop()
-    stack.start_service("evaluator", CERTCHECK_RESYNC_INTERVAL_SECONDS="1")
+    stack.start_service("evaluator", {"CERTCHECK_RESYNC_INTERVAL_SECONDS": "1"})
     try:
         time.sleep(1)
         mark = audit.mark()

@@ -1,0 +1,38 @@
+"""The notifier service: wiring."""
+
+from __future__ import annotations
+
+import asyncio
+
+from kubernetes import client
+
+from schemas.streams import NOTIFIER_STATE_BUCKET
+from services.common import bus as bus_mod
+from services.common.health import Health
+from services.common.kube import api_client
+from services.common.runtime import run_service, supervise
+from services.common.settings import Settings
+from services.notifier.secrets import SecretReader
+from services.notifier.service import Notifier
+from services.recorder.kube import KubeWriter
+
+
+async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
+    bus = await bus_mod.connect(settings.nats_url, "certcheck-notifier")
+    await bus_mod.ensure_streams(bus)
+    kv = await bus_mod.key_value(bus, NOTIFIER_STATE_BUCKET, "what each notification target was told")
+    api = api_client(settings.kubeconfig)
+    notifier = Notifier(bus, kv, SecretReader(client.CoreV1Api(api)), KubeWriter(api), settings)
+    health.set_ready(True)
+    try:
+        await supervise(stop, asyncio.create_task(notifier.run(), name="notify"))
+    finally:
+        await bus.close()
+
+
+def run(argv: list[str] | None = None) -> None:
+    run_service("notifier", main, argv)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,149 @@
+"""What to notify, and how it reads. Pure: no I/O, no clock.
+
+The notifier's durable state per CertCheck (kept in a KV bucket) says, per target, which state each
+certificate was last seen in and when it was last notified, plus at most one pending delivery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import msgspec
+
+from schemas.messages import CertificateNotice, CertificateStatus, ExpiryNotification, NotificationTarget
+
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | None) -> timedelta | None:
+    if not text:
+        return None
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 24h, 7d)")
+    return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
+
+
+class Seen(msgspec.Struct, frozen=True):
+    state: str
+    notified_at: str | None = None  # when a notification about this state was last sent
+
+
+class Pending(msgspec.Struct, frozen=True):
+    delivery_id: str
+    notification: ExpiryNotification
+    attempts: int = 0
+
+
+class TargetState(msgspec.Struct):
+    seen: dict[str, Seen] = {}
+    pending: Pending | None = None
+    failure: str | None = None  # why the last delivery failed for good
+    failing_since: str | None = None
+
+
+class NotifyState(msgspec.Struct):
+    uid: str = ""
+    targets: dict[str, TargetState] = {}
+
+
+def entry_id(entry: CertificateStatus) -> str:
+    return f"{entry.name}/{entry.key}[{entry.index}]"
+
+
+def plan(
+    target: NotificationTarget, entries: Sequence[CertificateStatus], seen: dict[str, Seen], now: datetime
+) -> tuple[list[CertificateNotice], dict[str, Seen]]:
+    """The notices to send for a target, and what to remember afterwards."""
+    repeat = parse_duration(target.repeat_interval)
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    notices: list[CertificateNotice] = []
+    remembered: dict[str, Seen] = {}
+    for entry in entries:
+        key, state = entry_id(entry), str(entry.state)
+        before = seen.get(key)
+        change = None
+        if state in target.states:
+            if before is None or before.state != state:
+                change = "firing"
+            elif repeat and before.notified_at and datetime.fromisoformat(before.notified_at) + repeat <= now:
+                change = "repeat"
+        elif target.send_resolved and before is not None and before.state in target.states:
+            change = "resolved"
+        if change:
+            notices.append(_notice(entry, change, before.state if before else None))
+        remembered[key] = Seen(state, stamp if change else (before.notified_at if before else None))
+    return notices, remembered
+
+
+def _notice(entry: CertificateStatus, change: str, previous: str | None) -> CertificateNotice:
+    return CertificateNotice(
+        secret=entry.name,
+        key=entry.key,
+        index=entry.index,
+        state=str(entry.state),
+        change=change,
+        previous_state=previous,
+        not_after=entry.not_after,
+        days_remaining=entry.days_remaining,
+        subject=entry.subject,
+        issuer=entry.issuer,
+        serial_number=entry.serial_number,
+        reason=entry.reason,
+    )
+
+
+def delivery_id(
+    namespace: str, certcheck: str, target: str, notices: Sequence[CertificateNotice], at: str
+) -> str:
+    content = msgspec.json.encode([namespace, certcheck, target, at, list(notices)])
+    return hashlib.sha256(content).hexdigest()[:24]
+
+
+_ICONS = {
+    "Expired": ":red_circle:",
+    "ExpiringSoon": ":warning:",
+    "Invalid": ":x:",
+    "resolved": ":white_check_mark:",
+}
+
+
+def slack_text(notification: ExpiryNotification) -> str:
+    """A message readable at a glance: what, where, how long is left."""
+    count = len(notification.certificates)
+    lines = [
+        f"*certcheck*: {count} certificate{'s' if count != 1 else ''} in namespace "
+        f"`{notification.namespace}` (CertCheck `{notification.certcheck}`)"
+    ]
+    for notice in notification.certificates[:20]:
+        icon = _ICONS.get("resolved" if notice.change == "resolved" else notice.state, ":information_source:")
+        what = "recovered" if notice.change == "resolved" else notice.state
+        when = ""
+        if notice.not_after:
+            left = notice.days_remaining
+            when = f", notAfter {notice.not_after}" + (
+                f" ({left} days left)" if left is not None and left >= 0 else ""
+            )
+        who = f" CN={notice.subject}" if notice.subject else ""
+        issuer = f" issued by {notice.issuer}" if notice.issuer else ""
+        reason = f": {notice.reason}" if notice.reason else ""
+        where = f"Secret `{notice.secret}` key `{notice.key}`[{notice.index}]"
+        lines.append(f"{icon} *{what}* {where}{who}{issuer}{when}{reason}")
+    if count > 20:
+        lines.append(f"… and {count - 20} more")
+    return "\n".join(lines)
+
+
+SIGNATURE_HEADER = "X-Certcheck-Signature"
+TIMESTAMP_HEADER = "X-Certcheck-Timestamp"
+DELIVERY_HEADER = "X-Certcheck-Delivery"
+
+
+def signature(secret: bytes, timestamp: str, body: bytes) -> str:
+    """HMAC-SHA256 over "<timestamp>.<body>", hex, prefixed "sha256=" (replay-safe with the timestamp)."""
+    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()

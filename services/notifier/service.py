@@ -1,0 +1,345 @@
+"""The notifier's bus adapter: results in, notifications out, exactly once per change per target.
+
+Per result and target: plan the notices against the durable state (KV, compare-and-set), *claim* them
+by writing the new state with the delivery pending, send, then clear the pending delivery. A replica that
+loses the compare-and-set re-plans and finds nothing left to send, so replicas never double-send. A
+failed send keeps the delivery pending and the result is nak'ed with a delay (Retry-After when given):
+JetStream redelivers it and the same delivery (same id) is sent again. After too many attempts the
+target is recorded as failing (status, Event, metric) and the delivery is dropped.
+
+The guarantee: each change is notified once. The one exception is a notifier that dies after a
+receiver accepted a message and before the KV write that records it; then that delivery is sent again
+with the same X-Certcheck-Delivery id, which webhook receivers can use to drop the repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from prometheus_client import Counter
+
+from schemas import subjects
+from schemas.messages import (
+    CertCheckRemoved,
+    EvaluationResult,
+    EventIntent,
+    ExpiryNotification,
+    NotificationFailure,
+    NotificationTarget,
+    encoder,
+    result_decoder,
+)
+from schemas.streams import NOTIFIER_CONSUMER, RESULTS
+from services.common.bus import Bus, fetch_batch, redelivery_delay
+from services.common.settings import Settings
+from services.evaluator.events import CERTCHECK_API_VERSION, dedup_key
+from services.notifier import core
+from services.notifier.secrets import SecretReader
+from services.notifier.senders import DeliveryError, send_slack, send_webhook
+from services.recorder.kube import Gone, KubeWriter
+
+log = logging.getLogger(__name__)
+
+deliveries = Counter("certcheck_notifications_total", "Notification deliveries", ["kind", "outcome"])
+state_decoder = msgspec.json.Decoder(core.NotifyState)
+# Short, so that a result in flight at a crash is redelivered soon; each send reports progress first.
+ACK_WAIT_SECONDS = 15
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Notifier:
+    def __init__(
+        self, bus: Bus, kv: KeyValue, secrets: SecretReader, writer: KubeWriter, settings: Settings
+    ) -> None:
+        self.bus = bus
+        self.kv = kv
+        self.secrets = secrets
+        self.writer = writer
+        self.settings = settings
+        self._pool = ThreadPoolExecutor(8, thread_name_prefix="notify")
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def run(self) -> None:
+        sub = await self.bus.js.pull_subscribe(
+            subjects.RESULTS_ALL,
+            durable=NOTIFIER_CONSUMER,
+            stream=RESULTS.name,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=ACK_WAIT_SECONDS,
+                max_ack_pending=5_000,
+                filter_subject=subjects.RESULTS_ALL,
+            ),
+        )
+        while True:
+            msgs = await fetch_batch(sub, 50, wait=5)
+            await asyncio.gather(*(self._handle(msg) for msg in msgs))
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            result = result_decoder.decode(msg.data)
+        except Exception:
+            log.exception("undecodable result on %s; dropping it", msg.subject)
+            await msg.term()
+            return
+        try:
+            if isinstance(result, EvaluationResult):
+                retry_in = await self.process(result, msg)
+            else:
+                retry_in = None
+                if isinstance(result, CertCheckRemoved):
+                    await self._forget(result.namespace, result.name)
+        except Exception as exc:
+            delay = redelivery_delay(msg)
+            log.warning("notifying for %s failed, retrying in %.1fs: %s", msg.subject, delay, exc)
+            await msg.nak(delay=delay)
+            return
+        if retry_in is None:
+            await msg.ack()
+        else:
+            await msg.nak(delay=retry_in)
+
+    # --- durable state ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _key(namespace: str, name: str) -> str:
+        return f"{namespace}.{name}"
+
+    async def _load(self, key: str) -> tuple[core.NotifyState, int]:
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return core.NotifyState(), 0
+        if not entry.value:
+            return core.NotifyState(), entry.revision or 0
+        return state_decoder.decode(entry.value), entry.revision or 0
+
+    async def _save(self, key: str, state: core.NotifyState, revision: int) -> int:
+        payload = encoder.encode(state)
+        if revision == 0:
+            return int(await self.kv.create(key, payload))
+        return int(await self.kv.update(key, payload, last=revision))
+
+    async def _forget(self, namespace: str, name: str) -> None:
+        """Drop the state of a CertCheck that is gone or has no targets any more (if there is any)."""
+        key = self._key(namespace, name)
+        _, revision = await self._load(key)
+        if revision:
+            await self.kv.purge(key)
+
+    # --- one result -------------------------------------------------------------------------------
+
+    async def process(self, result: EvaluationResult, msg: Msg | None = None) -> float | None:
+        """Notify what changed; returns a delay after which to look again, or None when done."""
+        targets = {t.name: t for t in (result.notification.targets if result.notification else [])}
+        key = self._key(result.namespace, result.name)
+        if not targets:
+            await self._forget(result.namespace, result.name)
+            return None
+        state, revision = await self._claim(key, result, targets)
+        retry_in: float | None = None
+        failures_before = self._failures(state)
+        for name, target in targets.items():
+            target_state = state.targets[name]
+            if target_state.pending is None:
+                continue
+            if msg is not None:
+                await msg.in_progress()  # a send takes at most the HTTP timeout, well under the ack wait
+            outcome = await self._deliver(result, target, target_state.pending)
+            delay = self._settle(target_state, outcome, _now())
+            if delay is not None:
+                retry_in = delay if retry_in is None else min(retry_in, delay)
+        await self._store_outcomes(key, state, revision)
+        failures = self._failures(state)
+        if failures != failures_before:
+            await self._report_failures(result, failures, failures_before)
+        return retry_in
+
+    async def _claim(
+        self, key: str, result: EvaluationResult, targets: dict[str, NotificationTarget]
+    ) -> tuple[core.NotifyState, int]:
+        """Plan each target's notices and record them as pending (compare-and-set), before sending."""
+        while True:
+            state, revision = await self._load(key)
+            if state.uid != result.uid:
+                state = core.NotifyState(uid=result.uid)
+            now = _now()
+            for name, target in targets.items():
+                target_state = state.targets.setdefault(name, core.TargetState())
+                if target_state.pending is not None:
+                    continue  # an earlier delivery first; this result is looked at again afterwards
+                notices, seen = core.plan(target, result.status.certificates, target_state.seen, now)
+                target_state.seen = seen
+                if notices:
+                    stamp = _stamp(now)
+                    delivery = core.delivery_id(result.namespace, result.name, name, notices, stamp)
+                    target_state.pending = core.Pending(
+                        delivery,
+                        ExpiryNotification(
+                            delivery_id=delivery,
+                            namespace=result.namespace,
+                            certcheck=result.name,
+                            target=name,
+                            threshold_days=result.threshold_days,
+                            certificates=notices,
+                        ),
+                    )
+            for gone in set(state.targets) - set(targets):
+                del state.targets[gone]
+            try:
+                return state, await self._save(key, state, revision)
+            except KeyWrongLastSequenceError:
+                continue  # another replica got there first: plan again from what it recorded
+
+    async def _deliver(
+        self, result: EvaluationResult, target: NotificationTarget, pending: core.Pending
+    ) -> DeliveryError | None:
+        kind = "slack" if target.slack else "webhook"
+        try:
+            if target.slack:
+                token = await self._call(
+                    self.secrets.value,
+                    result.namespace,
+                    target.slack.token_secret_ref.name,
+                    target.slack.token_secret_ref.key,
+                )
+                await self._call(
+                    send_slack,
+                    self.settings.slack_api_url,
+                    token.decode(),
+                    target.slack.channel,
+                    core.slack_text(pending.notification),
+                )
+            elif target.webhook:
+                hook = target.webhook
+                secret = None
+                if hook.signing_secret_ref:
+                    secret = await self._call(
+                        self.secrets.value,
+                        result.namespace,
+                        hook.signing_secret_ref.name,
+                        hook.signing_secret_ref.key,
+                    )
+                headers: dict[str, str] = {}
+                if hook.headers_secret_ref:
+                    values = await self._call(
+                        self.secrets.values, result.namespace, hook.headers_secret_ref.name
+                    )
+                    headers = {k: v.decode() for k, v in values.items()}
+                await self._call(
+                    send_webhook,
+                    hook.url,
+                    encoder.encode(pending.notification),
+                    pending.delivery_id,
+                    secret,
+                    headers,
+                )
+            else:
+                return DeliveryError("target has neither slack nor webhook", False)
+        except DeliveryError as error:
+            deliveries.labels(kind, "retryable" if error.retryable else "failed").inc()
+            log.warning(
+                "delivery %s to %s/%s target %s failed: %s",
+                pending.delivery_id,
+                result.namespace,
+                result.name,
+                target.name,
+                error,
+            )
+            return error
+        deliveries.labels(kind, "ok").inc()
+        return None
+
+    def _settle(
+        self, target_state: core.TargetState, error: DeliveryError | None, now: datetime
+    ) -> float | None:
+        pending = target_state.pending
+        assert pending is not None
+        if error is None:
+            target_state.pending = None
+            target_state.failure = target_state.failing_since = None
+            return None
+        attempts = pending.attempts + 1
+        if error.retryable and attempts < self.settings.notify_max_attempts:
+            target_state.pending = msgspec.structs.replace(pending, attempts=attempts)
+            backoff = min(60.0, 0.5 * 2 ** (attempts - 1))
+            return float(max(error.retry_after or 0.0, backoff))
+        target_state.pending = None
+        target_state.failure = f"{error} (after {attempts} attempts)"
+        target_state.failing_since = target_state.failing_since or _stamp(now)
+        return None
+
+    async def _store_outcomes(self, key: str, state: core.NotifyState, revision: int) -> None:
+        try:
+            await self._save(key, state, revision)
+        except KeyWrongLastSequenceError:
+            # Another replica wrote in between (it can only have added pending work of its own): merge ours.
+            current, current_revision = await self._load(key)
+            for name, mine in state.targets.items():
+                theirs = current.targets.get(name)
+                if theirs is None:
+                    continue
+                if mine.pending is None and theirs.pending is not None and mine.failure is None:
+                    continue
+                theirs.pending, theirs.failure, theirs.failing_since = (
+                    mine.pending,
+                    mine.failure,
+                    mine.failing_since,
+                )
+            await self._save(key, current, current_revision)
+
+    @staticmethod
+    def _failures(state: core.NotifyState) -> list[NotificationFailure]:
+        return [
+            NotificationFailure(target=name, reason=t.failure, since=t.failing_since or "")
+            for name, t in sorted(state.targets.items())
+            if t.failure
+        ]
+
+    async def _report_failures(
+        self, result: EvaluationResult, failures: list[NotificationFailure], before: list[NotificationFailure]
+    ) -> None:
+        try:
+            await self._call(
+                self.writer.patch_notification_failures, result.namespace, result.name, result.uid, failures
+            )
+        except Gone:
+            return
+        for failure in failures:
+            if failure in before:
+                continue
+            deliveries.labels("any", "gave_up").inc()
+            await self._call(
+                self.writer.emit_event,
+                EventIntent(
+                    namespace=result.namespace,
+                    involved_api_version=CERTCHECK_API_VERSION,
+                    involved_kind="CertCheck",
+                    involved_name=result.name,
+                    involved_uid=result.uid,
+                    type="Warning",
+                    reason="NotificationFailed",
+                    message=f"notification target {failure.target}: {failure.reason}",
+                    dedup_key=dedup_key(result.uid, "NotificationFailed", failure.target, failure.since),
+                    occurrence=failure.since,
+                ),
+            )
