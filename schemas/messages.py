@@ -57,6 +57,7 @@ class SecretObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="SecretO
     # Only the annotations certcheck owns (certcheck.dev/...): the recorder's diff base.
     annotations: dict[str, str] = {}
     sources: list[CertSource] = []
+    other_keys: list[str] = []  # keys holding no certificate (names only)
 
 
 class SecretKeyRef(msgspec.Struct, frozen=True):
@@ -104,6 +105,7 @@ class CertCheckObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="Cert
     threshold_days: int
     selector: LabelSelector | None = None
     notification: NotificationSpec | None = None
+    keys: list[str] | None = None  # which data keys to read: names or glob patterns
     # The status as last written, passed through untouched: the evaluator's diff base.
     status: msgspec.Raw = msgspec.Raw(b"null")
 

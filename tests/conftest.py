@@ -80,7 +80,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, slack: Receiver) -> Iterator
     stack = Stack(workdir)
     try:
         stack.start_infrastructure()
-        stack.start_services({"notifier": {"CERTCHECK_SLACK_API_URL": slack.url, **NOTIFIER_TEST_ENV}})
+        stack.start_services(
+            {
+                "notifier": {"CERTCHECK_SLACK_API_URL": slack.url, **NOTIFIER_TEST_ENV},
+                "watcher": {"CERTCHECK_SECRET_TYPES": "kubernetes.io/tls,Opaque"},
+            }
+        )
     except Exception:
         stack.stop()
         raise

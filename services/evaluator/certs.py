@@ -50,19 +50,17 @@ def parse_pem_certificate(pem: str) -> Parsed:
     except (ValueError, UnicodeEncodeError) as exc:
         return CertError(f"malformed certificate: {exc}")
     try:
-        not_before = cert.not_valid_before_utc
-        not_after = cert.not_valid_after_utc
-    except ValueError as exc:
-        return CertError(f"unreadable validity dates: {exc}")
-    return CertFacts(
-        not_before=not_before,
-        not_after=not_after,
-        subject_cn=_common_name(cert.subject),
-        issuer_cn=_common_name(cert.issuer),
-        serial_number=format(cert.serial_number, "x"),
-        fingerprint=hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
-        dns_names=_dns_names(cert),
-    )
+        return CertFacts(
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            subject_cn=_common_name(cert.subject),
+            issuer_cn=_common_name(cert.issuer),
+            serial_number=format(cert.serial_number, "x"),
+            fingerprint=hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
+            dns_names=_dns_names(cert),
+        )
+    except Exception as exc:  # cryptography parses lazily: a bad field raises only when it is read
+        return CertError(f"malformed certificate: {exc}")
 
 
 def _dns_names(cert: x509.Certificate) -> tuple[str, ...]:

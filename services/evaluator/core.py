@@ -5,6 +5,7 @@ No I/O and no clock: every function takes ``now``. This is where the expiry logi
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -83,6 +84,8 @@ class SecretView:
     annotations: dict[str, str]  # certcheck-owned only
     entries: tuple[CertEntry, ...]
     resource_version: str = ""
+    type: str = "kubernetes.io/tls"
+    other_keys: tuple[str, ...] = ()  # keys without any certificate
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,7 @@ class CertCheckSpec:
     threshold_days: int
     selector_error: str | None = None
     resource_version: str = ""
+    keys: tuple[str, ...] = ()  # data keys to read (names or glob patterns); () = the defaults
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +135,26 @@ class _Rated:
         return f"{self.secret.name}/{self.entry.key}[{self.entry.index}]"
 
 
-def _rate(secret: SecretView, threshold_days: int, now: datetime) -> list[_Rated]:
+TLS_DEFAULT_KEYS = ("tls.crt", "ca.crt")
+OTHER_DEFAULT_KEYS = ("*",)  # every key in which a certificate was found
+
+
+def selected_entries(secret: SecretView, patterns: Sequence[str]) -> list[CertEntry]:
+    """The entries of the keys a CertCheck reads; an exact key name that holds no certificate is Invalid."""
+    if not patterns:
+        patterns = TLS_DEFAULT_KEYS if secret.type == "kubernetes.io/tls" else OTHER_DEFAULT_KEYS
+    entries = [e for e in secret.entries if any(fnmatch.fnmatchcase(e.key, p) for p in patterns)]
+    for name in patterns:
+        if name in secret.other_keys:
+            entries.append(CertEntry(name, 0, CertError(f"no certificate in key {name}")))
+    return entries
+
+
+def _rate(
+    secret: SecretView, threshold_days: int, now: datetime, patterns: Sequence[str] = ()
+) -> list[_Rated]:
     rated = []
-    for entry in secret.entries:
+    for entry in selected_entries(secret, patterns):
         if isinstance(entry.parsed, CertFacts):
             state = classify(entry.parsed, threshold_days, now)
         else:
@@ -338,7 +359,8 @@ def evaluate(
     ``observed`` is the status as last written (the diff base for conditions, Events and writes).
     """
     rated = sorted(
-        (r for secret in secrets for r in _rate(secret, spec.threshold_days, now)), key=_Rated.sort_key
+        (r for secret in secrets for r in _rate(secret, spec.threshold_days, now, spec.keys)),
+        key=_Rated.sort_key,
     )
     by_state: dict[State, list[_Rated]] = {}
     for r in rated:

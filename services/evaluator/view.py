@@ -76,11 +76,12 @@ def _failures(status: CertCheckStatus | None) -> object:
 
 
 def _same_spec(a: core.CertCheckSpec, b: core.CertCheckSpec) -> bool:
-    return (a.uid, a.generation, a.threshold_days, a.selector_error) == (
+    return (a.uid, a.generation, a.threshold_days, a.selector_error, a.keys) == (
         b.uid,
         b.generation,
         b.threshold_days,
         b.selector_error,
+        b.keys,
     )
 
 
@@ -100,6 +101,8 @@ def secret_view(observed: SecretObserved) -> core.SecretView:
         annotations=dict(observed.annotations),
         entries=tuple(entries),
         resource_version=observed.resource_version,
+        type=observed.type,
+        other_keys=tuple(observed.other_keys),
     )
 
 
@@ -244,6 +247,7 @@ class View:
             threshold_days=event.threshold_days,
             selector_error=selector_error(event.selector),
             resource_version=event.resource_version,
+            keys=tuple(event.keys or ()),
         )
         observed = decode_status(event.status)
         if previous and _same_spec(previous.spec, spec) and previous.selector == event.selector:

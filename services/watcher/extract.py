@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import re
 
 import msgspec
 
@@ -21,13 +20,14 @@ from schemas.messages import (
     NotificationSpec,
     SecretObserved,
 )
+from services.watcher.decode import MAX_VALUE_BYTES, find_certificates, is_keystore_key
 
+TLS_TYPE = "kubernetes.io/tls"
+CERT_SUFFIXES = (".crt", ".pem", ".cer", ".der", ".cert")
 CERT_KEYS = ("tls.crt", "ca.crt")
-REQUIRED_KEYS = ("tls.crt",)
-MAX_VALUE_BYTES = 1 << 20  # a certificate value larger than this is reported, not read
+MAX_KEYS_SCANNED = 5000  # a Secret with more keys is reported, its other keys not read
+MAX_OTHER_KEYS = 500  # names of keys without certificates, listed so a CertCheck naming one can say so
 MAX_PEM_BYTES_PER_SECRET = 512 << 10  # keeps every message well under NATS's 1 MiB payload limit
-
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n([A-Za-z0-9+/=\r\n\t ]+?)-----END CERTIFICATE-----")
 
 
 class ObjectMeta(msgspec.Struct):
@@ -49,6 +49,7 @@ class RawSecret(msgspec.Struct):
 class RawCertCheckSpec(msgspec.Struct):
     selector: LabelSelector | None = None
     threshold: int = 30
+    keys: list[str] | None = None
     notification: msgspec.Raw = msgspec.Raw(b"null")
 
 
@@ -58,16 +59,16 @@ class RawCertCheck(msgspec.Struct):
     status: msgspec.Raw = msgspec.Raw(b"null")
 
 
-def _pem_blocks(value: bytes) -> list[str]:
-    blocks = []
-    for match in _PEM_CERT.finditer(value):
-        body = b"".join(match.group(1).split())
-        lines = [body[i : i + 64].decode("ascii") for i in range(0, len(body), 64)]
-        blocks.append("-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n")
-    return blocks
+def _looks_like_certificate_key(key: str) -> bool:
+    return key in CERT_KEYS or is_keystore_key(key) or key.lower().endswith(CERT_SUFFIXES)
 
 
-def read_cert_source(key: str, encoded: str | None) -> CertSource:
+def _is_private(key: str) -> bool:
+    lowered = key.lower()
+    return lowered.endswith(".key") or lowered == "tls.key" or "password" in lowered or "private" in lowered
+
+
+def read_cert_source(key: str, encoded: str | None, decoded: dict[str, bytes] | None = None) -> CertSource:
     """The certificates under one data key, or why there are none."""
     if encoded is None:
         return CertSource(key, error=f"key {key} is missing")
@@ -77,12 +78,10 @@ def read_cert_source(key: str, encoded: str | None) -> CertSource:
         value = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         return CertSource(key, error=f"key {key} is not valid base64")
-    if not value.strip():
-        return CertSource(key, error=f"key {key} is empty")
-    blocks = _pem_blocks(value)
-    if not blocks:
-        return CertSource(key, error=f"no PEM CERTIFICATE block in key {key}")
-    return CertSource(key, pem=blocks)
+    found = find_certificates(key, value, decoded or {})
+    if found.pem:
+        return CertSource(key, pem=list(found.pem))
+    return CertSource(key, error=found.error)
 
 
 def _bounded(sources: list[CertSource]) -> list[CertSource]:
@@ -104,11 +103,47 @@ def _bounded(sources: list[CertSource]) -> list[CertSource]:
     return bounded
 
 
+def _decoded(data: dict[str, str]) -> dict[str, bytes]:
+    """Values small enough to serve as keystore passwords, decoded (never leave this function's caller)."""
+    decoded = {}
+    for key, encoded in data.items():
+        if len(encoded) <= 4096:
+            try:
+                decoded[key] = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                continue
+    return decoded
+
+
+def _sources(secret_type: str, data: dict[str, str]) -> tuple[list[CertSource], list[str]]:
+    """Sources for every key that holds (or is named as if it held) a certificate; other key names."""
+    sources: list[CertSource] = []
+    other_keys: list[str] = []
+    passwords = _decoded({k: v for k, v in data.items() if "password" in k.lower()})
+    ordered = sorted(data.items(), key=lambda item: (item[0] not in CERT_KEYS, item[0] != "tls.crt", item[0]))
+    for index, (key, encoded) in enumerate(ordered):
+        if index >= MAX_KEYS_SCANNED:
+            sources.append(
+                CertSource(key, error=f"Secret has more than {MAX_KEYS_SCANNED} keys; the rest were not read")
+            )
+            break
+        if _is_private(key):
+            continue
+        if _looks_like_certificate_key(key):
+            sources.append(read_cert_source(key, encoded, passwords))
+            continue
+        source = read_cert_source(key, encoded, passwords)
+        if source.pem:
+            sources.append(source)
+        elif len(other_keys) < MAX_OTHER_KEYS:
+            other_keys.append(key)
+    if secret_type == TLS_TYPE and "tls.crt" not in data:
+        sources.insert(0, CertSource("tls.crt", error="key tls.crt is missing"))
+    return sources, other_keys
+
+
 def secret_observed(secret: RawSecret) -> SecretObserved:
-    data = secret.data or {}
-    sources = [
-        read_cert_source(key, data.get(key)) for key in CERT_KEYS if key in data or key in REQUIRED_KEYS
-    ]
+    sources, other_keys = _sources(secret.type, secret.data or {})
     meta = secret.metadata
     return SecretObserved(
         namespace=meta.namespace,
@@ -119,6 +154,7 @@ def secret_observed(secret: RawSecret) -> SecretObserved:
         labels=meta.labels or {},
         annotations=ann.owned(meta.annotations),
         sources=_bounded(sources),
+        other_keys=other_keys,
     )
 
 
@@ -144,6 +180,7 @@ def certcheck_observed(certcheck: RawCertCheck) -> CertCheckObserved:
         threshold_days=certcheck.spec.threshold,
         selector=certcheck.spec.selector,
         notification=_notification(certcheck.spec.notification),
+        keys=certcheck.spec.keys,
         status=certcheck.status,
     )
 
@@ -165,6 +202,7 @@ def digest(observed: SecretObserved | CertCheckObserved) -> str:
                 observed.threshold_days,
                 observed.selector,
                 observed.notification,
+                observed.keys,
                 observed.status,
             )
         )

@@ -130,7 +130,7 @@ def test_invalid_entries_have_an_error_series_with_the_reason(
         what="the error series",
     )
     [(head, value)] = errors.items()
-    assert value == 1.0 and 'reason="no PEM CERTIFICATE block in key tls.crt"' in head
+    assert value == 1.0 and 'reason="no certificate in key tls.crt (not PEM, DER or PKCS#12)"' in head
 
 
 def test_every_endpoint_passes_promtool_check_metrics(cluster: Cluster, namespace: str, stack: Stack) -> None:

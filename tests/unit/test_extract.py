@@ -57,7 +57,10 @@ def test_missing_empty_and_garbage_values_are_reported_not_raised() -> None:
     assert read_cert_source("tls.crt", None).error == "key tls.crt is missing"
     assert read_cert_source("tls.crt", "").error == "key tls.crt is empty"
     assert read_cert_source("tls.crt", "%%%").error == "key tls.crt is not valid base64"
-    assert read_cert_source("tls.crt", b64(b"hello")).error == "no PEM CERTIFICATE block in key tls.crt"
+    assert (
+        read_cert_source("tls.crt", b64(b"hello")).error
+        == "no certificate in key tls.crt (not PEM, DER or PKCS#12)"
+    )
 
 
 def test_oversized_value_is_reported() -> None:

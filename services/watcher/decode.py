@@ -1,0 +1,137 @@
+"""Finding the certificates in one Secret value, whatever the layout. Pure: no I/O.
+
+Reads PEM (bundles and chains, anything else in the value ignored), DER, base64 applied twice (as
+some tools store it), and PKCS#12 keystores (the password from a sibling key, else empty). Returns
+certificates only, as PEM text; private keys are never returned. Work per value is bounded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
+
+MAX_VALUE_BYTES = 1 << 20  # a value larger than this is reported, not read
+MAX_CERTS_PER_VALUE = 1000
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n([A-Za-z0-9+/=\r\n\t ]+?)-----END CERTIFICATE-----")
+_BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/=\r\n]+$")
+KEYSTORE_SUFFIXES = (".p12", ".pfx")
+# Sibling keys that may hold a keystore's password, tried in this order (then the empty password).
+PASSWORD_KEYS = (
+    "{key}.password",
+    "{stem}.password",
+    "password",
+    "keystore-password",
+    "keystorePassword",
+    "keystore.password",
+    "pkcs12-password",
+    "truststore-password",
+)
+
+
+@dataclass(frozen=True)
+class Found:
+    pem: tuple[str, ...] = ()
+    error: str | None = None
+
+
+def _pem(body_base64: bytes) -> str:
+    body = b"".join(body_base64.split())
+    lines = [body[i : i + 64].decode("ascii") for i in range(0, len(body), 64)]
+    return "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+
+
+def pem_blocks(value: bytes) -> list[str]:
+    return [_pem(match.group(1)) for match in _PEM_CERT.finditer(value)][: MAX_CERTS_PER_VALUE + 1]
+
+
+def _der_to_pem(value: bytes) -> str | None:
+    if not value or value[0] != 0x30:  # a DER certificate is an ASN.1 SEQUENCE
+        return None
+    try:
+        cert = x509.load_der_x509_certificate(value)
+    except ValueError:
+        return None
+    return cert.public_bytes(Encoding.PEM).decode("ascii")
+
+
+def is_keystore_key(key: str) -> bool:
+    lowered = key.lower()
+    return lowered.endswith(KEYSTORE_SUFFIXES) or (
+        lowered.startswith("keystore") and not _is_password_key(lowered)
+    )
+
+
+def _is_password_key(key: str) -> bool:
+    return "password" in key.lower()
+
+
+def keystore_passwords(key: str, data: Mapping[str, bytes]) -> list[bytes]:
+    stem = key.rsplit(".", 1)[0]
+    candidates = [name.format(key=key, stem=stem) for name in PASSWORD_KEYS]
+    passwords = [data[name].strip() for name in dict.fromkeys(candidates) if name in data]
+    return [*passwords, b""]
+
+
+@lru_cache(maxsize=4096)
+def _open_keystore(digest: str, value: bytes, passwords: tuple[bytes, ...]) -> Found:
+    # Cached by content: loading a keystore with an RSA key costs ~30 ms (key validation, unavoidable).
+    wrong_password = False
+    for password in passwords:
+        try:
+            _key, cert, extra = pkcs12.load_key_and_certificates(value, password or None)
+        except ValueError as exc:
+            wrong_password = wrong_password or "password" in str(exc).lower() or "mac" in str(exc).lower()
+            continue
+        except Exception as exc:  # unsupported algorithms and the like
+            return Found(error=f"unreadable PKCS#12 keystore: {type(exc).__name__}")
+        certs = ([cert] if cert else []) + list(extra or [])
+        if not certs:
+            return Found(error="PKCS#12 keystore holds no certificate")
+        return Found(pem=tuple(c.public_bytes(Encoding.PEM).decode("ascii") for c in certs))
+    if wrong_password:
+        return Found(error="PKCS#12 keystore: wrong or missing password (tried the password keys and empty)")
+    return Found(error="not a readable PKCS#12 keystore")
+
+
+def find_certificates(key: str, value: bytes, data: Mapping[str, bytes]) -> Found:
+    """The certificates in one decoded Secret value (``data``: every decoded value, for passwords)."""
+    if len(value) > MAX_VALUE_BYTES:
+        return Found(error=f"key {key} is too large ({len(value)} bytes, limit {MAX_VALUE_BYTES})")
+    if not value.strip():
+        return Found(error=f"key {key} is empty")
+    if is_keystore_key(key):
+        digest = hashlib.sha256(value).hexdigest()
+        return _open_keystore(digest, value, tuple(keystore_passwords(key, data)))
+    return _certificates(key, value, depth=0)
+
+
+def _certificates(key: str, value: bytes, depth: int) -> Found:
+    blocks = pem_blocks(value)
+    if len(blocks) > MAX_CERTS_PER_VALUE:
+        return Found(error=f"key {key} holds more than {MAX_CERTS_PER_VALUE} certificates")
+    if blocks:
+        return Found(pem=tuple(blocks))
+    der = _der_to_pem(value)
+    if der:
+        return Found(pem=(der,))
+    if depth == 0 and _BASE64_TEXT.match(value.strip()):
+        try:
+            inner = base64.b64decode(value, validate=False)
+        except (binascii.Error, ValueError):
+            inner = b""
+        if inner:
+            found = _certificates(key, inner, depth=1)
+            if found.pem:
+                return found
+    if b"-----BEGIN CERTIFICATE-----" in value:
+        return Found(error=f"key {key} holds a truncated or corrupt PEM certificate")
+    return Found(error=f"no certificate in key {key} (not PEM, DER or PKCS#12)")

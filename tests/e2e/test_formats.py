@@ -1,0 +1,149 @@
+"""Certificates in every layout, end to end, and inputs that must not stop anything else."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+from kubernetes import client
+
+from devcluster.certs import expiring_in, tls_secret_data
+from tests.conftest import Cluster, wait_for
+
+
+def b64(value: bytes) -> str:
+    return base64.b64encode(value).decode()
+
+
+def opaque(
+    cluster: Cluster, namespace: str, name: str, data: dict[str, bytes], labels: dict[str, str]
+) -> None:
+    cluster.core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name, labels=labels),
+            type="Opaque",
+            data={k: b64(v) for k, v in data.items()},
+        ),
+    )
+
+
+def entries(cluster: Cluster, namespace: str, certcheck: str, count: int) -> list[dict[str, Any]]:
+    status = wait_for(
+        lambda: (s := cluster.status(namespace, certcheck)).get("targetCertsCount") == count and s,
+        timeout=20,
+        what=f"{count} certificates in {certcheck}",
+    )
+    return sorted(status["certificates"], key=lambda c: (c["name"], c["key"], c["index"]))
+
+
+def test_tls_chain_and_ca_each_give_an_entry_with_key_and_position(cluster: Cluster, namespace: str) -> None:
+    leaf, key = expiring_in(20, "leaf.test")
+    intermediate, _ = expiring_in(200, "intermediate.test")
+    ca, _ = expiring_in(2000, "root.test")
+    data = tls_secret_data(leaf + intermediate, key)
+    data["ca.crt"] = b64(ca)
+    cluster.core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="chain", labels={"app": "chain"}),
+            type="kubernetes.io/tls",
+            data=data,
+        ),
+    )
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "chain"}})
+    found = entries(cluster, namespace, "c", 3)
+    assert [(e["key"], e["index"], e["subject"]) for e in found] == [
+        ("ca.crt", 0, "root.test"),
+        ("tls.crt", 0, "leaf.test"),
+        ("tls.crt", 1, "intermediate.test"),
+    ]
+
+
+def test_opaque_secret_read_by_key_patterns(cluster: Cluster, namespace: str) -> None:
+    app, app_key = expiring_in(10, "app.test")
+    bundle_a, _ = expiring_in(100, "bundle-a.test")
+    bundle_b, _ = expiring_in(300, "bundle-b.test")
+    opaque(
+        cluster,
+        namespace,
+        "mixed",
+        {
+            "app.pem": app,
+            "trust-bundle.pem": bundle_a + bundle_b,
+            "app.key": app_key,
+            "config.yaml": b"a: 1",
+        },
+        {"app": "opaque"},
+    )
+    cluster.create_certcheck(namespace, "pems", {"matchLabels": {"app": "opaque"}}, threshold=30)
+    cluster.custom.patch_namespaced_custom_object(
+        "certcheck.dev", "v1alpha1", namespace, "certchecks", "pems", {"spec": {"keys": ["trust-*.pem"]}}
+    )
+    found = entries(cluster, namespace, "pems", 2)
+    assert [(e["key"], e["subject"]) for e in found] == [
+        ("trust-bundle.pem", "bundle-a.test"),
+        ("trust-bundle.pem", "bundle-b.test"),
+    ]
+
+    cluster.create_certcheck(namespace, "all", {"matchLabels": {"app": "opaque"}})
+    found = entries(
+        cluster, namespace, "all", 3
+    )  # the default for non-TLS Secrets: every key with a certificate
+    assert {e["key"] for e in found} == {"app.pem", "trust-bundle.pem"}
+
+    cluster.create_certcheck(namespace, "named", {"matchLabels": {"app": "opaque"}})
+    cluster.custom.patch_namespaced_custom_object(
+        "certcheck.dev", "v1alpha1", namespace, "certchecks", "named", {"spec": {"keys": ["config.yaml"]}}
+    )
+    [invalid] = entries(cluster, namespace, "named", 1)
+    assert (invalid["state"], invalid["reason"]) == ("Invalid", "no certificate in key config.yaml")
+
+
+def test_pkcs12_keystore_with_its_password_in_the_same_secret(cluster: Cluster, namespace: str) -> None:
+    cert_pem, key_pem = expiring_in(15, "keystore.test")
+    key = serialization.load_pem_private_key(key_pem, None)
+    store = pkcs12.serialize_key_and_certificates(
+        b"app",
+        key,
+        x509.load_pem_x509_certificate(cert_pem),
+        None,  # type: ignore[arg-type]
+        serialization.BestAvailableEncryption(b"changeit"),
+    )
+    opaque(
+        cluster, namespace, "store", {"keystore.p12": store, "keystore-password": b"changeit"}, {"app": "p12"}
+    )
+    opaque(
+        cluster, namespace, "locked", {"keystore.p12": store, "keystore-password": b"nope"}, {"app": "p12"}
+    )
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "p12"}})
+    locked, opened = entries(cluster, namespace, "c", 2)
+    assert (opened["name"], opened["subject"], opened["state"]) == ("store", "keystore.test", "ExpiringSoon")
+    assert locked["state"] == "Invalid" and "wrong or missing password" in locked["reason"]
+
+
+def test_a_huge_value_and_a_thousand_keys_do_not_stop_the_other_secrets(
+    cluster: Cluster, namespace: str
+) -> None:
+    fine, fine_key = expiring_in(50, "fine.test")
+    opaque(cluster, namespace, "huge", {"blob.pem": b"x" * 1_000_000}, {"app": "big"})
+    opaque(
+        cluster,
+        namespace,
+        "many",
+        {f"k{i:04d}.pem": b"not a certificate" for i in range(1000)},
+        {"app": "big"},
+    )
+    cluster.create_tls_secret(namespace, "fine", fine, fine_key, labels={"app": "big"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "big"}})
+    status = wait_for(
+        lambda: (s := cluster.status(namespace, "c")).get("validCount") == 1 and s,
+        timeout=30,
+        what="the healthy certificate evaluated",
+    )
+    assert status["invalidCount"] == 1001  # one entry per unreadable key
+    reasons = {c["name"]: c.get("reason") for c in status["certificates"] if c["state"] == "Invalid"}
+    assert reasons["huge"] == "no certificate in key blob.pem (not PEM, DER or PKCS#12)"
