@@ -14,6 +14,8 @@ HDR_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 HDR_RESOURCE_VERSION = "Certcheck-Resource-Version"
 HDR_DIGEST = "Certcheck-Digest"
 HDR_VIEW_SEQ = "Certcheck-View-Seq"
+HDR_DEAD_REASON = "Certcheck-Dead-Reason"
+HDR_DEAD_STREAM_SEQ = "Certcheck-Dead-Stream-Seq"
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class StreamSpec:
     allow_msg_schedules: bool = False
     allow_msg_ttl: bool = False
     duplicate_window_seconds: float = 120.0
+    max_age_seconds: float | None = None
 
 
 # The observed state of the cluster: one message per object (last value per subject), tombstones
@@ -56,7 +59,15 @@ TRIGGERS = StreamSpec(
     allow_msg_schedules=True,
 )
 
-ALL_STREAMS = (OBJECTS, RESULTS, TRIGGERS)
+# Messages that could not be processed, with the reason in a header; kept a week for inspection.
+DEADLETTER = StreamSpec(
+    name="CERTCHECK_DEADLETTER",
+    subjects=(subjects.DEADLETTER_ALL,),
+    description="Messages that could not be processed (header Certcheck-Dead-Reason says why)",
+    max_age_seconds=7 * 24 * 3600,
+)
+
+ALL_STREAMS = (OBJECTS, RESULTS, TRIGGERS, DEADLETTER)
 
 # Key-value buckets (JetStream-backed, file storage).
 # The recorder's durable "applied up to" mark per results subject: a redelivered result is not re-applied.

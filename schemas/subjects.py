@@ -15,6 +15,7 @@ RESULTS_ALL = f"{PREFIX}.results.>"
 CLEANUP_ALL = f"{PREFIX}.cleanup.>"
 SCHEDULE_ALL = f"{PREFIX}.schedule.>"
 DUE_ALL = f"{PREFIX}.due.>"
+DEADLETTER_ALL = f"{PREFIX}.deadletter.>"
 
 KIND_CERTCHECK = "certcheck"
 KIND_SECRET = "secret"
@@ -43,6 +44,11 @@ def schedule_subject(namespace: str, certcheck: str) -> str:
 def due_subject(namespace: str, certcheck: str) -> str:
     """Subject the server writes to when a CertCheck's schedule comes due."""
     return f"{PREFIX}.due.{namespace}.{certcheck}"
+
+
+def deadletter_subject(original: str) -> str:
+    """Where a message that cannot be processed goes: its original subject, under deadletter."""
+    return f"{PREFIX}.deadletter.{original.removeprefix(PREFIX + '.')}"
 
 
 def split_object_subject(subject: str) -> tuple[str, str, str]:

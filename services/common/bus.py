@@ -14,9 +14,10 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
-from schemas.streams import ALL_STREAMS, StreamSpec
+from schemas.streams import ALL_STREAMS, HDR_DEAD_REASON, HDR_DEAD_STREAM_SEQ, StreamSpec
+from schemas.subjects import deadletter_subject
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def _stream_config(spec: StreamSpec) -> StreamConfig:
         allow_msg_schedules=spec.allow_msg_schedules or None,
         allow_msg_ttl=spec.allow_msg_ttl or None,
         duplicate_window=spec.duplicate_window_seconds,
+        max_age=spec.max_age_seconds,
     )
 
 
@@ -148,6 +150,18 @@ async def fetch_batch(sub: JetStreamContext.PullSubscription, max_batch: int, wa
     except (TimeoutError, nats.errors.Error):
         rest = []
     return first + rest
+
+
+dead_letters = Counter("certcheck_dead_letters_total", "Messages sent to the dead-letter stream", ["reason"])
+
+
+async def dead_letter(bus: Bus, msg: Msg, reason: str, kind: str) -> None:
+    """Park a message that cannot be processed (with why) and take it off its consumer for good."""
+    headers = {HDR_DEAD_REASON: reason[:500], HDR_DEAD_STREAM_SEQ: str(msg.metadata.sequence.stream)}
+    await bus.js.publish(deadletter_subject(msg.subject), msg.data, headers=headers)
+    dead_letters.labels(kind).inc()
+    log.error("dead-lettered %s (seq %d): %s", msg.subject, msg.metadata.sequence.stream, reason)
+    await msg.term()
 
 
 def redelivery_delay(msg: Msg, base: float = 0.5, cap: float = 60.0) -> float:

@@ -27,6 +27,8 @@ class ViewFollower:
         self.bus = bus
         self.view = view
         self._advanced = asyncio.Condition()
+        # Sequences of messages that could not be decoded, and why: the work consumer dead-letters them.
+        self.undecodable: dict[int, str] = {}
 
     async def run(self) -> None:
         sub = await self.bus.js.subscribe(
@@ -40,9 +42,11 @@ class ViewFollower:
             seq = msg.metadata.sequence.stream
             try:
                 event = object_decoder.decode(msg.data)
-            except Exception:
-                log.exception("undecodable object message %s at seq %d", msg.subject, seq)
+            except Exception as exc:
+                log.error("undecodable object message %s at seq %d: %s", msg.subject, seq, exc)
                 bad_objects.inc()
+                if len(self.undecodable) < 10_000:
+                    self.undecodable[seq] = f"undecodable object message: {exc}"
                 self.view.seq = max(self.view.seq, seq)
             else:
                 self.view.apply(seq, event, datetime.now(UTC))

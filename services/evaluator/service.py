@@ -34,7 +34,7 @@ from schemas.streams import (
     RESULTS,
     TRIGGERS,
 )
-from services.common.bus import Bus, fetch_batch, redelivery_delay
+from services.common.bus import Bus, dead_letter, fetch_batch, redelivery_delay
 from services.common.settings import Settings
 from services.evaluator import core
 from services.evaluator.follow import ViewFollower
@@ -121,33 +121,40 @@ class Evaluator:
             if not msgs:
                 continue
             effects = Effects()
+            settled = []
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
                 await self.follower.wait_for(seq)
+                if seq in self.follower.undecodable:
+                    await dead_letter(self.bus, msg, self.follower.undecodable.pop(seq), "undecodable")
+                    continue
+                settled.append(msg)
                 found = self.view.effects_of(seq)
                 if found is None:  # too old to remember: re-evaluate the whole namespace
                     _, namespace, _ = subjects.split_object_subject(msg.subject)
                     found = Effects(evaluate={k for k in self.view.all_certchecks() if k[0] == namespace})
                 effects.merge(found)
-            await self._settle(msgs, self.act(effects, "change"))
+            await self._settle(settled, self.act(effects, "change"))
 
     async def work_due(self) -> None:
         sub = await self.bus.js.pull_subscribe_bind(EVALUATOR_DUE_CONSUMER, stream=TRIGGERS.name)
         while True:
             msgs = await fetch_batch(sub, BATCH, wait=5)
             due: set[CertCheckKey] = set()
+            settled = []
             for msg in msgs:
                 try:
                     fired = due_decoder.decode(msg.data)
-                except Exception:
-                    log.exception("undecodable due message on %s", msg.subject)
+                except Exception as exc:
                     bad_messages.labels(TRIGGERS.name).inc()
+                    await dead_letter(self.bus, msg, f"undecodable due message: {exc}", "undecodable")
                     continue
+                settled.append(msg)
                 lag = (utcnow() - datetime.fromisoformat(fired.due_at)).total_seconds()
                 schedule_lag.observe(max(lag, 0.0))
                 due.add((fired.namespace, fired.name))
-            if msgs:
-                await self._settle(msgs, self.act(Effects(evaluate=due), "due"))
+            if settled:
+                await self._settle(settled, self.act(Effects(evaluate=due), "due"))
 
     async def _settle(self, msgs: list[Msg], work: Awaitable[None]) -> None:
         """Ack the batch once its work is done; on failure nak it, so JetStream redelivers it later."""

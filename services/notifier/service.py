@@ -39,7 +39,7 @@ from schemas.messages import (
     result_decoder,
 )
 from schemas.streams import NOTIFIER_CONSUMER, RESULTS
-from services.common.bus import Bus, fetch_batch, redelivery_delay
+from services.common.bus import Bus, dead_letter, fetch_batch, redelivery_delay
 from services.common.settings import Settings
 from services.evaluator.events import CERTCHECK_API_VERSION, dedup_key
 from services.notifier import core
@@ -97,9 +97,8 @@ class Notifier:
     async def _handle(self, msg: Msg) -> None:
         try:
             result = result_decoder.decode(msg.data)
-        except Exception:
-            log.exception("undecodable result on %s; dropping it", msg.subject)
-            await msg.term()
+        except Exception as exc:
+            await dead_letter(self.bus, msg, f"undecodable result: {exc}", "undecodable")
             return
         try:
             if isinstance(result, EvaluationResult):

@@ -30,13 +30,14 @@ from schemas.messages import (
     result_decoder,
 )
 from schemas.streams import RECORDER_CONSUMER, RESULTS
-from services.common.bus import Bus, fetch_batch, redelivery_delay
+from services.common.bus import Bus, dead_letter, fetch_batch, redelivery_delay
 from services.common.settings import Settings
 from services.recorder.kube import Gone, KubeWriter
 
 log = logging.getLogger(__name__)
 
 BATCH = 200
+MAX_DELIVERIES = 20  # then the result goes to the dead-letter stream (a newer one supersedes it anyway)
 applied = Counter("certcheck_recorder_results_total", "Results handled", ["kind", "outcome"])
 
 
@@ -91,10 +92,9 @@ class Recorder:
     async def _handle(self, msg: Msg) -> None:
         try:
             result = result_decoder.decode(msg.data)
-        except Exception:
-            log.exception("undecodable result on %s; dropping it", msg.subject)
+        except Exception as exc:
             applied.labels("unknown", "undecodable").inc()
-            await msg.term()
+            await dead_letter(self.bus, msg, f"undecodable result: {exc}", "undecodable")
             return
         kind = type(result).__name__
         seq = msg.metadata.sequence.stream
@@ -107,6 +107,11 @@ class Recorder:
             await self.apply(result)
             await self.applied.put(mark, str(seq).encode())
         except Exception as exc:
+            if (msg.metadata.num_delivered or 0) >= MAX_DELIVERIES:
+                await dead_letter(
+                    self.bus, msg, f"still failing after {MAX_DELIVERIES} attempts: {exc}", "failing"
+                )
+                return
             delay = redelivery_delay(msg)
             log.warning("applying %s failed, retrying in %.1fs: %s", msg.subject, delay, exc)
             applied.labels(kind, "retry").inc()
