@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import tempfile
@@ -40,6 +41,11 @@ def metric(stack: Stack, service: str, name: str, labels: str = "") -> float:
         if line.startswith(name) and labels in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -172,7 +178,10 @@ def main() -> None:
             for name in SERVICES:
                 process = stack.services[name].proc
                 assert process is not None
-                print(f"  peak RSS {name:<9} {peak_rss_mib(process.pid):7.1f} MiB")
+                print(
+                    f"  {name:<9} peak RSS {peak_rss_mib(process.pid):7.1f} MiB, "
+                    f"CPU {cpu_seconds(process.pid):5.1f} s"
+                )
             del recorded
 
             latencies = sorted(change_latency(api, args.change_samples))

@@ -288,3 +288,43 @@ def test_tokens_never_appear_in_logs_events_status_or_on_the_bus(
         assert all(secret.encode() not in data for _, data, _ in bus_tap.messages)
         assert all(secret not in (e.message or "") for e in cluster.events(namespace))
         assert secret not in str(cluster.certcheck(namespace, "c"))
+
+
+def test_slack_errors_retryable_or_not_are_told_apart(
+    cluster: Cluster, namespace: str, slack: Receiver
+) -> None:
+    create_credentials(cluster, namespace)
+    slack_only = {"targets": targets(namespace, "http://127.0.0.1:9")["targets"][:1]}
+    # Rate limited twice (HTTP 429 with Retry-After, then Slack's own "ratelimited"), then accepted.
+    slack.script.extend(
+        [Reply(429, headers={"Retry-After": "1"}), Reply(200, b'{"ok": false, "error": "ratelimited"}')]
+    )
+    cert, key = expiring_in(5)
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "sl"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "sl"}}, notification=slack_only)
+
+    def attempts() -> list[Any]:
+        return [r for r in slack.requests if r.json().get("channel") == namespace]
+
+    wait_for(lambda: len(attempts()) >= 3, timeout=30, what="the message after rate limiting")
+    time.sleep(1)
+    assert [r.answered for r in attempts()] == [429, 200, 200]  # the 2nd 200 said ok: false, ratelimited
+    assert len({r.body for r in attempts()}) == 1  # the same message each time
+
+    # A configuration error is not retried: it is reported at once.
+    slack.script.append(Reply(200, b'{"ok": false, "error": "channel_not_found"}'))
+    other, other_key = expiring_in(4)
+    cluster.create_tls_secret(namespace, "t", other, other_key, labels={"app": "sl"})
+    condition = wait_for(
+        lambda: next(
+            (
+                c
+                for c in cluster.status(namespace, "c").get("conditions", [])
+                if c["type"] == "NotificationFailed" and c["status"] == "True"
+            ),
+            None,
+        ),
+        timeout=30,
+        what="NotificationFailed",
+    )
+    assert "channel_not_found" in condition["message"] and "after 1 attempts" in condition["message"]
