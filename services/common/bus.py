@@ -11,7 +11,15 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge
@@ -162,6 +170,28 @@ async def dead_letter(bus: Bus, msg: Msg, reason: str, kind: str) -> None:
     dead_letters.labels(kind).inc()
     log.error("dead-lettered %s (seq %d): %s", msg.subject, msg.metadata.sequence.stream, reason)
     await msg.term()
+
+
+async def durable_consumer(
+    bus: Bus,
+    stream: str,
+    durable: str,
+    filter_subject: str = ">",
+    *,
+    new_only: bool = False,
+    ack_wait: float = 60,
+    max_ack_pending: int = 5_000,
+) -> JetStreamContext.PullSubscription:
+    """Bind to (creating on first use) a durable pull consumer shared by every replica of a service.
+    Acks are explicit: a message is acknowledged only once its effect is applied."""
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.NEW if new_only else DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_ack_pending=max_ack_pending,
+        filter_subject=None if filter_subject == ">" else filter_subject,
+    )
+    return await bus.js.pull_subscribe(filter_subject, durable=durable, stream=stream, config=config)
 
 
 def redelivery_delay(msg: Msg, base: float = 0.5, cap: float = 60.0) -> float:

@@ -10,7 +10,6 @@ from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 from prometheus_client import Counter, Histogram
 
@@ -34,7 +33,7 @@ from schemas.streams import (
     RESULTS,
     TRIGGERS,
 )
-from services.common.bus import Bus, dead_letter, fetch_batch, redelivery_delay
+from services.common.bus import Bus, dead_letter, durable_consumer, fetch_batch, redelivery_delay
 from services.common.settings import Settings
 from services.evaluator import core
 from services.evaluator.follow import ViewFollower
@@ -83,27 +82,16 @@ class Evaluator:
 
     async def consumers(self) -> None:
         """Create the durable work consumers before reading the view, so nothing falls between."""
-        await self.bus.js.pull_subscribe(
+        await durable_consumer(
+            self.bus,
+            OBJECTS.name,
+            EVALUATOR_OBJECTS_CONSUMER,
             subjects.OBJECTS_ALL,
-            durable=EVALUATOR_OBJECTS_CONSUMER,
-            stream=OBJECTS.name,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.NEW,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=60,
-                max_ack_pending=20_000,
-            ),
+            new_only=True,
+            max_ack_pending=20_000,
         )
-        await self.bus.js.pull_subscribe(
-            subjects.DUE_ALL,
-            durable=EVALUATOR_DUE_CONSUMER,
-            stream=TRIGGERS.name,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.NEW,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=60,
-                filter_subject=subjects.DUE_ALL,
-            ),
+        await durable_consumer(
+            self.bus, TRIGGERS.name, EVALUATOR_DUE_CONSUMER, subjects.DUE_ALL, new_only=True
         )
 
     async def sweep(self, trigger: str) -> None:

@@ -22,7 +22,6 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
@@ -39,7 +38,7 @@ from schemas.messages import (
     result_decoder,
 )
 from schemas.streams import NOTIFIER_CONSUMER, RESULTS
-from services.common.bus import Bus, dead_letter, fetch_batch, redelivery_delay
+from services.common.bus import Bus, dead_letter, durable_consumer, fetch_batch, redelivery_delay
 from services.common.settings import Settings
 from services.evaluator.events import CERTCHECK_API_VERSION, dedup_key
 from services.notifier import core
@@ -78,17 +77,8 @@ class Notifier:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def run(self) -> None:
-        sub = await self.bus.js.pull_subscribe(
-            subjects.RESULTS_ALL,
-            durable=NOTIFIER_CONSUMER,
-            stream=RESULTS.name,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=ACK_WAIT_SECONDS,
-                max_ack_pending=5_000,
-                filter_subject=subjects.RESULTS_ALL,
-            ),
+        sub = await durable_consumer(
+            self.bus, RESULTS.name, NOTIFIER_CONSUMER, subjects.RESULTS_ALL, ack_wait=ACK_WAIT_SECONDS
         )
         while True:
             msgs = await fetch_batch(sub, 50, wait=5)

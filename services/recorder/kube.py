@@ -81,11 +81,8 @@ class KubeWriter:
             raise ApiException(status=status, reason=data[:300].decode(errors="replace"))
         return status
 
-    def patch_status(self, namespace: str, name: str, uid: str, status: CertCheckStatus) -> None:
-        # Every field is sent, None as null, so a merge patch also removes what no longer applies.
-        fields = msgspec.to_builtins(status)
-        fields.pop("notificationFailures", None)  # the notifier's field: never overwritten from here
-        body = {"metadata": {"uid": uid}, "status": fields}
+    def _patch_status(self, namespace: str, name: str, uid: str, fields: dict[str, object]) -> None:
+        body = {"metadata": {"uid": uid}, "status": fields}  # the uid: never a re-created namesake
         self._write(
             "status",
             "PATCH",
@@ -94,19 +91,18 @@ class KubeWriter:
             gone_is=f"CertCheck {namespace}/{name}",
         )
 
+    def patch_status(self, namespace: str, name: str, uid: str, status: CertCheckStatus) -> None:
+        # Every field is sent, None as null, so a merge patch also removes what no longer applies.
+        fields = msgspec.to_builtins(status)
+        fields.pop("notificationFailures", None)  # the notifier's field: never overwritten from here
+        self._patch_status(namespace, name, uid, fields)
+
     def patch_notification_failures(
         self, namespace: str, name: str, uid: str, failures: list[NotificationFailure]
     ) -> None:
         """The notifier's own status field (the recorder never sends it, so neither overwrites the other)."""
         value = [msgspec.to_builtins(f) for f in failures] or None
-        body = {"metadata": {"uid": uid}, "status": {"notificationFailures": value}}
-        self._write(
-            "status",
-            "PATCH",
-            _certcheck_status_path(namespace, name),
-            body,
-            gone_is=f"CertCheck {namespace}/{name}",
-        )
+        self._patch_status(namespace, name, uid, {"notificationFailures": value})
 
     def patch_annotations(self, patch: AnnotationPatch) -> None:
         body = {"metadata": {"uid": patch.uid, "annotations": patch.annotations}}

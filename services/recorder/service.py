@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
@@ -30,7 +29,7 @@ from schemas.messages import (
     result_decoder,
 )
 from schemas.streams import RECORDER_CONSUMER, RESULTS
-from services.common.bus import Bus, dead_letter, fetch_batch, redelivery_delay
+from services.common.bus import Bus, dead_letter, durable_consumer, fetch_batch, redelivery_delay
 from services.common.settings import Settings
 from services.recorder.kube import Gone, KubeWriter
 
@@ -68,17 +67,7 @@ class Recorder:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def run(self) -> None:
-        sub = await self.bus.js.pull_subscribe(
-            ">",
-            durable=RECORDER_CONSUMER,
-            stream=RESULTS.name,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=120,
-                max_ack_pending=5_000,
-            ),
-        )
+        sub = await durable_consumer(self.bus, RESULTS.name, RECORDER_CONSUMER, ack_wait=120)
         while True:
             msgs = await fetch_batch(sub, BATCH, wait=5)
             newest: dict[str, Msg] = {}

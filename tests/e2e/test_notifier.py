@@ -71,6 +71,22 @@ def notified_certs(requests: list[Any]) -> list[tuple[str, str]]:
     return sorted((c["secret"], c["state"]) for r in requests for c in r.json()["certificates"])
 
 
+def notification_failed(cluster: Cluster, namespace: str, name: str, timeout: float = 40) -> dict[str, Any]:
+    """The CertCheck's NotificationFailed condition, once it is True."""
+    return wait_for(
+        lambda: next(
+            (
+                c
+                for c in cluster.status(namespace, name).get("conditions", [])
+                if c["type"] == "NotificationFailed" and c["status"] == "True"
+            ),
+            None,
+        ),
+        timeout=timeout,
+        what="NotificationFailed",
+    )
+
+
 def test_expiring_and_expired_give_one_slack_message_and_one_signed_webhook(
     cluster: Cluster, namespace: str, slack: Receiver, webhook: Receiver
 ) -> None:
@@ -145,18 +161,7 @@ def test_a_receiver_down_for_good_is_reported_and_does_not_block_other_targets(
             namespace, "c", {"matchLabels": {"app": "d"}}, notification=targets(namespace, down.url)
         )
         wait_for(lambda: slack_messages(slack, namespace), what="Slack still notified")
-        condition = wait_for(
-            lambda: next(
-                (
-                    c
-                    for c in cluster.status(namespace, "c").get("conditions", [])
-                    if c["type"] == "NotificationFailed" and c["status"] == "True"
-                ),
-                None,
-            ),
-            timeout=40,
-            what="NotificationFailed",
-        )
+        condition = notification_failed(cluster, namespace, "c", timeout=40)
         assert condition["message"].startswith("hook: ") and "HTTP 503" in condition["message"]
         failures = cluster.status(namespace, "c")["notificationFailures"]
         assert [f["target"] for f in failures] == ["hook"]
@@ -190,18 +195,7 @@ def test_a_missing_credential_secret_is_a_condition_not_a_crash(
             ]
         },
     )
-    condition = wait_for(
-        lambda: next(
-            (
-                c
-                for c in cluster.status(namespace, "c").get("conditions", [])
-                if c["type"] == "NotificationFailed" and c["status"] == "True"
-            ),
-            None,
-        ),
-        timeout=40,
-        what="NotificationFailed",
-    )
+    condition = notification_failed(cluster, namespace, "c", timeout=40)
     assert f"Secret {namespace}/nope not found" in condition["message"]
     assert stack.services["notifier"].running
 
@@ -315,16 +309,5 @@ def test_slack_errors_retryable_or_not_are_told_apart(
     slack.script.append(Reply(200, b'{"ok": false, "error": "channel_not_found"}'))
     other, other_key = expiring_in(4)
     cluster.create_tls_secret(namespace, "t", other, other_key, labels={"app": "sl"})
-    condition = wait_for(
-        lambda: next(
-            (
-                c
-                for c in cluster.status(namespace, "c").get("conditions", [])
-                if c["type"] == "NotificationFailed" and c["status"] == "True"
-            ),
-            None,
-        ),
-        timeout=30,
-        what="NotificationFailed",
-    )
+    condition = notification_failed(cluster, namespace, "c", timeout=30)
     assert "channel_not_found" in condition["message"] and "after 1 attempts" in condition["message"]
