@@ -13,6 +13,7 @@ HDR_SCHEDULE_TARGET = "Nats-Schedule-Target"
 HDR_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 HDR_RESOURCE_VERSION = "Certcheck-Resource-Version"
 HDR_DIGEST = "Certcheck-Digest"
+HDR_SCOPE = "Certcheck-Scope"  # the watch that observed the object (e.g. secret.kubernetes.io/tls)
 HDR_VIEW_SEQ = "Certcheck-View-Seq"
 HDR_DEAD_REASON = "Certcheck-Dead-Reason"
 HDR_DEAD_STREAM_SEQ = "Certcheck-Dead-Stream-Seq"

@@ -32,9 +32,9 @@ from services.watcher.publisher import (
 log = logging.getLogger("certcheck.watcher")
 
 
-def _sink(kind: str, put: Any, observe: Any) -> Sink[Any]:
+def _sink(kind: str, scope: str, put: Any, observe: Any) -> Sink[Any]:
     return Sink(
-        upsert=lambda item: put(Upsert(kind, observe(item))),
+        upsert=lambda item: put(Upsert(kind, observe(item), scope)),
         delete=lambda item: put(
             Delete(
                 kind,
@@ -42,63 +42,70 @@ def _sink(kind: str, put: Any, observe: Any) -> Sink[Any]:
                 item.metadata.name,
                 item.metadata.uid,
                 item.metadata.resourceVersion,
+                scope,
             )
         ),
-        listed=lambda keys: put(Listed(kind, keys)),
-        progress=lambda resource_version: put(Progress(kind, resource_version)),
+        listed=lambda keys: put(Listed(kind, keys, scope)),
+        progress=lambda resource_version: put(Progress(kind, resource_version, scope)),
     )
+
+
+def secret_scopes(settings: Settings) -> dict[str, str | None]:
+    """One watch per Secret type, each filtered by the API server: {scope: type or None for all types}."""
+    types = [t.strip() for t in settings.secret_types.split(",") if t.strip()]
+    if not types or "*" in types:
+        return {f"{subjects.KIND_SECRET}.all": None}
+    return {f"{subjects.KIND_SECRET}.{t}": t for t in dict.fromkeys(types)}
 
 
 def build_watches(
     settings: Settings, api: client.ApiClient, put: Any, resume: dict[str, str | None]
 ) -> dict[str, ListWatch[Any]]:
+    """The watches by scope: one per Secret type, and one for CertChecks."""
     core = client.CoreV1Api(api)
     custom = client.CustomObjectsApi(api)
-    types = [t.strip() for t in settings.secret_types.split(",") if t.strip() and t.strip() != "*"]
-    secret_kwargs: dict[str, Any] = {}
-    if len(types) == 1:
-        secret_kwargs["field_selector"] = f"type={types[0]}"
-    if settings.secret_label_selector:
-        secret_kwargs["label_selector"] = settings.secret_label_selector
-    wanted_types = set(types)
-    secrets = ListWatch(
-        "secrets",
-        functools.partial(core.list_secret_for_all_namespaces, **secret_kwargs),
-        RawSecret,
-        key=lambda s: (s.metadata.namespace, s.metadata.name),
-        sink=_sink(subjects.KIND_SECRET, put, secret_observed),
-        page_size=settings.list_page_size,
-        accept=(lambda s: s.type in wanted_types) if len(types) > 1 else (lambda _: True),
-        resume_from=resume.get(subjects.KIND_SECRET),
-    )
-    certchecks = ListWatch(
+    watches: dict[str, ListWatch[Any]] = {}
+    for scope, secret_type in secret_scopes(settings).items():
+        kwargs: dict[str, Any] = {}
+        if secret_type:
+            kwargs["field_selector"] = f"type={secret_type}"
+        if settings.secret_label_selector:
+            kwargs["label_selector"] = settings.secret_label_selector
+        watches[scope] = ListWatch(
+            f"secrets/{secret_type or 'all'}",
+            functools.partial(core.list_secret_for_all_namespaces, **kwargs),
+            RawSecret,
+            key=lambda s: (s.metadata.namespace, s.metadata.name),
+            sink=_sink(subjects.KIND_SECRET, scope, put, secret_observed),
+            page_size=settings.list_page_size,
+            resume_from=resume.get(scope),
+        )
+    watches[subjects.KIND_CERTCHECK] = ListWatch(
         "certchecks",
         functools.partial(
             custom.list_cluster_custom_object, CERTCHECK_GROUP, CERTCHECK_VERSION, CERTCHECK_PLURAL
         ),
         RawCertCheck,
         key=lambda c: (c.metadata.namespace, c.metadata.name),
-        sink=_sink(subjects.KIND_CERTCHECK, put, certcheck_observed),
+        sink=_sink(subjects.KIND_CERTCHECK, subjects.KIND_CERTCHECK, put, certcheck_observed),
         page_size=settings.list_page_size,
         resume_from=resume.get(subjects.KIND_CERTCHECK),
     )
-    return {subjects.KIND_SECRET: secrets, subjects.KIND_CERTCHECK: certchecks}
+    return watches
 
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     bus = await bus_mod.connect(settings.nats_url, "certcheck-watcher")
     await bus_mod.ensure_streams(bus)
-    known = await load_published(bus)
-    log.info("loaded %d published objects from the stream", len(known))
+    published_state = await load_published(bus)
+    log.info("loaded %d published objects from the stream", len(published_state[0]))
     progress_kv = await bus_mod.key_value(bus, WATCHER_STATE_BUCKET, "how far the watcher's watches got")
-    resume = {
-        kind: await load_progress(progress_kv, kind)
-        for kind in (subjects.KIND_SECRET, subjects.KIND_CERTCHECK)
-    }
+    scopes = [*secret_scopes(settings), subjects.KIND_CERTCHECK]
+    resume = {scope: await load_progress(progress_kv, scope) for scope in scopes}
     log.info("resuming watches from %s", resume)
     loop = asyncio.get_running_loop()
     watches: dict[str, ListWatch[Any]] = {}
-    publisher = Publisher(bus, known, lambda kind: watches[kind].request_relist(), progress_kv)
+    publisher = Publisher(bus, published_state, lambda scope: watches[scope].request_relist(), progress_kv)
 
     def put(change: Change) -> None:
         loop.call_soon_threadsafe(publisher.queue.put_nowait, change)
@@ -108,7 +115,9 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     saving = asyncio.create_task(publisher.save_progress(), name="save-progress")
     # CertChecks first, so the evaluator knows the selectors before the Secrets flood in.
     watches[subjects.KIND_CERTCHECK].start()
-    watches[subjects.KIND_SECRET].start()
+    for scope, watch in watches.items():
+        if scope != subjects.KIND_CERTCHECK:
+            watch.start()
     health.set_ready(True)
     try:
         await supervise(stop, publishing, saving)

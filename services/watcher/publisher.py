@@ -21,7 +21,7 @@ from prometheus_client import Counter
 
 from schemas import subjects
 from schemas.messages import CertCheckObserved, ObjectDeleted, SecretObserved, encoder
-from schemas.streams import HDR_DIGEST, HDR_MSG_ID, HDR_RESOURCE_VERSION, OBJECTS
+from schemas.streams import HDR_DIGEST, HDR_MSG_ID, HDR_RESOURCE_VERSION, HDR_SCOPE, OBJECTS
 from services.common.bus import Bus
 from services.watcher.extract import digest
 
@@ -36,10 +36,15 @@ publish_failures = Counter("certcheck_watcher_publish_failures_total", "Publishe
 ObjectKey = tuple[str, str, str]  # (kind, namespace, name)
 
 
+# Every change names its *scope*: the watch it came from (e.g. "secret.kubernetes.io/tls", one watch per
+# Secret type, each filtered by the API server). A LIST only speaks for the objects of its own scope.
+
+
 @dataclass(frozen=True)
 class Upsert:
     kind: str
     observed: SecretObserved | CertCheckObserved
+    scope: str
 
 
 @dataclass(frozen=True)
@@ -49,18 +54,21 @@ class Delete:
     name: str
     uid: str
     resource_version: str
+    scope: str
 
 
 @dataclass(frozen=True)
 class Listed:
     kind: str
     keys: set[tuple[str, str]]
+    scope: str
 
 
 @dataclass(frozen=True)
 class Progress:
     kind: str
     resource_version: str
+    scope: str
 
 
 Change = Upsert | Delete | Listed | Progress
@@ -77,13 +85,14 @@ async def load_progress(kv: KeyValue, kind: str) -> str | None:
     return entry.value.decode() if entry.value else None
 
 
-async def load_published(bus: Bus) -> dict[ObjectKey, str]:
-    """Digest of the last message per object in the objects stream (headers only)."""
+async def load_published(bus: Bus) -> tuple[dict[ObjectKey, str], dict[ObjectKey, str]]:
+    """Digest and scope of the last message per object in the objects stream (headers only)."""
     info = await bus.js.stream_info(OBJECTS.name)
     last_seq = info.state.last_seq
     known: dict[ObjectKey, str] = {}
+    scopes: dict[ObjectKey, str] = {}
     if info.state.messages == 0:
-        return known
+        return known, scopes
     sub = await bus.js.subscribe(
         subjects.OBJECTS_ALL, ordered_consumer=True, headers_only=True, deliver_policy=DeliverPolicy.ALL
     )
@@ -92,23 +101,28 @@ async def load_published(bus: Bus) -> dict[ObjectKey, str]:
             msg = await sub.next_msg(timeout=10)
             kind, namespace, name = subjects.split_object_subject(msg.subject)
             known[(kind, namespace, name)] = (msg.headers or {}).get(HDR_DIGEST, "")
+            scopes[(kind, namespace, name)] = (msg.headers or {}).get(HDR_SCOPE, kind)
             if msg.metadata.sequence.stream >= last_seq:
                 break
     finally:
         await sub.unsubscribe()
-    return known
+    return known, scopes
 
 
 class Publisher:
     def __init__(
-        self, bus: Bus, known: dict[ObjectKey, str], on_lost: Callable[[str], None], progress_kv: KeyValue
+        self,
+        bus: Bus,
+        published_state: tuple[dict[ObjectKey, str], dict[ObjectKey, str]],
+        on_lost: Callable[[str], None],
+        progress_kv: KeyValue,
     ) -> None:
         self._bus = bus
-        self._known = known
+        self._known, self._scopes = published_state
         self._progress_kv = progress_kv
         self._progress: dict[str, str] = {}
         self._saved: dict[str, str] = {}
-        self._on_lost = on_lost  # asks the kind's ListWatch to re-list when a publish failed
+        self._on_lost = on_lost  # asks a scope's ListWatch to re-list when a publish failed
         self.queue: asyncio.Queue[Change] = asyncio.Queue()
 
     async def flush(self, timeout: float) -> None:
@@ -133,13 +147,13 @@ class Publisher:
             return
         if self._bus.js.publish_async_pending():
             await self._bus.js.publish_async_completed()
-        for kind, resource_version in pending.items():
+        for scope, resource_version in pending.items():
             try:
-                await self._progress_kv.put(f"rv.{kind}", resource_version.encode())
+                await self._progress_kv.put(f"rv.{scope}", resource_version.encode())
             except Exception as exc:
-                log.warning("could not save watch progress of %s: %s", kind, exc)
+                log.warning("could not save watch progress of %s: %s", scope, exc)
                 continue
-            self._saved[kind] = resource_version
+            self._saved[scope] = resource_version
 
     async def run(self) -> None:
         while True:
@@ -147,27 +161,29 @@ class Publisher:
             try:
                 await self._handle(change)
             except Exception:
-                log.exception("publishing failed; will re-list %s", change.kind)
+                log.exception("publishing failed; will re-list %s", change.scope)
                 publish_failures.labels(change.kind).inc()
-                self._on_lost(change.kind)
+                self._on_lost(change.scope)
 
     async def _handle(self, change: Change) -> None:
         if isinstance(change, Progress):
-            self._progress[change.kind] = change.resource_version
+            self._progress[change.scope] = change.resource_version
         elif isinstance(change, Upsert):
             await self._upsert(change)
         elif isinstance(change, Delete):
-            await self._delete(
-                change.kind, change.namespace, change.name, change.uid, change.resource_version
-            )
+            key = (change.kind, change.namespace, change.name)
+            await self._delete(key, change.uid, change.resource_version, change.scope)
         else:
             gone = [
                 key
                 for key, value in self._known.items()
-                if key[0] == change.kind and value != TOMBSTONE and (key[1], key[2]) not in change.keys
+                if key[0] == change.kind
+                and self._scopes.get(key, change.kind) == change.scope
+                and value != TOMBSTONE
+                and (key[1], key[2]) not in change.keys
             ]
-            for kind, namespace, name in gone:
-                await self._delete(kind, namespace, name, "", "")
+            for key in gone:
+                await self._delete(key, "", "", change.scope)
 
     async def _upsert(self, change: Upsert) -> None:
         observed = change.observed
@@ -176,12 +192,17 @@ class Publisher:
         if self._known.get(key) == content_digest:
             return
         await self._publish(
-            key, encoder.encode(observed), content_digest, observed.uid, observed.resource_version
+            key,
+            encoder.encode(observed),
+            content_digest,
+            observed.uid,
+            observed.resource_version,
+            change.scope,
         )
         published.labels(change.kind, "upsert").inc()
 
-    async def _delete(self, kind: str, namespace: str, name: str, uid: str, resource_version: str) -> None:
-        key = (kind, namespace, name)
+    async def _delete(self, key: ObjectKey, uid: str, resource_version: str, scope: str) -> None:
+        kind, namespace, name = key
         if self._known.get(key) in (TOMBSTONE, None) and uid == "":
             return
         message = ObjectDeleted(kind, namespace, name, uid, resource_version)
@@ -191,6 +212,7 @@ class Publisher:
             TOMBSTONE,
             uid or "unknown",
             resource_version or "relist",
+            scope,
             ttl=TOMBSTONE_TTL_SECONDS,
         )
         published.labels(kind, "delete").inc()
@@ -202,6 +224,7 @@ class Publisher:
         content_digest: str,
         uid: str,
         resource_version: str,
+        scope: str,
         ttl: float | None = None,
     ) -> None:
         kind, namespace, name = key
@@ -210,14 +233,16 @@ class Publisher:
             HDR_MSG_ID: f"{kind}/{uid}/{resource_version}/{content_digest}",
             HDR_DIGEST: content_digest,
             HDR_RESOURCE_VERSION: resource_version,
+            HDR_SCOPE: scope,
         }
         future = await self._bus.js.publish_async(
             subjects.object_subject(kind, namespace, name), payload, headers=headers, msg_ttl=ttl
         )
         self._known[key] = content_digest
-        future.add_done_callback(lambda f: self._acked(key, f))
+        self._scopes[key] = scope
+        future.add_done_callback(lambda f: self._acked(key, scope, f))
 
-    def _acked(self, key: ObjectKey, future: asyncio.Future[Any]) -> None:
+    def _acked(self, key: ObjectKey, scope: str, future: asyncio.Future[Any]) -> None:
         if future.cancelled() or future.exception() is not None:
             log.warning(
                 "publish of %s not acknowledged: %s",
@@ -226,5 +251,5 @@ class Publisher:
             )
             publish_failures.labels(key[0]).inc()
             self._known.pop(key, None)
-            self._progress.pop(key[0], None)  # never record progress past a lost publish
-            self._on_lost(key[0])
+            self._progress.pop(scope, None)  # never record progress past a lost publish
+            self._on_lost(scope)

@@ -146,5 +146,48 @@ def test_watcher_relists_on_410_gone_and_notices_deletions_made_while_it_was_dow
     wait_for(
         lambda: cluster.status(namespace, "c").get("targetCertsCount") == 1, timeout=20, what="b's deletion"
     )
-    assert metric(stack, "watcher", "certcheck_watch_restarts_total", 'resource="secrets",cause="gone"') == 1
-    assert metric(stack, "watcher", "certcheck_watch_restarts_total", 'resource="secrets",cause="list"') == 1
+    tls = 'resource="secrets/kubernetes.io/tls"'
+    assert metric(stack, "watcher", "certcheck_watch_restarts_total", f'{tls},cause="gone"') == 1
+    assert metric(stack, "watcher", "certcheck_watch_restarts_total", f'{tls},cause="list"') == 1
+
+
+def test_a_relist_of_one_secret_type_never_deletes_secrets_of_another(
+    cluster: Cluster, namespace: str, stack: Stack
+) -> None:
+    import asyncio
+
+    import nats
+
+    from schemas.streams import WATCHER_STATE_BUCKET
+    from tests.e2e.test_triggers import metric
+
+    tls, tls_key = expiring_in(100)
+    cluster.create_tls_secret(namespace, "tls", tls, tls_key, labels={"app": "types"})
+    opaque, _ = expiring_in(100, "opaque.test")
+    cluster.core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="opaque", labels={"app": "types"}),
+            type="Opaque",
+            string_data={"cert.pem": opaque.decode()},
+        ),
+    )
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "types"}})
+    wait_for(lambda: cluster.status(namespace, "c").get("targetSecretsCount") == 2, what="both types")
+
+    async def forget_progress() -> None:
+        nc = await nats.connect(stack.nats.url)
+        kv = await nc.jetstream().key_value(WATCHER_STATE_BUCKET)
+        for key in await kv.keys():
+            await kv.purge(key)
+        await nc.close()
+
+    stack.services["watcher"].stop()
+    asyncio.run(forget_progress())  # the restarted watcher must LIST every Secret type again
+    stack.start_service("watcher")
+    wait_for(
+        lambda: metric(stack, "watcher", "certcheck_watch_restarts_total", 'cause="list"') >= 3,
+        what="a LIST per watch",
+    )
+    assert metric(stack, "watcher", "certcheck_watcher_published_total", 'change="delete"') == 0
+    assert cluster.status(namespace, "c")["targetSecretsCount"] == 2
