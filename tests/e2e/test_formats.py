@@ -140,7 +140,11 @@ def test_a_huge_value_and_a_thousand_keys_do_not_stop_the_other_secrets(
     cluster.create_tls_secret(namespace, "fine", fine, fine_key, labels={"app": "big"})
     cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "big"}})
     status = wait_for(
-        lambda: (s := cluster.status(namespace, "c")).get("validCount") == 1 and s,
+        lambda: (
+            (s := cluster.status(namespace, "c")).get("targetSecretsCount") == 3
+            and s.get("validCount") == 1
+            and s
+        ),
         timeout=30,
         what="the healthy certificate evaluated",
     )
