@@ -41,6 +41,13 @@ def _wait(check: object, what: str, timeout: float, proc: subprocess.Popen[bytes
     raise RuntimeError(f"{what} not ready after {timeout}s (log: {log})")
 
 
+def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A child in its own session (Ctrl-C reaches it only through stop()), logging to a file."""
+    return subprocess.Popen(
+        args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
 def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -114,7 +121,7 @@ class ControlPlane:
     def _start_etcd(self, bin_dir: Path) -> None:
         log = self.workdir / "etcd.log"
         client_url = f"http://127.0.0.1:{self.etcd_port}"
-        self.etcd = subprocess.Popen(
+        self.etcd = _spawn(
             [
                 str(bin_dir / "etcd"),
                 "--data-dir",
@@ -129,9 +136,7 @@ class ControlPlane:
                 "--log-level",
                 "warn",
             ],
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            log,
         )
 
         def healthy() -> bool:
@@ -152,7 +157,7 @@ class ControlPlane:
         log = self.workdir / "kube-apiserver.log"
         audit_policy = self.workdir / "audit-policy.yaml"
         audit_policy.write_text(AUDIT_POLICY)
-        self.apiserver = subprocess.Popen(
+        self.apiserver = _spawn(
             [
                 str(bin_dir / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
@@ -177,9 +182,7 @@ class ControlPlane:
                 *self.extra_args,
                 "--v=0",
             ],
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            log,
         )
         context = ssl.create_default_context(cafile=str(pki["ca.crt"]))
 
@@ -255,7 +258,7 @@ class NatsServer:
         self.port = self.port or free_port()
         self.monitor_port = self.monitor_port or free_port()
         log = self.workdir / "nats-server.log"
-        self.proc = subprocess.Popen(
+        self.proc = _spawn(
             [
                 str(self.binary or binaries.nats_server()),
                 "-a",
@@ -270,9 +273,7 @@ class NatsServer:
                 "--server_name",
                 "certcheck-dev",
             ],
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            log,
         )
 
         def healthy() -> bool:
@@ -303,12 +304,10 @@ class ServiceProcess:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
+        self.proc = _spawn(
             [os.environ.get("CERTCHECK_PYTHON", sys.executable), "-m", f"services.{self.name}"],
+            self.log_path,
             env={**os.environ, **self.env},
-            stdout=self.log_path.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
 
     def stop(self) -> None:

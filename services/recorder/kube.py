@@ -41,7 +41,6 @@ class KubeWriter:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
 
     def _send(self, method: str, path: str, body: object, content_type: str) -> tuple[int, bytes]:
         headers = {"Content-Type": content_type, "Accept": "application/json"}

@@ -11,9 +11,9 @@ import base64
 import binascii
 import hashlib
 import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
@@ -81,9 +81,24 @@ def keystore_passwords(key: str, data: Mapping[str, bytes]) -> list[bytes]:
     return [*passwords, b""]
 
 
-@lru_cache(maxsize=4096)
-def _open_keystore(digest: str, value: bytes, passwords: tuple[bytes, ...]) -> Found:
-    # Cached by content: loading a keystore with an RSA key costs ~30 ms (key validation, unavoidable).
+# Keystore results by a digest of (keystore, passwords): opening one with an RSA key costs ~30 ms (key
+# validation, unavoidable). Keyed by digest, so the cache holds neither the values nor the passwords.
+_KEYSTORES: OrderedDict[str, Found] = OrderedDict()
+_KEYSTORES_CACHED = 4096
+
+
+def _open_keystore_cached(value: bytes, passwords: tuple[bytes, ...]) -> Found:
+    digest = hashlib.sha256(b"\0".join((value, *passwords))).hexdigest()
+    found = _KEYSTORES.get(digest)
+    if found is None:
+        found = _open_keystore(value, passwords)
+        _KEYSTORES[digest] = found
+        if len(_KEYSTORES) > _KEYSTORES_CACHED:
+            _KEYSTORES.popitem(last=False)
+    return found
+
+
+def _open_keystore(value: bytes, passwords: tuple[bytes, ...]) -> Found:
     wrong_password = False
     for password in passwords:
         try:
@@ -109,8 +124,7 @@ def find_certificates(key: str, value: bytes, data: Mapping[str, bytes]) -> Foun
     if not value.strip():
         return Found(error=f"key {key} is empty")
     if is_keystore_key(key):
-        digest = hashlib.sha256(value).hexdigest()
-        return _open_keystore(digest, value, tuple(keystore_passwords(key, data)))
+        return _open_keystore_cached(value, tuple(keystore_passwords(key, data)))
     return _certificates(key, value, depth=0)
 
 

@@ -94,7 +94,6 @@ class ListWatch(Generic[T]):
         sink: Sink[T],
         page_size: int = 500,
         watch_timeout_seconds: int = 300,
-        accept: Callable[[T], bool] = lambda _: True,
         resume_from: str | None = None,
     ) -> None:
         self.resource = resource
@@ -104,7 +103,6 @@ class ListWatch(Generic[T]):
         self._sink = sink
         self._page_size = page_size
         self._watch_timeout = watch_timeout_seconds
-        self._accept = accept
         self._list_decoder = msgspec.json.Decoder(_make_list_type(item_type))
         self._item_decoder = msgspec.json.Decoder(item_type)
         self._stop = threading.Event()
@@ -162,7 +160,7 @@ class ListWatch(Generic[T]):
                 response.release_conn()
             for raw in page.items or []:
                 item = self._decode_item(raw)
-                if item is not None and self._accept(item):
+                if item is not None:
                     seen.add(self._key(item))
                     self._sink.upsert(item)
             continue_token = page.metadata.continue_
@@ -223,8 +221,6 @@ class ListWatch(Generic[T]):
             self.resource_version = msgspec.json.decode(head.object, type=_Bookmark).metadata.resourceVersion
             return
         self.resource_version = item.metadata.resourceVersion  # type: ignore[attr-defined]
-        if not self._accept(item):
-            return
         if head.type == "DELETED":
             self._sink.delete(item)
         else:

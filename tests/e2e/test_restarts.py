@@ -13,10 +13,7 @@ from kubernetes import client
 from devcluster.certs import expiring_in, make_cert, tls_secret_data
 from devcluster.stack import SERVICES, Stack, api_client
 from tests.conftest import Cluster, wait_for
-
-
-def state_of(cluster: Cluster, namespace: str, secret: str) -> str | None:
-    return cluster.annotations(namespace, secret).get("certcheck.dev/state")
+from tests.e2e.test_time import state_of
 
 
 def test_state_flips_after_the_evaluator_was_killed_while_a_schedule_was_pending(
