@@ -60,6 +60,18 @@ class SecretObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="SecretO
     other_keys: list[str] = []  # keys holding no certificate (names only)
 
 
+class ConfigMapObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="ConfigMapObserved/v1"):
+    """A ConfigMap (a trust bundle, typically): read-only for certcheck, which never writes to it."""
+
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    labels: dict[str, str] = {}
+    sources: list[CertSource] = []
+    other_keys: list[str] = []
+
+
 class SecretKeyRef(msgspec.Struct, frozen=True):
     name: str
     key: str
@@ -106,19 +118,20 @@ class CertCheckObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="Cert
     selector: LabelSelector | None = None
     notification: NotificationSpec | None = None
     keys: list[str] | None = None  # which data keys to read: names or glob patterns
+    configmap_selector: LabelSelector | None = None  # ConfigMaps to read too (None: none)
     # The status as last written, passed through untouched: the evaluator's diff base.
     status: msgspec.Raw = msgspec.Raw(b"null")
 
 
 class ObjectDeleted(msgspec.Struct, frozen=True, tag_field="kind", tag="ObjectDeleted/v1"):
-    object_kind: str  # subjects.KIND_SECRET or subjects.KIND_CERTCHECK
+    object_kind: str  # subjects.KIND_SECRET, KIND_CONFIGMAP or KIND_CERTCHECK
     namespace: str
     name: str
     uid: str
     resource_version: str
 
 
-ObjectEvent = SecretObserved | CertCheckObserved | ObjectDeleted
+ObjectEvent = SecretObserved | ConfigMapObserved | CertCheckObserved | ObjectDeleted
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -136,11 +149,12 @@ class Condition(msgspec.Struct, frozen=True, rename="camel"):
 
 
 class CertificateStatus(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
-    name: str  # the Secret
+    name: str  # the Secret (or the ConfigMap, when kind says so)
     key: str  # the data key
     index: int  # position in the key's chain or bundle (0 = first)
     state: State
     active: bool  # the certificate is valid right now (always written, even when False)
+    kind: str = "Secret"  # or "ConfigMap"; omitted when Secret
     not_before: str | None = None
     not_after: str | None = None
     days_remaining: int | None = None
@@ -261,11 +275,12 @@ class Due(msgspec.Struct, frozen=True, tag_field="kind", tag="Due/v1"):
 
 
 class CertificateNotice(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
-    secret: str
+    secret: str  # the Secret, or the ConfigMap when kind says so
     key: str
     index: int
     state: str
     change: str  # "firing" (entered a notifying state), "repeat" (still in it), "resolved" (left it)
+    kind: str = "Secret"  # or "ConfigMap"; omitted when Secret
     previous_state: str | None = None
     not_after: str | None = None
     days_remaining: int | None = None
@@ -275,8 +290,9 @@ class CertificateNotice(msgspec.Struct, frozen=True, rename="camel", omit_defaul
     reason: str | None = None
 
 
-class ExpiryNotification(msgspec.Struct, frozen=True, rename="camel", tag_field="kind",
-                         tag="ExpiryNotification/v1"):
+class ExpiryNotification(
+    msgspec.Struct, frozen=True, rename="camel", tag_field="kind", tag="ExpiryNotification/v1"
+):
     """The body of a webhook notification (documented in docs/notifications.md)."""
 
     delivery_id: str

@@ -19,10 +19,11 @@ DEADLETTER_ALL = f"{PREFIX}.deadletter.>"
 
 KIND_CERTCHECK = "certcheck"
 KIND_SECRET = "secret"
+KIND_CONFIGMAP = "configmap"
 
 
 def object_subject(kind: str, namespace: str, name: str) -> str:
-    """Last-value subject of one observed Kubernetes object (CertCheck or Secret)."""
+    """Last-value subject of one observed Kubernetes object (CertCheck, Secret or ConfigMap)."""
     return f"{PREFIX}.objects.{kind}.{namespace}.{name}"
 
 

@@ -157,11 +157,13 @@ class Cluster:
         self,
         namespace: str,
         name: str,
-        selector: dict[str, Any],
+        selector: dict[str, Any] | None,
         threshold: int | None = 30,
         notification: dict[str, Any] | None = None,
+        **spec_fields: Any,
     ) -> dict[str, Any]:
-        spec: dict[str, Any] = {"selector": selector}
+        spec: dict[str, Any] = {"selector": selector} if selector is not None else {}
+        spec.update(spec_fields)
         if notification is not None:
             spec["notification"] = notification
         if threshold is not None:

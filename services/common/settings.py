@@ -21,6 +21,8 @@ class Settings:
     # watcher
     secret_types: str = field(default_factory=lambda: _env("secret_types", "kubernetes.io/tls"))
     secret_label_selector: str = field(default_factory=lambda: _env("secret_label_selector", ""))
+    watch_configmaps: str = field(default_factory=lambda: _env("watch_configmaps", "true"))
+    configmap_label_selector: str = field(default_factory=lambda: _env("configmap_label_selector", ""))
     list_page_size: int = field(default_factory=lambda: int(_env("list_page_size", "500")))
     # evaluator
     status_cap: int = field(default_factory=lambda: int(_env("status_cap", "500")))
@@ -32,6 +34,10 @@ class Settings:
     # notifier
     slack_api_url: str = field(default_factory=lambda: _env("slack_api_url", "https://slack.com/api"))
     notify_max_attempts: int = field(default_factory=lambda: int(_env("notify_max_attempts", "6")))
+
+    @property
+    def configmaps_watched(self) -> bool:
+        return self.watch_configmaps.strip().lower() in ("1", "true", "yes", "on")
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None, prog: str | None = None) -> Settings:

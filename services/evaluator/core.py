@@ -25,6 +25,8 @@ from schemas.messages import (
 from services.evaluator import events as ev
 from services.evaluator.certs import CertError, CertFacts
 
+KIND_SECRET = "Secret"
+KIND_CONFIGMAP = "ConfigMap"
 # Urgency: what an operator must look at first comes first.
 _RANK = {State.EXPIRED: 0, State.EXPIRING_SOON: 1, State.INVALID: 2, State.NOT_YET_VALID: 3, State.VALID: 4}
 _FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
@@ -86,6 +88,7 @@ class SecretView:
     resource_version: str = ""
     type: str = "kubernetes.io/tls"
     other_keys: tuple[str, ...] = ()  # keys without any certificate
+    kind: str = "Secret"  # or "ConfigMap": read only, certcheck never writes to a ConfigMap
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,12 +130,25 @@ class _Rated:
     def not_after(self) -> datetime:
         return self.entry.parsed.not_after if isinstance(self.entry.parsed, CertFacts) else _FAR_FUTURE
 
-    def sort_key(self) -> tuple[int, datetime, str, str, int]:
-        return (_RANK[self.state], self.not_after, self.secret.name, self.entry.key, self.entry.index)
+    def sort_key(self) -> tuple[int, datetime, str, str, str, int]:
+        return (
+            _RANK[self.state],
+            self.not_after,
+            self.secret.kind,
+            self.secret.name,
+            self.entry.key,
+            self.entry.index,
+        )
 
     @property
     def label(self) -> str:
-        return f"{self.secret.name}/{self.entry.key}[{self.entry.index}]"
+        return entry_label(self.secret.kind, self.secret.name, self.entry.key, self.entry.index)
+
+
+def entry_label(kind: str, name: str, key: str, index: int) -> str:
+    """How a certificate entry is named in messages: ``secret/key[0]``, ``ConfigMap/bundle/key[0]``."""
+    prefix = "" if kind == KIND_SECRET else f"{kind}/"
+    return f"{prefix}{name}/{key}[{index}]"
 
 
 TLS_DEFAULT_KEYS = ("tls.crt", "ca.crt")
@@ -141,7 +157,7 @@ OTHER_DEFAULT_KEYS = ("*",)  # every key in which a certificate was found
 
 def selected_entries(secret: SecretView, patterns: Sequence[str]) -> list[CertEntry]:
     """The entries of the keys a CertCheck reads; an exact key name that holds no certificate is Invalid."""
-    if not patterns:
+    if not patterns or secret.kind == KIND_CONFIGMAP:  # spec.keys speaks of Secrets' keys
         patterns = TLS_DEFAULT_KEYS if secret.type == "kubernetes.io/tls" else OTHER_DEFAULT_KEYS
     entries = [e for e in secret.entries if any(fnmatch.fnmatchcase(e.key, p) for p in patterns)]
     for name in patterns:
@@ -172,6 +188,7 @@ def _certificate_status(rated: _Rated, now: datetime) -> CertificateStatus:
     if isinstance(parsed, CertError):
         return CertificateStatus(
             name=rated.secret.name,
+            kind=rated.secret.kind,
             key=rated.entry.key,
             index=rated.entry.index,
             state=State.INVALID,
@@ -180,6 +197,7 @@ def _certificate_status(rated: _Rated, now: datetime) -> CertificateStatus:
         )
     return CertificateStatus(
         name=rated.secret.name,
+        kind=rated.secret.kind,
         key=rated.entry.key,
         index=rated.entry.index,
         state=rated.state,
@@ -242,7 +260,7 @@ def _conditions(
             "Ready",
             True,
             "Evaluated",
-            f"{total} certificates in {secrets} Secrets evaluated",
+            f"{total} certificates in {secrets} objects evaluated",
             gen,
             observed,
             now,
@@ -317,6 +335,7 @@ def _entry_change(rated: _Rated) -> ev.EntryChange:
     facts = parsed if isinstance(parsed, CertFacts) else None
     return ev.EntryChange(
         label=rated.label,
+        kind=rated.secret.kind,
         secret=rated.secret.name,
         key=rated.entry.key,
         index=rated.entry.index,
@@ -392,6 +411,8 @@ def evaluate(
     )
     evaluation = Evaluation(status=status, status_changed=status_changed)
     for secret in secrets:
+        if secret.kind != KIND_SECRET:
+            continue  # certcheck annotates Secrets only
         secret_coverage = coverage.get(secret.name, Coverage((spec.name,), spec.threshold_days))
         desired = desired_annotations(secret, secret_coverage, now)
         patch = annotation_patch(secret, desired)

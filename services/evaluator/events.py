@@ -91,6 +91,7 @@ class EntryChange:
     """One certificate entry of a CertCheck's status: what it is now, and its identity."""
 
     label: str  # secret/key[index]
+    kind: str  # Secret or ConfigMap
     secret: str
     key: str
     index: int
@@ -109,11 +110,11 @@ def certcheck_events(
     observed: CertCheckStatus | None,
 ) -> list[EventIntent]:
     """One summary Event per reason for the entries that changed since the status was last written."""
-    previous = {(c.name, c.key, c.index): c for c in observed.certificates} if observed else {}
+    previous = {(c.kind, c.name, c.key, c.index): c for c in observed.certificates} if observed else {}
     truncated = bool(observed and observed.certificates_omitted)
     moved: dict[str, list[EntryChange]] = {}
     for entry in entries:
-        before = previous.get((entry.secret, entry.key, entry.index))
+        before = previous.get((entry.kind, entry.secret, entry.key, entry.index))
         if before is None and truncated:
             continue  # left out of the capped list last time: its previous state is unknown
         reason = transition_reason(

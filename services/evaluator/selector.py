@@ -7,12 +7,25 @@ from schemas.messages import LabelSelector
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
 
-def selector_error(selector: LabelSelector | None) -> str | None:
-    """Why a selector is unusable, or None. The CRD schema checks shapes; this checks the rest."""
-    if selector is None:
+def selector_error(
+    selector: LabelSelector | None, configmap_selector: LabelSelector | None = None
+) -> str | None:
+    """Why a CertCheck's selectors are unusable, or None. The CRD schema checks shapes; this the rest.
+
+    ``spec.selector`` picks Secrets and ``spec.configMapSelector`` ConfigMaps; at least one is needed.
+    """
+    if selector is None and configmap_selector is None:
         return "spec.selector is missing"
+    for field_name, present in (("selector", selector), ("configMapSelector", configmap_selector)):
+        error = _requirements_error(field_name, present) if present else None
+        if error:
+            return error
+    return None
+
+
+def _requirements_error(field_name: str, selector: LabelSelector) -> str | None:
     for i, req in enumerate(selector.match_expressions):
-        where = f"spec.selector.matchExpressions[{i}]"
+        where = f"spec.{field_name}.matchExpressions[{i}]"
         if req.operator not in OPERATORS:
             return f"{where}: unknown operator {req.operator!r}"
         if req.operator in ("In", "NotIn") and not req.values:

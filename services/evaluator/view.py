@@ -18,6 +18,7 @@ from schemas import subjects
 from schemas.messages import (
     CertCheckObserved,
     CertCheckStatus,
+    ConfigMapObserved,
     LabelSelector,
     NotificationSpec,
     ObjectDeleted,
@@ -41,6 +42,8 @@ class CertCheckEntry:
     observed: CertCheckStatus | None
     covered: set[str] = field(default_factory=set)  # Secret names it selects
     notification: NotificationSpec | None = None
+    configmap_selector: LabelSelector | None = None
+    covered_configmaps: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -85,7 +88,7 @@ def _same_spec(a: core.CertCheckSpec, b: core.CertCheckSpec) -> bool:
     )
 
 
-def secret_view(observed: SecretObserved) -> core.SecretView:
+def _entries(observed: SecretObserved | ConfigMapObserved) -> tuple[core.CertEntry, ...]:
     entries: list[core.CertEntry] = []
     for source in observed.sources:
         if source.error is not None:
@@ -93,16 +96,35 @@ def secret_view(observed: SecretObserved) -> core.SecretView:
             continue
         for index, pem in enumerate(source.pem):
             entries.append(core.CertEntry(source.key, index, parse_pem_certificate(pem)))
+    return tuple(entries)
+
+
+def secret_view(observed: SecretObserved) -> core.SecretView:
     return core.SecretView(
         namespace=observed.namespace,
         name=observed.name,
         uid=observed.uid,
         labels=dict(observed.labels),
         annotations=dict(observed.annotations),
-        entries=tuple(entries),
+        entries=_entries(observed),
         resource_version=observed.resource_version,
         type=observed.type,
         other_keys=tuple(observed.other_keys),
+    )
+
+
+def configmap_view(observed: ConfigMapObserved) -> core.SecretView:
+    return core.SecretView(
+        namespace=observed.namespace,
+        name=observed.name,
+        uid=observed.uid,
+        labels=dict(observed.labels),
+        annotations={},
+        entries=_entries(observed),
+        resource_version=observed.resource_version,
+        type="",
+        other_keys=tuple(observed.other_keys),
+        kind=core.KIND_CONFIGMAP,
     )
 
 
@@ -122,6 +144,7 @@ class View:
         self.seq = 0
         self.certchecks: dict[str, dict[str, CertCheckEntry]] = {}
         self.secrets: dict[str, dict[str, SecretEntry]] = {}
+        self.configmaps: dict[str, dict[str, SecretEntry]] = {}  # read-only sources, never annotated
         self._effects: OrderedDict[int, Effects] = OrderedDict()
         self._effects_memory = effects_memory
 
@@ -159,17 +182,24 @@ class View:
         entry = self.certchecks[key[0]][key[1]]
         namespace_secrets = self.secrets.get(key[0], {})
         selected = [namespace_secrets[name].view for name in sorted(entry.covered)]
-        return selected, {view.name: self.coverage(key[0], view.name) for view in selected}
+        coverage = {view.name: self.coverage(key[0], view.name) for view in selected}
+        namespace_configmaps = self.configmaps.get(key[0], {})
+        selected += [namespace_configmaps[name].view for name in sorted(entry.covered_configmaps)]
+        return selected, coverage
 
     # --- folding the stream in ----------------------------------------------------------------------
 
     def apply(self, seq: int, event: ObjectEvent, now: datetime) -> Effects:
         if isinstance(event, SecretObserved):
             effects = self._apply_secret(event, now)
+        elif isinstance(event, ConfigMapObserved):
+            effects = self._apply_configmap(event)
         elif isinstance(event, CertCheckObserved):
             effects = self._apply_certcheck(event)
         elif event.object_kind == subjects.KIND_SECRET:
             effects = self._delete_secret(event)
+        elif event.object_kind == subjects.KIND_CONFIGMAP:
+            effects = self._delete_configmap(event)
         else:
             effects = self._delete_certcheck(event)
         self.seq = max(self.seq, seq)
@@ -184,6 +214,44 @@ class View:
             and entry.spec.selector_error is None
             and matches(entry.selector, labels)
         )
+
+    def _selects_configmap(self, entry: CertCheckEntry, labels: dict[str, str]) -> bool:
+        return (
+            entry.configmap_selector is not None
+            and entry.spec.selector_error is None
+            and matches(entry.configmap_selector, labels)
+        )
+
+    def _apply_configmap(self, event: ConfigMapObserved) -> Effects:
+        namespace_configmaps = self.configmaps.setdefault(event.namespace, {})
+        previous = namespace_configmaps.get(event.name)
+        if (
+            previous
+            and previous.view.uid == event.uid
+            and not _newer(event.resource_version, previous.resource_version)
+        ):
+            return Effects()
+        view = configmap_view(event)
+        certchecks = self.certchecks.get(event.namespace, {})
+        covered_by = {n for n, entry in certchecks.items() if self._selects_configmap(entry, view.labels)}
+        old_covered_by = previous.covered_by if previous else set()
+        for name in old_covered_by - covered_by:
+            certchecks[name].covered_configmaps.discard(event.name)
+        for name in covered_by - old_covered_by:
+            certchecks[name].covered_configmaps.add(event.name)
+        namespace_configmaps[event.name] = SecretEntry(view, event.resource_version, covered_by)
+        if previous and (previous.view.uid, previous.view.entries) == (view.uid, view.entries):
+            return Effects(evaluate={(event.namespace, n) for n in covered_by ^ old_covered_by})
+        return Effects(evaluate={(event.namespace, n) for n in covered_by | old_covered_by})
+
+    def _delete_configmap(self, event: ObjectDeleted) -> Effects:
+        previous = self.configmaps.get(event.namespace, {}).pop(event.name, None)
+        if previous is None:
+            return Effects()
+        certchecks = self.certchecks.get(event.namespace, {})
+        for name in previous.covered_by:
+            certchecks[name].covered_configmaps.discard(event.name)
+        return Effects(evaluate={(event.namespace, n) for n in previous.covered_by})
 
     def _apply_secret(self, event: SecretObserved, now: datetime) -> Effects:
         namespace_secrets = self.secrets.setdefault(event.namespace, {})
@@ -245,12 +313,16 @@ class View:
             uid=event.uid,
             generation=event.generation,
             threshold_days=event.threshold_days,
-            selector_error=selector_error(event.selector),
+            selector_error=selector_error(event.selector, event.configmap_selector),
             resource_version=event.resource_version,
             keys=tuple(event.keys or ()),
         )
         observed = decode_status(event.status)
-        if previous and _same_spec(previous.spec, spec) and previous.selector == event.selector:
+        if (
+            previous
+            and _same_spec(previous.spec, spec)
+            and (previous.selector, previous.configmap_selector) == (event.selector, event.configmap_selector)
+        ):
             # Only the status changed (our own write coming back): nothing to re-evaluate, unless the
             # notifier recorded a change in its failures (the NotificationFailed condition follows them).
             failures_changed = _failures(previous.observed) != _failures(observed)
@@ -272,7 +344,12 @@ class View:
                 )
             )
         entry = CertCheckEntry(
-            spec, event.selector, event.resource_version, observed, notification=event.notification
+            spec,
+            event.selector,
+            event.resource_version,
+            observed,
+            notification=event.notification,
+            configmap_selector=event.configmap_selector,
         )
         namespace_certchecks[event.name] = entry
         old_covered = previous.covered if previous and previous.spec.uid == event.uid else set()
@@ -286,7 +363,21 @@ class View:
         for secret_name in entry.covered - old_covered:
             namespace_secrets[secret_name].covered_by.add(event.name)
         self._neighbours(event.namespace, touched, effects)
+        self._cover_configmaps(event.namespace, event.name, entry, previous)
         return effects
+
+    def _cover_configmaps(
+        self, namespace: str, name: str, entry: CertCheckEntry, previous: CertCheckEntry | None
+    ) -> None:
+        namespace_configmaps = self.configmaps.get(namespace, {})
+        old = previous.covered_configmaps if previous and previous.spec.uid == entry.spec.uid else set()
+        entry.covered_configmaps = {
+            n for n, c in namespace_configmaps.items() if self._selects_configmap(entry, c.view.labels)
+        }
+        for configmap_name in old - entry.covered_configmaps:
+            namespace_configmaps[configmap_name].covered_by.discard(name)
+        for configmap_name in entry.covered_configmaps - old:
+            namespace_configmaps[configmap_name].covered_by.add(name)
 
     def _delete_certcheck(self, event: ObjectDeleted) -> Effects:
         previous = self.certchecks.get(event.namespace, {}).pop(event.name, None)
@@ -295,6 +386,9 @@ class View:
         namespace_secrets = self.secrets.get(event.namespace, {})
         for secret_name in previous.covered:
             namespace_secrets[secret_name].covered_by.discard(event.name)
+        namespace_configmaps = self.configmaps.get(event.namespace, {})
+        for configmap_name in previous.covered_configmaps:
+            namespace_configmaps[configmap_name].covered_by.discard(event.name)
         effects = Effects(removed=[(event.namespace, event.name, previous.spec.uid)])
         self._neighbours(event.namespace, previous.covered, effects)
         return effects

@@ -27,6 +27,17 @@ CERT_LABELS = [
 ]
 ERROR_LABELS = ["secret_namespace", "secret_name", "secret_key", "chain_index", "certcheck", "reason"]
 CERTCHECK_LABELS = ["certcheck_namespace", "certcheck"]
+# A ConfigMap's certificates carry configmap_* instead of secret_* labels (as x509-certificate-exporter's).
+_OBJECT_LABELS = {
+    core.KIND_SECRET: ("secret_namespace", "secret_name", "secret_key"),
+    core.KIND_CONFIGMAP: ("configmap_namespace", "configmap_name", "configmap_key"),
+}
+
+
+def _add(family: Metric, label_names: list[str], kind: str, values: list[str], value: float) -> None:
+    """A sample with ``label_names``, the object's first three named after its kind."""
+    names = [*_OBJECT_LABELS[kind], *label_names[3:]]
+    family.add_sample(family.name, dict(zip(names, values, strict=True)), value)
 
 
 def families(view: View, now: datetime) -> list[Metric]:
@@ -75,16 +86,16 @@ def families(view: View, now: datetime) -> list[Metric]:
                 where = [namespace, secret.name, cert.key, str(cert.index), name]
                 parsed = cert.parsed
                 if not isinstance(parsed, CertFacts):
-                    error.add_metric([*where, parsed.reason[:200]], 1)
+                    _add(error, ERROR_LABELS, secret.kind, [*where, parsed.reason[:200]], 1)
                     counts[State.INVALID] += 1
                     continue
                 state = core.classify(parsed, days, now)
                 counts[state] += 1
                 labels = [*where, parsed.subject_cn or "", parsed.issuer_cn or "", parsed.serial_number]
-                not_after.add_metric(labels, parsed.not_after.timestamp())
-                not_before.add_metric(labels, parsed.not_before.timestamp())
-                expired.add_metric(labels, 1 if state == State.EXPIRED else 0)
-                expiring.add_metric(labels, 1 if state == State.EXPIRING_SOON else 0)
+                _add(not_after, CERT_LABELS, secret.kind, labels, parsed.not_after.timestamp())
+                _add(not_before, CERT_LABELS, secret.kind, labels, parsed.not_before.timestamp())
+                _add(expired, CERT_LABELS, secret.kind, labels, 1 if state == State.EXPIRED else 0)
+                _add(expiring, CERT_LABELS, secret.kind, labels, 1 if state == State.EXPIRING_SOON else 0)
         threshold.add_metric([namespace, name], days * 86400)
         targets.add_metric([namespace, name], sum(counts.values()))
         for state, count in counts.items():

@@ -53,7 +53,8 @@ class NotifyState(msgspec.Struct):
 
 
 def entry_id(entry: CertificateStatus) -> str:
-    return f"{entry.name}/{entry.key}[{entry.index}]"
+    prefix = "" if entry.kind == "Secret" else f"{entry.kind}/"
+    return f"{prefix}{entry.name}/{entry.key}[{entry.index}]"
 
 
 def plan(
@@ -84,6 +85,7 @@ def plan(
 def _notice(entry: CertificateStatus, change: str, previous: str | None) -> CertificateNotice:
     return CertificateNotice(
         secret=entry.name,
+        kind=entry.kind,
         key=entry.key,
         index=entry.index,
         state=str(entry.state),
@@ -132,7 +134,7 @@ def slack_text(notification: ExpiryNotification) -> str:
         who = f" CN={notice.subject}" if notice.subject else ""
         issuer = f" issued by {notice.issuer}" if notice.issuer else ""
         reason = f": {notice.reason}" if notice.reason else ""
-        where = f"Secret `{notice.secret}` key `{notice.key}`[{notice.index}]"
+        where = f"{notice.kind} `{notice.secret}` key `{notice.key}`[{notice.index}]"
         lines.append(f"{icon} *{what}* {where}{who}{issuer}{when}{reason}")
     if count > 20:
         lines.append(f"… and {count - 20} more")

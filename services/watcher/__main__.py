@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from schemas import subjects
 from schemas.streams import WATCHER_STATE_BUCKET
@@ -16,8 +19,17 @@ from services.common.health import Health
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, api_client
 from services.common.runtime import run_service, supervise
 from services.common.settings import Settings
-from services.watcher.extract import RawCertCheck, RawSecret, certcheck_observed, secret_observed
+from services.watcher.extract import (
+    RawCertCheck,
+    RawConfigMap,
+    RawSecret,
+    certcheck_observed,
+    configmap_observed,
+    decode_small_values,
+    secret_observed,
+)
 from services.watcher.listwatch import ListWatch, Sink
+from services.watcher.passwords import PasswordIndex, password_ref
 from services.watcher.publisher import (
     Change,
     Delete,
@@ -32,19 +44,25 @@ from services.watcher.publisher import (
 log = logging.getLogger("certcheck.watcher")
 
 
-def _sink(kind: str, scope: str, put: Any, observe: Any) -> Sink[Any]:
+def _sink(
+    kind: str,
+    scope: str,
+    put: Any,
+    observe: Any,
+    after: Callable[[Any, bool], None] = lambda item, deleted: None,
+) -> Sink[Any]:
+    def upsert(item: Any) -> None:
+        put(Upsert(kind, observe(item), scope))
+        after(item, False)
+
+    def delete(item: Any) -> None:
+        meta = item.metadata
+        put(Delete(kind, meta.namespace, meta.name, meta.uid, meta.resourceVersion, scope))
+        after(item, True)
+
     return Sink(
-        upsert=lambda item: put(Upsert(kind, observe(item), scope)),
-        delete=lambda item: put(
-            Delete(
-                kind,
-                item.metadata.namespace,
-                item.metadata.name,
-                item.metadata.uid,
-                item.metadata.resourceVersion,
-                scope,
-            )
-        ),
+        upsert=upsert,
+        delete=delete,
         listed=lambda keys: put(Listed(kind, keys, scope)),
         progress=lambda resource_version: put(Progress(kind, resource_version, scope)),
     )
@@ -58,12 +76,71 @@ def secret_scopes(settings: Settings) -> dict[str, str | None]:
     return {f"{subjects.KIND_SECRET}.{t}": t for t in dict.fromkeys(types)}
 
 
+_raw_secret = msgspec.json.Decoder(RawSecret)
+
+
+def read_raw_secret(core: client.CoreV1Api, namespace: str, name: str) -> RawSecret | None:
+    try:
+        response: Any = core.read_namespaced_secret(name, namespace, _preload_content=False)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    try:
+        return _raw_secret.decode(response.data)
+    finally:
+        response.release_conn()
+
+
+class SecretObserver:
+    """Observes Secrets, reading the keystore passwords they point at, and re-reads a keystore Secret
+    when its password Secret changes. Shared by every Secret watch."""
+
+    def __init__(self, settings: Settings, core: client.CoreV1Api, put: Any) -> None:
+        self._core = core
+        self._put = put
+        self._scopes = secret_scopes(settings)
+
+        def read_data(namespace: str, name: str) -> dict[str, bytes] | None:
+            secret = read_raw_secret(core, namespace, name)
+            return None if secret is None else decode_small_values(secret.data or {})
+
+        self.passwords = PasswordIndex(read_data)
+
+    def observe(self, secret: RawSecret) -> Any:
+        meta = secret.metadata
+        referenced = self.passwords.resolve(meta.namespace, meta.name, password_ref(meta.annotations))
+        return secret_observed(secret, referenced)
+
+    def after(self, secret: RawSecret, deleted: bool) -> None:
+        """Once a Secret changed or went: re-read the keystores whose password it holds."""
+        namespace = secret.metadata.namespace
+        if deleted:
+            self.passwords.forget(namespace, secret.metadata.name)
+        for holder in self.passwords.keystores_using(namespace, secret.metadata.name):
+            try:
+                keystore = read_raw_secret(self._core, namespace, holder)
+            except Exception as exc:
+                log.warning("could not re-read keystore Secret %s/%s: %s", namespace, holder, exc)
+                continue
+            scope = self._scope_of(keystore.type) if keystore else None
+            if keystore is not None and scope is not None:
+                self._put(Upsert(subjects.KIND_SECRET, self.observe(keystore), scope))
+
+    def _scope_of(self, secret_type: str) -> str | None:
+        for scope, watched_type in self._scopes.items():
+            if watched_type is None or watched_type == secret_type:
+                return scope
+        return None
+
+
 def build_watches(
     settings: Settings, api: client.ApiClient, put: Any, resume: dict[str, str | None]
 ) -> dict[str, ListWatch[Any]]:
-    """The watches by scope: one per Secret type, and one for CertChecks."""
+    """The watches by scope: one per Secret type, one for ConfigMaps and one for CertChecks."""
     core = client.CoreV1Api(api)
     custom = client.CustomObjectsApi(api)
+    secrets = SecretObserver(settings, core, put)
     watches: dict[str, ListWatch[Any]] = {}
     for scope, secret_type in secret_scopes(settings).items():
         kwargs: dict[str, Any] = {}
@@ -76,9 +153,22 @@ def build_watches(
             functools.partial(core.list_secret_for_all_namespaces, **kwargs),
             RawSecret,
             key=lambda s: (s.metadata.namespace, s.metadata.name),
-            sink=_sink(subjects.KIND_SECRET, scope, put, secret_observed),
+            sink=_sink(subjects.KIND_SECRET, scope, put, secrets.observe, secrets.after),
             page_size=settings.list_page_size,
             resume_from=resume.get(scope),
+        )
+    if settings.configmaps_watched:
+        configmap_kwargs: dict[str, Any] = {}
+        if settings.configmap_label_selector:
+            configmap_kwargs["label_selector"] = settings.configmap_label_selector
+        watches[subjects.KIND_CONFIGMAP] = ListWatch(
+            "configmaps",
+            functools.partial(core.list_config_map_for_all_namespaces, **configmap_kwargs),
+            RawConfigMap,
+            key=lambda c: (c.metadata.namespace, c.metadata.name),
+            sink=_sink(subjects.KIND_CONFIGMAP, subjects.KIND_CONFIGMAP, put, configmap_observed),
+            page_size=settings.list_page_size,
+            resume_from=resume.get(subjects.KIND_CONFIGMAP),
         )
     watches[subjects.KIND_CERTCHECK] = ListWatch(
         "certchecks",
@@ -100,7 +190,7 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     published_state = await load_published(bus)
     log.info("loaded %d published objects from the stream", len(published_state[0]))
     progress_kv = await bus_mod.key_value(bus, WATCHER_STATE_BUCKET, "how far the watcher's watches got")
-    scopes = [*secret_scopes(settings), subjects.KIND_CERTCHECK]
+    scopes = [*secret_scopes(settings), subjects.KIND_CONFIGMAP, subjects.KIND_CERTCHECK]
     resume = {scope: await load_progress(progress_kv, scope) for scope in scopes}
     log.info("resuming watches from %s", resume)
     loop = asyncio.get_running_loop()

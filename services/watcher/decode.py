@@ -1,7 +1,8 @@
 """Finding the certificates in one Secret value, whatever the layout. Pure: no I/O.
 
 Reads PEM (bundles and chains, anything else in the value ignored), DER, base64 applied twice (as
-some tools store it), and PKCS#12 keystores (the password from a sibling key, else empty). Returns
+some tools store it), and PKCS#12 keystores (the password from another Secret, a sibling key, else
+empty). JKS keystores are not read: no well-kept Python library reads them. Returns
 certificates only, as PEM text; private keys are never returned. Work per value is bounded.
 """
 
@@ -117,14 +118,21 @@ def _open_keystore(value: bytes, passwords: tuple[bytes, ...]) -> Found:
     return Found(error="not a readable PKCS#12 keystore")
 
 
-def find_certificates(key: str, value: bytes, data: Mapping[str, bytes]) -> Found:
-    """The certificates in one decoded Secret value (``data``: every decoded value, for passwords)."""
+def find_certificates(
+    key: str, value: bytes, data: Mapping[str, bytes], first_passwords: tuple[bytes, ...] = ()
+) -> Found:
+    """The certificates in one decoded Secret value.
+
+    ``data`` holds every decoded value of the Secret (for sibling password keys); ``first_passwords``
+    are tried before those (a password from another Secret).
+    """
     if len(value) > MAX_VALUE_BYTES:
         return Found(error=f"key {key} is too large ({len(value)} bytes, limit {MAX_VALUE_BYTES})")
     if not value.strip():
         return Found(error=f"key {key} is empty")
     if is_keystore_key(key):
-        return _open_keystore_cached(value, tuple(keystore_passwords(key, data)))
+        passwords = tuple(dict.fromkeys((*first_passwords, *keystore_passwords(key, data))))
+        return _open_keystore_cached(value, passwords)
     return _certificates(key, value, depth=0)
 
 

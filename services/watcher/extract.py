@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Mapping
 
 import msgspec
 
@@ -16,11 +17,13 @@ from schemas import annotations as ann
 from schemas.messages import (
     CertCheckObserved,
     CertSource,
+    ConfigMapObserved,
     LabelSelector,
     NotificationSpec,
     SecretObserved,
 )
 from services.watcher.decode import MAX_VALUE_BYTES, find_certificates, is_keystore_key
+from services.watcher.passwords import ReferencedPassword
 
 TLS_TYPE = "kubernetes.io/tls"
 CERT_SUFFIXES = (".crt", ".pem", ".cer", ".der", ".cert")
@@ -46,8 +49,15 @@ class RawSecret(msgspec.Struct):
     data: dict[str, str] | None = None
 
 
+class RawConfigMap(msgspec.Struct):
+    metadata: ObjectMeta
+    data: dict[str, str] | None = None  # text values
+    binaryData: dict[str, str] | None = None  # base64 values
+
+
 class RawCertCheckSpec(msgspec.Struct):
     selector: LabelSelector | None = None
+    configMapSelector: LabelSelector | None = None
     threshold: int = 30
     keys: list[str] | None = None
     notification: msgspec.Raw = msgspec.Raw(b"null")
@@ -68,8 +78,13 @@ def _is_private(key: str) -> bool:
     return lowered.endswith(".key") or lowered == "tls.key" or "password" in lowered or "private" in lowered
 
 
-def read_cert_source(key: str, encoded: str | None, decoded: dict[str, bytes] | None = None) -> CertSource:
-    """The certificates under one data key, or why there are none."""
+def read_cert_source(
+    key: str,
+    encoded: str | None,
+    decoded: dict[str, bytes] | None = None,
+    referenced: ReferencedPassword | None = None,
+) -> CertSource:
+    """The certificates under one base64-encoded data key, or why there are none."""
     if encoded is None:
         return CertSource(key, error=f"key {key} is missing")
     if len(encoded) > MAX_VALUE_BYTES * 4 // 3 + 4:
@@ -78,9 +93,18 @@ def read_cert_source(key: str, encoded: str | None, decoded: dict[str, bytes] | 
         value = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         return CertSource(key, error=f"key {key} is not valid base64")
-    found = find_certificates(key, value, decoded or {})
+    return _source(key, value, decoded or {}, referenced)
+
+
+def _source(
+    key: str, value: bytes, decoded: dict[str, bytes], referenced: ReferencedPassword | None = None
+) -> CertSource:
+    first = (referenced.password,) if referenced and referenced.password is not None else ()
+    found = find_certificates(key, value, decoded, first)
     if found.pem:
         return CertSource(key, pem=list(found.pem))
+    if referenced and referenced.problem and found.error and "password" in found.error:
+        return CertSource(key, error=f"{found.error}; {referenced.describe()} {referenced.problem}")
     return CertSource(key, error=found.error)
 
 
@@ -103,7 +127,7 @@ def _bounded(sources: list[CertSource]) -> list[CertSource]:
     return bounded
 
 
-def _decoded(data: dict[str, str]) -> dict[str, bytes]:
+def decode_small_values(data: Mapping[str, str]) -> dict[str, bytes]:
     """Values small enough to serve as keystore passwords, decoded (never leave this function's caller)."""
     decoded = {}
     for key, encoded in data.items():
@@ -115,11 +139,50 @@ def _decoded(data: dict[str, str]) -> dict[str, bytes]:
     return decoded
 
 
-def _sources(secret_type: str, data: dict[str, str]) -> tuple[list[CertSource], list[str]]:
+def _configmap_sources(configmap: RawConfigMap) -> tuple[list[CertSource], list[str]]:
+    """Every ConfigMap key holding (or named as if it held) a certificate; the other key names."""
+    sources: list[CertSource] = []
+    other_keys: list[str] = []
+    text = configmap.data or {}
+    binary = configmap.binaryData or {}
+    for index, key in enumerate(sorted({*text, *binary})):
+        if index >= MAX_KEYS_SCANNED:
+            sources.append(
+                CertSource(
+                    key, error=f"ConfigMap has more than {MAX_KEYS_SCANNED} keys; the rest were not read"
+                )
+            )
+            break
+        # A text value is read as is; a binaryData value is base64, as a Secret's.
+        source = _source(key, text[key].encode(), {}) if key in text else read_cert_source(key, binary[key])
+        if source.pem or _looks_like_certificate_key(key):
+            sources.append(source)
+        elif len(other_keys) < MAX_OTHER_KEYS:
+            other_keys.append(key)
+    return sources, other_keys
+
+
+def configmap_observed(configmap: RawConfigMap) -> ConfigMapObserved:
+    sources, other_keys = _configmap_sources(configmap)
+    meta = configmap.metadata
+    return ConfigMapObserved(
+        namespace=meta.namespace,
+        name=meta.name,
+        uid=meta.uid,
+        resource_version=meta.resourceVersion,
+        labels=meta.labels or {},
+        sources=_bounded(sources),
+        other_keys=other_keys,
+    )
+
+
+def _sources(
+    secret_type: str, data: dict[str, str], referenced: ReferencedPassword | None
+) -> tuple[list[CertSource], list[str]]:
     """Sources for every key that holds (or is named as if it held) a certificate; other key names."""
     sources: list[CertSource] = []
     other_keys: list[str] = []
-    passwords = _decoded({k: v for k, v in data.items() if "password" in k.lower()})
+    passwords = decode_small_values({k: v for k, v in data.items() if "password" in k.lower()})
     ordered = sorted(data.items(), key=lambda item: (item[0] not in CERT_KEYS, item[0] != "tls.crt", item[0]))
     for index, (key, encoded) in enumerate(ordered):
         if index >= MAX_KEYS_SCANNED:
@@ -130,9 +193,9 @@ def _sources(secret_type: str, data: dict[str, str]) -> tuple[list[CertSource], 
         if _is_private(key):
             continue
         if _looks_like_certificate_key(key):
-            sources.append(read_cert_source(key, encoded, passwords))
+            sources.append(read_cert_source(key, encoded, passwords, referenced))
             continue
-        source = read_cert_source(key, encoded, passwords)
+        source = read_cert_source(key, encoded, passwords, referenced)
         if source.pem:
             sources.append(source)
         elif len(other_keys) < MAX_OTHER_KEYS:
@@ -142,8 +205,9 @@ def _sources(secret_type: str, data: dict[str, str]) -> tuple[list[CertSource], 
     return sources, other_keys
 
 
-def secret_observed(secret: RawSecret) -> SecretObserved:
-    sources, other_keys = _sources(secret.type, secret.data or {})
+def secret_observed(secret: RawSecret, referenced: ReferencedPassword | None = None) -> SecretObserved:
+    """``referenced``: the keystore password the Secret points at by annotation, already read."""
+    sources, other_keys = _sources(secret.type, secret.data or {}, referenced)
     meta = secret.metadata
     return SecretObserved(
         namespace=meta.namespace,
@@ -181,6 +245,7 @@ def certcheck_observed(certcheck: RawCertCheck) -> CertCheckObserved:
         selector=certcheck.spec.selector,
         notification=_notification(certcheck.spec.notification),
         keys=certcheck.spec.keys,
+        configmap_selector=certcheck.spec.configMapSelector,
         status=certcheck.status,
     )
 
@@ -188,12 +253,17 @@ def certcheck_observed(certcheck: RawCertCheck) -> CertCheckObserved:
 _encoder = msgspec.json.Encoder(order="deterministic")
 
 
-def digest(observed: SecretObserved | CertCheckObserved) -> str:
+Observed = SecretObserved | ConfigMapObserved | CertCheckObserved
+
+
+def digest(observed: Observed) -> str:
     """A fingerprint of everything that matters downstream (the resourceVersion excluded)."""
     if isinstance(observed, SecretObserved):
         content = _encoder.encode(
             (observed.uid, observed.type, observed.labels, observed.annotations, observed.sources)
         )
+    elif isinstance(observed, ConfigMapObserved):
+        content = _encoder.encode((observed.uid, observed.labels, observed.sources, observed.other_keys))
     else:
         content = _encoder.encode(
             (
@@ -203,6 +273,7 @@ def digest(observed: SecretObserved | CertCheckObserved) -> str:
                 observed.selector,
                 observed.notification,
                 observed.keys,
+                observed.configmap_selector,
                 observed.status,
             )
         )

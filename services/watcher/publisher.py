@@ -20,10 +20,10 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
 from schemas import subjects
-from schemas.messages import CertCheckObserved, ObjectDeleted, SecretObserved, encoder
+from schemas.messages import ObjectDeleted, encoder
 from schemas.streams import HDR_DIGEST, HDR_MSG_ID, HDR_RESOURCE_VERSION, HDR_SCOPE, OBJECTS
 from services.common.bus import Bus
-from services.watcher.extract import digest
+from services.watcher.extract import Observed, digest
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ ObjectKey = tuple[str, str, str]  # (kind, namespace, name)
 @dataclass(frozen=True)
 class Upsert:
     kind: str
-    observed: SecretObserved | CertCheckObserved
+    observed: Observed
     scope: str
 
 

@@ -11,7 +11,9 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from kubernetes import client
 
 from devcluster.certs import expiring_in, tls_secret_data
+from devcluster.stack import Stack
 from tests.conftest import Cluster, wait_for
+from tests.e2e.test_triggers import metric
 
 
 def b64(value: bytes) -> str:
@@ -125,6 +127,55 @@ def test_pkcs12_keystore_with_its_password_in_the_same_secret(cluster: Cluster, 
     assert locked["state"] == "Invalid" and "wrong or missing password" in locked["reason"]
 
 
+def test_pkcs12_password_from_a_referenced_secret_follows_that_secret(
+    cluster: Cluster, namespace: str
+) -> None:
+    cert_pem, key_pem = expiring_in(15, "referenced.test")
+    store = pkcs12.serialize_key_and_certificates(
+        b"app",
+        serialization.load_pem_private_key(key_pem, None),  # type: ignore[arg-type]
+        x509.load_pem_x509_certificate(cert_pem),
+        None,
+        serialization.BestAvailableEncryption(b"from-elsewhere"),
+    )
+    opaque(cluster, namespace, "store-password", {"store-pass": b"from-elsewhere"}, {})
+    cluster.core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(
+                name="store",
+                labels={"app": "ref"},
+                annotations={
+                    "keystore.certcheck.dev/password-secret": "store-password",
+                    "keystore.certcheck.dev/password-key": "store-pass",
+                },
+            ),
+            type="Opaque",
+            data={"app.pfx": b64(store)},
+        ),
+    )
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "ref"}})
+    [opened] = entries(cluster, namespace, "c", 1)
+    assert (opened["subject"], opened["state"]) == ("referenced.test", "ExpiringSoon")
+
+    # Changing only the password Secret re-reads the keystore that points at it.
+    cluster.core.patch_namespaced_secret("store-password", namespace, {"data": {"store-pass": b64(b"wrong")}})
+    locked = wait_for(
+        lambda: (s := cluster.status(namespace, "c")).get("invalidCount") == 1 and s["certificates"][0],
+        what="the keystore Invalid once its password Secret changed",
+    )
+    assert "wrong or missing password" in locked["reason"]
+    cluster.core.delete_namespaced_secret("store-password", namespace)
+    gone = wait_for(
+        lambda: (
+            "does not exist" in (cluster.status(namespace, "c")["certificates"][0].get("reason") or "")
+            and cluster.status(namespace, "c")["certificates"][0]
+        ),
+        what="the missing password Secret named in the reason",
+    )
+    assert gone["reason"].endswith("password Secret store-password key store-pass does not exist")
+
+
 def test_a_huge_value_and_a_thousand_keys_do_not_stop_the_other_secrets(
     cluster: Cluster, namespace: str
 ) -> None:
@@ -151,3 +202,50 @@ def test_a_huge_value_and_a_thousand_keys_do_not_stop_the_other_secrets(
     assert status["invalidCount"] == 1001  # one entry per unreadable key
     reasons = {c["name"]: c.get("reason") for c in status["certificates"] if c["state"] == "Invalid"}
     assert reasons["huge"] == "no certificate in key blob.pem (not PEM, DER or PKCS#12)"
+
+
+def test_configmap_trust_bundles_are_read_and_reported_but_never_written(
+    stack: Stack, cluster: Cluster, namespace: str
+) -> None:
+    soon, _ = expiring_in(5, "soon-root.test")
+    later, _ = expiring_in(900, "later-root.test")
+    der = x509.load_pem_x509_certificate(later).public_bytes(serialization.Encoding.DER)
+    labels = {"trust": "bundle"}
+    cluster.core.create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="trust", labels=labels),
+            data={"ca-bundle.crt": (soon + later).decode(), "README": "not a certificate"},
+            binary_data={"root.der": b64(der)},
+        ),
+    )
+    cluster.create_tls_secret(namespace, "trust", later, expiring_in(1)[1], labels=labels)
+    cluster.create_certcheck(namespace, "bundles", None, configMapSelector={"matchLabels": labels})
+    found = entries(cluster, namespace, "bundles", 3)  # the Secret of the same name is not selected
+    assert {e.get("kind") for e in found} == {"ConfigMap"}
+    assert [(e["key"], e["index"], e["state"]) for e in found] == [
+        ("ca-bundle.crt", 0, "ExpiringSoon"),
+        ("ca-bundle.crt", 1, "Valid"),
+        ("root.der", 0, "Valid"),
+    ]
+    assert cluster.status(namespace, "bundles")["earliestCertificate"] == "ConfigMap/trust/ca-bundle.crt[0]"
+    wait_for(
+        lambda: (
+            metric(
+                stack,
+                "exporter",
+                "certcheck_certificate_expiring",
+                f'configmap_namespace="{namespace}",configmap_name="trust",configmap_key="ca-bundle.crt"',
+            )
+            == 1
+        ),
+        what="the ConfigMap's certificate in the metrics",
+    )
+
+    cluster.core.patch_namespaced_config_map("trust", namespace, {"data": {"ca-bundle.crt": later.decode()}})
+    assert [e["state"] for e in entries(cluster, namespace, "bundles", 2)] == ["Valid", "Valid"]
+    configmap = cluster.core.read_namespaced_config_map("trust", namespace)
+    assert not any(k.startswith("certcheck.dev/") for k in configmap.metadata.annotations or {})
+
+    cluster.core.delete_namespaced_config_map("trust", namespace)
+    entries(cluster, namespace, "bundles", 0)

@@ -49,7 +49,8 @@ def test_the_watcher_only_reads(stack: Stack, namespace: str, secret: str) -> No
     assert denied(
         lambda: core.patch_namespaced_secret(secret, namespace, {"metadata": {"labels": {"x": "y"}}})
     )
-    assert denied(lambda: core.read_namespaced_secret(secret, namespace))
+    assert denied(lambda: core.delete_namespaced_secret(secret, namespace))
+    assert denied(lambda: core.patch_namespaced_config_map("any", namespace, {"metadata": {"labels": {}}}))
     assert denied(
         lambda: custom.create_namespaced_custom_object(
             "certcheck.dev",
@@ -70,7 +71,8 @@ def test_the_recorder_cannot_read_secret_data_or_change_specs(
     stack: Stack, cluster: Cluster, namespace: str, secret: str
 ) -> None:
     core, custom = as_service(stack, "recorder")
-    assert denied(lambda: core.read_namespaced_secret(secret, namespace))
+    assert denied(lambda: core.delete_namespaced_secret(secret, namespace))
+    assert denied(lambda: core.patch_namespaced_config_map("any", namespace, {"metadata": {"labels": {}}}))
     assert denied(lambda: core.delete_namespaced_secret(secret, namespace))
     cluster.create_certcheck(namespace, "c", {"matchLabels": {"a": "b"}})
     assert denied(

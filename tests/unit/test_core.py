@@ -237,3 +237,38 @@ def test_certificate_status_entry_carries_dates_and_remaining_days(days: int, st
     assert entry.not_after == core.rfc3339(not_after)
     assert entry.days_remaining == days
     assert entry.active == (state != State.EXPIRED)
+
+
+def test_configmap_certificates_are_in_the_status_with_their_kind_but_never_annotated() -> None:
+    bundle = core.SecretView(
+        namespace="ns",
+        name="web",
+        uid="uid-cm",
+        labels={},
+        annotations={},
+        entries=(core.CertEntry("ca.crt", 0, facts(NOW + timedelta(days=5))),),
+        type="",
+        kind=core.KIND_CONFIGMAP,
+    )
+    same_name_secret = secret("web", facts(NOW + timedelta(days=300)))
+    evaluation = core.evaluate(SPEC, [same_name_secret, bundle], {}, None, NOW)
+    first, second = evaluation.status.certificates
+    assert (first.kind, first.name, first.state) == ("ConfigMap", "web", State.EXPIRING_SOON)
+    assert (second.kind, second.name, second.state) == ("Secret", "web", State.VALID)
+    assert evaluation.status.earliest_certificate == "ConfigMap/web/ca.crt[0]"
+    assert [patch.name for patch in evaluation.annotation_patches] == ["web"]  # the Secret's only
+    assert "ConfigMap/web/ca.crt[0]" in evaluation.events[0].message
+
+
+def test_spec_keys_do_not_filter_configmap_keys() -> None:
+    bundle = core.SecretView(
+        namespace="ns",
+        name="trust",
+        uid="uid-cm",
+        labels={},
+        annotations={},
+        entries=(core.CertEntry("bundle.pem", 0, facts(NOW + timedelta(days=90))),),
+        type="",
+        kind=core.KIND_CONFIGMAP,
+    )
+    assert len(core.selected_entries(bundle, ["tls.crt"])) == 1

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import base64
 
+import msgspec
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from devcluster.certs import expiring_in
 from services.watcher.extract import (
     ObjectMeta,
+    RawConfigMap,
     RawSecret,
+    configmap_observed,
     digest,
     read_cert_source,
     secret_observed,
@@ -98,3 +104,50 @@ def test_digest_ignores_resource_version_but_not_content() -> None:
     changed = secret_observed(raw_secret({"tls.crt": b64(other)}))
     assert digest(first) == digest(bumped)
     assert digest(first) != digest(changed)
+
+
+def raw_configmap(data: dict[str, str] | None = None, binary: dict[str, str] | None = None) -> RawConfigMap:
+    meta = ObjectMeta(name="trust", uid="cm1", resourceVersion="3", namespace="ns", labels={"b": "1"})
+    return RawConfigMap(metadata=meta, data=data, binaryData=binary)
+
+
+def test_configmap_text_bundle_and_binary_der_are_both_read() -> None:
+    first, _ = expiring_in(10)
+    second, _ = expiring_in(20)
+    der = x509.load_pem_x509_certificate(second).public_bytes(Encoding.DER)
+    observed = configmap_observed(
+        raw_configmap(
+            data={"ca-bundle.crt": (first + second).decode(), "settings.yaml": "a: 1"},
+            binary={"root.der": b64(der)},
+        )
+    )
+    by_key = {source.key: source for source in observed.sources}
+    assert len(by_key["ca-bundle.crt"].pem) == 2
+    assert len(by_key["root.der"].pem) == 1
+    assert observed.other_keys == ["settings.yaml"]
+
+
+def test_configmap_key_named_as_a_certificate_but_holding_none_is_reported() -> None:
+    observed = configmap_observed(raw_configmap(data={"ca.crt": "-----BEGIN CERTIFICATE-----\nAAAA"}))
+    [source] = observed.sources
+    assert source.error == "key ca.crt holds a truncated or corrupt PEM certificate"
+
+
+def test_configmap_digest_follows_its_certificates_not_its_resource_version() -> None:
+    cert, _ = expiring_in(10)
+    other, _ = expiring_in(11)
+    base = configmap_observed(raw_configmap(data={"ca.crt": cert.decode()}))
+    again = msgspec.structs.replace(base, resource_version="99")
+    changed = configmap_observed(raw_configmap(data={"ca.crt": other.decode()}))
+    assert digest(base) == digest(again) != digest(changed)
+
+
+def test_a_secret_of_several_mib_reports_its_big_values_and_still_reads_the_certificate() -> None:
+    # The API server caps a Secret near 1 MiB; the watcher must not depend on that cap.
+    cert, key = expiring_in(10)
+    huge = b"-----BEGIN CERTIFICATE-----\n" + b"A" * (1 << 20) + b"\n-----END CERTIFICATE-----\n"
+    data = {f"big{i}.pem": b64(huge) for i in range(4)} | {"tls.crt": b64(cert), "tls.key": b64(key)}
+    observed = secret_observed(raw_secret(data))
+    by_key = {source.key: source for source in observed.sources}
+    assert len(by_key["tls.crt"].pem) == 1
+    assert all("too large" in (by_key[f"big{i}.pem"].error or "") for i in range(4))

@@ -9,7 +9,14 @@ import msgspec
 
 from devcluster.certs import expiring_in
 from schemas import subjects
-from schemas.messages import CertCheckObserved, CertSource, LabelSelector, ObjectDeleted, SecretObserved
+from schemas.messages import (
+    CertCheckObserved,
+    CertSource,
+    ConfigMapObserved,
+    LabelSelector,
+    ObjectDeleted,
+    SecretObserved,
+)
 from services.evaluator.view import View
 
 NOW = datetime.now(UTC)
@@ -160,3 +167,77 @@ def test_unparsable_pem_becomes_an_invalid_entry() -> None:
     fold(view, certcheck("a", {"app": "x"}), event)
     [entry] = view.inputs(("ns", "a"))[0][0].entries
     assert type(entry.parsed).__name__ == "CertError"
+
+
+def configmap(name: str, labels: dict[str, str], rv: str = "1", cert: bytes = CERT) -> ConfigMapObserved:
+    return ConfigMapObserved(
+        namespace="ns",
+        name=name,
+        uid=f"uid-cm-{name}",
+        resource_version=rv,
+        labels=labels,
+        sources=[CertSource("ca.crt", pem=[cert.decode()])],
+    )
+
+
+def bundle_check(
+    name: str, match: dict[str, str], secrets: dict[str, str] | None = None
+) -> CertCheckObserved:
+    return msgspec.structs.replace(
+        certcheck(name, {}),
+        selector=LabelSelector(match_labels=secrets) if secrets is not None else None,
+        configmap_selector=LabelSelector(match_labels=match),
+    )
+
+
+def test_configmap_change_maps_only_to_certchecks_whose_configmap_selector_matches() -> None:
+    view = View()
+    fold(view, bundle_check("bundles", {"trust": "yes"}), certcheck("secrets-only", {"trust": "yes"}))
+    [effects] = fold(view, configmap("ca", {"trust": "yes"}))
+    assert effects.evaluate == {("ns", "bundles")}
+
+
+def test_a_configmap_and_a_secret_of_the_same_name_are_two_separate_sources() -> None:
+    view = View()
+    fold(
+        view,
+        bundle_check("both", {"trust": "yes"}, secrets={"trust": "yes"}),
+        secret("ca", {"trust": "yes"}),
+        configmap("ca", {"trust": "yes"}),
+    )
+    inputs, coverage = view.inputs(("ns", "both"))
+    assert sorted((v.kind, v.name) for v in inputs) == [("ConfigMap", "ca"), ("Secret", "ca")]
+    assert list(coverage) == ["ca"]  # annotations are for the Secret only
+    [effects] = fold(view, ObjectDeleted(subjects.KIND_CONFIGMAP, "ns", "ca", "uid-cm-ca", "5"))
+    assert effects.evaluate == {("ns", "both")}
+    assert [(v.kind, v.name) for v in view.inputs(("ns", "both"))[0]] == [("Secret", "ca")]
+
+
+def test_certcheck_created_after_its_configmaps_covers_them_and_deleting_it_uncovers_them() -> None:
+    view = View()
+    fold(view, configmap("ca", {"trust": "yes"}), configmap("other", {"trust": "no"}))
+    fold(view, bundle_check("bundles", {"trust": "yes"}))
+    assert [v.name for v in view.inputs(("ns", "bundles"))[0]] == ["ca"]
+    fold(view, ObjectDeleted(subjects.KIND_CERTCHECK, "ns", "bundles", "uid-bundles", "9"))
+    [effects] = fold(view, configmap("ca", {"trust": "yes"}, rv="2", cert=expiring_in(3)[0]))
+    assert effects.evaluate == set()
+
+
+def test_configmap_relabelled_out_of_the_selector_is_dropped_from_the_certcheck() -> None:
+    view = View()
+    fold(view, bundle_check("bundles", {"trust": "yes"}), configmap("ca", {"trust": "yes"}))
+    [effects] = fold(view, configmap("ca", {"trust": "no"}, rv="2"))
+    assert effects.evaluate == {("ns", "bundles")}
+    assert view.inputs(("ns", "bundles"))[0] == []
+
+
+def test_a_certcheck_with_neither_selector_is_invalid_and_with_only_a_configmap_selector_is_not() -> None:
+    view = View()
+    fold(
+        view,
+        bundle_check("bundles", {"trust": "yes"}),
+        msgspec.structs.replace(certcheck("none", {}), selector=None),
+    )
+    bundles, none = view.certcheck(("ns", "bundles")), view.certcheck(("ns", "none"))
+    assert bundles is not None and bundles.spec.selector_error is None
+    assert none is not None and none.spec.selector_error == "spec.selector is missing"
