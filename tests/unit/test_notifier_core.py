@@ -14,6 +14,7 @@ from schemas.messages import (
     NotificationTarget,
     SecretKeyRef,
     SlackTarget,
+    State,
 )
 from services.notifier import core
 
@@ -91,3 +92,11 @@ def test_slack_text_is_readable() -> None:
     text = core.slack_text(ExpiryNotification("d", "shop", "web", "t", 30, notices))
     assert "1 certificate in namespace `shop` (CertCheck `web`)" in text
     assert "*ExpiringSoon* Secret `web` key `tls.crt`[0] CN=web.test" in text and "9 days left" in text
+
+
+def test_a_configmap_entry_is_its_own_identity_and_says_its_kind() -> None:
+    secret = CertificateStatus(name="ca", key="ca.crt", index=0, state=State.EXPIRED, active=False)
+    bundle = CertificateStatus(
+        name="ca", key="ca.crt", index=0, state=State.EXPIRED, active=False, kind="ConfigMap"
+    )
+    assert core.entry_id(secret) == "ca/ca.crt[0]" != core.entry_id(bundle) == "ConfigMap/ca/ca.crt[0]"
