@@ -8,7 +8,7 @@ CertChecks it affects, so a Secret change is mapped to exactly the CertChecks th
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -72,6 +72,29 @@ def _newer(incoming: str, current: str) -> bool:
     if incoming.isdigit() and current.isdigit():
         return int(incoming) >= int(current)
     return True
+
+
+def _stale(previous: SecretEntry | None, uid: str, resource_version: str) -> bool:
+    """The incoming version of an object is older than the one held (out-of-order delivery)."""
+    return (
+        previous is not None
+        and previous.view.uid == uid
+        and not _newer(resource_version, previous.resource_version)
+    )
+
+
+def _recover(
+    certchecks: dict[str, CertCheckEntry],
+    object_name: str,
+    old_covered_by: set[str],
+    covered_by: set[str],
+    covered: Callable[[CertCheckEntry], set[str]],
+) -> None:
+    """Update the other side of the index: each CertCheck's set of the objects it covers."""
+    for name in old_covered_by - covered_by:
+        covered(certchecks[name]).discard(object_name)
+    for name in covered_by - old_covered_by:
+        covered(certchecks[name]).add(object_name)
 
 
 def _failures(status: CertCheckStatus | None) -> object:
@@ -225,20 +248,13 @@ class View:
     def _apply_configmap(self, event: ConfigMapObserved) -> Effects:
         namespace_configmaps = self.configmaps.setdefault(event.namespace, {})
         previous = namespace_configmaps.get(event.name)
-        if (
-            previous
-            and previous.view.uid == event.uid
-            and not _newer(event.resource_version, previous.resource_version)
-        ):
+        if _stale(previous, event.uid, event.resource_version):
             return Effects()
         view = configmap_view(event)
         certchecks = self.certchecks.get(event.namespace, {})
         covered_by = {n for n, entry in certchecks.items() if self._selects_configmap(entry, view.labels)}
         old_covered_by = previous.covered_by if previous else set()
-        for name in old_covered_by - covered_by:
-            certchecks[name].covered_configmaps.discard(event.name)
-        for name in covered_by - old_covered_by:
-            certchecks[name].covered_configmaps.add(event.name)
+        _recover(certchecks, event.name, old_covered_by, covered_by, lambda c: c.covered_configmaps)
         namespace_configmaps[event.name] = SecretEntry(view, event.resource_version, covered_by)
         if previous and (previous.view.uid, previous.view.entries) == (view.uid, view.entries):
             return Effects(evaluate={(event.namespace, n) for n in covered_by ^ old_covered_by})
@@ -256,20 +272,13 @@ class View:
     def _apply_secret(self, event: SecretObserved, now: datetime) -> Effects:
         namespace_secrets = self.secrets.setdefault(event.namespace, {})
         previous = namespace_secrets.get(event.name)
-        if (
-            previous
-            and previous.view.uid == event.uid
-            and not _newer(event.resource_version, previous.resource_version)
-        ):
+        if _stale(previous, event.uid, event.resource_version):
             return Effects()
         view = secret_view(event)
         certchecks = self.certchecks.get(event.namespace, {})
         covered_by = {name for name, entry in certchecks.items() if self._selects(entry, view.labels)}
         old_covered_by = previous.covered_by if previous else set()
-        for name in old_covered_by - covered_by:
-            certchecks[name].covered.discard(event.name)
-        for name in covered_by - old_covered_by:
-            certchecks[name].covered.add(event.name)
+        _recover(certchecks, event.name, old_covered_by, covered_by, lambda c: c.covered)
         entry = SecretEntry(view, event.resource_version, covered_by)
         namespace_secrets[event.name] = entry
         effects = Effects()
