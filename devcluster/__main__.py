@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
             f"""
 certcheck is running.
   kube-apiserver  {stack.control_plane.url}
-  nats-server     {stack.nats.url}
+  nats-server     {stack.nats.address} (admin: {stack.nats.url}; each service has its own user)
   kubeconfig      {kubeconfig}
   metrics         {", ".join(f"{n}: http://127.0.0.1:{p}/metrics" for n, p in stack.http_ports.items())}
   logs            {args.state_dir / "logs"}

@@ -21,6 +21,18 @@ import yaml
 
 from devcluster import binaries
 from devcluster.pki import write_pki
+from schemas.permissions import ADMIN_USER, SERVICE_PERMISSIONS, password_variable
+
+NATS_AUTH_CONF = Path(__file__).resolve().parent.parent / "k8s" / "nats" / "auth.conf"
+
+
+def nats_users() -> dict[str, str]:
+    """A fresh random password for the admin and for every service's NATS user.
+
+    nats-server parses an environment variable's value as a configuration token: a value starting with
+    a digit or '-' is read as a number, so every password starts with a letter and is plain hex after.
+    """
+    return {user: "pw" + secrets.token_hex(24) for user in (ADMIN_USER, *SERVICE_PERMISSIONS)}
 
 
 def free_port() -> int:
@@ -248,10 +260,20 @@ class NatsServer:
     monitor_port: int = 0
     binary: Path | None = None  # default: the nats-server of this environment
     proc: subprocess.Popen[bytes] | None = None
+    # user -> password: run with the shipped k8s/nats/auth.conf (one user per service, and the admin)
+    users: dict[str, str] | None = None
+
+    @property
+    def address(self) -> str:
+        """The server's URL without credentials (services connect with their own user)."""
+        return f"nats://127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        """The URL tools and tests use: with the admin's credentials when the server has users."""
+        if self.users:
+            return f"nats://{ADMIN_USER}:{self.users[ADMIN_USER]}@127.0.0.1:{self.port}"
+        return self.address
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -272,8 +294,10 @@ class NatsServer:
                 str(self.workdir / "jetstream"),
                 "--server_name",
                 "certcheck-dev",
+                *(["-c", str(NATS_AUTH_CONF)] if self.users else []),
             ],
             log,
+            env=self._env(),
         )
 
         def healthy() -> bool:
@@ -285,6 +309,11 @@ class NatsServer:
                 return False
 
         _wait(healthy, "nats-server", 30, self.proc, log)
+
+    def _env(self) -> dict[str, str] | None:
+        if not self.users:
+            return None
+        return {**os.environ, **{password_variable(u): p for u, p in self.users.items()}}
 
     def stop(self) -> None:
         _stop(self.proc)

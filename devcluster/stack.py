@@ -10,7 +10,14 @@ import yaml
 from kubernetes import client, config, utils
 from kubernetes.client.exceptions import ApiException
 
-from devcluster.cluster import ControlPlane, NatsServer, ServiceProcess, free_port, wait_http_ok
+from devcluster.cluster import (
+    ControlPlane,
+    NatsServer,
+    ServiceProcess,
+    free_port,
+    nats_users,
+    wait_http_ok,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_PATH = REPO / "k8s" / "base" / "crd.yaml"
@@ -67,7 +74,8 @@ class Stack:
 
     def __post_init__(self) -> None:
         self.control_plane = ControlPlane(self.workdir / "kube", extra_args=list(self.apiserver_args))
-        self.nats = NatsServer(self.workdir / "nats")
+        # Every service connects as its own NATS user, with exactly the permissions of k8s/nats/auth.conf.
+        self.nats = NatsServer(self.workdir / "nats", users=nats_users())
         # One identity per service (its ServiceAccount's user name), bound to exactly the roles in
         # k8s/base/rbac.yaml: the tests prove those roles sufficient, and the audit log tells who wrote what.
         self._tokens = {
@@ -87,10 +95,13 @@ class Stack:
             path.chmod(0o600)
             self.kubeconfigs[name] = path
 
-    def service_env(self, name: str) -> dict[str, str]:
-        port = self.http_ports.setdefault(name, free_port())
+    def service_env(self, name: str, instance: str | None = None) -> dict[str, str]:
+        port = self.http_ports.setdefault(instance or name, free_port())
+        users = self.nats.users or {}
         return {
-            "CERTCHECK_NATS_URL": self.nats.url,
+            "CERTCHECK_NATS_URL": self.nats.address if name in users else self.nats.url,
+            "CERTCHECK_NATS_USER": name if name in users else "",
+            "CERTCHECK_NATS_PASSWORD": users.get(name, ""),
             "CERTCHECK_KUBECONFIG": str(self.kubeconfigs.get(name, self.control_plane.kubeconfig)),
             "CERTCHECK_HTTP_HOST": "127.0.0.1",
             "CERTCHECK_HTTP_PORT": str(port),
@@ -106,7 +117,9 @@ class Stack:
         logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         process = ServiceProcess(
-            name, {**self.service_env(instance), **extra_env, **(env or {})}, logs / f"{instance}.log"
+            name,
+            {**self.service_env(name, instance), **extra_env, **(env or {})},
+            logs / f"{instance}.log",
         )
         process.start()
         self.services[instance] = process

@@ -24,6 +24,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge
 
+from schemas.permissions import inbox_prefix
 from schemas.streams import ALL_STREAMS, HDR_DEAD_REASON, HDR_DEAD_STREAM_SEQ, StreamSpec
 from schemas.subjects import deadletter_subject
 
@@ -49,7 +50,9 @@ class Bus:
             await self.nc.drain()
 
 
-async def connect(url: str, name: str) -> Bus:
+async def connect(url: str, name: str, user: str = "", password: str = "") -> Bus:
+    """Connect as ``user`` (with its own inbox prefix, which its NATS permissions allow) or anonymously."""
+
     async def on_disconnect() -> None:
         nats_connected.set(0)
         log.warning("disconnected from NATS")
@@ -70,6 +73,9 @@ async def connect(url: str, name: str) -> Bus:
         reconnected_cb=on_reconnect,
         error_cb=on_error,
         connect_timeout=5,
+        user=user or None,
+        password=password or None,
+        inbox_prefix=inbox_prefix(user) if user else "_INBOX",
     )
     nats_connected.set(1)
     bus = Bus(nc, nc.jetstream(timeout=10))
@@ -82,7 +88,8 @@ async def check_server(bus: Bus) -> None:
     version = bus.nc.connected_server_version
     found = (version.major, version.minor, version.patch)
     shown = ".".join(map(str, found))
-    where = bus.nc.connected_url.netloc if bus.nc.connected_url else "?"
+    url = bus.nc.connected_url
+    where = f"{url.hostname}:{url.port}" if url else "?"  # never the netloc: it may hold a password
     if found < MIN_SERVER_VERSION:
         needed = ".".join(map(str, MIN_SERVER_VERSION))
         raise UnsupportedServerError(
@@ -97,18 +104,21 @@ async def check_server(bus: Bus) -> None:
         )
 
 
-async def key_value(bus: Bus, bucket: str, description: str = "") -> KeyValue:
-    """A file-backed KV bucket, created on first use."""
+async def key_value(bus: Bus, bucket: str, description: str = "", replicas: int = 1) -> KeyValue:
+    """A file-backed KV bucket, created on first use (``replicas``: copies in a NATS cluster)."""
     try:
         return await bus.js.key_value(bucket)
     except BucketNotFoundError:
         return await bus.js.create_key_value(
-            KeyValueConfig(bucket=bucket, description=description, history=1, storage=StorageType.FILE)
+            KeyValueConfig(
+                bucket=bucket, description=description, history=1, storage=StorageType.FILE, replicas=replicas
+            )
         )
 
 
-def _stream_config(spec: StreamSpec) -> StreamConfig:
+def _stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
     return StreamConfig(
+        num_replicas=replicas,
         name=spec.name,
         description=spec.description,
         subjects=list(spec.subjects),
@@ -122,10 +132,13 @@ def _stream_config(spec: StreamSpec) -> StreamConfig:
     )
 
 
-async def ensure_streams(bus: Bus, specs: tuple[StreamSpec, ...] = ALL_STREAMS) -> None:
-    """Create or update every stream, then verify the server really honours what was asked."""
+async def ensure_streams(bus: Bus, replicas: int = 1, specs: tuple[StreamSpec, ...] = ALL_STREAMS) -> None:
+    """Create or update every stream, then verify the server really honours what was asked.
+
+    ``replicas``: copies of each stream in a NATS cluster (3 in production, 1 on a single server).
+    """
     for spec in specs:
-        config = _stream_config(spec)
+        config = _stream_config(spec, replicas)
         try:
             await bus.js.stream_info(spec.name)
             info = await bus.js.update_stream(config)

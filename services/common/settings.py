@@ -14,6 +14,10 @@ def _env(name: str, default: str) -> str:
 @dataclass(frozen=True)
 class Settings:
     nats_url: str = field(default_factory=lambda: _env("nats_url", "nats://127.0.0.1:4222"))
+    # The service's NATS user (k8s/nats/auth.conf); the password comes from the environment only.
+    nats_user: str = field(default_factory=lambda: _env("nats_user", ""))
+    nats_password: str = field(default_factory=lambda: _env("nats_password", ""), repr=False)
+    stream_replicas: int = field(default_factory=lambda: int(_env("stream_replicas", "1")))
     kubeconfig: str = field(default_factory=lambda: _env("kubeconfig", os.environ.get("KUBECONFIG", "")))
     http_host: str = field(default_factory=lambda: _env("http_host", "0.0.0.0"))
     http_port: int = field(default_factory=lambda: int(_env("http_port", "8080")))
@@ -49,6 +53,7 @@ class Settings:
                 flag,
                 type=type(getattr(defaults, f.name)),
                 default=getattr(defaults, f.name),
-                help=f"(env CERTCHECK_{f.name.upper()}, default %(default)s)",
+                help=f"(env CERTCHECK_{f.name.upper()}"
+                + (")" if f.name == "nats_password" else ", default %(default)s)"),
             )
         return cls(**vars(parser.parse_args(argv)))

@@ -18,9 +18,13 @@ from services.recorder.kube import KubeWriter
 
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
-    bus = await bus_mod.connect(settings.nats_url, "certcheck-notifier")
-    await bus_mod.ensure_streams(bus)
-    kv = await bus_mod.key_value(bus, NOTIFIER_STATE_BUCKET, "what each notification target was told")
+    bus = await bus_mod.connect(
+        settings.nats_url, "certcheck-notifier", settings.nats_user, settings.nats_password
+    )
+    await bus_mod.ensure_streams(bus, settings.stream_replicas)
+    kv = await bus_mod.key_value(
+        bus, NOTIFIER_STATE_BUCKET, "what each notification target was told", settings.stream_replicas
+    )
     api = api_client(settings.kubeconfig)
     notifier = Notifier(bus, kv, SecretReader(client.CoreV1Api(api)), KubeWriter(api), settings)
     health.set_ready(True)

@@ -185,11 +185,15 @@ def build_watches(
 
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
-    bus = await bus_mod.connect(settings.nats_url, "certcheck-watcher")
-    await bus_mod.ensure_streams(bus)
+    bus = await bus_mod.connect(
+        settings.nats_url, "certcheck-watcher", settings.nats_user, settings.nats_password
+    )
+    await bus_mod.ensure_streams(bus, settings.stream_replicas)
     published_state = await load_published(bus)
     log.info("loaded %d published objects from the stream", len(published_state[0]))
-    progress_kv = await bus_mod.key_value(bus, WATCHER_STATE_BUCKET, "how far the watcher's watches got")
+    progress_kv = await bus_mod.key_value(
+        bus, WATCHER_STATE_BUCKET, "how far the watcher's watches got", settings.stream_replicas
+    )
     scopes = [*secret_scopes(settings), subjects.KIND_CONFIGMAP, subjects.KIND_CERTCHECK]
     resume = {scope: await load_progress(progress_kv, scope) for scope in scopes}
     log.info("resuming watches from %s", resume)

@@ -94,7 +94,11 @@ async def load_published(bus: Bus) -> tuple[dict[ObjectKey, str], dict[ObjectKey
     if info.state.messages == 0:
         return known, scopes
     sub = await bus.js.subscribe(
-        subjects.OBJECTS_ALL, ordered_consumer=True, headers_only=True, deliver_policy=DeliverPolicy.ALL
+        subjects.OBJECTS_ALL,
+        stream=OBJECTS.name,  # named, not looked up: the watcher's NATS user may not list streams
+        ordered_consumer=True,
+        headers_only=True,
+        deliver_policy=DeliverPolicy.ALL,
     )
     try:
         while True:

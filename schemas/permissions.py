@@ -1,0 +1,167 @@
+"""What each service may publish and subscribe to on NATS: least privilege, from the wire contract.
+
+``nats_authorization()`` renders the nats-server ``authorization`` block shipped as ``k8s/nats/auth.conf``
+(a test keeps that file equal to this module) and used by the test suite's nats-server, so every
+end-to-end test runs each service under exactly these permissions. Passwords are not here: each user's
+is read from an environment variable of the server, ``CERTCHECK_NATS_<USER>_PASSWORD``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas import subjects
+from schemas.streams import (
+    ALL_STREAMS,
+    EVALUATOR_DUE_CONSUMER,
+    EVALUATOR_OBJECTS_CONSUMER,
+    NOTIFIER_CONSUMER,
+    NOTIFIER_STATE_BUCKET,
+    OBJECTS,
+    RECORDER_APPLIED_BUCKET,
+    RECORDER_CONSUMER,
+    RESULTS,
+    TRIGGERS,
+    WATCHER_STATE_BUCKET,
+)
+
+ADMIN_USER = "admin"  # full access: operators, and the test harness
+
+
+def inbox_prefix(user: str) -> str:
+    """Each service receives replies and push deliveries under its own inbox prefix, so no service can
+    subscribe to another's replies (which carry stream and key-value contents)."""
+    return f"_INBOX_{user}"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    publish: tuple[str, ...]
+
+
+def _stream_setup() -> tuple[str, ...]:
+    """Every service makes sure the streams exist as specified (whichever starts first creates them)."""
+    names = [stream.name for stream in ALL_STREAMS]
+    return (
+        "$JS.API.INFO",
+        *(f"$JS.API.STREAM.{verb}.{name}" for name in names for verb in ("INFO", "CREATE", "UPDATE")),
+    )
+
+
+def _durable(stream: str, consumer: str) -> tuple[str, ...]:
+    api = "$JS.API.CONSUMER"
+    return (
+        f"{api}.CREATE.{stream}.{consumer}",
+        f"{api}.CREATE.{stream}.{consumer}.>",
+        f"{api}.DURABLE.CREATE.{stream}.{consumer}",
+        f"{api}.INFO.{stream}.{consumer}",
+        f"{api}.MSG.NEXT.{stream}.{consumer}",
+        f"$JS.ACK.{stream}.{consumer}.>",
+    )
+
+
+def _ordered(stream: str) -> tuple[str, ...]:
+    """An ordered (ephemeral, push) consumer that reads a whole stream and is recreated on gaps."""
+    return (
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    )
+
+
+def _bucket(bucket: str) -> tuple[str, ...]:
+    stream = f"KV_{bucket}"
+    return (
+        f"$KV.{bucket}.>",
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.CREATE.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+    )
+
+
+def _subjects(*patterns: str) -> tuple[str, ...]:
+    return patterns
+
+
+SERVICE_PERMISSIONS: dict[str, Permissions] = {
+    "watcher": Permissions(
+        publish=(
+            *_stream_setup(),
+            *_subjects(subjects.OBJECTS_ALL),
+            *_ordered(OBJECTS.name),
+            *_bucket(WATCHER_STATE_BUCKET),
+        ),
+    ),
+    "evaluator": Permissions(
+        publish=(
+            *_stream_setup(),
+            *_subjects(
+                subjects.RESULTS_ALL, subjects.CLEANUP_ALL, subjects.SCHEDULE_ALL, subjects.DEADLETTER_ALL
+            ),
+            *_durable(OBJECTS.name, EVALUATOR_OBJECTS_CONSUMER),
+            *_durable(TRIGGERS.name, EVALUATOR_DUE_CONSUMER),
+            *_ordered(OBJECTS.name),
+            f"$JS.API.STREAM.MSG.GET.{RESULTS.name}",
+            f"$JS.API.DIRECT.GET.{RESULTS.name}",
+            f"$JS.API.DIRECT.GET.{RESULTS.name}.>",
+            f"$JS.API.STREAM.PURGE.{TRIGGERS.name}",
+        ),
+    ),
+    "recorder": Permissions(
+        publish=(
+            *_stream_setup(),
+            subjects.DEADLETTER_ALL,
+            *_durable(RESULTS.name, RECORDER_CONSUMER),
+            *_bucket(RECORDER_APPLIED_BUCKET),
+        ),
+    ),
+    "notifier": Permissions(
+        publish=(
+            *_stream_setup(),
+            subjects.DEADLETTER_ALL,
+            *_durable(RESULTS.name, NOTIFIER_CONSUMER),
+            *_bucket(NOTIFIER_STATE_BUCKET),
+        ),
+    ),
+    "exporter": Permissions(publish=(*_stream_setup(), *_ordered(OBJECTS.name))),
+}
+
+
+def password_variable(user: str) -> str:
+    return f"CERTCHECK_NATS_{user.upper()}_PASSWORD"
+
+
+def _allow(items: tuple[str, ...], indent: str) -> list[str]:
+    return [f"{indent}allow: ["] + [f'{indent}  "{item}"' for item in items] + [f"{indent}]"]
+
+
+def nats_authorization() -> str:
+    """The nats-server ``authorization`` block: one user per service, and the admin."""
+    lines = [
+        "# Generated from schemas/permissions.py (tests/unit/test_permissions.py keeps them equal):",
+        "#   python -m schemas.permissions > k8s/nats/auth.conf",
+        "# Each password comes from the server's environment: CERTCHECK_NATS_<USER>_PASSWORD.",
+        "authorization {",
+        "  users: [",
+        f"    {{user: {ADMIN_USER}, password: ${password_variable(ADMIN_USER)}}}",
+    ]
+    for user, permissions in SERVICE_PERMISSIONS.items():
+        lines += [
+            f"    {{user: {user}, password: ${password_variable(user)}, permissions: {{",
+            "      publish: {",
+            *_allow(permissions.publish, "        "),
+            "      }",
+            "      subscribe: {",
+            *_allow((f"{inbox_prefix(user)}.>",), "        "),
+            "      }",
+            "    }}",
+        ]
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(nats_authorization(), end="")

@@ -1,0 +1,79 @@
+"""Every service runs as its own NATS user (k8s/nats/auth.conf): what it must not do, it cannot."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import nats.errors
+import pytest
+
+from devcluster.stack import Stack
+from schemas import subjects
+from schemas.permissions import inbox_prefix
+
+FORBIDDEN_PUBLISH = [
+    ("watcher", subjects.result_subject("ns", "c")),
+    ("watcher", subjects.schedule_subject("ns", "c")),
+    ("evaluator", subjects.object_subject(subjects.KIND_SECRET, "ns", "s")),
+    ("recorder", subjects.result_subject("ns", "c")),
+    ("notifier", subjects.object_subject(subjects.KIND_CERTCHECK, "ns", "c")),
+    ("exporter", subjects.cleanup_subject("ns", "s")),
+    ("recorder", "$JS.API.STREAM.DELETE.CERTCHECK_OBJECTS"),
+    ("exporter", "$KV.certcheck_notifier.ns.c"),
+]
+
+
+async def violations(stack: Stack, user: str, action: str, subject: str) -> list[str]:
+    """Connect as ``user``, publish to or subscribe to ``subject``, and return what the server refused."""
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    users = stack.nats.users or {}
+    nc = await nats.connect(
+        stack.nats.address,
+        user=user,
+        password=users[user],
+        inbox_prefix=inbox_prefix(user),
+        error_cb=on_error,
+        max_reconnect_attempts=0,
+    )
+    try:
+        if action == "publish":
+            await nc.publish(subject, b"{}")
+        else:
+            await nc.subscribe(subject)
+        await nc.flush()
+        for _ in range(50):
+            if errors:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await nc.close()
+    return errors
+
+
+@pytest.mark.parametrize(("user", "subject"), FORBIDDEN_PUBLISH)
+def test_a_service_publishing_outside_its_subjects_is_refused(stack: Stack, user: str, subject: str) -> None:
+    refused = asyncio.run(violations(stack, user, "publish", subject))
+    assert any("permissions violation for publish" in e.lower() for e in refused), refused
+
+
+def test_a_service_cannot_read_another_services_replies(stack: Stack) -> None:
+    refused = asyncio.run(violations(stack, "watcher", "subscribe", f"{inbox_prefix('notifier')}.>"))
+    assert any("permissions violation for subscription" in e.lower() for e in refused), refused
+
+
+def test_the_subjects_a_service_needs_are_allowed(stack: Stack) -> None:
+    assert asyncio.run(violations(stack, "evaluator", "publish", subjects.deadletter_subject("x.y"))) == []
+
+
+def test_a_client_without_credentials_is_rejected(stack: Stack) -> None:
+    async def anonymous() -> None:
+        nc = await nats.connect(stack.nats.address, max_reconnect_attempts=0, allow_reconnect=False)
+        await nc.close()
+
+    with pytest.raises((nats.errors.Error, OSError)):
+        asyncio.run(anonymous())
