@@ -262,6 +262,8 @@ class NatsServer:
     proc: subprocess.Popen[bytes] | None = None
     # user -> password: run with the shipped k8s/nats/auth.conf (one user per service, and the admin)
     users: dict[str, str] | None = None
+    server_name: str = "certcheck-dev"
+    extra_args: list[str] = field(default_factory=list)  # e.g. --cluster and --routes
 
     @property
     def address(self) -> str:
@@ -293,7 +295,8 @@ class NatsServer:
                 "-sd",
                 str(self.workdir / "jetstream"),
                 "--server_name",
-                "certcheck-dev",
+                self.server_name,
+                *self.extra_args,
                 *(["-c", str(NATS_AUTH_CONF)] if self.users else []),
             ],
             log,
