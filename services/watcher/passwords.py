@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PASSWORD_SECRET = "keystore.certcheck.dev/password-secret"
 PASSWORD_KEY = "keystore.certcheck.dev/password-key"
@@ -33,7 +33,7 @@ class ReferencedPassword:
     """The password a keystore Secret points at, or why it could not be had."""
 
     ref: PasswordRef
-    password: bytes | None = None
+    password: bytes | None = field(default=None, repr=False)  # never in a log line or traceback
     problem: str | None = None
 
     def describe(self) -> str:

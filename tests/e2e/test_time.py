@@ -29,8 +29,12 @@ def test_certificate_enters_the_threshold_window_on_time_with_nobody_touching_an
     )
     flipped_at = datetime.now(UTC)
     assert flipped_at - crossing < timedelta(seconds=3), f"flipped {flipped_at - crossing} after due"
-    status = cluster.status(namespace, "crossing")
-    assert status["expiringSoonCount"] == 1
+    # The recorder writes the annotation and the status one after the other: the status follows at once.
+    wait_for(
+        lambda: cluster.status(namespace, "crossing").get("expiringSoonCount") == 1,
+        timeout=3,
+        what="the status counting it ExpiringSoon",
+    )
 
 
 def test_zero_day_threshold_goes_expiring_then_expired_on_its_own(cluster: Cluster, namespace: str) -> None:

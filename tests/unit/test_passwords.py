@@ -89,3 +89,11 @@ def test_the_index_knows_which_keystores_use_a_password_secret_and_forgets_them(
     assert index.keystores_using("ns", "elsewhere") == ["a"]
     index.resolve("ns", "a", None)  # the annotation was removed
     assert index.keystores_using("ns", "elsewhere") == []
+
+
+def test_a_resolved_password_never_shows_in_its_representation() -> None:
+    secrets = Secrets()
+    secrets.data[("ns", "pw")] = {"password": b"hunter2"}
+    referenced = PasswordIndex(secrets.read).resolve("ns", "store", PasswordRef("pw", "password"))
+    assert referenced is not None and referenced.password == b"hunter2"
+    assert "hunter2" not in repr(referenced)
