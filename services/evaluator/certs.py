@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
 
@@ -31,6 +33,10 @@ class CertError:
 Parsed = CertFacts | CertError
 
 
+def _rfc3339(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _common_name(name: x509.Name) -> str | None:
     try:
         values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
@@ -46,16 +52,27 @@ def _common_name(name: x509.Name) -> str | None:
 def parse_pem_certificate(pem: str) -> Parsed:
     """Facts of one PEM CERTIFICATE block, or the reason it cannot be read. Cached by content."""
     try:
-        cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+        with warnings.catch_warnings():
+            # Reported below as Invalid, with the reason, rather than warned about in the logs.
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+            serial_number = cert.serial_number
     except (ValueError, UnicodeEncodeError) as exc:
         return CertError(f"malformed certificate: {exc}")
     try:
+        not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+        if serial_number <= 0:
+            return CertError(
+                f"serial number is not positive, which RFC 5280 forbids (notAfter {_rfc3339(not_after)})"
+            )
+        if not_before > not_after:
+            return CertError(f"notBefore {_rfc3339(not_before)} is after notAfter {_rfc3339(not_after)}")
         return CertFacts(
-            not_before=cert.not_valid_before_utc,
-            not_after=cert.not_valid_after_utc,
+            not_before=not_before,
+            not_after=not_after,
             subject_cn=_common_name(cert.subject),
             issuer_cn=_common_name(cert.issuer),
-            serial_number=format(cert.serial_number, "x"),
+            serial_number=format(serial_number, "x"),
             fingerprint=hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
             dns_names=_dns_names(cert),
         )

@@ -113,3 +113,32 @@ def test_expired_dates_round_trip() -> None:
     old, _ = expiring_in(-3)
     facts = parse_pem_certificate(find_certificates("tls.crt", old, {}).pem[0])
     assert not isinstance(facts, CertError) and facts.not_after < datetime.now(UTC) - timedelta(days=2)
+
+
+def test_a_negative_serial_number_is_invalid_with_the_reason_and_still_says_when_it_expires() -> None:
+    cert, _ = expiring_in(30)
+    serial = x509.load_pem_x509_certificate(cert).serial_number.to_bytes(20, "big").lstrip(b"\0")
+    encoded_serial = bytes([0x02, len(serial)]) + serial
+    negative = bytes([0x02, len(serial)]) + bytes([serial[0] | 0x80]) + serial[1:]
+    parsed = parse_pem_certificate(_patched_der_of(cert, encoded_serial, negative))
+    assert isinstance(parsed, CertError)
+    assert parsed.reason.startswith("serial number is not positive, which RFC 5280 forbids (notAfter ")
+
+
+def test_a_certificate_valid_before_it_starts_is_invalid() -> None:
+    cert, _ = expiring_in(30)
+    validity = x509.load_pem_x509_certificate(cert)
+    before = validity.not_valid_before_utc.strftime("%y%m%d%H%M%SZ").encode()
+    after = validity.not_valid_after_utc.strftime("%y%m%d%H%M%SZ").encode()
+    swapped = _patched_der_of(
+        cert, b"\x17\x0d" + before + b"\x17\x0d" + after, b"\x17\x0d" + after + b"\x17\x0d" + before
+    )
+    parsed = parse_pem_certificate(swapped)
+    assert isinstance(parsed, CertError) and "is after notAfter" in parsed.reason
+
+
+def _patched_der_of(cert: bytes, old: bytes, new: bytes) -> str:
+    body = der(cert)
+    assert body.count(old) == 1
+    encoded = base64.b64encode(body.replace(old, new)).decode()
+    return f"-----BEGIN CERTIFICATE-----\n{encoded}\n-----END CERTIFICATE-----\n"
