@@ -106,6 +106,25 @@ def wait_recorded(stack: Stack, certs: int, statuses: int, timeout: float = 300)
     raise TimeoutError("not everything was recorded")
 
 
+def wait_quiet(stack: Stack, quiet: float = 2.0, timeout: float = 120) -> float:
+    """Until start-up's trailing work (Events, status writes, the watch echoes of what was written) is
+    over: nothing written, published or evaluated for ``quiet`` seconds. Returns the seconds waited."""
+    started = time.monotonic()
+    last, since = None, time.monotonic()
+    while time.monotonic() - started < timeout:
+        now = (
+            metric(stack, "recorder", "certcheck_kubernetes_writes_total"),
+            metric(stack, "watcher", "certcheck_watcher_published_total"),
+            metric(stack, "evaluator", "certcheck_evaluations_total"),
+        )
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+        time.sleep(0.1)
+    return time.monotonic() - started - quiet
+
+
 def _await_annotation(
     core: client.CoreV1Api, name: str, expected: str, seen: threading.Event, stream: watch.Watch
 ) -> None:
@@ -184,6 +203,8 @@ def main() -> None:
                 )
             del recorded
 
+            settled = wait_quiet(stack)
+            print(f"  start-up's trailing writes and echoes settled {settled:.1f}s after it was recorded")
             latencies = sorted(change_latency(api, args.change_samples))
             if latencies:
                 p50 = statistics.median(latencies) * 1000
