@@ -186,6 +186,19 @@ class Cluster:
     def status(self, namespace: str, name: str) -> dict[str, Any]:
         return self.certcheck(namespace, name).get("status") or {}
 
+    def wait_status(
+        self, namespace: str, name: str, timeout: float = 15.0, **expected: Any
+    ) -> dict[str, Any]:
+        """The CertCheck's status once every given field has the given value (e.g. ``validCount=1``)."""
+        wanted = ", ".join(f"{k}={v!r}" for k, v in expected.items())
+        return wait_for(
+            lambda: (
+                (s := self.status(namespace, name)) and all(s.get(k) == v for k, v in expected.items()) and s
+            ),
+            timeout=timeout,
+            what=f"status of {namespace}/{name} with {wanted}",
+        )
+
     def annotations(self, namespace: str, name: str) -> dict[str, str]:
         return self.core.read_namespaced_secret(name, namespace).metadata.annotations or {}
 

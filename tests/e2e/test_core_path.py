@@ -19,10 +19,7 @@ def test_expiring_certificate_is_reported_in_status_annotation_and_event(
     cluster.create_tls_secret(namespace, "myapp-tls", cert, key, labels={"app": "myapp"})
     cluster.create_certcheck(namespace, "myapp", {"matchLabels": {"app": "myapp"}}, threshold=30)
 
-    status = wait_for(
-        lambda: (s := cluster.status(namespace, "myapp")).get("targetCertsCount") == 1 and s,
-        what="CertCheck status",
-    )
+    status = cluster.wait_status(namespace, "myapp", targetCertsCount=1)
     [entry] = cert_entries(status, "myapp-tls")
     expected_not_after = wait_for(
         lambda: cluster.annotations(namespace, "myapp-tls").get("certcheck.dev/not-after"),
@@ -74,9 +71,7 @@ def test_healthy_certificate_gives_no_warning_and_unselected_secret_is_untouched
         lambda: cluster.annotations(namespace, "fine-tls").get("certcheck.dev/state") == "Valid",
         what="Valid annotation",
     )
-    status = wait_for(
-        lambda: (s := cluster.status(namespace, "fine")).get("targetCertsCount") == 1 and s, what="status"
-    )
+    status = cluster.wait_status(namespace, "fine", targetCertsCount=1)
     assert status["validCount"] == 1
     assert cluster.events(namespace) == []
     outsider_secret = cluster.core.read_namespaced_secret("outsider-tls", namespace)
@@ -104,10 +99,7 @@ def test_replacing_the_certificate_updates_status_and_annotation(cluster: Cluste
         ),
         what="Valid after renewal",
     )
-    status = wait_for(
-        lambda: (s := cluster.status(namespace, "rot")).get("validCount") == 1 and s,
-        what="status after renewal",
-    )
+    status = cluster.wait_status(namespace, "rot", validCount=1)
     [entry] = cert_entries(status, "rotating-tls")
     assert entry["notAfter"] == annotations["certcheck.dev/not-after"]
     assert entry["daysRemaining"] == 89

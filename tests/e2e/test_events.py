@@ -65,9 +65,7 @@ def test_an_unreadable_certificate_is_invalid_with_the_reason(cluster: Cluster, 
     cluster.core.patch_namespaced_secret(
         "s", namespace, {"data": {"tls.crt": base64.b64encode(garbage).decode()}}
     )
-    status: dict[str, Any] = wait_for(
-        lambda: (s := cluster.status(namespace, "c")).get("invalidCount") == 1 and s, what="Invalid"
-    )
+    status: dict[str, Any] = cluster.wait_status(namespace, "c", invalidCount=1)
     [entry] = status["certificates"]
     assert entry["state"] == "Invalid" and entry["reason"].startswith("malformed certificate")
     invalid = next(c for c in status["conditions"] if c["type"] == "Invalid")

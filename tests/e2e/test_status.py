@@ -36,11 +36,7 @@ def test_status_of_2000_secrets_is_capped_sorted_by_urgency_and_counts_are_exact
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(create, plan))
     cluster.create_certcheck(namespace, "big", {"matchLabels": {"fleet": "big"}})
-    status: dict[str, Any] = wait_for(
-        lambda: (s := cluster.status(namespace, "big")).get("targetCertsCount") == 2000 and s,
-        timeout=60,
-        what="all 2,000 certificates",
-    )
+    status: dict[str, Any] = cluster.wait_status(namespace, "big", timeout=60, targetCertsCount=2000)
     assert (status["expiredCount"], status["expiringSoonCount"], status["validCount"]) == (100, 300, 1600)
     assert len(status["certificates"]) == 500 and status["certificatesOmitted"] == 1500
     states = [c["state"] for c in status["certificates"]]

@@ -40,10 +40,7 @@ def test_threshold_change_reevaluates_the_certcheck(cluster: Cluster, namespace:
     cluster.custom.patch_namespaced_custom_object(
         "certcheck.dev", "v1alpha1", namespace, "certchecks", "c", {"spec": {"threshold": 30}}
     )
-    status = wait_for(
-        lambda: (s := cluster.status(namespace, "c")).get("expiringSoonCount") == 1 and s,
-        what="ExpiringSoon under 30 days",
-    )
+    status = cluster.wait_status(namespace, "c", expiringSoonCount=1)
     assert status["observedGeneration"] == 2
     assert cluster.annotations(namespace, "s")["certcheck.dev/state"] == "ExpiringSoon"
 
@@ -115,9 +112,7 @@ def test_deleted_secret_leaves_the_status(cluster: Cluster, namespace: str) -> N
     cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}})
     wait_for(lambda: names_in_status(cluster, namespace, "c") == ["drop", "keep"], what="both listed")
     cluster.core.delete_namespaced_secret("drop", namespace)
-    status = wait_for(
-        lambda: (s := cluster.status(namespace, "c")).get("targetCertsCount") == 1 and s, what="drop gone"
-    )
+    status = cluster.wait_status(namespace, "c", targetCertsCount=1)
     assert [c["name"] for c in status["certificates"]] == ["keep"]
 
 
