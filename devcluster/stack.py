@@ -102,6 +102,7 @@ class Stack:
             "CERTCHECK_NATS_URL": self.nats.address if name in users else self.nats.url,
             "CERTCHECK_NATS_USER": name if name in users else "",
             "CERTCHECK_NATS_PASSWORD": users.get(name, ""),
+            "CERTCHECK_INSTANCE_ID": instance or name,
             "CERTCHECK_KUBECONFIG": str(self.kubeconfigs.get(name, self.control_plane.kubeconfig)),
             "CERTCHECK_HTTP_HOST": "127.0.0.1",
             "CERTCHECK_HTTP_PORT": str(port),

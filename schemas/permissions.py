@@ -15,6 +15,7 @@ from schemas.streams import (
     ALL_STREAMS,
     EVALUATOR_DUE_CONSUMER,
     EVALUATOR_OBJECTS_CONSUMER,
+    LEASE_BUCKET,
     NOTIFIER_CONSUMER,
     NOTIFIER_STATE_BUCKET,
     OBJECTS,
@@ -93,6 +94,7 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
             *_subjects(subjects.OBJECTS_ALL),
             *_ordered(OBJECTS.name),
             *_bucket(WATCHER_STATE_BUCKET),
+            *_bucket(LEASE_BUCKET),
         ),
     ),
     "evaluator": Permissions(

@@ -76,6 +76,9 @@ RECORDER_APPLIED_BUCKET = "certcheck_recorder_applied"
 # The watcher's last fully published resourceVersion per resource: a restart resumes its watches there.
 WATCHER_STATE_BUCKET = "certcheck_watcher"
 
+# Leader leases: one active replica of a service that must not run twice at once (the watcher).
+LEASE_BUCKET = "certcheck_leases"
+
 # The notifier's durable state per CertCheck: what each target was told, and any pending delivery.
 NOTIFIER_STATE_BUCKET = "certcheck_notifier"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from dataclasses import dataclass, field, fields
 
 
@@ -22,7 +23,9 @@ class Settings:
     http_host: str = field(default_factory=lambda: _env("http_host", "0.0.0.0"))
     http_port: int = field(default_factory=lambda: int(_env("http_port", "8080")))
     log_level: str = field(default_factory=lambda: _env("log_level", "INFO"))
-    # watcher
+    # watcher: replicas elect one active watcher; the others stand by
+    instance_id: str = field(default_factory=lambda: _env("instance_id", socket.gethostname()))
+    lease_seconds: float = field(default_factory=lambda: float(_env("lease_seconds", "15")))
     secret_types: str = field(default_factory=lambda: _env("secret_types", "kubernetes.io/tls"))
     secret_label_selector: str = field(default_factory=lambda: _env("secret_label_selector", ""))
     watch_configmaps: str = field(default_factory=lambda: _env("watch_configmaps", "true"))

@@ -11,10 +11,11 @@ from typing import Any
 from kubernetes import client
 
 from schemas import subjects
-from schemas.streams import WATCHER_STATE_BUCKET
+from schemas.streams import LEASE_BUCKET, WATCHER_STATE_BUCKET
 from services.common import bus as bus_mod
 from services.common.health import Health
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, api_client
+from services.common.lease import Lease
 from services.common.runtime import run_service, supervise
 from services.common.settings import Settings
 from services.watcher.extract import (
@@ -118,7 +119,25 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     bus = await bus_mod.connect(
         settings.nats_url, "certcheck-watcher", settings.nats_user, settings.nats_password
     )
-    await bus_mod.ensure_streams(bus, settings.stream_replicas)
+    try:
+        await bus_mod.ensure_streams(bus, settings.stream_replicas)
+        leases = await bus_mod.key_value(bus, LEASE_BUCKET, "leader leases", settings.stream_replicas)
+        lease = Lease(leases, "watcher", settings.instance_id, settings.lease_seconds)
+        health.set_ready(True)  # a standby is healthy: it takes over when the active watcher goes
+        log.info("standing by for the watcher lease as %s", settings.instance_id)
+        if not await lease.acquire(stop):
+            return
+        log.info("holding the watcher lease as %s", settings.instance_id)
+        try:
+            await _watch(settings, bus, stop, lease)
+        finally:
+            await lease.release()
+    finally:
+        await bus.close()
+
+
+async def _watch(settings: Settings, bus: bus_mod.Bus, stop: asyncio.Event, lease: Lease) -> None:
+    """List, watch and publish, for as long as this replica holds the lease."""
     published_state = await load_published(bus)
     log.info("loaded %d published objects from the stream", len(published_state[0]))
     progress_kv = await bus_mod.key_value(
@@ -137,19 +156,19 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     watches.update(build_watches(settings, api_client(settings.kubeconfig), put, resume))
     publishing = asyncio.create_task(publisher.run(), name="publish")
     saving = asyncio.create_task(publisher.save_progress(), name="save-progress")
+    holding = asyncio.create_task(lease.hold(), name="hold-lease")
     # CertChecks first, so the evaluator knows the selectors before the Secrets flood in.
     watches[subjects.KIND_CERTCHECK].start()
     for scope, watch in watches.items():
         if scope != subjects.KIND_CERTCHECK:
             watch.start()
-    health.set_ready(True)
     try:
-        await supervise(stop, publishing, saving)
+        await supervise(stop, publishing, saving, holding)
     finally:
         for watch in watches.values():
             watch.stop()
-        await publisher.flush(timeout=5)
-        await bus.close()
+        if not lease.fenced():  # never publish once another replica may have taken over
+            await publisher.flush(timeout=5)
 
 
 def run(argv: list[str] | None = None) -> None:

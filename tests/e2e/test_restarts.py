@@ -14,6 +14,7 @@ from devcluster.certs import expiring_in, make_cert, tls_secret_data
 from devcluster.stack import SERVICES, Stack, api_client
 from tests.conftest import Cluster, wait_for
 from tests.e2e.test_time import state_of
+from tests.e2e.test_triggers import metric
 
 
 def test_state_flips_after_the_evaluator_was_killed_while_a_schedule_was_pending(
@@ -188,3 +189,29 @@ def test_a_relist_of_one_secret_type_never_deletes_secrets_of_another(
     )
     assert metric(stack, "watcher", "certcheck_watcher_published_total", 'change="delete"') == 0
     assert cluster.status(namespace, "c")["targetSecretsCount"] == 2
+
+
+def test_a_standby_watcher_takes_over_when_the_active_one_dies(
+    cluster: Cluster, namespace: str, stack: Stack
+) -> None:
+    standby = stack.start_service("watcher", stack.extra_env.get("watcher", {}), instance="watcher-2")
+    try:
+        assert metric(stack, "watcher-2", "certcheck_leader", 'lease="watcher"') == 0
+        stack.services["watcher"].kill()
+        # The lease (15 s) expires, the standby takes it, resumes from the saved progress and watches.
+        wait_for(
+            lambda: metric(stack, "watcher-2", "certcheck_leader", 'lease="watcher"') == 1,
+            timeout=30,
+            what="the standby holding the lease",
+        )
+        cert, key = expiring_in(10)
+        cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "ha"})
+        cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "ha"}})
+        wait_for(lambda: state_of(cluster, namespace, "s") == "ExpiringSoon", what="recorded via the standby")
+    finally:
+        standby.stop()  # releases the lease: the original watcher takes it at once
+        stack.start_service("watcher", stack.extra_env.get("watcher", {}))
+    wait_for(
+        lambda: metric(stack, "watcher", "certcheck_leader", 'lease="watcher"') == 1,
+        what="the original watcher active again",
+    )
