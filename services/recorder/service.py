@@ -125,10 +125,9 @@ class Recorder:
             self._written_status.pop((result.namespace, result.name), None)
 
     async def _apply_evaluation(self, result: EvaluationResult) -> None:
-        await asyncio.gather(
-            *(self._annotate(patch) for patch in result.annotation_patches),
-            *(self._call(self.writer.emit_event, intent) for intent in result.events),
-        )
+        # State first (annotations, then the status), the Events after: they queue behind the state writes
+        # of the rest of the batch instead of taking write slots from them (start-up: ~1 Event per 8 patches).
+        await asyncio.gather(*(self._annotate(patch) for patch in result.annotation_patches))
         status_key = (result.namespace, result.name)
         fingerprint = (result.uid, encoder.encode(result.status))
         if result.status_changed and self._written_status.get(status_key) != fingerprint:
@@ -137,8 +136,10 @@ class Recorder:
                     self.writer.patch_status, result.namespace, result.name, result.uid, result.status
                 )
             except Gone:
-                return
-            self._written_status.put(status_key, fingerprint)
+                pass  # the CertCheck went; its Events are still sent, as before
+            else:
+                self._written_status.put(status_key, fingerprint)
+        await asyncio.gather(*(self._call(self.writer.emit_event, intent) for intent in result.events))
 
     async def _annotate(self, patch: AnnotationPatch) -> None:
         key = (patch.namespace, patch.name, patch.uid)
