@@ -15,6 +15,7 @@ import nats
 import pytest
 from kubernetes import client
 
+from devcluster.cluster import NatsServer
 from devcluster.stack import Stack, api_client
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION
 from tests.receivers import Receiver, slack_ok
@@ -91,6 +92,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory, slack: Receiver) -> Iterator
         raise
     yield stack
     stack.stop()
+
+
+@pytest.fixture(scope="session")
+def plain_nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A nats-server of its own (no users), for tests of the bus plumbing alone."""
+    server = NatsServer(tmp_path_factory.mktemp("plain-nats"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

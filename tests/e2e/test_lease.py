@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import pytest
 from nats.js.kv import KeyValue
 
-from devcluster.cluster import NatsServer
 from services.common import bus as bus_mod
 from services.common.lease import Lease, LeaseLostError
-
-
-@pytest.fixture(scope="module")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = NatsServer(Path(tmp_path_factory.mktemp("lease-nats")))
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def run(url: str, scenario: Callable[[KeyValue], Awaitable[None]]) -> None:
@@ -37,7 +25,7 @@ def run(url: str, scenario: Callable[[KeyValue], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
-def test_one_holder_at_a_time_and_a_release_hands_over_at_once(nats_url: str) -> None:
+def test_one_holder_at_a_time_and_a_release_hands_over_at_once(plain_nats_url: str) -> None:
     async def scenario(kv: KeyValue) -> None:
         first, second = Lease(kv, "w", "a", 15), Lease(kv, "w", "b", 15)
         assert await first.try_acquire()
@@ -47,18 +35,18 @@ def test_one_holder_at_a_time_and_a_release_hands_over_at_once(nats_url: str) ->
         assert await second.try_acquire()
         assert not await first.try_acquire()
 
-    run(nats_url, scenario)
+    run(plain_nats_url, scenario)
 
 
-def test_a_restarted_holder_takes_its_own_lease_back_at_once(nats_url: str) -> None:
+def test_a_restarted_holder_takes_its_own_lease_back_at_once(plain_nats_url: str) -> None:
     async def scenario(kv: KeyValue) -> None:
         assert await Lease(kv, "w", "pod-1", 15).try_acquire()
         assert await Lease(kv, "w", "pod-1", 15).try_acquire()
 
-    run(nats_url, scenario)
+    run(plain_nats_url, scenario)
 
 
-def test_a_standby_takes_over_an_expired_lease_and_the_old_holder_learns_it_lost(nats_url: str) -> None:
+def test_a_standby_takes_over_an_expired_lease_and_the_old_holder_learns_it_lost(plain_nats_url: str) -> None:
     async def scenario(kv: KeyValue) -> None:
         holder = Lease(kv, "w", "a", 0.6)
         standby = Lease(kv, "w", "b", 0.6, clock=lambda: time.time() + 10)
@@ -67,14 +55,14 @@ def test_a_standby_takes_over_an_expired_lease_and_the_old_holder_learns_it_lost
         with pytest.raises(LeaseLostError, match="another replica"):
             await asyncio.wait_for(holder.hold(), timeout=5)
 
-    run(nats_url, scenario)
+    run(plain_nats_url, scenario)
 
 
-def test_a_holder_that_cannot_renew_in_time_fences_itself(nats_url: str) -> None:
+def test_a_holder_that_cannot_renew_in_time_fences_itself(plain_nats_url: str) -> None:
     async def scenario(kv: KeyValue) -> None:
         holder = Lease(kv, "w", "a", 0.3)
         assert await holder.try_acquire() and not holder.fenced()
         await asyncio.sleep(0.25)  # two thirds of the duration without a renewal
         assert holder.fenced()
 
-    run(nats_url, scenario)
+    run(plain_nats_url, scenario)
