@@ -27,6 +27,7 @@ from prometheus_client import Counter, Gauge
 from schemas.permissions import inbox_prefix
 from schemas.streams import ALL_STREAMS, HDR_DEAD_REASON, HDR_DEAD_STREAM_SEQ, StreamSpec
 from schemas.subjects import deadletter_subject
+from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class UnsupportedServerError(RuntimeError):
 class Bus:
     nc: NATS
     js: JetStreamContext
+    replicas: int = 1  # copies of each stream and bucket it creates (3 on a 3-node NATS cluster)
 
     async def close(self) -> None:
         if not self.nc.is_closed:
@@ -104,14 +106,30 @@ async def check_server(bus: Bus) -> None:
         )
 
 
-async def key_value(bus: Bus, bucket: str, description: str = "", replicas: int = 1) -> KeyValue:
-    """A file-backed KV bucket, created on first use (``replicas``: copies in a NATS cluster)."""
+async def open_bus(settings: Settings, service: str) -> Bus:
+    """A service's connection: as its own NATS user, with the streams made sure of."""
+    bus = await connect(settings.nats_url, f"certcheck-{service}", settings.nats_user, settings.nats_password)
+    bus.replicas = settings.stream_replicas
+    try:
+        await ensure_streams(bus)
+    except BaseException:
+        await bus.close()
+        raise
+    return bus
+
+
+async def key_value(bus: Bus, bucket: str, description: str = "") -> KeyValue:
+    """A file-backed KV bucket, created on first use (with the bus's replicas)."""
     try:
         return await bus.js.key_value(bucket)
     except BucketNotFoundError:
         return await bus.js.create_key_value(
             KeyValueConfig(
-                bucket=bucket, description=description, history=1, storage=StorageType.FILE, replicas=replicas
+                bucket=bucket,
+                description=description,
+                history=1,
+                storage=StorageType.FILE,
+                replicas=bus.replicas,
             )
         )
 
@@ -132,13 +150,11 @@ def _stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
     )
 
 
-async def ensure_streams(bus: Bus, replicas: int = 1, specs: tuple[StreamSpec, ...] = ALL_STREAMS) -> None:
-    """Create or update every stream, then verify the server really honours what was asked.
-
-    ``replicas``: copies of each stream in a NATS cluster (3 in production, 1 on a single server).
-    """
+async def ensure_streams(bus: Bus, specs: tuple[StreamSpec, ...] = ALL_STREAMS) -> None:
+    """Create or update every stream (with the bus's replicas), then verify the server really honours
+    what was asked."""
     for spec in specs:
-        config = _stream_config(spec, replicas)
+        config = _stream_config(spec, bus.replicas)
         try:
             await bus.js.stream_info(spec.name)
             info = await bus.js.update_stream(config)

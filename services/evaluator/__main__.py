@@ -15,10 +15,7 @@ log = logging.getLogger("certcheck.evaluator")
 
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
-    bus = await bus_mod.connect(
-        settings.nats_url, "certcheck-evaluator", settings.nats_user, settings.nats_password
-    )
-    await bus_mod.ensure_streams(bus, settings.stream_replicas)
+    bus = await bus_mod.open_bus(settings, "evaluator")
     evaluator = Evaluator(bus, settings)
     await evaluator.consumers()
     tasks = [asyncio.create_task(evaluator.follow_objects(), name="follow-objects")]

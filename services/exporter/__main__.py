@@ -16,10 +16,7 @@ from services.exporter.collector import ViewCollector
 
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
-    bus = await bus_mod.connect(
-        settings.nats_url, "certcheck-exporter", settings.nats_user, settings.nats_password
-    )
-    await bus_mod.ensure_streams(bus, settings.stream_replicas)
+    bus = await bus_mod.open_bus(settings, "exporter")
     view = View()
     follower = ViewFollower(bus, view)
     following = asyncio.create_task(follower.run(), name="follow-objects")

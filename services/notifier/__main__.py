@@ -18,13 +18,8 @@ from services.recorder.kube import KubeWriter
 
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
-    bus = await bus_mod.connect(
-        settings.nats_url, "certcheck-notifier", settings.nats_user, settings.nats_password
-    )
-    await bus_mod.ensure_streams(bus, settings.stream_replicas)
-    kv = await bus_mod.key_value(
-        bus, NOTIFIER_STATE_BUCKET, "what each notification target was told", settings.stream_replicas
-    )
+    bus = await bus_mod.open_bus(settings, "notifier")
+    kv = await bus_mod.key_value(bus, NOTIFIER_STATE_BUCKET, "what each notification target was told")
     api = api_client(settings.kubeconfig)
     notifier = Notifier(bus, kv, SecretReader(client.CoreV1Api(api)), KubeWriter(api), settings)
     health.set_ready(True)

@@ -15,14 +15,9 @@ from services.recorder.service import Recorder
 
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
-    bus = await bus_mod.connect(
-        settings.nats_url, "certcheck-recorder", settings.nats_user, settings.nats_password
-    )
-    await bus_mod.ensure_streams(bus, settings.stream_replicas)
+    bus = await bus_mod.open_bus(settings, "recorder")
     writer = KubeWriter(api_client(settings.kubeconfig, pool_size=settings.write_concurrency))
-    applied = await bus_mod.key_value(
-        bus, RECORDER_APPLIED_BUCKET, "results applied by the recorder", settings.stream_replicas
-    )
+    applied = await bus_mod.key_value(bus, RECORDER_APPLIED_BUCKET, "results applied by the recorder")
     recorder = Recorder(bus, writer, settings, applied)
     health.set_ready(True)
     try:

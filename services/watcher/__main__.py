@@ -116,12 +116,9 @@ def build_watches(
 
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
-    bus = await bus_mod.connect(
-        settings.nats_url, "certcheck-watcher", settings.nats_user, settings.nats_password
-    )
+    bus = await bus_mod.open_bus(settings, "watcher")
     try:
-        await bus_mod.ensure_streams(bus, settings.stream_replicas)
-        leases = await bus_mod.key_value(bus, LEASE_BUCKET, "leader leases", settings.stream_replicas)
+        leases = await bus_mod.key_value(bus, LEASE_BUCKET, "leader leases")
         lease = Lease(leases, "watcher", settings.instance_id, settings.lease_seconds)
         health.set_ready(True)  # a standby is healthy: it takes over when the active watcher goes
         log.info("standing by for the watcher lease as %s", settings.instance_id)
@@ -140,9 +137,7 @@ async def _watch(settings: Settings, bus: bus_mod.Bus, stop: asyncio.Event, leas
     """List, watch and publish, for as long as this replica holds the lease."""
     published_state = await load_published(bus)
     log.info("loaded %d published objects from the stream", len(published_state[0]))
-    progress_kv = await bus_mod.key_value(
-        bus, WATCHER_STATE_BUCKET, "how far the watcher's watches got", settings.stream_replicas
-    )
+    progress_kv = await bus_mod.key_value(bus, WATCHER_STATE_BUCKET, "how far the watcher's watches got")
     scopes = [*secret_scopes(settings), subjects.KIND_CONFIGMAP, subjects.KIND_CERTCHECK]
     resume = {scope: await load_progress(progress_kv, scope) for scope in scopes}
     log.info("resuming watches from %s", resume)

@@ -59,8 +59,9 @@ def meta_leader(server: NatsServer) -> str | None:
 async def replicated_setup(url: str) -> dict[str, int]:
     bus = await bus_mod.connect(url, "cluster-test")
     try:
-        await bus_mod.ensure_streams(bus, replicas=3)
-        await bus_mod.key_value(bus, NOTIFIER_STATE_BUCKET, replicas=3)
+        bus.replicas = 3  # as CERTCHECK_STREAM_REPLICAS=3 sets it in the prod overlay
+        await bus_mod.ensure_streams(bus)
+        await bus_mod.key_value(bus, NOTIFIER_STATE_BUCKET)
         await bus.js.publish(subjects.due_subject("ns", "c"), b"{}", stream=TRIGGERS.name)
         names = [s.name for s in ALL_STREAMS] + [f"KV_{NOTIFIER_STATE_BUCKET}"]
         replicas = {}
