@@ -231,19 +231,11 @@ class View:
             self._effects.popitem(last=False)
         return effects
 
-    def _selects(self, entry: CertCheckEntry, labels: dict[str, str]) -> bool:
-        return (
-            entry.selector is not None
-            and entry.spec.selector_error is None
-            and matches(entry.selector, labels)
-        )
-
-    def _selects_configmap(self, entry: CertCheckEntry, labels: dict[str, str]) -> bool:
-        return (
-            entry.configmap_selector is not None
-            and entry.spec.selector_error is None
-            and matches(entry.configmap_selector, labels)
-        )
+    @staticmethod
+    def _selects(entry: CertCheckEntry, labels: dict[str, str], configmap: bool = False) -> bool:
+        """Whether the CertCheck selects an object with these labels (a ConfigMap by its own selector)."""
+        selector = entry.configmap_selector if configmap else entry.selector
+        return selector is not None and entry.spec.selector_error is None and matches(selector, labels)
 
     def _apply_configmap(self, event: ConfigMapObserved) -> Effects:
         namespace_configmaps = self.configmaps.setdefault(event.namespace, {})
@@ -252,7 +244,9 @@ class View:
             return Effects()
         view = configmap_view(event)
         certchecks = self.certchecks.get(event.namespace, {})
-        covered_by = {n for n, entry in certchecks.items() if self._selects_configmap(entry, view.labels)}
+        covered_by = {
+            n for n, entry in certchecks.items() if self._selects(entry, view.labels, configmap=True)
+        }
         old_covered_by = previous.covered_by if previous else set()
         _recover(certchecks, event.name, old_covered_by, covered_by, lambda c: c.covered_configmaps)
         namespace_configmaps[event.name] = SecretEntry(view, event.resource_version, covered_by)
@@ -381,7 +375,7 @@ class View:
         namespace_configmaps = self.configmaps.get(namespace, {})
         old = previous.covered_configmaps if previous and previous.spec.uid == entry.spec.uid else set()
         entry.covered_configmaps = {
-            n for n, c in namespace_configmaps.items() if self._selects_configmap(entry, c.view.labels)
+            n for n, c in namespace_configmaps.items() if self._selects(entry, c.view.labels, configmap=True)
         }
         for configmap_name in old - entry.covered_configmaps:
             namespace_configmaps[configmap_name].covered_by.discard(name)

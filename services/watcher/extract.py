@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import msgspec
 
@@ -139,27 +139,38 @@ def decode_small_values(data: Mapping[str, str]) -> dict[str, bytes]:
     return decoded
 
 
-def _configmap_sources(configmap: RawConfigMap) -> tuple[list[CertSource], list[str]]:
-    """Every ConfigMap key holding (or named as if it held) a certificate; the other key names."""
+def _collect(
+    kind: str, keys: Iterable[str], read: Callable[[str], CertSource | None]
+) -> tuple[list[CertSource], list[str]]:
+    """Read ``keys`` in order, at most MAX_KEYS_SCANNED of them: the sources of every key holding (or
+    named as if it held) a certificate, and the names of the others. ``read`` returns None to skip a key."""
     sources: list[CertSource] = []
     other_keys: list[str] = []
-    text = configmap.data or {}
-    binary = configmap.binaryData or {}
-    for index, key in enumerate(sorted({*text, *binary})):
+    for index, key in enumerate(keys):
         if index >= MAX_KEYS_SCANNED:
             sources.append(
-                CertSource(
-                    key, error=f"ConfigMap has more than {MAX_KEYS_SCANNED} keys; the rest were not read"
-                )
+                CertSource(key, error=f"{kind} has more than {MAX_KEYS_SCANNED} keys; the rest were not read")
             )
             break
-        # A text value is read as is; a binaryData value is base64, as a Secret's.
-        source = _source(key, text[key].encode(), {}) if key in text else read_cert_source(key, binary[key])
+        source = read(key)
+        if source is None:
+            continue
         if source.pem or _looks_like_certificate_key(key):
             sources.append(source)
         elif len(other_keys) < MAX_OTHER_KEYS:
             other_keys.append(key)
     return sources, other_keys
+
+
+def _configmap_sources(configmap: RawConfigMap) -> tuple[list[CertSource], list[str]]:
+    text = configmap.data or {}
+    binary = configmap.binaryData or {}
+
+    def read(key: str) -> CertSource:
+        # A text value is read as is; a binaryData value is base64, as a Secret's.
+        return _source(key, text[key].encode(), {}) if key in text else read_cert_source(key, binary[key])
+
+    return _collect("ConfigMap", sorted({*text, *binary}), read)
 
 
 def configmap_observed(configmap: RawConfigMap) -> ConfigMapObserved:
@@ -180,26 +191,13 @@ def _sources(
     secret_type: str, data: dict[str, str], referenced: ReferencedPassword | None
 ) -> tuple[list[CertSource], list[str]]:
     """Sources for every key that holds (or is named as if it held) a certificate; other key names."""
-    sources: list[CertSource] = []
-    other_keys: list[str] = []
     passwords = decode_small_values({k: v for k, v in data.items() if "password" in k.lower()})
-    ordered = sorted(data.items(), key=lambda item: (item[0] not in CERT_KEYS, item[0] != "tls.crt", item[0]))
-    for index, (key, encoded) in enumerate(ordered):
-        if index >= MAX_KEYS_SCANNED:
-            sources.append(
-                CertSource(key, error=f"Secret has more than {MAX_KEYS_SCANNED} keys; the rest were not read")
-            )
-            break
-        if _is_private(key):
-            continue
-        if _looks_like_certificate_key(key):
-            sources.append(read_cert_source(key, encoded, passwords, referenced))
-            continue
-        source = read_cert_source(key, encoded, passwords, referenced)
-        if source.pem:
-            sources.append(source)
-        elif len(other_keys) < MAX_OTHER_KEYS:
-            other_keys.append(key)
+
+    def read(key: str) -> CertSource | None:
+        return None if _is_private(key) else read_cert_source(key, data[key], passwords, referenced)
+
+    ordered = sorted(data, key=lambda key: (key not in CERT_KEYS, key != "tls.crt", key))
+    sources, other_keys = _collect("Secret", ordered, read)
     if secret_type == TLS_TYPE and "tls.crt" not in data:
         sources.insert(0, CertSource("tls.crt", error="key tls.crt is missing"))
     return sources, other_keys
