@@ -267,6 +267,7 @@ class Due(msgspec.Struct, frozen=True, tag_field="kind", tag="Due/v1"):
     namespace: str
     name: str
     due_at: str
+    attempt: int = 0  # a retry of an evaluation that failed: how many failed before it
 
 
 # ---------------------------------------------------------------------------------------------------

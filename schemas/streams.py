@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from schemas import subjects
 
@@ -59,6 +60,10 @@ TRIGGERS = StreamSpec(
     max_msgs_per_subject=1,
     allow_msg_schedules=True,
 )
+
+# nats-server keeps a schedule's time in int64 nanoseconds: one set after 2262-04-11 fires at once.
+# Nothing is scheduled beyond this; the periodic resync evaluates such a CertCheck anyway.
+SCHEDULE_HORIZON = datetime(2262, 1, 1, tzinfo=UTC)
 
 # Messages that could not be processed, with the reason in a header; kept a week for inspection.
 DEADLETTER = StreamSpec(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 import nats.errors
@@ -189,16 +190,53 @@ async def fetch_batch(sub: JetStreamContext.PullSubscription, max_batch: int, wa
     return first + rest
 
 
+class TooLargeError(Exception):
+    """A message larger than the server accepts: publishing it again cannot succeed."""
+
+
+async def publish_pipelined(
+    bus: Bus,
+    subject: str,
+    payload: bytes,
+    headers: dict[str, str],
+    ttl: float | None = None,
+    stall_timeout: float = 5.0,
+) -> asyncio.Future[Any]:
+    """Publish without waiting for the acknowledgement: the future it returns resolves with it.
+
+    nats-py's futures never time out (the caller must cancel them, which frees their slot), a send
+    that raises leaves its future registered for ever, and a full pipeline waits for a slot for ever:
+    this bounds the wait, refuses an oversized message up front, and cancels the future of a send that
+    failed. The headers are copied (nats-py adds to them).
+    """
+    if len(payload) + sum(len(k) + len(v) + 4 for k, v in headers.items()) > bus.nc.max_payload:
+        raise TooLargeError(f"{len(payload)} bytes, the server takes at most {bus.nc.max_payload}")
+    registered = set(bus.js._publish_async_futures)
+    try:
+        return await bus.js.publish_async(
+            subject, payload, headers=dict(headers), msg_ttl=ttl, wait_stall=stall_timeout
+        )
+    except BaseException:
+        for token in set(bus.js._publish_async_futures) - registered:
+            bus.js._publish_async_futures[token].cancel()
+        raise
+
+
 dead_letters = Counter("certcheck_dead_letters_total", "Messages sent to the dead-letter stream", ["reason"])
 
 
 async def dead_letter(bus: Bus, msg: Msg, reason: str, kind: str) -> None:
     """Park a message that cannot be processed (with why) and take it off its consumer for good."""
-    headers = {HDR_DEAD_REASON: reason[:500], HDR_DEAD_STREAM_SEQ: str(msg.metadata.sequence.stream)}
-    await bus.js.publish(deadletter_subject(msg.subject), msg.data, headers=headers)
-    dead_letters.labels(kind).inc()
-    log.error("dead-lettered %s (seq %d): %s", msg.subject, msg.metadata.sequence.stream, reason)
+    await park(bus, msg.subject, msg.data, reason, kind, msg.metadata.sequence.stream)
     await msg.term()
+
+
+async def park(bus: Bus, subject: str, data: bytes, reason: str, kind: str, stream_seq: int = 0) -> None:
+    """Record, in the dead-letter stream, work on ``subject`` that was given up (with why)."""
+    headers = {HDR_DEAD_REASON: reason[:500], HDR_DEAD_STREAM_SEQ: str(stream_seq)}
+    await bus.js.publish(deadletter_subject(subject), data, headers=headers)
+    dead_letters.labels(kind).inc()
+    log.error("dead-lettered %s (seq %d): %s", subject, stream_seq, reason)
 
 
 async def durable_consumer(

@@ -20,7 +20,7 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     await evaluator.consumers()
     tasks = [asyncio.create_task(evaluator.follow_objects(), name="follow-objects")]
     await evaluator.catch_up()
-    await evaluator.sweep("start")
+    await evaluator.start()
     tasks += [
         asyncio.create_task(evaluator.work_objects(), name="work-objects"),
         asyncio.create_task(evaluator.work_due(), name="work-due"),

@@ -1,17 +1,32 @@
-"""Decoding certificates into the facts certcheck needs. Pure: no I/O."""
+"""Decoding certificates into the facts certcheck needs. Pure: no I/O.
+
+Whatever a certificate holds, ``parse_pem_certificate`` returns facts or the reason it cannot: no
+exception of any type leaves it (``cryptography`` raises ``InvalidVersion``, ``ValueError`` and others,
+some only when a field is first read). Fields certcheck only displays (subject, issuer, DNS names) are
+read one by one, so a broken one leaves the dates usable.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
+
+from services.domain.times import rfc3339
+
+MAX_TEXT = 256  # subject and issuer names beyond this are cut (RFC 5280 bounds a CN at 64)
+MAX_REASON = 300
+MAX_DNS_NAMES = 100  # kept per certificate: the status shows fewer, the rest is counted, not stored
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,19 +48,34 @@ class CertError:
 Parsed = CertFacts | CertError
 
 
-def _rfc3339(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+def describe(exc: BaseException) -> str:
+    """An exception as a reason: its type and its first line, bounded."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:MAX_REASON] if text else type(exc).__name__
 
 
 def _common_name(name: x509.Name) -> str | None:
-    try:
-        values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    except ValueError:
-        return None
+    values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not values:
         return None
     value = values[0].value
-    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    text = value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return text[:MAX_TEXT]
+
+
+def _dns_names(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(name[:MAX_TEXT] for name in san.get_values_for_type(x509.DNSName)[:MAX_DNS_NAMES])
+
+
+def _optional(read: Callable[[], T], default: T) -> T:
+    try:
+        return read()
+    except Exception:  # a display-only field that cannot be read does not make the certificate unreadable
+        return default
 
 
 @lru_cache(maxsize=65536)
@@ -53,36 +83,28 @@ def parse_pem_certificate(pem: str) -> Parsed:
     """Facts of one PEM CERTIFICATE block, or the reason it cannot be read. Cached by content."""
     try:
         with warnings.catch_warnings():
-            # Reported below as Invalid, with the reason, rather than warned about in the logs.
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
-            serial_number = cert.serial_number
-    except (ValueError, UnicodeEncodeError) as exc:
-        return CertError(f"malformed certificate: {exc}")
-    try:
-        not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
-        if serial_number <= 0:
-            return CertError(
-                f"serial number is not positive, which RFC 5280 forbids (notAfter {_rfc3339(not_after)})"
-            )
-        if not_before > not_after:
-            return CertError(f"notBefore {_rfc3339(not_before)} is after notAfter {_rfc3339(not_after)}")
-        return CertFacts(
-            not_before=not_before,
-            not_after=not_after,
-            subject_cn=_common_name(cert.subject),
-            issuer_cn=_common_name(cert.issuer),
-            serial_number=format(serial_number, "x"),
-            fingerprint=hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
-            dns_names=_dns_names(cert),
+            # Reported as Invalid with the reason, or tolerated, rather than warned about in the logs.
+            warnings.simplefilter("ignore")
+            return _facts(x509.load_pem_x509_certificate(pem.encode("ascii")))
+    except Exception as exc:
+        return CertError(f"malformed certificate: {describe(exc)}")
+
+
+def _facts(cert: x509.Certificate) -> Parsed:
+    serial_number = cert.serial_number
+    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if serial_number <= 0:
+        return CertError(
+            f"serial number is not positive, which RFC 5280 forbids (notAfter {rfc3339(not_after)})"
         )
-    except Exception as exc:  # cryptography parses lazily: a bad field raises only when it is read
-        return CertError(f"malformed certificate: {exc}")
-
-
-def _dns_names(cert: x509.Certificate) -> tuple[str, ...]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):
-        return ()
-    return tuple(san.get_values_for_type(x509.DNSName))
+    if not_before > not_after:
+        return CertError(f"notBefore {rfc3339(not_before)} is after notAfter {rfc3339(not_after)}")
+    return CertFacts(
+        not_before=not_before,
+        not_after=not_after,
+        subject_cn=_optional(lambda: _common_name(cert.subject), None),
+        issuer_cn=_optional(lambda: _common_name(cert.issuer), None),
+        serial_number=format(serial_number, "x"),
+        fingerprint=hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
+        dns_names=_optional(lambda: _dns_names(cert), ()),
+    )

@@ -22,6 +22,7 @@ from schemas.messages import (
     EventIntent,
     State,
 )
+from services.domain.times import days, parse_rfc3339, rfc3339, shift
 from services.evaluator import events as ev
 from services.evaluator.certs import CertError, CertFacts
 
@@ -31,11 +32,10 @@ KIND_CONFIGMAP = "ConfigMap"
 _RANK = {State.EXPIRED: 0, State.EXPIRING_SOON: 1, State.INVALID: 2, State.NOT_YET_VALID: 3, State.VALID: 4}
 _FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
 DEFAULT_STATUS_CAP = 500
+STATUS_DNS_NAMES = 10  # per certificate in the status: a SAN list of thousands would crowd out the rest
+# The status must fit a bus message and an etcd object with room to spare, whatever the status cap says.
+STATUS_MAX_BYTES = 256 << 10
 _MESSAGE_EXAMPLES = 3
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def classify(facts: CertFacts, threshold_days: int, now: datetime) -> State:
@@ -44,18 +44,20 @@ def classify(facts: CertFacts, threshold_days: int, now: datetime) -> State:
         return State.EXPIRED
     if now < facts.not_before:
         return State.NOT_YET_VALID
-    if now >= facts.not_after - timedelta(days=threshold_days):
+    if facts.not_after - now <= days(threshold_days):
         return State.EXPIRING_SOON
     return State.VALID
 
 
-def boundaries(facts: CertFacts, threshold_days: int) -> tuple[datetime, datetime, datetime]:
-    """The moments at which ``classify`` changes its answer: becomes valid, expiring, expired."""
-    return (
+def boundaries(facts: CertFacts, threshold_days: int) -> list[datetime]:
+    """The moments at which ``classify`` changes its answer: becomes valid, expiring, expired. A moment
+    outside year 1 to 9999 never comes (a notAfter of 9999-12-31T23:59:59Z never expires)."""
+    moments = (
         facts.not_before,
-        facts.not_after - timedelta(days=threshold_days),
-        facts.not_after + timedelta(seconds=1),
+        shift(facts.not_after, -days(threshold_days)),
+        shift(facts.not_after, timedelta(seconds=1)),
     )
+    return [moment for moment in moments if moment is not None]
 
 
 def next_due(facts_list: Iterable[CertFacts], threshold_days: int, now: datetime) -> datetime | None:
@@ -65,7 +67,7 @@ def next_due(facts_list: Iterable[CertFacts], threshold_days: int, now: datetime
         return None
     due = min(upcoming)
     # Schedules are second-granular: round up so the evaluation never runs before the boundary.
-    return due.replace(microsecond=0) + timedelta(seconds=1) if due.microsecond else due
+    return shift(due.replace(microsecond=0), timedelta(seconds=1)) if due.microsecond else due
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +211,7 @@ def _certificate_status(rated: _Rated, now: datetime) -> CertificateStatus:
         issuer=parsed.issuer_cn,
         serial_number=parsed.serial_number,
         fingerprint=parsed.fingerprint,
-        dns_names=list(parsed.dns_names) or None,
+        dns_names=list(parsed.dns_names[:STATUS_DNS_NAMES]) or None,
     )
 
 
@@ -345,6 +347,57 @@ def _entry_change(rated: _Rated) -> ev.EntryChange:
     )
 
 
+_encode = msgspec.json.Encoder().encode
+
+
+def _within_budget(entries: list[CertificateStatus]) -> list[CertificateStatus]:
+    """The leading entries that fit STATUS_MAX_BYTES (they are sorted most urgent first)."""
+    budget = STATUS_MAX_BYTES
+    for count, entry in enumerate(entries):
+        budget -= len(_encode(entry)) + 1
+        if budget < 0:
+            return entries[:count]
+    return entries
+
+
+def failed_evaluation(
+    spec: CertCheckSpec,
+    observed: CertCheckStatus | None,
+    error: str,
+    now: datetime,
+    refresh_after: timedelta | None = None,
+) -> Evaluation:
+    """What to record when evaluating a CertCheck raised: the last status with ``Ready=False``, reason
+    ``EvaluationFailed`` naming the error, and one Warning Event per distinct error."""
+    base = observed or CertCheckStatus()
+    conditions = {c.type: c for c in base.conditions}
+    message = f"evaluation failed, retrying with backoff: {error}"[:1000]
+    conditions["Ready"] = _condition(
+        "Ready", False, "EvaluationFailed", message, spec.generation, conditions, now
+    )
+    status, changed = _stamped(
+        msgspec.structs.replace(
+            base, observed_generation=spec.generation, conditions=list(conditions.values())
+        ),
+        observed,
+        now,
+        refresh_after,
+    )
+    event = EventIntent(
+        namespace=spec.namespace,
+        involved_api_version=ev.CERTCHECK_API_VERSION,
+        involved_kind="CertCheck",
+        involved_name=spec.name,
+        involved_uid=spec.uid,
+        type="Warning",
+        reason="EvaluationFailed",
+        message=message,
+        dedup_key=ev.dedup_key(spec.uid, "EvaluationFailed", error),
+        occurrence=spec.resource_version,
+    )
+    return Evaluation(status=status, status_changed=changed, events=[event])
+
+
 def _stamped(
     status: CertCheckStatus, observed: CertCheckStatus | None, now: datetime, refresh_after: timedelta | None
 ) -> tuple[CertCheckStatus, bool]:
@@ -357,7 +410,13 @@ def _stamped(
     unchanged = observed is not None and status == msgspec.structs.replace(
         observed, last_evaluation_time=None
     )
-    fresh = last is not None and (refresh_after is None or datetime.fromisoformat(last) + refresh_after > now)
+    # The status is anyone's to edit: a time that cannot be read, or lies ahead, is not fresh.
+    written_at = parse_rfc3339(last)
+    fresh = (
+        written_at is not None
+        and written_at <= now
+        and (refresh_after is None or now - written_at < refresh_after)
+    )
     if unchanged and fresh:
         return msgspec.structs.replace(status, last_evaluation_time=last), False
     return msgspec.structs.replace(status, last_evaluation_time=rfc3339(now)), True
@@ -399,8 +458,8 @@ def evaluate(
             invalid_count=len(by_state.get(State.INVALID, [])),
             earliest_not_after=rfc3339(earliest.not_after) if earliest else None,
             earliest_certificate=earliest.label if earliest else None,
-            certificates=[_certificate_status(r, now) for r in rated[:status_cap]],
-            certificates_omitted=max(0, len(rated) - status_cap),
+            certificates=(shown := _within_budget([_certificate_status(r, now) for r in rated[:status_cap]])),
+            certificates_omitted=len(rated) - len(shown),
             conditions=_conditions(spec, by_state, len(rated), len(secrets), observed_conditions, now)
             + _notification_conditions(spec, observed, observed_conditions, now),
             notification_failures=observed.notification_failures if observed else None,

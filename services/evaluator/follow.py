@@ -40,16 +40,17 @@ class ViewFollower:
         )
         async for msg in sub.messages:
             seq = msg.metadata.sequence.stream
+            problem = "undecodable"
             try:
                 event = object_decoder.decode(msg.data)
-            except Exception as exc:
-                log.error("undecodable object message %s at seq %d: %s", msg.subject, seq, exc)
+                problem = "unusable"
+                self.view.apply(seq, event, datetime.now(UTC))
+            except Exception as exc:  # whatever a message holds, the view moves on past it
+                log.error("%s object message %s at seq %d: %r", problem, msg.subject, seq, exc)
                 bad_objects.inc()
                 if len(self.undecodable) < 10_000:
-                    self.undecodable[seq] = f"undecodable object message: {exc}"
+                    self.undecodable[seq] = f"{problem} object message: {exc}"[:500]
                 self.view.seq = max(self.view.seq, seq)
-            else:
-                self.view.apply(seq, event, datetime.now(UTC))
             async with self._advanced:
                 self._advanced.notify_all()
 

@@ -31,11 +31,14 @@ from schemas.streams import (
     HDR_VIEW_SEQ,
     OBJECTS,
     RESULTS,
+    SCHEDULE_HORIZON,
     TRIGGERS,
 )
-from services.common.bus import Bus, dead_letter, durable_consumer, fetch_batch, redelivery_delay
+from services.common.bus import Bus, dead_letter, durable_consumer, fetch_batch, park, redelivery_delay
 from services.common.settings import Settings
+from services.domain.times import parse_rfc3339, rfc3339
 from services.evaluator import core
+from services.evaluator.certs import describe
 from services.evaluator.follow import ViewFollower
 from services.evaluator.view import CertCheckKey, Effects, View
 
@@ -43,12 +46,17 @@ log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071
 BATCH = 500
+MAX_EVALUATION_ATTEMPTS = 10  # retries of an evaluation that raised, 1 s doubling to 5 min apart
+RETRY_CAP_SECONDS = 300.0
 
 evaluations = Counter("certcheck_evaluations_total", "CertCheck evaluations", ["trigger"])
 evaluation_seconds = Histogram(
     "certcheck_evaluation_duration_seconds",
     "Time to evaluate one CertCheck",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+failed_evaluations = Counter(
+    "certcheck_evaluation_failures_total", "Evaluations that raised (recorded as EvaluationFailed)"
 )
 stale_results = Counter("certcheck_stale_results_dropped_total", "Results dropped: a newer one was published")
 bad_messages = Counter(
@@ -59,6 +67,10 @@ schedule_lag = Histogram(
     "How late a due re-evaluation ran after its due time",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 60),
 )
+
+
+class PublishFailed(Exception):
+    """Some of a batch's publishes failed (the others went out): the batch is to be redelivered."""
 
 
 def utcnow() -> datetime:
@@ -128,7 +140,7 @@ class Evaluator:
         sub = await self.bus.js.pull_subscribe_bind(EVALUATOR_DUE_CONSUMER, stream=TRIGGERS.name)
         while True:
             msgs = await fetch_batch(sub, BATCH, wait=5)
-            due: set[CertCheckKey] = set()
+            due: dict[CertCheckKey, int] = {}
             settled = []
             for msg in msgs:
                 try:
@@ -138,11 +150,13 @@ class Evaluator:
                     await dead_letter(self.bus, msg, f"undecodable due message: {exc}", "undecodable")
                     continue
                 settled.append(msg)
-                lag = (utcnow() - datetime.fromisoformat(fired.due_at)).total_seconds()
-                schedule_lag.observe(max(lag, 0.0))
-                due.add((fired.namespace, fired.name))
+                due_at = parse_rfc3339(fired.due_at)
+                if due_at is not None:
+                    schedule_lag.observe(max((utcnow() - due_at).total_seconds(), 0.0))
+                key = (fired.namespace, fired.name)
+                due[key] = max(due.get(key, 0), fired.attempt)
             if settled:
-                await self._settle(settled, self.act(Effects(evaluate=due), "due"))
+                await self._settle(settled, self.act(Effects(evaluate=set(due)), "due", due))
 
     async def _settle(self, msgs: list[Msg], work: Awaitable[None]) -> None:
         """Ack the batch once its work is done; on failure nak it, so JetStream redelivers it later."""
@@ -159,50 +173,97 @@ class Evaluator:
         for msg in msgs:
             await msg.ack()
 
+    async def start(self) -> None:
+        """The start-up sweep, retried until it went through: a bus failure delays it, never ends it."""
+        failures = 0
+        while True:
+            try:
+                await self.sweep("start")
+                return
+            except Exception as exc:
+                failures += 1
+                delay = min(30.0, 0.5 * 2**failures)
+                log.warning("start-up evaluation incomplete, again in %.0fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+
     async def resync(self) -> None:
         while True:
             await asyncio.sleep(self.settings.resync_interval_seconds)
-            await self.sweep("resync")
+            try:
+                await self.sweep("resync")
+            except Exception as exc:  # the next resync (and every change) tries again
+                log.warning("resync incomplete: %s", exc)
 
     # --- acting ---------------------------------------------------------------------------------
 
-    async def act(self, effects: Effects, trigger: str) -> None:
+    async def act(
+        self, effects: Effects, trigger: str, attempts: dict[CertCheckKey, int] | None = None
+    ) -> None:
+        """Publish what ``effects`` call for. Each CertCheck and Secret is its own unit: one that fails
+        never keeps the others from being published; bus failures are raised after the rest was tried,
+        so the batch is redelivered (every publish is a compare-and-set, so a repeat is harmless)."""
         now = utcnow()
         view_seq = self.view.seq
+        failures: list[str] = []
+
+        async def isolated(what: str, work: Awaitable[None]) -> None:
+            try:
+                await work
+            except Exception as exc:
+                log.warning("publishing for %s failed: %s", what, exc)
+                failures.append(f"{what}: {exc!r}")
+
         for namespace, name, uid in effects.removed:
-            removed = CertCheckRemoved(namespace=namespace, name=name, uid=uid, view_seq=view_seq)
-            await self.publish_result(
-                subjects.result_subject(namespace, name), encoder.encode(removed), view_seq
-            )
-            await self.schedule((namespace, name), None)
+            await isolated(f"{namespace}/{name}", self._removed(namespace, name, uid, view_seq))
         for key in sorted(effects.evaluate):
             if self.view.certcheck(key) is not None:
-                await self.evaluate(key, now, view_seq, trigger)
+                attempt = (attempts or {}).get(key, 0)
+                await isolated("/".join(key), self.evaluate(key, now, view_seq, trigger, attempt))
         for namespace, name in sorted(effects.released):
-            secret = self.view.secret((namespace, name))
-            if secret is None or secret.covered_by:
-                continue
-            patch = core.cleanup_patch(secret.view)
-            if patch:
-                message = AnnotationCleanup(view_seq=view_seq, patch=patch)
-                await self.publish_result(
-                    subjects.cleanup_subject(namespace, name), encoder.encode(message), view_seq
-                )
+            await isolated(f"Secret {namespace}/{name}", self._release(namespace, name, view_seq))
+        if failures:
+            raise PublishFailed(f"{len(failures)} publishes failed, first {failures[0]}")
 
-    async def evaluate(self, key: CertCheckKey, now: datetime, view_seq: int, trigger: str) -> None:
+    async def _removed(self, namespace: str, name: str, uid: str, view_seq: int) -> None:
+        removed = CertCheckRemoved(namespace=namespace, name=name, uid=uid, view_seq=view_seq)
+        await self.publish_result(subjects.result_subject(namespace, name), encoder.encode(removed), view_seq)
+        await self.schedule((namespace, name), None)
+
+    async def _release(self, namespace: str, name: str, view_seq: int) -> None:
+        secret = self.view.secret((namespace, name))
+        if secret is None or secret.covered_by:
+            return
+        patch = core.cleanup_patch(secret.view)
+        if patch:
+            message = AnnotationCleanup(view_seq=view_seq, patch=patch)
+            await self.publish_result(
+                subjects.cleanup_subject(namespace, name), encoder.encode(message), view_seq
+            )
+
+    def _evaluation(self, key: CertCheckKey, now: datetime) -> tuple[core.Evaluation, str | None]:
+        """The evaluation of one CertCheck, or, if evaluating it raised, the failure to record and why."""
+        entry = self.view.certcheck(key)
+        assert entry is not None
+        refresh_after = timedelta(seconds=self.settings.resync_interval_seconds)
+        try:
+            secrets, coverage = self.view.inputs(key)
+            evaluation = core.evaluate(
+                entry.spec, secrets, coverage, entry.observed, now, self.settings.status_cap, refresh_after
+            )
+            return evaluation, None
+        except Exception as exc:
+            log.exception("evaluating CertCheck %s/%s failed", *key)
+            error = describe(exc)
+            failed_evaluations.inc()
+            return core.failed_evaluation(entry.spec, entry.observed, error, now, refresh_after), error
+
+    async def evaluate(
+        self, key: CertCheckKey, now: datetime, view_seq: int, trigger: str, attempt: int = 0
+    ) -> None:
         entry = self.view.certcheck(key)
         assert entry is not None
         started = time.perf_counter()
-        secrets, coverage = self.view.inputs(key)
-        evaluation = core.evaluate(
-            entry.spec,
-            secrets,
-            coverage,
-            entry.observed,
-            now,
-            self.settings.status_cap,
-            refresh_after=timedelta(seconds=self.settings.resync_interval_seconds),
-        )
+        evaluation, error = self._evaluation(key, now)
         evaluation_seconds.observe(time.perf_counter() - started)
         evaluations.labels(trigger).inc()
         result = EvaluationResult(
@@ -210,21 +271,31 @@ class Evaluator:
             name=key[1],
             uid=entry.spec.uid,
             generation=entry.spec.generation,
-            evaluated_at=core.rfc3339(now),
+            evaluated_at=rfc3339(now),
             view_seq=view_seq,
             status=evaluation.status,
             status_changed=evaluation.status_changed,
             annotation_patches=evaluation.annotation_patches,
             events=evaluation.events,
-            next_due=core.rfc3339(evaluation.next_due) if evaluation.next_due else None,
+            next_due=rfc3339(evaluation.next_due) if evaluation.next_due else None,
             notification=entry.notification,
             threshold_days=entry.spec.threshold_days,
         )
-        await self.publish_result(subjects.result_subject(*key), encoder.encode(result), view_seq)
-        await self.schedule(key, evaluation.next_due)
+        if not await self.publish_result(subjects.result_subject(*key), encoder.encode(result), view_seq):
+            return  # a newer evaluation owns the schedule
+        if error is None:
+            await self.schedule(key, evaluation.next_due)
+        elif attempt + 1 < MAX_EVALUATION_ATTEMPTS:
+            retry_at = now + timedelta(seconds=min(RETRY_CAP_SECONDS, 2.0**attempt))
+            await self.schedule(key, retry_at, attempt + 1)
+        else:
+            reason = f"evaluation failed {MAX_EVALUATION_ATTEMPTS} times, last: {error}"
+            await park(self.bus, subjects.result_subject(*key), b"", reason, "evaluation-failed")
+            await self.schedule(key, None)  # the next change or resync tries again
 
-    async def publish_result(self, subject: str, payload: bytes, view_seq: int) -> None:
-        """Publish unless a result from a newer view is already there (compare-and-set per subject)."""
+    async def publish_result(self, subject: str, payload: bytes, view_seq: int) -> bool:
+        """Publish unless a result from a newer view is already there (compare-and-set per subject).
+        False when a newer one was there."""
         while True:
             try:
                 last = await self.bus.js.get_last_msg(RESULTS.name, subject)
@@ -234,22 +305,23 @@ class Evaluator:
                 last_seq, last_view_seq = 0, 0
             if last_view_seq > view_seq:
                 stale_results.inc()
-                return
+                return False
             headers = {HDR_EXPECTED_LAST_SUBJECT_SEQ: str(last_seq), HDR_VIEW_SEQ: str(view_seq)}
             try:
                 await self.bus.js.publish(subject, payload, stream=RESULTS.name, headers=headers)
-                return
+                return True
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
 
-    async def schedule(self, key: CertCheckKey, due: datetime | None) -> None:
-        """One pending schedule per CertCheck: replaced by the next due time, or removed."""
+    async def schedule(self, key: CertCheckKey, due: datetime | None, attempt: int = 0) -> None:
+        """One pending schedule per CertCheck: replaced by the next due time, or removed. A due time past
+        what the bus can schedule is not scheduled: the resync evaluates such a CertCheck anyway."""
         subject = subjects.schedule_subject(*key)
-        if due is None:
+        if due is None or due >= SCHEDULE_HORIZON:
             await self.bus.js.purge_stream(TRIGGERS.name, subject=subject)
             return
-        due_at = core.rfc3339(due)
+        due_at = rfc3339(due)
         headers = {HDR_SCHEDULE: f"@at {due_at}", HDR_SCHEDULE_TARGET: subjects.due_subject(*key)}
-        payload = encoder.encode(Due(namespace=key[0], name=key[1], due_at=due_at))
+        payload = encoder.encode(Due(namespace=key[0], name=key[1], due_at=due_at, attempt=attempt))
         await self.bus.js.publish(subject, payload, stream=TRIGGERS.name, headers=headers)

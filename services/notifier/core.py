@@ -15,9 +15,11 @@ from datetime import datetime, timedelta
 import msgspec
 
 from schemas.messages import CertificateNotice, CertificateStatus, ExpiryNotification, NotificationTarget
+from services.domain.times import parse_rfc3339, rfc3339
 
 _DURATION = re.compile(r"(\d+)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_REPEAT = timedelta(days=36_500)
 
 
 def parse_duration(text: str | None) -> timedelta | None:
@@ -26,7 +28,10 @@ def parse_duration(text: str | None) -> timedelta | None:
     parts = _DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 24h, 7d)")
-    return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
+    seconds = sum(int(n) * _UNITS[u] for n, u in parts)
+    if seconds > MAX_REPEAT.total_seconds():
+        raise ValueError(f"duration {text!r} is longer than {MAX_REPEAT.days} days")
+    return timedelta(seconds=seconds)
 
 
 class Seen(msgspec.Struct, frozen=True):
@@ -61,8 +66,11 @@ def plan(
     target: NotificationTarget, entries: Sequence[CertificateStatus], seen: dict[str, Seen], now: datetime
 ) -> tuple[list[CertificateNotice], dict[str, Seen]]:
     """The notices to send for a target, and what to remember afterwards."""
-    repeat = parse_duration(target.repeat_interval)
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        repeat = parse_duration(target.repeat_interval)
+    except ValueError:
+        repeat = None  # the CRD schema refuses such intervals; an older object notifies on changes only
+    stamp = rfc3339(now)
     notices: list[CertificateNotice] = []
     remembered: dict[str, Seen] = {}
     for entry in entries:
@@ -72,7 +80,7 @@ def plan(
         if state in target.states:
             if before is None or before.state != state:
                 change = "firing"
-            elif repeat and before.notified_at and datetime.fromisoformat(before.notified_at) + repeat <= now:
+            elif repeat and _due_again(before.notified_at, repeat, now):
                 change = "repeat"
         elif target.send_resolved and before is not None and before.state in target.states:
             change = "resolved"
@@ -80,6 +88,11 @@ def plan(
             notices.append(_notice(entry, change, before.state if before else None))
         remembered[key] = Seen(state, stamp if change else (before.notified_at if before else None))
     return notices, remembered
+
+
+def _due_again(notified_at: str | None, repeat: timedelta, now: datetime) -> bool:
+    notified = parse_rfc3339(notified_at)
+    return notified is not None and now - notified >= repeat
 
 
 def _notice(entry: CertificateStatus, change: str, previous: str | None) -> CertificateNotice:

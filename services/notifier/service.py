@@ -40,6 +40,7 @@ from schemas.messages import (
 from schemas.streams import NOTIFIER_CONSUMER, RESULTS
 from services.common.bus import Bus, dead_letter, durable_consumer, fetch_batch, redelivery_delay
 from services.common.settings import Settings
+from services.domain.times import rfc3339
 from services.evaluator.events import CERTCHECK_API_VERSION, dedup_key
 from services.notifier import core
 from services.notifier.secrets import SecretReader
@@ -59,7 +60,7 @@ def _now() -> datetime:
 
 
 def _stamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(moment)
 
 
 class Notifier:

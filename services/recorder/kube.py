@@ -12,6 +12,7 @@ from prometheus_client import Counter
 
 from schemas.messages import AnnotationPatch, CertCheckStatus, EventIntent, NotificationFailure
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, MERGE_PATCH
+from services.domain.times import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class KubeWriter:
         Returns "created", "aggregated" or "duplicate"."""
         now = datetime.now(UTC)
         name = f"{intent.involved_name[:200]}.{intent.dedup_key}"
-        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = rfc3339(now)
         event = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -171,7 +172,7 @@ class KubeWriter:
                 "resourceVersion": existing.metadata.resource_version,
             },
             "count": (existing.count or 1) + 1,
-            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTimestamp": rfc3339(now),
             "message": intent.message[:1024],
         }
         # The resourceVersion makes this a compare-and-set: two replicas never both count one occurrence.

@@ -1,0 +1,1 @@
+"""Rules several services share: one home for each, imported by any service, importing none of them."""

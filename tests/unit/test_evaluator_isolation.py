@@ -1,0 +1,170 @@
+"""The evaluator's adapter isolates each CertCheck: one whose evaluation raises is recorded as failed
+and retried with backoff, the others are published as usual. The bus is a recording fake here."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from nats.js.errors import NotFoundError
+
+from devcluster.certs import expiring_in
+from schemas import subjects
+from schemas.messages import (
+    CertCheckObserved,
+    CertSource,
+    Due,
+    EvaluationResult,
+    LabelSelector,
+    SecretObserved,
+    due_decoder,
+    result_decoder,
+)
+from schemas.streams import HDR_SCHEDULE
+from services.common.bus import Bus
+from services.common.settings import Settings
+from services.evaluator import core, service
+from services.evaluator.service import Evaluator, PublishFailed
+from services.evaluator.view import Effects
+
+CERT, _ = expiring_in(10)
+
+
+@dataclass
+class FakeJetStream:
+    published: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
+    purged: list[str] = field(default_factory=list)
+    fail_subjects: set[str] = field(default_factory=set)
+
+    async def get_last_msg(self, stream: str, subject: str) -> Any:
+        raise NotFoundError
+
+    async def publish(self, subject: str, payload: bytes, stream: str = "", headers: Any = None) -> None:
+        if subject in self.fail_subjects:
+            raise ConnectionError("bus unavailable for this subject")
+        self.published.append((subject, payload, dict(headers or {})))
+
+    async def purge_stream(self, stream: str, subject: str = "") -> None:
+        self.purged.append(subject)
+
+    def results(self) -> dict[str, EvaluationResult]:
+        found = {}
+        for subject, payload, _ in self.published:
+            if subject.startswith("certcheck.v1.results."):
+                result = result_decoder.decode(payload)
+                assert isinstance(result, EvaluationResult)
+                found[result.name] = result
+        return found
+
+    def schedules(self) -> dict[str, tuple[Due, str]]:
+        return {
+            subject: (due_decoder.decode(payload), headers[HDR_SCHEDULE])
+            for subject, payload, headers in self.published
+            if subject.startswith("certcheck.v1.schedule.")
+        }
+
+
+def evaluator_with_three() -> tuple[Evaluator, FakeJetStream]:
+    js = FakeJetStream()
+    evaluator = Evaluator(Bus(nc=None, js=js), Settings())  # type: ignore[arg-type]
+    now = datetime.now(UTC)
+    seq = 0
+    for name in ("alpha", "broken", "gamma"):
+        seq += 1
+        evaluator.view.apply(
+            seq,
+            CertCheckObserved(
+                namespace="ns",
+                name=name,
+                uid=f"uid-{name}",
+                resource_version=str(seq),
+                generation=1,
+                threshold_days=30,
+                selector=LabelSelector(match_labels={"app": name}),
+            ),
+            now,
+        )
+        seq += 1
+        evaluator.view.apply(
+            seq,
+            SecretObserved(
+                namespace="ns",
+                name=f"{name}-tls",
+                uid=f"uid-{name}-tls",
+                resource_version=str(seq),
+                type="kubernetes.io/tls",
+                labels={"app": name},
+                sources=[CertSource("tls.crt", pem=[CERT.decode()])],
+            ),
+            now,
+        )
+    return evaluator, js
+
+
+@pytest.fixture
+def broken_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = core.evaluate
+
+    def evaluate(spec: core.CertCheckSpec, *args: Any, **kwargs: Any) -> core.Evaluation:
+        if spec.name == "broken":
+            raise KeyError("a bug met by this CertCheck only")
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(service.core, "evaluate", evaluate)
+
+
+def keys() -> set[tuple[str, str]]:
+    return {("ns", "alpha"), ("ns", "broken"), ("ns", "gamma")}
+
+
+@pytest.mark.usefixtures("broken_core")
+def test_a_certcheck_whose_evaluation_raises_is_recorded_failed_and_the_others_are_evaluated() -> None:
+    evaluator, js = evaluator_with_three()
+    asyncio.run(evaluator.act(Effects(evaluate=keys()), "change"))
+    results = js.results()
+    assert set(results) == {"alpha", "broken", "gamma"}
+    assert results["alpha"].status.expiring_soon_count == 1
+    ready = {c.type: c for c in results["broken"].status.conditions}["Ready"]
+    assert (ready.status, ready.reason) == ("False", "EvaluationFailed")
+    assert "KeyError" in ready.message
+    assert [e.reason for e in results["broken"].events] == ["EvaluationFailed"]
+
+
+@pytest.mark.usefixtures("broken_core")
+def test_a_failed_evaluation_is_retried_with_growing_backoff_then_given_up_to_the_dead_letters() -> None:
+    evaluator, js = evaluator_with_three()
+    broken_schedule = subjects.schedule_subject("ns", "broken")
+    delays = []
+    for attempt in range(service.MAX_EVALUATION_ATTEMPTS):
+        js.published.clear()
+        js.purged.clear()
+        started = datetime.now(UTC).replace(microsecond=0)
+        asyncio.run(evaluator.act(Effects(evaluate={("ns", "broken")}), "due", {("ns", "broken"): attempt}))
+        schedules = js.schedules()
+        if attempt + 1 < service.MAX_EVALUATION_ATTEMPTS:
+            due, _ = schedules[broken_schedule]
+            assert due.attempt == attempt + 1
+            delays.append((datetime.fromisoformat(due.due_at) - started).total_seconds())
+        else:
+            assert broken_schedule not in schedules and broken_schedule in js.purged
+            parked = [s for s, _, _ in js.published if s.startswith("certcheck.v1.deadletter.")]
+            assert parked == [subjects.deadletter_subject(subjects.result_subject("ns", "broken"))]
+    assert delays == sorted(delays) and delays[0] <= 2 and delays[-1] >= 200
+
+
+def test_a_bus_failure_for_one_certcheck_still_publishes_the_others_and_asks_for_redelivery() -> None:
+    evaluator, js = evaluator_with_three()
+    js.fail_subjects.add(subjects.result_subject("ns", "alpha"))
+    with pytest.raises(PublishFailed):
+        asyncio.run(evaluator.act(Effects(evaluate=keys()), "change"))
+    assert set(js.results()) == {"broken", "gamma"}
+
+
+def test_a_due_time_past_what_the_bus_can_schedule_is_not_scheduled() -> None:
+    evaluator, js = evaluator_with_three()
+    asyncio.run(evaluator.schedule(("ns", "alpha"), datetime(9999, 12, 31, tzinfo=UTC)))
+    assert js.schedules() == {}
+    assert js.purged == [subjects.schedule_subject("ns", "alpha")]
