@@ -135,15 +135,15 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
 
 async def _watch(settings: Settings, bus: bus_mod.Bus, stop: asyncio.Event, lease: Lease) -> None:
     """List, watch and publish, for as long as this replica holds the lease."""
-    published_state = await load_published(bus)
-    log.info("loaded %d published objects from the stream", len(published_state[0]))
+    known = await load_published(bus)
+    log.info("loaded %d published objects from the stream", len(known))
     progress_kv = await bus_mod.key_value(bus, WATCHER_STATE_BUCKET, "how far the watcher's watches got")
     scopes = [*secret_scopes(settings), subjects.KIND_CONFIGMAP, subjects.KIND_CERTCHECK]
     resume = {scope: await load_progress(progress_kv, scope) for scope in scopes}
     log.info("resuming watches from %s", resume)
     loop = asyncio.get_running_loop()
     watches: dict[str, ListWatch[Any]] = {}
-    publisher = Publisher(bus, published_state, lambda scope: watches[scope].request_relist(), progress_kv)
+    publisher = Publisher(bus, known, progress_kv)
 
     def put(change: Change) -> None:
         loop.call_soon_threadsafe(publisher.queue.put_nowait, change)
@@ -151,6 +151,7 @@ async def _watch(settings: Settings, bus: bus_mod.Bus, stop: asyncio.Event, leas
     watches.update(build_watches(settings, api_client(settings.kubeconfig), put, resume))
     publishing = asyncio.create_task(publisher.run(), name="publish")
     saving = asyncio.create_task(publisher.save_progress(), name="save-progress")
+    expiring = asyncio.create_task(publisher.watch_acks(), name="watch-acks")
     holding = asyncio.create_task(lease.hold(), name="hold-lease")
     # CertChecks first, so the evaluator knows the selectors before the Secrets flood in.
     watches[subjects.KIND_CERTCHECK].start()
@@ -158,7 +159,7 @@ async def _watch(settings: Settings, bus: bus_mod.Bus, stop: asyncio.Event, leas
         if scope != subjects.KIND_CERTCHECK:
             watch.start()
     try:
-        await supervise(stop, publishing, saving, holding)
+        await supervise(stop, publishing, saving, expiring, holding)
     finally:
         for watch in watches.values():
             watch.stop()

@@ -152,7 +152,10 @@ def _collect(
                 CertSource(key, error=f"{kind} has more than {MAX_KEYS_SCANNED} keys; the rest were not read")
             )
             break
-        source = read(key)
+        try:
+            source = read(key)
+        except Exception as exc:  # one unreadable value never hides the Secret's other keys
+            source = CertSource(key, error=f"key {key} could not be read: {type(exc).__name__}")
         if source is None:
             continue
         if source.pem or _looks_like_certificate_key(key):

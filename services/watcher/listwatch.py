@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import msgspec
+from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 from prometheus_client import Counter, Gauge
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+RELIST_AFTER_FAILURES = 4  # consecutive watch failures after which the watch starts over with a LIST
 
 watch_restarts = Counter(
     "certcheck_watch_restarts_total", "Watch (re)connections by resource and cause", ["resource", "cause"]
@@ -69,6 +71,16 @@ class _Named(msgspec.Struct):
 
 class GoneError(Exception):
     """The resourceVersion is too old: the watch must start over from a fresh LIST."""
+
+
+class RelistError(Exception):
+    """The server cannot serve a watch from this resourceVersion (e.g. "too large resource version",
+    after an etcd restore): start over from a fresh LIST, after a backoff."""
+
+
+class RetryLater(Exception):
+    """Raised by a sink when handing an object over failed for a passing reason (the API server busy):
+    the watch restarts from before that object, with backoff, so it is handed over again."""
 
 
 @dataclass
@@ -127,8 +139,8 @@ class ListWatch(Generic[T]):
         while not self._stop.is_set():
             try:
                 if self.resource_version is None or self._relist.is_set():
+                    self._list()  # the request to re-list stands until a LIST went through
                     self._relist.clear()
-                    self._list()
                     watch_restarts.labels(self.resource, "list").inc()
                 self._watch()
                 failures = 0
@@ -139,6 +151,8 @@ class ListWatch(Generic[T]):
             except Exception as exc:
                 kube_connected.labels(self.resource).set(0)
                 failures += 1
+                if isinstance(exc, RelistError) or failures >= RELIST_AFTER_FAILURES:
+                    self._relist.set()  # as client-go does: a watch that keeps failing starts over
                 delay = min(30.0, 0.2 * 2 ** min(failures, 8)) * random.uniform(0.5, 1.0)
                 log.warning(
                     "watch failed, retrying in %.1fs: %s", delay, exc, extra={"resource": self.resource}
@@ -162,7 +176,7 @@ class ListWatch(Generic[T]):
                 item = self._decode_item(raw)
                 if item is not None:
                     seen.add(self._key(item))
-                    self._sink.upsert(item)
+                    self._deliver(self._sink.upsert, item)
             continue_token = page.metadata.continue_
             if not continue_token:
                 self.resource_version = page.metadata.resourceVersion
@@ -172,14 +186,18 @@ class ListWatch(Generic[T]):
         self._sink.progress(self.resource_version)
 
     def _watch(self) -> None:
-        response = self._call(
-            watch=True,
-            resource_version=self.resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=self._watch_timeout,
-            _preload_content=False,
-            _request_timeout=(10, self._watch_timeout + 30),
-        )
+        try:
+            response = self._call(
+                watch=True,
+                resource_version=self.resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=self._watch_timeout,
+                _preload_content=False,
+                _request_timeout=(10, self._watch_timeout + 30),
+            )
+        except ApiException as exc:
+            _raise_watch_error(exc.status or 0, str(exc.reason or ""), str(exc.body or ""))
+            raise
         kube_connected.labels(self.resource).set(1)
         try:
             for line in iter_resp_lines(response):
@@ -205,12 +223,29 @@ class ListWatch(Generic[T]):
             skipped_objects.labels(self.resource).inc()
             return None
 
+    def _deliver(self, call: Callable[[T], None], item: T) -> None:
+        """Hand one object to the sink. A failure that may pass is raised (the watch restarts from before
+        the object); any other is that object's alone: logged, counted, and the others keep flowing."""
+        try:
+            call(item)
+        except RetryLater:
+            raise
+        except Exception:
+            meta = item.metadata  # type: ignore[attr-defined]
+            log.exception(
+                "skipping %s %s/%s",
+                self.resource,
+                meta.namespace,
+                meta.name,
+                extra={"resource": self.resource},
+            )
+            skipped_objects.labels(self.resource).inc()
+
     def _handle(self, line: str | bytes) -> None:
         head = msgspec.json.decode(line, type=_WatchHead)
         if head.type == "ERROR":
             status = msgspec.json.decode(head.object, type=_Status)
-            if status.code == 410:
-                raise GoneError(status.message)
+            _raise_watch_error(status.code, status.reason, status.message)
             raise RuntimeError(f"watch error {status.code} {status.reason}: {status.message}")
         if head.type == "BOOKMARK":
             self.resource_version = msgspec.json.decode(head.object, type=_Bookmark).metadata.resourceVersion
@@ -220,12 +255,19 @@ class ListWatch(Generic[T]):
         if item is None:
             self.resource_version = msgspec.json.decode(head.object, type=_Bookmark).metadata.resourceVersion
             return
+        self._deliver(self._sink.delete if head.type == "DELETED" else self._sink.upsert, item)
+        # Only once handed over: a RetryLater above resumes the watch from before this object.
         self.resource_version = item.metadata.resourceVersion  # type: ignore[attr-defined]
-        if head.type == "DELETED":
-            self._sink.delete(item)
-        else:
-            self._sink.upsert(item)
         self._sink.progress(self.resource_version)
+
+
+def _raise_watch_error(code: int, reason: str, message: str) -> None:
+    """Raise what a watch error means: 410 Gone re-lists now; a resourceVersion the server cannot serve
+    ("too large resource version", 504) re-lists after a backoff."""
+    if code == 410 or reason == "Expired" or reason == "Gone":
+        raise GoneError(message)
+    if "too large resource version" in message.lower() or "too large resource version" in reason.lower():
+        raise RelistError(f"{code} {reason}: {message}")
 
 
 def _make_list_type(item_type: type[T]) -> type[Any]:

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import msgspec
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -14,6 +15,7 @@ from schemas import subjects
 from schemas.messages import SecretObserved
 from services.common.settings import Settings
 from services.watcher.extract import RawSecret, decode_small_values, secret_observed
+from services.watcher.listwatch import RetryLater
 from services.watcher.passwords import PasswordIndex, password_ref
 from services.watcher.publisher import Upsert
 
@@ -44,6 +46,13 @@ def read_raw_secret(core: client.CoreV1Api, namespace: str, name: str) -> RawSec
         response.release_conn()
 
 
+def is_transient(exc: Exception) -> bool:
+    """A failure that goes away by itself: the API server throttling, failing or out of reach."""
+    if isinstance(exc, ApiException):
+        return exc.status in (429, 500, 502, 503, 504) or not exc.status
+    return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
+
+
 class SecretObserver:
     """Observes Secrets, reading the keystore passwords they point at, and re-reads a keystore Secret
     when its password Secret changes. Shared by every Secret watch."""
@@ -54,7 +63,12 @@ class SecretObserver:
         self._scopes = secret_scopes(settings)
 
         def read_data(namespace: str, name: str) -> dict[str, bytes] | None:
-            secret = read_raw_secret(core, namespace, name)
+            try:
+                secret = read_raw_secret(core, namespace, name)
+            except Exception as exc:
+                if is_transient(exc):  # the keystore is read again, not reported Invalid
+                    raise RetryLater(f"reading Secret {namespace}/{name}: {exc}") from exc
+                raise
             return None if secret is None else decode_small_values(secret.data or {})
 
         self.passwords = PasswordIndex(read_data)

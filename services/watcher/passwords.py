@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from services.watcher.listwatch import RetryLater
+
 PASSWORD_SECRET = "keystore.certcheck.dev/password-secret"
 PASSWORD_KEY = "keystore.certcheck.dev/password-key"
 DEFAULT_PASSWORD_KEY = "password"
@@ -67,7 +69,9 @@ class PasswordIndex:
             return None
         try:
             data = self._read(namespace, ref.secret)
-        except Exception as exc:  # the API said something else than the Secret or 404
+        except RetryLater:
+            raise  # a passing failure: the keystore is read again later, not reported unreadable
+        except Exception as exc:  # the API said something else than the Secret or 404 (a 403, say)
             return ReferencedPassword(ref, problem=f"could not be read ({type(exc).__name__})")
         if data is None:
             return ReferencedPassword(ref, problem="does not exist")

@@ -1,8 +1,13 @@
-"""Publishing observed objects to the bus, once per real change.
+"""Publishing observed objects to the bus, once per real change, none lost.
 
-The publisher remembers, per object, the digest of what it last published (loaded from the stream at
-start-up), so a restart or a re-list that finds nothing changed publishes nothing, and objects that
-vanished while nobody watched get a tombstone.
+The publisher remembers, per object, what it last published (loaded from the stream at start-up), so a
+restart or a re-list that finds nothing changed publishes nothing, and objects that vanished while
+nobody watched get a tombstone.
+
+Publishes are pipelined. Each one that fails or whose acknowledgement does not come in time is
+published again, with backoff, until it lands or a newer change of the same object replaces it; a
+repeat that did land is dropped by the server (same ``Nats-Msg-Id``). How far a watch got (its
+resourceVersion) is saved only once every publish before that point was acknowledged.
 """
 
 from __future__ import annotations
@@ -10,28 +15,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import math
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from schemas import subjects
-from schemas.messages import ObjectDeleted, encoder
+from schemas.messages import CertCheckObserved, CertSource, ObjectDeleted, encoder
 from schemas.streams import HDR_DIGEST, HDR_MSG_ID, HDR_RESOURCE_VERSION, HDR_SCOPE, OBJECTS
-from services.common.bus import Bus
+from services.common.bus import Bus, TooLargeError, park, publish_pipelined
 from services.watcher.extract import Observed, digest
 
 log = logging.getLogger(__name__)
 
 TOMBSTONE = "deleted"
 TOMBSTONE_TTL_SECONDS = 7 * 24 * 3600
+ACK_TIMEOUT_SECONDS = 10.0
+RETRY_CAP_SECONDS = 30.0
+HEADROOM_BYTES = 8192  # under the server's max_payload: headers and the message's own framing
 
 published = Counter("certcheck_watcher_published_total", "Objects published", ["kind", "change"])
 publish_failures = Counter("certcheck_watcher_publish_failures_total", "Publishes that failed", ["kind"])
+oversized = Counter(
+    "certcheck_watcher_oversized_objects_total", "Objects too large for the bus, published cut down", ["kind"]
+)
+retrying = Gauge("certcheck_watcher_publishes_retrying", "Publishes waiting to be sent again")
 
 ObjectKey = tuple[str, str, str]  # (kind, namespace, name)
 
@@ -73,6 +88,33 @@ class Progress:
 
 Change = Upsert | Delete | Listed | Progress
 
+
+@dataclass(frozen=True)
+class Published:
+    """The last message of one object in the stream, as far as the publisher knows."""
+
+    digest: str  # TOMBSTONE for a deletion
+    scope: str
+    resource_version: str
+
+
+@dataclass(frozen=True)
+class _Send:
+    key: ObjectKey
+    ticket: int  # publishes are numbered in the order their changes came
+    scope: str
+    payload: bytes
+    headers: dict[str, str]
+    ttl: float | None
+
+
+@dataclass(frozen=True)
+class _Retry:
+    send: _Send
+    attempt: int
+    scope: str
+
+
 PROGRESS_SAVE_INTERVAL = 1.0
 
 
@@ -85,14 +127,13 @@ async def load_progress(kv: KeyValue, kind: str) -> str | None:
     return entry.value.decode() if entry.value else None
 
 
-async def load_published(bus: Bus) -> tuple[dict[ObjectKey, str], dict[ObjectKey, str]]:
-    """Digest and scope of the last message per object in the objects stream (headers only)."""
+async def load_published(bus: Bus, idle_timeout: float = 5.0) -> dict[ObjectKey, Published]:
+    """The last message per object in the objects stream (headers only). Stops at the last message the
+    stream holds, even if that changes while reading (a tombstone expiring, say)."""
     info = await bus.js.stream_info(OBJECTS.name)
-    last_seq = info.state.last_seq
-    known: dict[ObjectKey, str] = {}
-    scopes: dict[ObjectKey, str] = {}
+    known: dict[ObjectKey, Published] = {}
     if info.state.messages == 0:
-        return known, scopes
+        return known
     sub = await bus.js.subscribe(
         subjects.OBJECTS_ALL,
         stream=OBJECTS.name,  # named, not looked up: the watcher's NATS user may not list streams
@@ -102,42 +143,61 @@ async def load_published(bus: Bus) -> tuple[dict[ObjectKey, str], dict[ObjectKey
     )
     try:
         while True:
-            msg = await sub.next_msg(timeout=10)
+            try:
+                msg = await sub.next_msg(timeout=idle_timeout)
+            except TimeoutError:
+                break  # nothing more to read: what was waited for is gone
+            headers = msg.headers or {}
             kind, namespace, name = subjects.split_object_subject(msg.subject)
-            known[(kind, namespace, name)] = (msg.headers or {}).get(HDR_DIGEST, "")
-            scopes[(kind, namespace, name)] = (msg.headers or {}).get(HDR_SCOPE, kind)
-            if msg.metadata.sequence.stream >= last_seq:
+            known[(kind, namespace, name)] = Published(
+                headers.get(HDR_DIGEST, ""),
+                headers.get(HDR_SCOPE, kind),
+                headers.get(HDR_RESOURCE_VERSION, ""),
+            )
+            if msg.metadata.sequence.stream >= info.state.last_seq or msg.metadata.num_pending == 0:
                 break
     finally:
         await sub.unsubscribe()
-    return known, scopes
+    return known
 
 
 class Publisher:
     def __init__(
         self,
         bus: Bus,
-        published_state: tuple[dict[ObjectKey, str], dict[ObjectKey, str]],
-        on_lost: Callable[[str], None],
+        known: dict[ObjectKey, Published],
         progress_kv: KeyValue,
+        ack_timeout: float = ACK_TIMEOUT_SECONDS,
     ) -> None:
         self._bus = bus
-        self._known, self._scopes = published_state
+        self._known = known
         self._progress_kv = progress_kv
-        self._progress: dict[str, str] = {}
+        self._ack_timeout = ack_timeout
+        self.queue: asyncio.Queue[Change | _Retry] = asyncio.Queue()
+        self._next_ticket = 0
+        self._newest: dict[ObjectKey, int] = {}  # the ticket of each object's newest publish
+        self._unsettled: dict[str, set[int]] = {}  # per scope: tickets sent but not acknowledged
+        self._inflight: dict[int, tuple[_Send, int, asyncio.Future[Any], float]] = {}
+        self._marks: dict[str, deque[tuple[int, str]]] = {}  # per scope: (first ticket after, rv)
+        self._safe: dict[str, str] = {}  # per scope: a resourceVersion everything before is acked
         self._saved: dict[str, str] = {}
-        self._on_lost = on_lost  # asks a scope's ListWatch to re-list when a publish failed
-        self.queue: asyncio.Queue[Change] = asyncio.Queue()
+        self._retries = 0
 
-    async def flush(self, timeout: float) -> None:
-        """Publish what is queued and wait for the acknowledgements (on shutdown)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                while not self.queue.empty():
-                    await self._handle(self.queue.get_nowait())
-                if self._bus.js.publish_async_pending():
-                    await self._bus.js.publish_async_completed()
-                await self._save_progress()
+    # --- running -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            change = await self.queue.get()
+            try:
+                await self._handle(change)
+            except Exception:  # a bug for one change must not stop the others
+                log.exception("handling %s failed", type(change).__name__)
+
+    async def watch_acks(self) -> None:
+        """Give up on acknowledgements that did not come in time (their publish is sent again)."""
+        while True:
+            await asyncio.sleep(min(1.0, self._ack_timeout / 2))
+            self._expire(time.monotonic())
 
     async def save_progress(self) -> None:
         """Persist, once the publishes before it are acknowledged, how far each watch got."""
@@ -145,45 +205,46 @@ class Publisher:
             await asyncio.sleep(PROGRESS_SAVE_INTERVAL)
             await self._save_progress()
 
-    async def _save_progress(self) -> None:
-        pending = {k: v for k, v in self._progress.items() if self._saved.get(k) != v}
-        if not pending:
-            return
-        if self._bus.js.publish_async_pending():
-            await self._bus.js.publish_async_completed()
-        for scope, resource_version in pending.items():
-            try:
-                await self._progress_kv.put(f"rv.{scope}", resource_version.encode())
-            except Exception as exc:
-                log.warning("could not save watch progress of %s: %s", scope, exc)
-                continue
-            self._saved[scope] = resource_version
+    async def flush(self, timeout: float) -> None:
+        """Publish what is queued and wait for the acknowledgements (on shutdown)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not self.queue.empty():
+                    change = self.queue.get_nowait()
+                    if not isinstance(change, _Retry):
+                        await self._handle(change)
+                while self._inflight:
+                    await asyncio.sleep(0.02)
+        await self._save_progress()
 
-    async def run(self) -> None:
-        while True:
-            change = await self.queue.get()
-            try:
-                await self._handle(change)
-            except Exception:
-                log.exception("publishing failed; will re-list %s", change.scope)
-                publish_failures.labels(change.kind).inc()
-                self._on_lost(change.scope)
+    def pending(self, scope: str) -> int:
+        """Publishes of ``scope`` not acknowledged yet (in flight or waiting to be sent again)."""
+        return len(self._unsettled.get(scope, ()))
 
-    async def _handle(self, change: Change) -> None:
+    # --- changes -------------------------------------------------------------------------------
+
+    async def _handle(self, change: Change | _Retry) -> None:
         if isinstance(change, Progress):
-            self._progress[change.scope] = change.resource_version
+            self._marks.setdefault(change.scope, deque()).append((self._next_ticket, change.resource_version))
         elif isinstance(change, Upsert):
             await self._upsert(change)
         elif isinstance(change, Delete):
             key = (change.kind, change.namespace, change.name)
             await self._delete(key, change.uid, change.resource_version, change.scope)
+        elif isinstance(change, _Retry):
+            self._retries -= 1
+            retrying.set(self._retries)
+            if self._newest.get(change.send.key) == change.send.ticket:
+                await self._send(change.send, change.attempt)
+            else:  # a newer change of the object was published since
+                self._settle(change.send)
         else:
             gone = [
                 key
-                for key, value in self._known.items()
+                for key, last in self._known.items()
                 if key[0] == change.kind
-                and self._scopes.get(key, change.kind) == change.scope
-                and value != TOMBSTONE
+                and last.scope == change.scope
+                and last.digest != TOMBSTONE
                 and (key[1], key[2]) not in change.keys
             ]
             for key in gone:
@@ -193,67 +254,150 @@ class Publisher:
         observed = change.observed
         key = (change.kind, observed.namespace, observed.name)
         content_digest = digest(observed)
-        if self._known.get(key) == content_digest:
+        last = self._known.get(key)
+        if last is not None and last.digest == content_digest:
             return
-        await self._publish(
-            key,
-            encoder.encode(observed),
-            content_digest,
-            observed.uid,
-            observed.resource_version,
-            change.scope,
-        )
+        payload = self._fit(change.kind, observed)
+        headers = {
+            # Identical publishes from several watcher replicas collapse into one message.
+            HDR_MSG_ID: f"{change.kind}/{observed.uid}/{observed.resource_version}/{content_digest}",
+            HDR_DIGEST: content_digest,
+            HDR_RESOURCE_VERSION: observed.resource_version,
+            HDR_SCOPE: change.scope,
+        }
+        self._known[key] = Published(content_digest, change.scope, observed.resource_version)
+        await self._send(self._new_send(key, change.scope, payload, headers, None), 0)
         published.labels(change.kind, "upsert").inc()
 
     async def _delete(self, key: ObjectKey, uid: str, resource_version: str, scope: str) -> None:
         kind, namespace, name = key
-        if self._known.get(key) in (TOMBSTONE, None) and uid == "":
+        last = self._known.get(key)
+        if (last is None or last.digest == TOMBSTONE) and uid == "":
             return
-        message = ObjectDeleted(kind, namespace, name, uid, resource_version)
-        await self._publish(
-            key,
-            encoder.encode(message),
-            TOMBSTONE,
-            uid or "unknown",
-            resource_version or "relist",
-            scope,
-            ttl=TOMBSTONE_TTL_SECONDS,
-        )
-        published.labels(kind, "delete").inc()
-
-    async def _publish(
-        self,
-        key: ObjectKey,
-        payload: bytes,
-        content_digest: str,
-        uid: str,
-        resource_version: str,
-        scope: str,
-        ttl: float | None = None,
-    ) -> None:
-        kind, namespace, name = key
+        if resource_version:  # seen deleted by the watch: the deletion's own resourceVersion
+            msg_id = f"{kind}/{uid}/{resource_version}/{TOMBSTONE}"
+        else:  # found gone by a LIST: unique to the object and the last version published of it
+            msg_id = f"{kind}/{namespace}/{name}/{TOMBSTONE}-after/{last.resource_version if last else ''}"
+        message = ObjectDeleted(kind, namespace, name, uid or "unknown", resource_version or "relist")
         headers = {
-            # Identical publishes from several watcher replicas collapse into one message.
-            HDR_MSG_ID: f"{kind}/{uid}/{resource_version}/{content_digest}",
-            HDR_DIGEST: content_digest,
-            HDR_RESOURCE_VERSION: resource_version,
+            HDR_MSG_ID: msg_id,
+            HDR_DIGEST: TOMBSTONE,
+            HDR_RESOURCE_VERSION: resource_version or "relist",
             HDR_SCOPE: scope,
         }
-        future = await self._bus.js.publish_async(
-            subjects.object_subject(kind, namespace, name), payload, headers=headers, msg_ttl=ttl
-        )
-        self._known[key] = content_digest
-        self._scopes[key] = scope
-        future.add_done_callback(lambda f: self._acked(key, scope, f))
+        self._known[key] = Published(TOMBSTONE, scope, resource_version or "relist")
+        send = self._new_send(key, scope, encoder.encode(message), headers, TOMBSTONE_TTL_SECONDS)
+        await self._send(send, 0)
+        published.labels(kind, "delete").inc()
 
-    def _acked(self, key: ObjectKey, scope: str, future: asyncio.Future[Any]) -> None:
-        if future.cancelled() or future.exception() is not None:
-            log.warning(
-                "publish of %s not acknowledged: %s",
-                "/".join(key),
-                None if future.cancelled() else future.exception(),
+    def _fit(self, kind: str, observed: Observed) -> bytes:
+        """The message for ``observed``, cut down (and reported) if the bus would refuse it."""
+        payload = encoder.encode(observed)
+        budget = self._bus.nc.max_payload - HEADROOM_BYTES
+        if len(payload) <= budget:
+            return payload
+        where = f"{kind} {observed.namespace}/{observed.name}"
+        reason = f"{where} is too large for the bus ({len(payload)} bytes)"
+        oversized.labels(kind).inc()
+        log.error("%s: publishing it without its certificates", reason)
+        if isinstance(observed, CertCheckObserved):
+            cut: Observed = msgspec.structs.replace(observed, status=msgspec.Raw(b"null"))
+        else:
+            error = CertSource("*", error=f"too large for certcheck to read ({len(payload)} bytes)")
+            cut = msgspec.structs.replace(observed, sources=[error], other_keys=[])
+        payload = encoder.encode(cut)
+        if len(payload) <= budget:
+            return payload
+        if isinstance(cut, CertCheckObserved):
+            log.error("%s even without its status: publishing it without notification targets", reason)
+            return encoder.encode(msgspec.structs.replace(cut, notification=None))
+        log.error("%s even without its certificates: publishing it without labels", reason)
+        return encoder.encode(msgspec.structs.replace(cut, labels={}))
+
+    # --- sending -------------------------------------------------------------------------------
+
+    def _new_send(
+        self, key: ObjectKey, scope: str, payload: bytes, headers: dict[str, str], ttl: float | None
+    ) -> _Send:
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        self._newest[key] = ticket
+        self._unsettled.setdefault(scope, set()).add(ticket)
+        return _Send(key, ticket, scope, payload, headers, ttl)
+
+    async def _send(self, send: _Send, attempt: int) -> None:
+        kind, namespace, name = send.key
+        try:
+            future = await publish_pipelined(
+                self._bus,
+                subjects.object_subject(kind, namespace, name),
+                send.payload,
+                send.headers,
+                send.ttl,
             )
-            publish_failures.labels(key[0]).inc()
-            self._known.pop(key, None)
-            self._progress.pop(scope, None)  # never record progress past a lost publish
-            self._on_lost(scope)
+        except TooLargeError as exc:  # cannot be helped by sending again: reported, and given up
+            await self._too_large(send, exc)
+            return
+        except Exception as exc:
+            self._failed(send, attempt, exc)
+            return
+        self._inflight[send.ticket] = (send, attempt, future, time.monotonic() + self._ack_timeout)
+        future.add_done_callback(lambda done: self._acked(send, attempt, done))
+
+    def _acked(self, send: _Send, attempt: int, future: asyncio.Future[Any]) -> None:
+        if self._inflight.pop(send.ticket, None) is None:
+            return  # given up on already (timed out)
+        if future.cancelled():
+            self._failed(send, attempt, TimeoutError("publish cancelled"))
+        elif future.exception() is not None:
+            self._failed(send, attempt, future.exception())
+        else:
+            self._settle(send)
+
+    def _expire(self, now: float) -> None:
+        for ticket, (send, attempt, future, deadline) in list(self._inflight.items()):
+            if deadline <= now and not future.done():
+                del self._inflight[ticket]
+                future.cancel()  # frees its slot in nats-py's pipeline
+                self._failed(send, attempt, TimeoutError(f"no acknowledgement in {self._ack_timeout:.0f}s"))
+
+    def _failed(self, send: _Send, attempt: int, exc: BaseException | None) -> None:
+        publish_failures.labels(send.key[0]).inc()
+        delay = min(RETRY_CAP_SECONDS, 0.2 * 2**attempt)
+        log.warning("publish of %s failed (%s), again in %.1fs", "/".join(send.key), exc, delay)
+        self._retries += 1
+        retrying.set(self._retries)
+        retry = _Retry(send, attempt + 1, send.scope)
+        asyncio.get_running_loop().call_later(delay, self.queue.put_nowait, retry)
+
+    def _settle(self, send: _Send) -> None:
+        self._unsettled.get(send.scope, set()).discard(send.ticket)
+
+    async def _too_large(self, send: _Send, exc: Exception) -> None:
+        self._settle(send)
+        summary = encoder.encode({"object": "/".join(send.key), "bytes": len(send.payload)})
+        with contextlib.suppress(Exception):
+            await park(self._bus, subjects.object_subject(*send.key), summary, str(exc), "too-large")
+
+    # --- progress ------------------------------------------------------------------------------
+
+    def _advance(self, scope: str) -> None:
+        """Move the scope's safe resourceVersion to the newest mark whose publishes are all acked."""
+        marks = self._marks.get(scope)
+        unsettled = self._unsettled.get(scope)
+        oldest_unsettled = min(unsettled) if unsettled else math.inf
+        while marks and marks[0][0] <= oldest_unsettled:
+            self._safe[scope] = marks.popleft()[1]
+
+    async def _save_progress(self) -> None:
+        for scope in list(self._marks):
+            self._advance(scope)
+        for scope, resource_version in list(self._safe.items()):
+            if self._saved.get(scope) == resource_version:
+                continue
+            try:
+                await self._progress_kv.put(f"rv.{scope}", resource_version.encode())
+            except Exception as exc:
+                log.warning("could not save watch progress of %s: %s", scope, exc)
+                continue
+            self._saved[scope] = resource_version

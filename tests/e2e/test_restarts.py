@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import nats
 import pytest
 from kubernetes import client
 
 from devcluster.certs import expiring_in, make_cert, tls_secret_data
 from devcluster.stack import SERVICES, Stack, api_client
+from schemas.streams import WATCHER_STATE_BUCKET
+from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION
 from tests.conftest import Cluster, wait_for
 from tests.e2e.test_time import state_of
 from tests.e2e.test_triggers import metric
@@ -149,16 +153,63 @@ def test_watcher_relists_on_410_gone_and_notices_deletions_made_while_it_was_dow
     assert metric(stack, "watcher", "certcheck_watch_restarts_total", f'{tls},cause="list"') == 1
 
 
+def forget_watch_progress(stack: Stack) -> None:
+    """Remove the watcher's saved resourceVersions: its next start must LIST everything."""
+
+    async def forget() -> None:
+        nc = await nats.connect(stack.nats.url)
+        kv = await nc.jetstream().key_value(WATCHER_STATE_BUCKET)
+        for key in await kv.keys():
+            await kv.purge(key)
+        await nc.close()
+
+    asyncio.run(forget())
+
+
+def test_every_deletion_a_relist_finds_is_applied_everywhere(
+    cluster: Cluster, namespace: str, stack: Stack
+) -> None:
+    cert, key = expiring_in(100)
+    for index in range(60):
+        cluster.create_tls_secret(
+            namespace, f"s{index}", cert, key, labels={"app": "t", "half": str(index % 2)}
+        )
+    cluster.create_certcheck(namespace, "keep", {"matchLabels": {"app": "t"}})
+    cluster.create_certcheck(namespace, "gone-0", {"matchLabels": {"half": "0"}})
+    cluster.create_certcheck(namespace, "gone-1", {"matchLabels": {"half": "1"}})
+    for name in ("keep", "gone-0", "gone-1"):
+        wait_for(lambda name=name: cluster.status(namespace, name).get("lastEvaluationTime"), what=name)
+    wait_for(lambda: cluster.status(namespace, "keep").get("targetSecretsCount") == 60, what="sixty listed")
+    series = f'certcheck_namespace="{namespace}"'
+    wait_for(lambda: metric(stack, "exporter", "certcheck_certcheck_targets", series) == 120, what="exported")
+
+    stack.services["watcher"].stop()
+    forget_watch_progress(stack)
+    for index in range(50):
+        cluster.core.delete_namespaced_secret(f"s{index}", namespace)
+    for name in ("gone-0", "gone-1"):
+        cluster.custom.delete_namespaced_custom_object(
+            CERTCHECK_GROUP, CERTCHECK_VERSION, namespace, CERTCHECK_PLURAL, name
+        )
+    stack.start_service("watcher")
+
+    status = wait_for(
+        lambda: (s := cluster.status(namespace, "keep")).get("targetSecretsCount") == 10 and s,
+        timeout=30,
+        what="fifty deletions found by the LIST",
+    )
+    assert sorted(c["name"] for c in status["certificates"]) == sorted(f"s{i}" for i in range(50, 60))
+    wait_for(
+        lambda: metric(stack, "exporter", "certcheck_certcheck_targets", series) == 10,
+        what="the deleted CertChecks' series gone",
+    )
+    assert metric(stack, "exporter", "certcheck_certcheck_targets", f'{series},certcheck="gone-0"') == 0
+    assert metric(stack, "watcher", "certcheck_watcher_published_total", 'change="delete"') >= 52
+
+
 def test_a_relist_of_one_secret_type_never_deletes_secrets_of_another(
     cluster: Cluster, namespace: str, stack: Stack
 ) -> None:
-    import asyncio
-
-    import nats
-
-    from schemas.streams import WATCHER_STATE_BUCKET
-    from tests.e2e.test_triggers import metric
-
     tls, tls_key = expiring_in(100)
     cluster.create_tls_secret(namespace, "tls", tls, tls_key, labels={"app": "types"})
     opaque, _ = expiring_in(100, "opaque.test")
@@ -173,15 +224,8 @@ def test_a_relist_of_one_secret_type_never_deletes_secrets_of_another(
     cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "types"}})
     wait_for(lambda: cluster.status(namespace, "c").get("targetSecretsCount") == 2, what="both types")
 
-    async def forget_progress() -> None:
-        nc = await nats.connect(stack.nats.url)
-        kv = await nc.jetstream().key_value(WATCHER_STATE_BUCKET)
-        for key in await kv.keys():
-            await kv.purge(key)
-        await nc.close()
-
     stack.services["watcher"].stop()
-    asyncio.run(forget_progress())  # the restarted watcher must LIST every Secret type again
+    forget_watch_progress(stack)  # the restarted watcher must LIST every Secret type again
     stack.start_service("watcher")
     wait_for(
         lambda: metric(stack, "watcher", "certcheck_watch_restarts_total", 'cause="list"') >= 3,
