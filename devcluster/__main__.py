@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from devcluster.cluster import die_with_parent
 from devcluster.demo import NAMESPACE, create_demo
 from devcluster.stack import REPO, Stack, api_client
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    die_with_parent(signal.SIGTERM)  # `make` killed: stop everything as on Ctrl-C
     try:
         print(
             "starting etcd, kube-apiserver and nats-server (the first run builds kube-apiserver)...",

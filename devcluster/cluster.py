@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -53,17 +54,43 @@ def _wait(check: object, what: str, timeout: float, proc: subprocess.Popen[bytes
     raise RuntimeError(f"{what} not ready after {timeout}s (log: {log})")
 
 
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send ``sig`` to this process when its parent dies (Linux; elsewhere a no-op)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
 def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """A child in its own session (Ctrl-C reaches it only through stop()), logging to a file."""
+    """A child in its own session (Ctrl-C reaches it only through stop()), logging to a file, that
+    never outlives this process: killed however, its children go with it."""
     return subprocess.Popen(
-        args, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
+        args,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=die_with_parent,  # only a prctl call: safe between fork and exec
     )
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
-    if proc is None or proc.poll() is not None:
+    _signal(proc, sig)
+    _reap(proc, timeout)
+
+
+def _signal(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(sig)
+
+
+def _reap(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """Wait for ``proc`` to exit; SIGKILL it after ``timeout``."""
+    if proc is None:
         return
-    proc.send_signal(sig)
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -344,6 +371,13 @@ class ServiceProcess:
 
     def stop(self) -> None:
         _stop(self.proc)
+
+    def terminate(self) -> None:
+        """SIGTERM without waiting (``reap`` waits): services stop side by side."""
+        _signal(self.proc, signal.SIGTERM)
+
+    def reap(self, timeout: float = 10) -> None:
+        _reap(self.proc, timeout)
 
     def kill(self) -> None:
         _stop(self.proc, signal.SIGKILL)

@@ -141,6 +141,8 @@ class Stack:
 
     def stop(self) -> None:
         for process in self.services.values():
-            process.stop()
+            process.terminate()
+        for process in self.services.values():
+            process.reap(timeout=6)  # each exits within 5 s of SIGTERM
         self.nats.stop()
         self.control_plane.stop()

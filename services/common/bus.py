@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -48,9 +49,15 @@ class Bus:
     js: JetStreamContext
     replicas: int = 1  # copies of each stream and bucket it creates (3 on a 3-node NATS cluster)
 
-    async def close(self) -> None:
-        if not self.nc.is_closed:
-            await self.nc.drain()
+    async def close(self, timeout: float = 1.0) -> None:
+        """Send what is buffered, then close. Not a drain: that waits (30 s by default) for messages
+        nobody will consume any more; JetStream redelivers whatever was not acknowledged."""
+        if self.nc.is_closed:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.nc.flush(), timeout)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.nc.close(), timeout)
 
 
 async def connect(url: str, name: str, user: str = "", password: str = "") -> Bus:

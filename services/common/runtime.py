@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
-from collections.abc import Awaitable, Callable
+import threading
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from services.common.bus import UnsupportedServerError
@@ -16,7 +19,7 @@ from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ServiceMain = Callable[[Settings, Health, asyncio.Event], Awaitable[None]]
+ServiceMain = Callable[[Settings, Health, asyncio.Event], Coroutine[Any, Any, None]]
 
 
 async def _heartbeat(health: Health) -> None:
@@ -25,24 +28,57 @@ async def _heartbeat(health: Health) -> None:
         await asyncio.sleep(1)
 
 
+STOP_GRACE_SECONDS = 3.0  # to finish in-flight work after SIGTERM; what is not acked is redelivered
+EXIT_DEADLINE_SECONDS = 4.5  # whatever still runs then (a blocked thread), the process exits anyway
+
+
 async def _run(name: str, main: ServiceMain, settings: Settings) -> None:
     health = Health()
     server = serve_http(health, settings.http_host, settings.http_port) if settings.http_port else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _stopping, stop)
     beat = asyncio.create_task(_heartbeat(health))
     log.info("starting %s", name, extra={"http_port": settings.http_port})
+    running = asyncio.create_task(main(settings, health, stop), name="main")
+    stopped = asyncio.create_task(stop.wait())
     try:
-        await main(settings, health, stop)
+        await asyncio.wait([running, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if not running.done():
+            # main sees ``stop`` once it supervises its tasks; still starting up, it is cancelled now.
+            await asyncio.wait([running], timeout=STOP_GRACE_SECONDS if health.ready else 0.1)
+            running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
     finally:
+        stopped.cancel()
         beat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beat
         if server:
             server.shutdown()
         log.info("stopped %s", name)
+
+
+def _stopping(stop: asyncio.Event) -> None:
+    if not stop.is_set():
+        log.info("stopping")
+        stop.set()
+        # A thread blocked in a request (the Kubernetes client's are synchronous) cannot be cancelled:
+        # the deadline below ends the process however far the stop got.
+        threading.Thread(target=_exit_after, args=(EXIT_DEADLINE_SECONDS,), daemon=True).start()
+
+
+def _exit_after(seconds: float) -> None:
+    time.sleep(seconds)
+    log.warning("still stopping after %.1fs: exiting now (JetStream redelivers what was not acked)", seconds)
+    _exit(0)
+
+
+def _exit(code: int) -> None:
+    logging.shutdown()
+    os._exit(code)
 
 
 async def supervise(stop: asyncio.Event, *tasks: asyncio.Task[None]) -> None:
@@ -62,8 +98,17 @@ async def supervise(stop: asyncio.Event, *tasks: asyncio.Task[None]) -> None:
 def run_service(name: str, main: ServiceMain, argv: list[str] | None = None) -> None:
     settings = Settings.from_args(argv, prog=f"certcheck {name}")
     setup_logging(name, settings.log_level)
+    code = 0
     try:
         asyncio.run(_run(name, main, settings))
     except UnsupportedServerError as exc:
         log.error("cannot start %s: %s", name, exc)
-        raise SystemExit(2) from None
+        code = 2
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        log.exception("%s failed", name)
+        code = 1
+    # Not a normal interpreter exit: that joins every worker thread, and one blocked in a request
+    # would hold the process up to its timeout.
+    _exit(code)

@@ -164,7 +164,7 @@ async def _watch(settings: Settings, bus: bus_mod.Bus, stop: asyncio.Event, leas
         for watch in watches.values():
             watch.stop()
         if not lease.fenced():  # never publish once another replica may have taken over
-            await publisher.flush(timeout=5)
+            await publisher.flush(timeout=2)
 
 
 def run(argv: list[str] | None = None) -> None:
