@@ -238,7 +238,6 @@ class EvaluationResult(msgspec.Struct, frozen=True, tag_field="kind", tag="Evalu
     status: CertCheckStatus
     status_changed: bool
     annotation_patches: list[AnnotationPatch] = []
-    events: list[EventIntent] = []
     next_due: str | None = None
     notification: NotificationSpec | None = None
     threshold_days: int = 0
@@ -309,4 +308,5 @@ encoder = msgspec.json.Encoder()
 object_decoder = msgspec.json.Decoder(ObjectEvent)
 result_decoder = msgspec.json.Decoder(ResultMessage)
 due_decoder = msgspec.json.Decoder(Due)
+kube_event_decoder = msgspec.json.Decoder(EventIntent)
 status_decoder = msgspec.json.Decoder(CertCheckStatus | None)

@@ -30,6 +30,7 @@ class StreamSpec:
     allow_msg_ttl: bool = False
     duplicate_window_seconds: float = 120.0
     max_age_seconds: float | None = None
+    work_queue: bool = False  # a message is gone once acknowledged
 
 
 # The observed state of the cluster: one message per object (last value per subject), tombstones
@@ -61,6 +62,16 @@ TRIGGERS = StreamSpec(
     allow_msg_schedules=True,
 )
 
+# Kubernetes Events to write, one message per Event occurrence (Nats-Msg-Id: the Event's key and its
+# occurrence). Apart from the results: a result superseded by a newer one must not take its Events along,
+# and an Event whose write keeps failing (429, a 403 while RBAC is being fixed) is retried on its own.
+KUBE_EVENTS = StreamSpec(
+    name="CERTCHECK_KUBE_EVENTS",
+    subjects=(subjects.KUBE_EVENTS_ALL,),
+    description="Kubernetes Events to write (work queue: removed once written)",
+    work_queue=True,
+)
+
 # nats-server keeps a schedule's time in int64 nanoseconds: one set after 2262-04-11 fires at once.
 # Nothing is scheduled beyond this; the periodic resync evaluates such a CertCheck anyway.
 SCHEDULE_HORIZON = datetime(2262, 1, 1, tzinfo=UTC)
@@ -73,7 +84,7 @@ DEADLETTER = StreamSpec(
     max_age_seconds=7 * 24 * 3600,
 )
 
-ALL_STREAMS = (OBJECTS, RESULTS, TRIGGERS, DEADLETTER)
+ALL_STREAMS = (OBJECTS, RESULTS, TRIGGERS, KUBE_EVENTS, DEADLETTER)
 
 # Key-value buckets (JetStream-backed, file storage).
 # The recorder's durable "applied up to" mark per results subject: a redelivered result is not re-applied.
@@ -91,4 +102,5 @@ NOTIFIER_STATE_BUCKET = "certcheck_notifier"
 EVALUATOR_OBJECTS_CONSUMER = "evaluator-objects"
 EVALUATOR_DUE_CONSUMER = "evaluator-due"
 RECORDER_CONSUMER = "recorder"
+RECORDER_EVENTS_CONSUMER = "recorder-events"
 NOTIFIER_CONSUMER = "notifier"

@@ -16,6 +16,7 @@ CLEANUP_ALL = f"{PREFIX}.cleanup.>"
 SCHEDULE_ALL = f"{PREFIX}.schedule.>"
 DUE_ALL = f"{PREFIX}.due.>"
 DEADLETTER_ALL = f"{PREFIX}.deadletter.>"
+KUBE_EVENTS_ALL = f"{PREFIX}.kubeevents.>"
 
 KIND_CERTCHECK = "certcheck"
 KIND_SECRET = "secret"
@@ -45,6 +46,11 @@ def schedule_subject(namespace: str, certcheck: str) -> str:
 def due_subject(namespace: str, certcheck: str) -> str:
     """Subject the server writes to when a CertCheck's schedule comes due."""
     return f"{PREFIX}.due.{namespace}.{certcheck}"
+
+
+def kube_event_subject(namespace: str, dedup_key: str) -> str:
+    """A Kubernetes Event to write: its namespace, and the key that names it (hex, one token)."""
+    return f"{PREFIX}.kubeevents.{namespace}.{dedup_key}"
 
 
 def deadletter_subject(original: str) -> str:

@@ -148,7 +148,7 @@ def _stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
         name=spec.name,
         description=spec.description,
         subjects=list(spec.subjects),
-        retention=RetentionPolicy.LIMITS,
+        retention=RetentionPolicy.WORK_QUEUE if spec.work_queue else RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_msgs_per_subject=spec.max_msgs_per_subject,
         allow_msg_schedules=spec.allow_msg_schedules or None,

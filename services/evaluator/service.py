@@ -19,6 +19,7 @@ from schemas.messages import (
     CertCheckRemoved,
     Due,
     EvaluationResult,
+    EventIntent,
     due_decoder,
     encoder,
 )
@@ -26,6 +27,7 @@ from schemas.streams import (
     EVALUATOR_DUE_CONSUMER,
     EVALUATOR_OBJECTS_CONSUMER,
     HDR_EXPECTED_LAST_SUBJECT_SEQ,
+    HDR_MSG_ID,
     HDR_SCHEDULE,
     HDR_SCHEDULE_TARGET,
     HDR_VIEW_SEQ,
@@ -34,7 +36,15 @@ from schemas.streams import (
     SCHEDULE_HORIZON,
     TRIGGERS,
 )
-from services.common.bus import Bus, dead_letter, durable_consumer, fetch_batch, park, redelivery_delay
+from services.common.bus import (
+    Bus,
+    dead_letter,
+    durable_consumer,
+    fetch_batch,
+    park,
+    publish_pipelined,
+    redelivery_delay,
+)
 from services.common.settings import Settings
 from services.domain.times import parse_rfc3339, rfc3339
 from services.evaluator import core
@@ -48,6 +58,7 @@ WRONG_LAST_SEQUENCE = 10071
 BATCH = 500
 MAX_EVALUATION_ATTEMPTS = 10  # retries of an evaluation that raised, 1 s doubling to 5 min apart
 RETRY_CAP_SECONDS = 300.0
+PUBLISH_TIMEOUT_SECONDS = 10.0
 
 evaluations = Counter("certcheck_evaluations_total", "CertCheck evaluations", ["trigger"])
 evaluation_seconds = Histogram(
@@ -276,11 +287,13 @@ class Evaluator:
             status=evaluation.status,
             status_changed=evaluation.status_changed,
             annotation_patches=evaluation.annotation_patches,
-            events=evaluation.events,
             next_due=rfc3339(evaluation.next_due) if evaluation.next_due else None,
             notification=entry.notification,
             threshold_days=entry.spec.threshold_days,
         )
+        # The Events first, on their own stream: a result superseded before the recorder applied it, or
+        # one whose writes fail, never takes an Event that was due along with it.
+        await self.publish_events(evaluation.events)
         if not await self.publish_result(subjects.result_subject(*key), encoder.encode(result), view_seq):
             return  # a newer evaluation owns the schedule
         if error is None:
@@ -292,6 +305,22 @@ class Evaluator:
             reason = f"evaluation failed {MAX_EVALUATION_ATTEMPTS} times, last: {error}"
             await park(self.bus, subjects.result_subject(*key), b"", reason, "evaluation-failed")
             await self.schedule(key, None)  # the next change or resync tries again
+
+    async def publish_events(self, events: list[EventIntent]) -> None:
+        """Queue each Event for the recorder, once per occurrence (the server drops a repeat of the same
+        ``Nats-Msg-Id`` within its window; the recorder treats a later one as the duplicate it is)."""
+        acks = [
+            await publish_pipelined(
+                self.bus,
+                subjects.kube_event_subject(event.namespace, event.dedup_key),
+                encoder.encode(event),
+                {HDR_MSG_ID: f"{event.dedup_key}/{event.occurrence}"},
+            )
+            for event in events
+        ]
+        if acks:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                await asyncio.gather(*acks)
 
     async def publish_result(self, subject: str, payload: bytes, view_seq: int) -> bool:
         """Publish unless a result from a newer view is already there (compare-and-set per subject).

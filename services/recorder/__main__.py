@@ -21,7 +21,11 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     recorder = Recorder(bus, writer, settings, applied)
     health.set_ready(True)
     try:
-        await supervise(stop, asyncio.create_task(recorder.run(), name="record"))
+        await supervise(
+            stop,
+            asyncio.create_task(recorder.run(), name="record"),
+            asyncio.create_task(recorder.run_events(), name="record-events"),
+        )
     finally:
         await bus.close()
 

@@ -19,6 +19,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
+from schemas import subjects
 from schemas.messages import (
     AnnotationCleanup,
     AnnotationPatch,
@@ -26,9 +27,10 @@ from schemas.messages import (
     EvaluationResult,
     ResultMessage,
     encoder,
+    kube_event_decoder,
     result_decoder,
 )
-from schemas.streams import RECORDER_CONSUMER, RESULTS
+from schemas.streams import KUBE_EVENTS, RECORDER_CONSUMER, RECORDER_EVENTS_CONSUMER, RESULTS
 from services.common.bus import Bus, dead_letter, durable_consumer, fetch_batch, redelivery_delay
 from services.common.settings import Settings
 from services.recorder.kube import Gone, KubeWriter
@@ -38,6 +40,12 @@ log = logging.getLogger(__name__)
 BATCH = 200
 MAX_DELIVERIES = 20  # then the result goes to the dead-letter stream (a newer one supersedes it anyway)
 applied = Counter("certcheck_recorder_results_total", "Results handled", ["kind", "outcome"])
+event_writes = Counter(
+    "certcheck_recorder_events_total", "Kubernetes Events handled", ["outcome"]
+)  # created, aggregated, duplicate, retry
+# An Event whose write keeps failing is retried every EVENT_RETRY_CAP_SECONDS for about a day, then parked.
+EVENT_RETRY_CAP_SECONDS = 300.0
+MAX_EVENT_DELIVERIES = 300
 
 
 class _Lru(OrderedDict[Any, Any]):
@@ -109,6 +117,40 @@ class Recorder:
         applied.labels(kind, "ok").inc()
         await msg.ack()
 
+    # --- Events ------------------------------------------------------------------------------------
+
+    async def run_events(self) -> None:
+        """Write the Events the evaluator queued, each on its own: one that fails is retried with
+        backoff for as long as EVENT_RETRY_HOURS, whatever happens to the results meanwhile."""
+        sub = await durable_consumer(
+            self.bus, KUBE_EVENTS.name, RECORDER_EVENTS_CONSUMER, subjects.KUBE_EVENTS_ALL, ack_wait=120
+        )
+        while True:
+            msgs = await fetch_batch(sub, BATCH, wait=5)
+            await asyncio.gather(*(self._write_event(msg) for msg in msgs))
+
+    async def _write_event(self, msg: Msg) -> None:
+        try:
+            intent = kube_event_decoder.decode(msg.data)
+        except Exception as exc:
+            await dead_letter(self.bus, msg, f"undecodable Event: {exc}", "undecodable")
+            return
+        try:
+            outcome = await self._call(self.writer.emit_event, intent)
+        except Exception as exc:
+            deliveries = msg.metadata.num_delivered or 1
+            if deliveries >= MAX_EVENT_DELIVERIES:
+                reason = f"Event not written after {deliveries} attempts: {exc}"
+                await dead_letter(self.bus, msg, reason, "failing")
+                return
+            delay = redelivery_delay(msg, cap=EVENT_RETRY_CAP_SECONDS)
+            log.warning("writing Event %s failed, retrying in %.0fs: %s", msg.subject, delay, exc)
+            event_writes.labels("retry").inc()
+            await msg.nak(delay=delay)
+            return
+        event_writes.labels(outcome).inc()
+        await msg.ack()
+
     async def _applied_up_to(self, mark: str) -> int:
         try:
             entry = await self.applied.get(mark)
@@ -125,8 +167,6 @@ class Recorder:
             self._written_status.pop((result.namespace, result.name), None)
 
     async def _apply_evaluation(self, result: EvaluationResult) -> None:
-        # State first (annotations, then the status), the Events after: they queue behind the state writes
-        # of the rest of the batch instead of taking write slots from them (start-up: ~1 Event per 8 patches).
         await asyncio.gather(*(self._annotate(patch) for patch in result.annotation_patches))
         status_key = (result.namespace, result.name)
         fingerprint = (result.uid, encoder.encode(result.status))
@@ -139,7 +179,6 @@ class Recorder:
                 pass  # the CertCheck went; its Events are still sent, as before
             else:
                 self._written_status.put(status_key, fingerprint)
-        await asyncio.gather(*(self._call(self.writer.emit_event, intent) for intent in result.events))
 
     async def _annotate(self, patch: AnnotationPatch) -> None:
         key = (patch.namespace, patch.name, patch.uid)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from kubernetes import client
+
 from devcluster.certs import expiring_in, make_cert, tls_secret_data
 from tests.conftest import Cluster, wait_for
 
@@ -87,3 +89,49 @@ def test_status_lists_dns_names_and_when_it_was_evaluated(cluster: Cluster, name
     assert status["certificates"][0]["dnsNames"] == ["web.test", "www.web.test"]
     evaluated = datetime.fromisoformat(status["lastEvaluationTime"])
     assert abs(datetime.now(UTC) - evaluated) < timedelta(seconds=30)
+
+
+def without_event_writes(api: client.ApiClient, role: str) -> list[Any]:
+    """Take the ``events`` rule out of a ClusterRole (an RBAC change gone wrong); returns the old rules."""
+    rbac = client.RbacAuthorizationV1Api(api)
+    current = rbac.read_cluster_role(role)
+    rules = [r for r in current.rules if "events" not in (r.resources or [])]
+    rbac.patch_cluster_role(role, {"rules": [api.sanitize_for_serialization(r) for r in rules]})
+    return [api.sanitize_for_serialization(r) for r in current.rules]
+
+
+def test_an_event_that_could_not_be_written_is_written_once_the_failure_clears(
+    cluster: Cluster, namespace: str, api: client.ApiClient
+) -> None:
+    cert, key = expiring_in(100)
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "x"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}})
+    wait_for(lambda: cluster.annotations(namespace, "s").get("certcheck.dev/state") == "Valid", what="Valid")
+
+    rules = without_event_writes(api, "certcheck-recorder")
+    try:
+        soon, soon_key = expiring_in(5)
+        cluster.core.patch_namespaced_secret("s", namespace, {"data": tls_secret_data(soon, soon_key)})
+        wait_for(
+            lambda: cluster.annotations(namespace, "s").get("certcheck.dev/state") == "ExpiringSoon",
+            what="the state recorded while Events are refused",
+        )
+        # A newer result for the CertCheck replaces the one that carried the change.
+        other, other_key = expiring_in(200)
+        cluster.create_tls_secret(namespace, "t", other, other_key, labels={"app": "x"})
+        wait_for(
+            lambda: cluster.status(namespace, "c").get("targetSecretsCount") == 2, what="the newer result"
+        )
+        assert cluster.events(namespace, "Secret", "s") == []
+    finally:
+        client.RbacAuthorizationV1Api(api).patch_cluster_role("certcheck-recorder", {"rules": rules})
+
+    wait_for(
+        lambda: reasons(cluster, namespace, "Secret", "s") == [("Warning", "ExpiringSoon", 1)],
+        timeout=40,
+        what="the Event written once the failure cleared",
+    )
+    wait_for(
+        lambda: ("Warning", "ExpiringSoon", 1) in reasons(cluster, namespace, "CertCheck", "c"),
+        what="the CertCheck's Event too",
+    )

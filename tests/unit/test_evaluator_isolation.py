@@ -18,9 +18,11 @@ from schemas.messages import (
     CertSource,
     Due,
     EvaluationResult,
+    EventIntent,
     LabelSelector,
     SecretObserved,
     due_decoder,
+    kube_event_decoder,
     result_decoder,
 )
 from schemas.streams import HDR_SCHEDULE
@@ -34,10 +36,22 @@ CERT, _ = expiring_in(10)
 
 
 @dataclass
+class FakeNats:
+    max_payload: int = 1 << 20
+
+
+@dataclass
 class FakeJetStream:
     published: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
     purged: list[str] = field(default_factory=list)
     fail_subjects: set[str] = field(default_factory=set)
+    _publish_async_futures: dict[str, Any] = field(default_factory=dict)
+
+    async def publish_async(self, subject: str, payload: bytes, headers: Any = None, **_: Any) -> Any:
+        await self.publish(subject, payload, headers=headers)
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
 
     async def get_last_msg(self, stream: str, subject: str) -> Any:
         raise NotFoundError
@@ -59,6 +73,13 @@ class FakeJetStream:
                 found[result.name] = result
         return found
 
+    def events(self) -> list[EventIntent]:
+        return [
+            kube_event_decoder.decode(payload)
+            for subject, payload, _ in self.published
+            if subject.startswith("certcheck.v1.kubeevents.")
+        ]
+
     def schedules(self) -> dict[str, tuple[Due, str]]:
         return {
             subject: (due_decoder.decode(payload), headers[HDR_SCHEDULE])
@@ -69,7 +90,7 @@ class FakeJetStream:
 
 def evaluator_with_three() -> tuple[Evaluator, FakeJetStream]:
     js = FakeJetStream()
-    evaluator = Evaluator(Bus(nc=None, js=js), Settings())  # type: ignore[arg-type]
+    evaluator = Evaluator(Bus(nc=FakeNats(), js=js), Settings())  # type: ignore[arg-type]
     now = datetime.now(UTC)
     seq = 0
     for name in ("alpha", "broken", "gamma"):
@@ -130,7 +151,13 @@ def test_a_certcheck_whose_evaluation_raises_is_recorded_failed_and_the_others_a
     ready = {c.type: c for c in results["broken"].status.conditions}["Ready"]
     assert (ready.status, ready.reason) == ("False", "EvaluationFailed")
     assert "KeyError" in ready.message
-    assert [e.reason for e in results["broken"].events] == ["EvaluationFailed"]
+    assert [(e.involved_name, e.reason) for e in js.events() if e.type == "Warning"] == [
+        ("alpha-tls", "ExpiringSoon"),
+        ("alpha", "ExpiringSoon"),
+        ("broken", "EvaluationFailed"),
+        ("gamma-tls", "ExpiringSoon"),
+        ("gamma", "ExpiringSoon"),
+    ]
 
 
 @pytest.mark.usefixtures("broken_core")
