@@ -58,6 +58,9 @@ class SecretObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="SecretO
     annotations: dict[str, str] = {}
     sources: list[CertSource] = []
     other_keys: list[str] = []  # keys holding no certificate (names only)
+    # Those of certcheck's annotations someone else wrote last (kubectl, say): not a state certcheck
+    # recorded, so no basis for an Event; they are put back.
+    edited_annotations: list[str] = []
 
 
 class ConfigMapObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="ConfigMapObserved/v1"):
@@ -204,6 +207,9 @@ class AnnotationPatch(msgspec.Struct, frozen=True):
     name: str
     uid: str
     annotations: dict[str, str | None]
+    # The Secret's resourceVersion as the evaluator saw it: a patch computed from a newer one (someone
+    # edited the annotations since certcheck wrote them) is a repair, never skipped as a repeat.
+    resource_version: str = ""
 
 
 class EventIntent(msgspec.Struct, frozen=True):
@@ -241,6 +247,7 @@ class EvaluationResult(msgspec.Struct, frozen=True, tag_field="kind", tag="Evalu
     next_due: str | None = None
     notification: NotificationSpec | None = None
     threshold_days: int = 0
+    resource_version: str = ""  # the CertCheck's, as evaluated (a status edited by hand since is put back)
 
 
 class CertCheckRemoved(msgspec.Struct, frozen=True, tag_field="kind", tag="CertCheckRemoved/v1"):

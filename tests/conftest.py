@@ -30,7 +30,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 class BusTap:
-    """Records every message on the bus (core NATS sees JetStream traffic too), from a thread."""
+    """Records every message on the bus (core NATS sees JetStream traffic too), from a thread.
+
+    Only while a test needs it: a subscriber to ``>`` is interest in every inbox, so the server keeps
+    delivering to the pull requests of a service that has just stopped (until they expire), and those
+    messages then wait for their ack wait before they are delivered again."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -38,6 +42,9 @@ class BusTap:
         self._ready = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, daemon=True, name="bus-tap")
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._nc.close(), self._loop).result(5)
 
     def start(self) -> None:
         self._thread.start()
@@ -53,6 +60,7 @@ class BusTap:
             pass
 
         nc = await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, error_cb=quiet)
+        self._nc = nc
 
         async def record(msg: Any) -> None:
             self.messages.append((msg.subject, msg.data, dict(msg.headers or {})))
@@ -105,11 +113,12 @@ def plain_nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def bus_tap(stack: Stack) -> BusTap:
+@pytest.fixture
+def bus_tap(stack: Stack) -> Iterator[BusTap]:
     tap = BusTap(stack.nats.url)
     tap.start()
-    return tap
+    yield tap
+    tap.stop()
 
 
 @pytest.fixture(scope="session")

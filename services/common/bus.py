@@ -175,6 +175,12 @@ async def ensure_streams(bus: Bus, specs: tuple[StreamSpec, ...] = ALL_STREAMS) 
             )
 
 
+# How long a pull request waits for messages. Short: a request outlives the process that made it (the
+# server delivers to it while anything has interest in its inbox, a `nats sub '>'` say), and what it
+# receives then waits for the consumer's ack wait before it is delivered again.
+FETCH_WAIT_SECONDS = 2.0
+
+
 async def fetch_batch(sub: JetStreamContext.PullSubscription, max_batch: int, wait: float) -> list[Msg]:
     """Up to ``max_batch`` messages: waits up to ``wait`` seconds for the first one, then takes whatever
     else is already available without waiting (nats-py's fetch would linger for a full batch)."""

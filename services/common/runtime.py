@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import signal
@@ -39,6 +40,7 @@ async def _run(name: str, main: ServiceMain, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _stopping, stop)
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
     beat = asyncio.create_task(_heartbeat(health))
     log.info("starting %s", name, extra={"http_port": settings.http_port})
     running = asyncio.create_task(main(settings, health, stop), name="main")
@@ -59,6 +61,14 @@ async def _run(name: str, main: ServiceMain, settings: Settings) -> None:
         if server:
             server.shutdown()
         log.info("stopped %s", name)
+
+
+def _dump_tasks() -> None:
+    """SIGUSR1: log where every task is waiting (what a stuck service is stuck on)."""
+    for task in asyncio.all_tasks():
+        stack = io.StringIO()
+        task.print_stack(limit=12, file=stack)
+        log.warning("task %s: %s", task.get_name(), stack.getvalue())
 
 
 def _stopping(stop: asyncio.Event) -> None:

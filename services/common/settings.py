@@ -33,6 +33,9 @@ class Settings:
     list_page_size: int = field(default_factory=lambda: int(_env("list_page_size", "500")))
     # evaluator
     status_cap: int = field(default_factory=lambda: int(_env("status_cap", "500")))
+    # How old a status may get before an unchanged one is written again (its lastEvaluationTime); 0:
+    # the resync interval.
+    status_refresh_seconds: float = field(default_factory=lambda: float(_env("status_refresh_seconds", "0")))
     resync_interval_seconds: float = field(
         default_factory=lambda: float(_env("resync_interval_seconds", str(10 * 3600)))
     )

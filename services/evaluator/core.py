@@ -91,6 +91,7 @@ class SecretView:
     type: str = "kubernetes.io/tls"
     other_keys: tuple[str, ...] = ()  # keys without any certificate
     kind: str = "Secret"  # or "ConfigMap": read only, certcheck never writes to a ConfigMap
+    edited_annotations: tuple[str, ...] = ()  # certcheck's annotations someone else wrote last
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,14 +323,16 @@ def annotation_patch(secret: SecretView, desired: dict[str, str | None]) -> Anno
     changes = {k: v for k, v in desired.items() if secret.annotations.get(k) != v}
     if not changes:
         return None
-    return AnnotationPatch(secret.namespace, secret.name, secret.uid, changes)
+    return AnnotationPatch(secret.namespace, secret.name, secret.uid, changes, secret.resource_version)
 
 
 def cleanup_patch(secret: SecretView) -> AnnotationPatch | None:
     """Remove everything certcheck wrote on a Secret no CertCheck covers."""
     if not secret.annotations:
         return None
-    return AnnotationPatch(secret.namespace, secret.name, secret.uid, dict.fromkeys(secret.annotations))
+    return AnnotationPatch(
+        secret.namespace, secret.name, secret.uid, dict.fromkeys(secret.annotations), secret.resource_version
+    )
 
 
 def _entry_change(rated: _Rated) -> ev.EntryChange:
@@ -478,6 +481,8 @@ def evaluate(
         if patch is None:
             continue
         evaluation.annotation_patches.append(patch)
+        if {ann.STATE, ann.NOT_AFTER} & set(secret.edited_annotations):
+            continue  # a hand edit, not a state certcheck recorded: put back without an Event
         event = ev.secret_event(
             ev.SecretChange(
                 namespace=secret.namespace,

@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js.errors import APIError, NotFoundError
 from prometheus_client import Counter, Histogram
@@ -37,6 +38,7 @@ from schemas.streams import (
     TRIGGERS,
 )
 from services.common.bus import (
+    FETCH_WAIT_SECONDS,
     Bus,
     dead_letter,
     durable_consumer,
@@ -59,6 +61,8 @@ BATCH = 500
 MAX_EVALUATION_ATTEMPTS = 10  # retries of an evaluation that raised, 1 s doubling to 5 min apart
 RETRY_CAP_SECONDS = 300.0
 PUBLISH_TIMEOUT_SECONDS = 10.0
+RESULT_HEADROOM_BYTES = 64 << 10  # under the server's max_payload: headers, and room to spare
+
 
 evaluations = Counter("certcheck_evaluations_total", "CertCheck evaluations", ["trigger"])
 evaluation_seconds = Histogram(
@@ -66,6 +70,7 @@ evaluation_seconds = Histogram(
     "Time to evaluate one CertCheck",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+sweeps = Counter("certcheck_sweeps_total", "Full evaluations that went through", ["trigger"])
 failed_evaluations = Counter(
     "certcheck_evaluation_failures_total", "Evaluations that raised (recorded as EvaluationFailed)"
 )
@@ -124,11 +129,12 @@ class Evaluator:
         )
         log.info("full evaluation (%s) of %d CertChecks", trigger, len(effects.evaluate))
         await self.act(effects, trigger)
+        sweeps.labels(trigger).inc()
 
     async def work_objects(self) -> None:
         sub = await self.bus.js.pull_subscribe_bind(EVALUATOR_OBJECTS_CONSUMER, stream=OBJECTS.name)
         while True:
-            msgs = await fetch_batch(sub, BATCH, wait=5)
+            msgs = await fetch_batch(sub, BATCH, wait=FETCH_WAIT_SECONDS)
             if not msgs:
                 continue
             effects = Effects()
@@ -150,7 +156,7 @@ class Evaluator:
     async def work_due(self) -> None:
         sub = await self.bus.js.pull_subscribe_bind(EVALUATOR_DUE_CONSUMER, stream=TRIGGERS.name)
         while True:
-            msgs = await fetch_batch(sub, BATCH, wait=5)
+            msgs = await fetch_batch(sub, BATCH, wait=FETCH_WAIT_SECONDS)
             due: dict[CertCheckKey, int] = {}
             settled = []
             for msg in msgs:
@@ -255,7 +261,8 @@ class Evaluator:
         """The evaluation of one CertCheck, or, if evaluating it raised, the failure to record and why."""
         entry = self.view.certcheck(key)
         assert entry is not None
-        refresh_after = timedelta(seconds=self.settings.resync_interval_seconds)
+        refresh = self.settings.status_refresh_seconds or self.settings.resync_interval_seconds
+        refresh_after = timedelta(seconds=refresh)
         try:
             secrets, coverage = self.view.inputs(key)
             evaluation = core.evaluate(
@@ -284,6 +291,7 @@ class Evaluator:
             generation=entry.spec.generation,
             evaluated_at=rfc3339(now),
             view_seq=view_seq,
+            resource_version=entry.spec.resource_version,
             status=evaluation.status,
             status_changed=evaluation.status_changed,
             annotation_patches=evaluation.annotation_patches,
@@ -294,6 +302,7 @@ class Evaluator:
         # The Events first, on their own stream: a result superseded before the recorder applied it, or
         # one whose writes fail, never takes an Event that was due along with it.
         await self.publish_events(evaluation.events)
+        result = await self._fit(result)
         if not await self.publish_result(subjects.result_subject(*key), encoder.encode(result), view_seq):
             return  # a newer evaluation owns the schedule
         if error is None:
@@ -305,6 +314,33 @@ class Evaluator:
             reason = f"evaluation failed {MAX_EVALUATION_ATTEMPTS} times, last: {error}"
             await park(self.bus, subjects.result_subject(*key), b"", reason, "evaluation-failed")
             await self.schedule(key, None)  # the next change or resync tries again
+
+    async def _fit(self, result: EvaluationResult) -> EvaluationResult:
+        """The result, within what the bus carries: the annotation patches that do not fit (a CertCheck
+        over thousands of Secrets not annotated yet) go out first, one message per Secret."""
+        budget = self.bus.nc.max_payload - RESULT_HEADROOM_BYTES
+        if len(encoder.encode(result)) <= budget:
+            return result
+        budget -= len(encoder.encode(msgspec.structs.replace(result, annotation_patches=[])))
+        kept, overflow = [], []
+        for patch in result.annotation_patches:
+            size = len(encoder.encode(patch)) + 1
+            if size <= budget:
+                kept.append(patch)
+                budget -= size
+            else:
+                overflow.append(patch)
+        log.info(
+            "result of %s/%s split: %d annotation patches sent on their own",
+            result.namespace,
+            result.name,
+            len(overflow),
+        )
+        for patch in overflow:
+            message = AnnotationCleanup(view_seq=result.view_seq, patch=patch)
+            subject = subjects.cleanup_subject(patch.namespace, patch.name)
+            await self.publish_result(subject, encoder.encode(message), result.view_seq)
+        return msgspec.structs.replace(result, annotation_patches=kept)
 
     async def publish_events(self, events: list[EventIntent]) -> None:
         """Queue each Event for the recorder, once per occurrence (the server drops a repeat of the same

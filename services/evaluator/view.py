@@ -129,6 +129,7 @@ def secret_view(observed: SecretObserved) -> core.SecretView:
         uid=observed.uid,
         labels=dict(observed.labels),
         annotations=dict(observed.annotations),
+        edited_annotations=tuple(observed.edited_annotations),
         entries=_entries(observed),
         resource_version=observed.resource_version,
         type=observed.type,

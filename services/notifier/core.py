@@ -14,7 +14,13 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from schemas.messages import CertificateNotice, CertificateStatus, ExpiryNotification, NotificationTarget
+from schemas.messages import (
+    CertificateNotice,
+    CertificateStatus,
+    ExpiryNotification,
+    NotificationFailure,
+    NotificationTarget,
+)
 from services.domain.times import parse_rfc3339, rfc3339
 
 _DURATION = re.compile(r"(\d+)([smhd])")
@@ -43,6 +49,9 @@ class Pending(msgspec.Struct, frozen=True):
     delivery_id: str
     notification: ExpiryNotification
     attempts: int = 0
+    # Which replica is sending it, until when (RFC 3339): no two send the same delivery at once.
+    claimed_by: str = ""
+    claimed_until: str = ""
 
 
 class TargetState(msgspec.Struct):
@@ -55,6 +64,8 @@ class TargetState(msgspec.Struct):
 class NotifyState(msgspec.Struct):
     uid: str = ""
     targets: dict[str, TargetState] = {}
+    # The failures the CertCheck's status shows, as last written: reported again until they match.
+    reported: list[NotificationFailure] = []
 
 
 def entry_id(entry: CertificateStatus) -> str:

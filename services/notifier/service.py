@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -38,9 +39,16 @@ from schemas.messages import (
     result_decoder,
 )
 from schemas.streams import NOTIFIER_CONSUMER, RESULTS
-from services.common.bus import Bus, dead_letter, durable_consumer, fetch_batch, redelivery_delay
+from services.common.bus import (
+    FETCH_WAIT_SECONDS,
+    Bus,
+    dead_letter,
+    durable_consumer,
+    fetch_batch,
+    redelivery_delay,
+)
 from services.common.settings import Settings
-from services.domain.times import rfc3339
+from services.domain.times import parse_rfc3339, rfc3339
 from services.evaluator.events import CERTCHECK_API_VERSION, dedup_key
 from services.notifier import core
 from services.notifier.secrets import SecretReader
@@ -55,8 +63,34 @@ state_decoder = msgspec.json.Decoder(core.NotifyState)
 ACK_WAIT_SECONDS = 15
 
 
+MAX_ROUNDS = 3  # plan, send, settle; again if a delivery that blocked planning went out meanwhile
+CLAIM_SECONDS = 60.0  # a replica's claim on a pending delivery; another takes it over after that
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _earliest(current: float | None, delay: float | None) -> float | None:
+    if delay is None:
+        return current
+    return delay if current is None else min(current, delay)
+
+
+def _unexpected(exc: Exception) -> DeliveryError:
+    retryable = isinstance(exc, OSError)  # a connection problem may pass; a bad value does not
+    return DeliveryError(
+        f"{type(exc).__name__} while sending (details withheld: they may quote a credential)", retryable
+    )
+
+
+@dataclass
+class _Claim:
+    state: core.NotifyState
+    revision: int
+    mine: set[str]  # targets whose pending delivery this replica sends now
+    blocked: set[str]  # targets that had a delivery pending, so were not planned against this result
+    elsewhere_until: float | None  # seconds until another replica's claim runs out
 
 
 def _stamp(moment: datetime) -> str:
@@ -82,8 +116,16 @@ class Notifier:
             self.bus, RESULTS.name, NOTIFIER_CONSUMER, subjects.RESULTS_ALL, ack_wait=ACK_WAIT_SECONDS
         )
         while True:
-            msgs = await fetch_batch(sub, 50, wait=5)
-            await asyncio.gather(*(self._handle(msg) for msg in msgs))
+            msgs = await fetch_batch(sub, 50, wait=FETCH_WAIT_SECONDS)
+            newest: dict[str, Msg] = {}
+            for msg in msgs:
+                older = newest.get(msg.subject)
+                if older is not None:
+                    await (
+                        older.ack()
+                    )  # superseded within the batch: never two results of one CertCheck at once
+                newest[msg.subject] = msg
+            await asyncio.gather(*(self._handle(msg) for msg in newest.values()))
 
     async def _handle(self, msg: Msg) -> None:
         try:
@@ -145,38 +187,60 @@ class Notifier:
         if not targets:
             await self._forget(result.namespace, result.name)
             return None
-        state, revision = await self._claim(key, result, targets)
         retry_in: float | None = None
-        failures_before = self._failures(state)
-        for name, target in targets.items():
-            target_state = state.targets[name]
-            if target_state.pending is None:
-                continue
-            if msg is not None:
-                await msg.in_progress()  # a send takes at most the HTTP timeout, well under the ack wait
-            outcome = await self._deliver(result, target, target_state.pending)
-            delay = self._settle(target_state, outcome, _now())
-            if delay is not None:
-                retry_in = delay if retry_in is None else min(retry_in, delay)
-        await self._store_outcomes(key, state, revision)
-        failures = self._failures(state)
-        if failures != failures_before:
-            await self._report_failures(result, failures, failures_before)
+        for _ in range(MAX_ROUNDS):
+            claim = await self._claim(key, result, targets)
+            state = claim.state
+            if claim.elsewhere_until is not None:  # another replica is sending: look again after its claim
+                retry_in = _earliest(retry_in, claim.elsewhere_until)
+            for name in sorted(claim.mine):
+                target_state = state.targets[name]
+                assert target_state.pending is not None
+                if msg is not None:
+                    await msg.in_progress()  # a send takes at most the HTTP timeout, under the ack wait
+                outcome = await self._deliver(result, targets[name], target_state.pending)
+                retry_in = _earliest(retry_in, self._settle(target_state, outcome, _now()))
+            await self._store_outcomes(key, state, claim.revision)
+            # A target that had an earlier delivery pending was not planned against this result: now
+            # that it went out (or was given up), plan it again, so a change seen meanwhile is sent too.
+            if not any(state.targets[name].pending is None for name in claim.blocked & claim.mine):
+                break
+        await self._reconcile_reports(key, result)
         return retry_in
 
     async def _claim(
         self, key: str, result: EvaluationResult, targets: dict[str, NotificationTarget]
-    ) -> tuple[core.NotifyState, int]:
-        """Plan each target's notices and record them as pending (compare-and-set), before sending."""
+    ) -> _Claim:
+        """Plan each target's notices and record them as pending, and claim the pending deliveries for
+        this replica for CLAIM_SECONDS (one compare-and-set), before sending."""
+        me = self.settings.instance_id
         while True:
             state, revision = await self._load(key)
             if state.uid != result.uid:
                 state = core.NotifyState(uid=result.uid)
             now = _now()
+            mine: set[str] = set()
+            blocked: set[str] = set()
+            elsewhere_until: float | None = None
             for name, target in targets.items():
                 target_state = state.targets.setdefault(name, core.TargetState())
                 if target_state.pending is not None:
-                    continue  # an earlier delivery first; this result is looked at again afterwards
+                    blocked.add(name)  # an earlier delivery first
+                    pending = target_state.pending
+                    claimed_until = parse_rfc3339(pending.claimed_until)
+                    if (
+                        pending.claimed_by not in ("", me)
+                        and claimed_until is not None
+                        and claimed_until > now
+                    ):
+                        wait = (claimed_until - now).total_seconds() + 1
+                        elsewhere_until = wait if elsewhere_until is None else min(elsewhere_until, wait)
+                        continue
+                    target_state.pending = msgspec.structs.replace(
+                        pending, claimed_by=me, claimed_until=_stamp(now + timedelta(seconds=CLAIM_SECONDS))
+                    )
+                    mine.add(name)
+                    continue
                 notices, seen = core.plan(target, result.status.certificates, target_state.seen, now)
                 target_state.seen = seen
                 if notices:
@@ -192,13 +256,17 @@ class Notifier:
                             threshold_days=result.threshold_days,
                             certificates=notices,
                         ),
+                        claimed_by=me,
+                        claimed_until=_stamp(now + timedelta(seconds=CLAIM_SECONDS)),
                     )
+                    mine.add(name)
             for gone in set(state.targets) - set(targets):
                 del state.targets[gone]
             try:
-                return state, await self._save(key, state, revision)
+                revision = await self._save(key, state, revision)
             except KeyWrongLastSequenceError:
                 continue  # another replica got there first: plan again from what it recorded
+            return _Claim(state, revision, mine, blocked, elsewhere_until)
 
     async def _deliver(
         self, result: EvaluationResult, target: NotificationTarget, pending: core.Pending
@@ -215,7 +283,7 @@ class Notifier:
                 await self._call(
                     send_slack,
                     self.settings.slack_api_url,
-                    token.decode(),
+                    token.decode().strip(),  # a trailing newline (echo > file) is no part of a token
                     target.slack.channel,
                     core.slack_text(pending.notification),
                 )
@@ -234,7 +302,7 @@ class Notifier:
                     values = await self._call(
                         self.secrets.values, result.namespace, hook.headers_secret_ref.name
                     )
-                    headers = {k: v.decode() for k, v in values.items()}
+                    headers = {k: v.decode().strip() for k, v in values.items()}
                 await self._call(
                     send_webhook,
                     hook.url,
@@ -245,7 +313,10 @@ class Notifier:
                 )
             else:
                 return DeliveryError("target has neither slack nor webhook", False)
-        except DeliveryError as error:
+        except Exception as exc:
+            # Only a DeliveryError's text is certcheck's own; any other may quote a credential (urllib
+            # rejecting a header quotes its value): its type alone is told.
+            error = exc if isinstance(exc, DeliveryError) else _unexpected(exc)
             deliveries.labels(kind, "retryable" if error.retryable else "failed").inc()
             log.warning(
                 "delivery %s to %s/%s target %s failed: %s",
@@ -304,6 +375,24 @@ class Notifier:
             for name, t in sorted(state.targets.items())
             if t.failure
         ]
+
+    async def _reconcile_reports(self, key: str, result: EvaluationResult) -> None:
+        """Bring the status (and Events) in line with the failures in the durable state. Until that
+        succeeded, the state says what was reported last, so a redelivery reports again."""
+        while True:
+            state, revision = await self._load(key)
+            if state.uid != result.uid:
+                return
+            failures = self._failures(state)
+            if failures == state.reported:
+                return
+            await self._report_failures(result, failures, state.reported)
+            state.reported = failures
+            try:
+                await self._save(key, state, revision)
+                return
+            except KeyWrongLastSequenceError:
+                continue
 
     async def _report_failures(
         self, result: EvaluationResult, failures: list[NotificationFailure], before: list[NotificationFailure]

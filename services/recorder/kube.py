@@ -10,6 +10,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter
 
+from schemas.annotations import FIELD_MANAGER
 from schemas.messages import AnnotationPatch, CertCheckStatus, EventIntent, NotificationFailure
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, MERGE_PATCH
 from services.domain.times import rfc3339
@@ -28,6 +29,7 @@ class Gone(Exception):
 def _certcheck_status_path(namespace: str, name: str) -> str:
     return (
         f"/apis/{CERTCHECK_GROUP}/{CERTCHECK_VERSION}/namespaces/{namespace}/{CERTCHECK_PLURAL}/{name}/status"
+        f"?fieldManager={FIELD_MANAGER}"
     )
 
 
@@ -109,7 +111,7 @@ class KubeWriter:
         self._write(
             "annotations",
             "PATCH",
-            f"/api/v1/namespaces/{patch.namespace}/secrets/{patch.name}",
+            f"/api/v1/namespaces/{patch.namespace}/secrets/{patch.name}?fieldManager={FIELD_MANAGER}",
             body,
             gone_is=f"Secret {patch.namespace}/{patch.name}",
         )

@@ -31,7 +31,14 @@ from schemas.messages import (
     result_decoder,
 )
 from schemas.streams import KUBE_EVENTS, RECORDER_CONSUMER, RECORDER_EVENTS_CONSUMER, RESULTS
-from services.common.bus import Bus, dead_letter, durable_consumer, fetch_batch, redelivery_delay
+from services.common.bus import (
+    FETCH_WAIT_SECONDS,
+    Bus,
+    dead_letter,
+    durable_consumer,
+    fetch_batch,
+    redelivery_delay,
+)
 from services.common.settings import Settings
 from services.recorder.kube import Gone, KubeWriter
 
@@ -77,7 +84,7 @@ class Recorder:
     async def run(self) -> None:
         sub = await durable_consumer(self.bus, RESULTS.name, RECORDER_CONSUMER, ack_wait=120)
         while True:
-            msgs = await fetch_batch(sub, BATCH, wait=5)
+            msgs = await fetch_batch(sub, BATCH, wait=FETCH_WAIT_SECONDS)
             newest: dict[str, Msg] = {}
             for msg in msgs:
                 older = newest.get(msg.subject)
@@ -126,7 +133,7 @@ class Recorder:
             self.bus, KUBE_EVENTS.name, RECORDER_EVENTS_CONSUMER, subjects.KUBE_EVENTS_ALL, ack_wait=120
         )
         while True:
-            msgs = await fetch_batch(sub, BATCH, wait=5)
+            msgs = await fetch_batch(sub, BATCH, wait=FETCH_WAIT_SECONDS)
             await asyncio.gather(*(self._write_event(msg) for msg in msgs))
 
     async def _write_event(self, msg: Msg) -> None:
@@ -169,7 +176,9 @@ class Recorder:
     async def _apply_evaluation(self, result: EvaluationResult) -> None:
         await asyncio.gather(*(self._annotate(patch) for patch in result.annotation_patches))
         status_key = (result.namespace, result.name)
-        fingerprint = (result.uid, encoder.encode(result.status))
+        # Skipped only as a repeat of what this recorder wrote from the same observed CertCheck: a status
+        # edited by hand since comes with a newer resourceVersion and is put back.
+        fingerprint = (result.uid, result.resource_version, encoder.encode(result.status))
         if result.status_changed and self._written_status.get(status_key) != fingerprint:
             try:
                 await self._call(
@@ -181,12 +190,19 @@ class Recorder:
                 self._written_status.put(status_key, fingerprint)
 
     async def _annotate(self, patch: AnnotationPatch) -> None:
+        """Write the patch, unless this recorder wrote these values already from the same observed
+        Secret (the evaluator computed it again before the watcher saw the write). A patch from a newer
+        observation is a repair of a hand edit and is always written."""
         key = (patch.namespace, patch.name, patch.uid)
-        written = self._written_annotations.get(key, {})
-        if all(written.get(k, "<unknown>") == v for k, v in patch.annotations.items()):
+        seen_at, written = self._written_annotations.get(key, ("", {}))
+        if seen_at != patch.resource_version:
+            written = {}
+        if patch.resource_version and all(
+            written.get(k, "<unknown>") == v for k, v in patch.annotations.items()
+        ):
             return
         try:
             await self._call(self.writer.patch_annotations, patch)
         except Gone:
             return
-        self._written_annotations.put(key, {**written, **patch.annotations})
+        self._written_annotations.put(key, (patch.resource_version, {**written, **patch.annotations}))

@@ -33,6 +33,22 @@ MAX_OTHER_KEYS = 500  # names of keys without certificates, listed so a CertChec
 MAX_PEM_BYTES_PER_SECRET = 512 << 10  # keeps every message well under NATS's 1 MiB payload limit
 
 
+class ManagedFields(msgspec.Struct):
+    manager: str = ""
+    fieldsV1: msgspec.Raw = msgspec.Raw(b"null")  # decoded only where certcheck's annotations are
+
+
+class _AnnotationFields(msgspec.Struct):
+    annotations: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict, name="f:annotations")
+
+
+class _Fields(msgspec.Struct):
+    metadata: _AnnotationFields = msgspec.field(default_factory=_AnnotationFields, name="f:metadata")
+
+
+_fields = msgspec.json.Decoder(_Fields | None)
+
+
 class ObjectMeta(msgspec.Struct):
     name: str
     uid: str
@@ -41,6 +57,25 @@ class ObjectMeta(msgspec.Struct):
     generation: int = 0
     labels: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
+    managedFields: list[ManagedFields] | None = None
+
+
+def edited_annotations(meta: ObjectMeta) -> list[str]:
+    """certcheck's annotations that someone else set last (a hand edit), by the object's managedFields."""
+    ours = ann.owned(meta.annotations)
+    if not ours:
+        return []
+    edited: set[str] = set()
+    for entry in meta.managedFields or []:
+        if entry.manager in ann.OUR_MANAGERS:
+            continue
+        try:
+            fields = _fields.decode(entry.fieldsV1)
+        except msgspec.MsgspecError:
+            continue
+        if fields is not None:
+            edited.update(k.removeprefix("f:") for k in fields.metadata.annotations)
+    return sorted(edited & set(ours))
 
 
 class RawSecret(msgspec.Struct):
@@ -218,6 +253,7 @@ def secret_observed(secret: RawSecret, referenced: ReferencedPassword | None = N
         type=secret.type,
         labels=meta.labels or {},
         annotations=ann.owned(meta.annotations),
+        edited_annotations=edited_annotations(meta),
         sources=_bounded(sources),
         other_keys=other_keys,
     )

@@ -276,6 +276,7 @@ def test_tokens_never_appear_in_logs_events_status_or_on_the_bus(
         )
     finally:
         failing.close()
+    assert any(f".{namespace}." in subject for subject, _, _ in bus_tap.messages), "the tap saw none of it"
     for secret in (TOKEN, SIGNING_SECRET, "hook-auth"):
         for log in (stack.workdir / "logs").glob("*.log"):
             assert secret not in log.read_text(errors="replace"), f"{secret} in {log.name}"
@@ -311,3 +312,80 @@ def test_slack_errors_retryable_or_not_are_told_apart(
     cluster.create_tls_secret(namespace, "t", other, other_key, labels={"app": "sl"})
     condition = notification_failed(cluster, namespace, "c", timeout=30)
     assert "channel_not_found" in condition["message"] and "after 1 attempts" in condition["message"]
+
+
+def test_a_change_seen_while_a_delivery_is_retried_is_notified_after_it(
+    cluster: Cluster, namespace: str, webhook: Receiver
+) -> None:
+    create_credentials(cluster, namespace)
+    webhook.script.extend([Reply(503), Reply(503), Reply(503)])
+    cert, key = expiring_in(5)
+    cluster.create_tls_secret(namespace, "first", cert, key, labels={"app": "later"})
+    cluster.create_certcheck(
+        namespace,
+        "c",
+        {"matchLabels": {"app": "later"}},
+        notification={"targets": targets(namespace, webhook.url)["targets"][1:]},
+    )
+    wait_for(lambda: webhook.requests, what="the first delivery to be tried")
+    second, second_key = expiring_in(6)
+    cluster.create_tls_secret(namespace, "second", second, second_key, labels={"app": "later"})
+    wait_for(
+        lambda: notified_certs(webhook.accepted()) == [("first", "ExpiringSoon"), ("second", "ExpiringSoon")],
+        timeout=40,
+        what="both changes notified",
+    )
+    assert len({r.headers[DELIVERY_HEADER] for r in webhook.accepted()}) == len(webhook.accepted())
+
+
+def test_a_token_with_a_trailing_newline_is_sent_without_it(
+    cluster: Cluster, namespace: str, slack: Receiver
+) -> None:
+    cluster.core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(metadata=client.V1ObjectMeta(name="alerting"), string_data={"token": TOKEN + "\n"}),
+    )
+    cert, key = expiring_in(5)
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "nl"})
+    slack_only = {
+        "targets": [
+            {
+                "name": "slack",
+                "slack": {"channel": namespace, "tokenSecretRef": {"name": "alerting", "key": "token"}},
+            }
+        ]
+    }
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "nl"}}, notification=slack_only)
+    wait_for(lambda: slack_messages(slack, namespace), timeout=30, what="the Slack message")
+    auth = {r.headers.get("Authorization") for r in slack.accepted() if r.json().get("channel") == namespace}
+    assert auth == {f"Bearer {TOKEN}"}
+
+
+def test_a_value_no_request_can_carry_is_a_reported_failure_that_never_quotes_it(
+    cluster: Cluster, namespace: str, stack: Stack, webhook: Receiver
+) -> None:
+    credential = "hdr-secret-5c2e"
+    cluster.core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="hook-headers"),
+            string_data={"Authorization": f"Bearer {credential}\r\nX-Injected: 1"},
+        ),
+    )
+    cert, key = expiring_in(5)
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "bad"})
+    hook = {
+        "name": "hook",
+        "webhook": {"url": f"{webhook.url}/x", "headersSecretRef": {"name": "hook-headers"}},
+    }
+    cluster.create_certcheck(
+        namespace, "c", {"matchLabels": {"app": "bad"}}, notification={"targets": [hook]}
+    )
+    condition = notification_failed(cluster, namespace, "c", timeout=40)
+    assert "while sending" in condition["message"]
+    assert webhook.requests == []
+    assert stack.services["notifier"].running
+    for log in (stack.workdir / "logs").glob("*.log"):
+        assert credential not in log.read_text(errors="replace"), log.name
+    assert credential not in str(cluster.certcheck(namespace, "c"))
+    assert all(credential not in (e.message or "") for e in cluster.events(namespace))

@@ -71,3 +71,39 @@ def test_conditions_move_only_when_their_status_changes(cluster: Cluster, namesp
     assert after["reason"] == "NoExpiringSoon"
     assert after["lastTransitionTime"] >= expiring["lastTransitionTime"]
     assert condition("Ready")["lastTransitionTime"] == ready_since  # Ready stayed True: it did not move
+
+
+def test_a_certcheck_over_5000_unannotated_secrets_and_a_5000_name_certificate_is_recorded(
+    cluster: Cluster, namespace: str
+) -> None:
+    now = datetime.now(UTC)
+    cert, key = make_cert("fleet.test", now + timedelta(days=200))
+    wide, wide_key = make_cert(
+        "wide.test", now + timedelta(days=10), dns_names=tuple(f"h{i}.wide.test" for i in range(5000))
+    )
+
+    def create(index: int) -> None:
+        pem, pem_key = (wide, wide_key) if index == 0 else (cert, key)
+        cluster.core.create_namespaced_secret(
+            namespace,
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(name=f"s{index:04d}", labels={"fleet": "huge"}),
+                type="kubernetes.io/tls",
+                data=tls_secret_data(pem, pem_key),
+            ),
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, range(5000)))
+    # One result would carry 5,000 annotation patches: more than a bus message holds.
+    cluster.create_certcheck(namespace, "huge", {"matchLabels": {"fleet": "huge"}})
+    status: dict[str, Any] = cluster.wait_status(namespace, "huge", timeout=90, targetCertsCount=5000)
+    assert (status["expiringSoonCount"], status["validCount"]) == (1, 4999)
+    first = status["certificates"][0]
+    assert first["name"] == "s0000" and len(first["dnsNames"]) == 10
+
+    def annotated() -> int:
+        secrets = cluster.core.list_namespaced_secret(namespace, label_selector="fleet=huge").items
+        return sum(1 for s in secrets if (s.metadata.annotations or {}).get("certcheck.dev/state"))
+
+    wait_for(lambda: annotated() == 5000 or None, timeout=90, what="every Secret annotated")

@@ -222,14 +222,39 @@ def test_periodic_resync_reevaluates_everything_and_writes_nothing_new(
     cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}})
     wait_for(lambda: cluster.annotations(namespace, "s").get("certcheck.dev/state"), what="recorded")
     stack.services["evaluator"].stop()
-    stack.start_service("evaluator", {"CERTCHECK_RESYNC_INTERVAL_SECONDS": "1"})
+    # Resync every second; the status is refreshed only hourly, so an unchanged one is never rewritten.
+    env = {"CERTCHECK_RESYNC_INTERVAL_SECONDS": "1", "CERTCHECK_STATUS_REFRESH_SECONDS": "3600"}
+    stack.start_service("evaluator", env)
     try:
-        time.sleep(1)
         mark = audit.mark()
         wait_for(
-            lambda: metric(stack, "evaluator", "certcheck_evaluations_total", 'trigger="resync"') >= 2,
-            what="two resyncs",
+            lambda: metric(stack, "evaluator", "certcheck_sweeps_total", 'trigger="resync"') >= 3,
+            what="three resyncs",
         )
         assert audit.writes(mark, namespace, RECORDER_USER) == []
     finally:
         stack.restart_service("evaluator", kill=False)
+
+
+def test_annotations_edited_by_hand_are_put_back_every_time_and_across_a_recorder_restart(
+    cluster: Cluster, namespace: str, stack: Stack
+) -> None:
+    cert, key = expiring_in(10)
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "hand"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "hand"}})
+    wait_for(
+        lambda: cluster.annotations(namespace, "s").get("certcheck.dev/state") == "ExpiringSoon", what="state"
+    )
+    events_before = sorted((e.reason, e.count) for e in cluster.events(namespace, "Secret", "s"))
+
+    for round_ in range(3):
+        if round_ == 2:
+            stack.restart_service("recorder")
+        cluster.core.patch_namespaced_secret(
+            "s", namespace, {"metadata": {"annotations": {"certcheck.dev/state": "Valid"}}}
+        )
+        wait_for(
+            lambda: cluster.annotations(namespace, "s").get("certcheck.dev/state") == "ExpiringSoon",
+            what=f"repair {round_ + 1}",
+        )
+    assert sorted((e.reason, e.count) for e in cluster.events(namespace, "Secret", "s")) == events_before

@@ -151,3 +151,42 @@ def test_a_secret_of_several_mib_reports_its_big_values_and_still_reads_the_cert
     by_key = {source.key: source for source in observed.sources}
     assert len(by_key["tls.crt"].pem) == 1
     assert all("too large" in (by_key[f"big{i}.pem"].error or "") for i in range(4))
+
+
+def test_certchecks_annotations_set_last_by_someone_else_are_reported_as_edited() -> None:
+    import msgspec
+
+    from services.watcher.extract import RawSecret, secret_observed
+
+    def fields(*keys: str) -> dict[str, object]:
+        return {"f:metadata": {"f:annotations": {f"f:{k}": {} for k in keys}}}
+
+    raw = msgspec.json.decode(
+        msgspec.json.encode(
+            {
+                "metadata": {
+                    "name": "s",
+                    "uid": "u",
+                    "resourceVersion": "9",
+                    "namespace": "ns",
+                    "annotations": {
+                        "certcheck.dev/state": "Valid",
+                        "certcheck.dev/not-after": "x",
+                        "team": "a",
+                    },
+                    "managedFields": [
+                        {
+                            "manager": "certcheck",
+                            "fieldsV1": fields("certcheck.dev/not-after", "certcheck.dev/state"),
+                        },
+                        {"manager": "kubectl-edit", "fieldsV1": fields("certcheck.dev/state", "team")},
+                        {"manager": "python-urllib3", "fieldsV1": fields("certcheck.dev/not-after")},
+                        {"manager": "odd", "fieldsV1": "not an object"},
+                    ],
+                },
+                "type": "kubernetes.io/tls",
+            }
+        ),
+        type=RawSecret,
+    )
+    assert secret_observed(raw).edited_annotations == ["certcheck.dev/state"]

@@ -1,0 +1,237 @@
+"""Fault injection: services and nats-server are SIGKILLed at random moments (and restarted, as a
+Deployment would) while hundreds of Secrets are created and then replaced. Afterwards every annotation
+and status entry is right, every due Event exists exactly once (count 1), and every due notification
+arrived, each delivery id accepted once. The counts are printed.
+
+The small size runs in the suite; `pytest -m slow tests/e2e/test_faults.py` runs the large one by hand
+(`CERTCHECK_FAULT_SEED` repeats a run's sequence of kills).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from devcluster.certs import make_cert, tls_secret_data
+from devcluster.stack import Stack, api_client
+from services.notifier.core import DELIVERY_HEADER
+from tests.conftest import Cluster, wait_for
+from tests.receivers import Receiver
+
+CERTCHECKS = 4
+VICTIMS = ("watcher", "evaluator", "recorder", "notifier", "nats-server")
+
+
+@dataclass
+class Chaos:
+    """Kills one random process every so often and brings it back, until stopped."""
+
+    stack: Stack
+    seed: int
+    kills: Counter[str] = field(default_factory=Counter)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="chaos", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(30)
+        self._revive_all()
+
+    def _run(self) -> None:
+        rng = random.Random(self.seed)
+        while not self._stop.wait(rng.uniform(0.3, 2.0)):
+            victim = rng.choice(VICTIMS)
+            self.kills[victim] += 1
+            if victim == "nats-server":
+                self.stack.nats.kill()
+                self._stop.wait(rng.uniform(0.1, 1.5))
+                self.stack.nats.start()
+            else:
+                self.stack.services[victim].kill()
+                self._stop.wait(rng.uniform(0.0, 1.0))
+                self.stack.start_service(victim, self.stack.extra_env.get(victim, {}), wait=False)
+
+    def _revive_all(self) -> None:
+        if not (self.stack.nats.proc and self.stack.nats.proc.poll() is None):
+            self.stack.nats.start()
+        for name in ("watcher", "evaluator", "recorder", "notifier", "exporter"):
+            if not self.stack.services[name].running:
+                self.stack.start_service(name, self.stack.extra_env.get(name, {}), wait=False)
+
+
+@pytest.fixture(scope="module")
+def hook() -> Iterator[Receiver]:
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="module")
+def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(Path(tmp_path_factory.mktemp("faults")))
+    try:
+        stack.start_infrastructure()
+        stack.start_services({"notifier": {"CERTCHECK_NOTIFY_MAX_ATTEMPTS": "50"}})
+    except Exception:
+        stack.stop()
+        raise
+    yield stack
+    stack.stop()
+
+
+def _cluster(stack: Stack) -> Cluster:
+    api = api_client(stack.control_plane.kubeconfig)
+    return Cluster(client.CoreV1Api(api), client.CustomObjectsApi(api))
+
+
+def _states(cluster: Cluster, namespace: str) -> dict[str, tuple[str | None, str | None]]:
+    secrets = cluster.core.list_namespaced_secret(namespace, label_selector="fleet=chaos").items
+    return {
+        s.metadata.name: (
+            (s.metadata.annotations or {}).get("certcheck.dev/state"),
+            (s.metadata.annotations or {}).get("certcheck.dev/not-after"),
+        )
+        for s in secrets
+    }
+
+
+def _events(cluster: Cluster, namespace: str) -> list[Any]:
+    return [
+        e for e in cluster.core.list_namespaced_event(namespace).items if e.involved_object.kind == "Secret"
+    ]
+
+
+def _converged(cluster: Cluster, namespace: str, count: int, state: str, not_after: str) -> bool:
+    states = _states(cluster, namespace)
+    return len(states) == count and all(v == (state, not_after) for v in states.values())
+
+
+def _statuses_valid(cluster: Cluster, namespace: str, count: int) -> bool:
+    per_check = count // CERTCHECKS
+    for index in range(CERTCHECKS):
+        status = cluster.status(namespace, f"c{index}")
+        counts = (status.get("targetCertsCount"), status.get("expiringSoonCount"), status.get("validCount"))
+        if counts != (per_check, 0, per_check):
+            return False
+    return True
+
+
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize(
+    "count", [pytest.param(240, id="240"), pytest.param(2000, id="2000", marks=pytest.mark.slow)]
+)
+def test_nothing_is_lost_or_doubled_when_processes_and_the_bus_die_at_random(
+    fault_stack: Stack, hook: Receiver, count: int
+) -> None:
+    stack = fault_stack
+    cluster = _cluster(stack)
+    namespace = f"chaos-{count}"
+    cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    now = datetime.now(UTC).replace(microsecond=0)
+    soon_at, later_at = now + timedelta(days=5), now + timedelta(days=300)
+    soon, soon_key = make_cert("chaos.test", soon_at)
+    later, later_key = make_cert("chaos.test", later_at)
+    soon_text = soon_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    later_text = later_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    for index in range(CERTCHECKS):
+        notification = (
+            {"targets": [{"name": "hook", "webhook": {"url": f"{hook.url}/c{index}"}}]}
+            if index % 2 == 0
+            else None
+        )
+        cluster.create_certcheck(
+            namespace, f"c{index}", {"matchLabels": {"part": str(index)}}, notification=notification
+        )
+
+    def create(index: int) -> None:
+        labels = {"fleet": "chaos", "part": str(index % CERTCHECKS)}
+        cluster.create_tls_secret(namespace, f"s{index:04d}", soon, soon_key, labels=labels)
+
+    def renew(index: int) -> None:
+        data = tls_secret_data(later, later_key)
+        cluster.core.patch_namespaced_secret(f"s{index:04d}", namespace, {"data": data})
+
+    chaos = Chaos(stack, seed=int(os.environ.get("CERTCHECK_FAULT_SEED", str(int(time.time())))))
+    print(f"\nfault injection: {count} Secrets, {CERTCHECKS} CertChecks, seed {chaos.seed}")
+    started = time.monotonic()
+    chaos.start()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(create, range(count)))
+        time.sleep(5)  # start-up under fire
+    finally:
+        chaos.stop()
+    wait_for(
+        lambda: _converged(cluster, namespace, count, "ExpiringSoon", soon_text),
+        timeout=180,
+        what="all ExpiringSoon",
+    )
+    phase_one = time.monotonic() - started
+
+    chaos = Chaos(stack, seed=chaos.seed + 1, kills=chaos.kills)
+    chaos.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            for batch in range(0, count, 20):  # replacements at a steady rate, not all at once
+                list(pool.map(renew, range(batch, min(count, batch + 20))))
+                time.sleep(0.25)
+        time.sleep(3)
+    finally:
+        chaos.stop()
+    wait_for(
+        lambda: _converged(cluster, namespace, count, "Valid", later_text), timeout=180, what="all renewed"
+    )
+    wait_for(lambda: _statuses_valid(cluster, namespace, count), timeout=60, what="every status")
+
+    def events_complete() -> list[Any] | None:
+        events = _events(cluster, namespace)
+        return events if len(events) >= 2 * count else None
+
+    events = wait_for(events_complete, timeout=120, what="two Events per Secret")
+    by_reason = Counter(e.reason for e in events)
+    counts = Counter(e.count for e in events)
+    per_secret = Counter((e.involved_object.name, e.reason) for e in events)
+    expiring_notices: Counter[str] = Counter()
+    seen_ids: Counter[str] = Counter()
+
+    def notified() -> bool:
+        expiring_notices.clear()
+        seen_ids.clear()
+        for request in hook.accepted():
+            delivery = request.headers[DELIVERY_HEADER]
+            seen_ids[delivery] += 1
+            if seen_ids[delivery] == 1:
+                for certificate in request.json()["certificates"]:
+                    if certificate["change"] == "firing":
+                        expiring_notices[certificate["secret"]] += 1
+        return len(expiring_notices) == count // 2
+
+    wait_for(notified, timeout=120, what="every due notification")
+    print(
+        f"kills {dict(chaos.kills)}; phase one {phase_one:.0f}s; "
+        f"events {dict(by_reason)} counts {dict(counts)}; "
+        f"notifications: {len(hook.accepted())} accepted, {len(seen_ids)} delivery ids, "
+        f"{sum(1 for n in seen_ids.values() if n > 1)} ids seen twice; "
+        f"notices per Secret {dict(Counter(expiring_notices.values()))}"
+    )
+    assert sum(chaos.kills.values()) >= 5
+    assert by_reason == {"ExpiringSoon": count, "Renewed": count}
+    assert set(per_secret.values()) == {1} and counts == {1: 2 * count}
+    assert set(expiring_notices.values()) == {1}  # each certificate's firing told once
