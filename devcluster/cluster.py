@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -66,14 +67,18 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
 
 def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """A child in its own session (Ctrl-C reaches it only through stop()), logging to a file, that
-    never outlives this process: killed however, its children go with it."""
+    never outlives this process: killed however, its children go with it.
+
+    The kernel ties PR_SET_PDEATHSIG to the thread that forks, not the process: a child started from
+    another thread (a test's) would die when that thread ends, so only the main thread's get it."""
+    on_main_thread = threading.current_thread() is threading.main_thread()
     return subprocess.Popen(
         args,
         env=env,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=die_with_parent,  # only a prctl call: safe between fork and exec
+        preexec_fn=die_with_parent if on_main_thread else None,  # only a prctl call: fork-safe
     )
 
 

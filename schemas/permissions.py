@@ -73,6 +73,15 @@ def _ordered(stream: str) -> tuple[str, ...]:
     )
 
 
+def _message_reads(stream: str) -> tuple[str, ...]:
+    """Reading one message of a stream by sequence or subject (whether it is still there)."""
+    return (
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+    )
+
+
 def _bucket(bucket: str) -> tuple[str, ...]:
     stream = f"KV_{bucket}"
     return (
@@ -112,10 +121,13 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
             *_durable(OBJECTS.name, EVALUATOR_OBJECTS_CONSUMER),
             *_durable(TRIGGERS.name, EVALUATOR_DUE_CONSUMER),
             *_ordered(OBJECTS.name),
+            *_message_reads(OBJECTS.name),
             f"$JS.API.STREAM.MSG.GET.{RESULTS.name}",
             f"$JS.API.DIRECT.GET.{RESULTS.name}",
             f"$JS.API.DIRECT.GET.{RESULTS.name}.>",
-            f"$JS.API.STREAM.PURGE.{TRIGGERS.name}",
+            f"$JS.API.STREAM.MSG.GET.{TRIGGERS.name}",
+            f"$JS.API.DIRECT.GET.{TRIGGERS.name}",
+            f"$JS.API.DIRECT.GET.{TRIGGERS.name}.>",
         ),
     ),
     "recorder": Permissions(
@@ -135,7 +147,9 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
             *_bucket(NOTIFIER_STATE_BUCKET),
         ),
     ),
-    "exporter": Permissions(publish=(*_stream_setup(), *_ordered(OBJECTS.name))),
+    "exporter": Permissions(
+        publish=(*_stream_setup(), *_ordered(OBJECTS.name), *_message_reads(OBJECTS.name))
+    ),
 }
 
 

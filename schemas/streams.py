@@ -11,6 +11,7 @@ from schemas import subjects
 HDR_MSG_ID = "Nats-Msg-Id"
 HDR_SCHEDULE = "Nats-Schedule"
 HDR_SCHEDULE_TARGET = "Nats-Schedule-Target"
+HDR_MSG_TTL = "Nats-TTL"
 HDR_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 HDR_RESOURCE_VERSION = "Certcheck-Resource-Version"
 HDR_DIGEST = "Certcheck-Digest"
@@ -60,6 +61,7 @@ TRIGGERS = StreamSpec(
     description="Per-CertCheck schedules (ADR-51) and the due messages they fire",
     max_msgs_per_subject=1,
     allow_msg_schedules=True,
+    allow_msg_ttl=True,  # the marker a cancelled schedule leaves expires
 )
 
 # Kubernetes Events to write, one message per Event occurrence (Nats-Msg-Id: the Event's key and its

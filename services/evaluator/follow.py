@@ -7,6 +7,7 @@ import logging
 from datetime import UTC, datetime
 
 from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
 from schemas import subjects
@@ -17,6 +18,7 @@ from services.evaluator.view import View
 
 log = logging.getLogger(__name__)
 
+GONE_CHECK_SECONDS = 2.0
 bad_objects = Counter("certcheck_undecodable_objects_total", "Object messages that could not be decoded")
 
 
@@ -29,6 +31,8 @@ class ViewFollower:
         self._advanced = asyncio.Condition()
         # Sequences of messages that could not be decoded, and why: the work consumer dead-letters them.
         self.undecodable: dict[int, str] = {}
+        # How many messages the stream held beyond the last one read (0: everything it holds was read).
+        self.behind: int | None = None
 
     async def run(self) -> None:
         sub = await self.bus.js.subscribe(
@@ -40,6 +44,7 @@ class ViewFollower:
         )
         async for msg in sub.messages:
             seq = msg.metadata.sequence.stream
+            self.behind = msg.metadata.num_pending
             problem = "undecodable"
             try:
                 event = object_decoder.decode(msg.data)
@@ -54,12 +59,31 @@ class ViewFollower:
             async with self._advanced:
                 self._advanced.notify_all()
 
+    async def _applied(self, seq: int, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout), self._advanced:
+                await self._advanced.wait_for(lambda: self.view.seq >= seq)
+        except TimeoutError:
+            return False
+        return True
+
     async def wait_for(self, seq: int) -> None:
-        """Until the view has applied everything up to stream sequence ``seq``."""
-        async with self._advanced:
-            await self._advanced.wait_for(lambda: self.view.seq >= seq)
+        """Until the view has applied stream sequence ``seq``, or that message is gone from the stream
+        (a tombstone expired, a purge) before it was read."""
+        while not await self._applied(seq, GONE_CHECK_SECONDS):
+            try:
+                await self.bus.js.get_msg(OBJECTS.name, seq)
+            except NotFoundError:
+                return
+            except Exception as exc:  # the bus unreachable: keep waiting
+                log.debug("checking for message %d: %s", seq, exc)
 
     async def catch_up(self) -> None:
-        """Until the view holds everything the stream held when this was called."""
+        """Until the view holds everything the stream held when this was called, or everything it
+        holds now if the last of those is gone."""
         info = await self.bus.js.stream_info(OBJECTS.name)
-        await self.wait_for(info.state.last_seq)
+        while not await self._applied(info.state.last_seq, GONE_CHECK_SECONDS):
+            if self.behind == 0:
+                return
+            if (await self.bus.js.stream_info(OBJECTS.name)).state.messages == 0:
+                return

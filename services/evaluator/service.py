@@ -29,6 +29,7 @@ from schemas.streams import (
     EVALUATOR_OBJECTS_CONSUMER,
     HDR_EXPECTED_LAST_SUBJECT_SEQ,
     HDR_MSG_ID,
+    HDR_MSG_TTL,
     HDR_SCHEDULE,
     HDR_SCHEDULE_TARGET,
     HDR_VIEW_SEQ,
@@ -61,6 +62,7 @@ BATCH = 500
 MAX_EVALUATION_ATTEMPTS = 10  # retries of an evaluation that raised, 1 s doubling to 5 min apart
 RETRY_CAP_SECONDS = 300.0
 PUBLISH_TIMEOUT_SECONDS = 10.0
+CANCEL_MARKER_TTL_SECONDS = 7 * 24 * 3600  # the marker of a cancelled schedule, kept for the compare-and-set
 RESULT_HEADROOM_BYTES = 64 << 10  # under the server's max_payload: headers, and room to spare
 
 
@@ -83,6 +85,10 @@ schedule_lag = Histogram(
     "How late a due re-evaluation ran after its due time",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 60),
 )
+
+
+def _with_ttl(headers: dict[str, str], ttl: float | None) -> dict[str, str]:
+    return headers if ttl is None else {**headers, HDR_MSG_TTL: str(int(ttl))}
 
 
 class PublishFailed(Exception):
@@ -243,8 +249,10 @@ class Evaluator:
 
     async def _removed(self, namespace: str, name: str, uid: str, view_seq: int) -> None:
         removed = CertCheckRemoved(namespace=namespace, name=name, uid=uid, view_seq=view_seq)
-        await self.publish_result(subjects.result_subject(namespace, name), encoder.encode(removed), view_seq)
-        await self.schedule((namespace, name), None)
+        if await self.publish_result(
+            subjects.result_subject(namespace, name), encoder.encode(removed), view_seq
+        ):
+            await self.schedule((namespace, name), None, view_seq=view_seq)
 
     async def _release(self, namespace: str, name: str, view_seq: int) -> None:
         secret = self.view.secret((namespace, name))
@@ -306,14 +314,14 @@ class Evaluator:
         if not await self.publish_result(subjects.result_subject(*key), encoder.encode(result), view_seq):
             return  # a newer evaluation owns the schedule
         if error is None:
-            await self.schedule(key, evaluation.next_due)
+            await self.schedule(key, evaluation.next_due, view_seq=view_seq)
         elif attempt + 1 < MAX_EVALUATION_ATTEMPTS:
             retry_at = now + timedelta(seconds=min(RETRY_CAP_SECONDS, 2.0**attempt))
-            await self.schedule(key, retry_at, attempt + 1)
+            await self.schedule(key, retry_at, attempt + 1, view_seq=view_seq)
         else:
             reason = f"evaluation failed {MAX_EVALUATION_ATTEMPTS} times, last: {error}"
             await park(self.bus, subjects.result_subject(*key), b"", reason, "evaluation-failed")
-            await self.schedule(key, None)  # the next change or resync tries again
+            await self.schedule(key, None, view_seq=view_seq)  # the next change or resync tries again
 
     async def _fit(self, result: EvaluationResult) -> EvaluationResult:
         """The result, within what the bus carries: the annotation patches that do not fit (a CertCheck
@@ -379,14 +387,43 @@ class Evaluator:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
 
-    async def schedule(self, key: CertCheckKey, due: datetime | None, attempt: int = 0) -> None:
-        """One pending schedule per CertCheck: replaced by the next due time, or removed. A due time past
-        what the bus can schedule is not scheduled: the resync evaluates such a CertCheck anyway."""
+    async def schedule(
+        self, key: CertCheckKey, due: datetime | None, attempt: int = 0, view_seq: int | None = None
+    ) -> None:
+        """One pending schedule per CertCheck: replaced by the next due time, or cancelled, under the
+        same compare-and-set as results: the schedule of an evaluation from a newer view is never
+        replaced by an older one. A due time past what the bus can schedule is not scheduled (the
+        resync evaluates such a CertCheck anyway). Cancelling publishes a plain message on the
+        subject: nats-server drops the pending schedule, and the message keeps the view it came from."""
         subject = subjects.schedule_subject(*key)
-        if due is None or due >= SCHEDULE_HORIZON:
-            await self.bus.js.purge_stream(TRIGGERS.name, subject=subject)
-            return
-        due_at = rfc3339(due)
-        headers = {HDR_SCHEDULE: f"@at {due_at}", HDR_SCHEDULE_TARGET: subjects.due_subject(*key)}
-        payload = encoder.encode(Due(namespace=key[0], name=key[1], due_at=due_at, attempt=attempt))
-        await self.bus.js.publish(subject, payload, stream=TRIGGERS.name, headers=headers)
+        view_seq = self.view.seq if view_seq is None else view_seq
+        cancel = due is None or due >= SCHEDULE_HORIZON
+        while True:
+            try:
+                last = await self.bus.js.get_last_msg(TRIGGERS.name, subject)
+                last_seq = last.seq or 0
+                last_headers = last.headers or {}
+            except NotFoundError:
+                last_seq, last_headers = 0, {}
+            if int(last_headers.get(HDR_VIEW_SEQ, "0")) > view_seq:
+                stale_results.inc()
+                return
+            if cancel and (last_seq == 0 or HDR_SCHEDULE not in last_headers):
+                return  # nothing pending
+            headers = {HDR_EXPECTED_LAST_SUBJECT_SEQ: str(last_seq), HDR_VIEW_SEQ: str(view_seq)}
+            payload = b""
+            ttl: float | None = CANCEL_MARKER_TTL_SECONDS
+            if due is not None and not cancel:
+                due_at = rfc3339(due)
+                headers[HDR_SCHEDULE] = f"@at {due_at}"
+                headers[HDR_SCHEDULE_TARGET] = subjects.due_subject(*key)
+                payload = encoder.encode(Due(namespace=key[0], name=key[1], due_at=due_at, attempt=attempt))
+                ttl = None
+            try:
+                await self.bus.js.publish(
+                    subject, payload, stream=TRIGGERS.name, headers=_with_ttl(headers, ttl)
+                )
+                return
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise

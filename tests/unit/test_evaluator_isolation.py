@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from devcluster.certs import expiring_in
 from schemas import subjects
@@ -25,7 +26,7 @@ from schemas.messages import (
     kube_event_decoder,
     result_decoder,
 )
-from schemas.streams import HDR_SCHEDULE
+from schemas.streams import HDR_EXPECTED_LAST_SUBJECT_SEQ, HDR_SCHEDULE
 from services.common.bus import Bus
 from services.common.settings import Settings
 from services.evaluator import core, service
@@ -53,13 +54,23 @@ class FakeJetStream:
         future.set_result(None)
         return future
 
+    last: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)  # per subject: seq, headers
+
     async def get_last_msg(self, stream: str, subject: str) -> Any:
-        raise NotFoundError
+        if subject not in self.last:
+            raise NotFoundError
+        seq, headers = self.last[subject]
+        return SimpleNamespace(seq=seq, headers=headers)
 
     async def publish(self, subject: str, payload: bytes, stream: str = "", headers: Any = None) -> None:
         if subject in self.fail_subjects:
             raise ConnectionError("bus unavailable for this subject")
-        self.published.append((subject, payload, dict(headers or {})))
+        headers = dict(headers or {})
+        expected = headers.get(HDR_EXPECTED_LAST_SUBJECT_SEQ)
+        if expected is not None and int(expected) != self.last.get(subject, (0, {}))[0]:
+            raise APIError(err_code=10071)
+        self.published.append((subject, payload, headers))
+        self.last[subject] = (len(self.published), headers)
 
     async def purge_stream(self, stream: str, subject: str = "") -> None:
         self.purged.append(subject)
@@ -84,7 +95,7 @@ class FakeJetStream:
         return {
             subject: (due_decoder.decode(payload), headers[HDR_SCHEDULE])
             for subject, payload, headers in self.published
-            if subject.startswith("certcheck.v1.schedule.")
+            if subject.startswith("certcheck.v1.schedule.") and HDR_SCHEDULE in headers
         }
 
 
@@ -176,7 +187,8 @@ def test_a_failed_evaluation_is_retried_with_growing_backoff_then_given_up_to_th
             assert due.attempt == attempt + 1
             delays.append((datetime.fromisoformat(due.due_at) - started).total_seconds())
         else:
-            assert broken_schedule not in schedules and broken_schedule in js.purged
+            assert broken_schedule not in schedules  # cancelled: a plain message replaced it
+            assert [p for s, p, _ in js.published if s == broken_schedule] == [b""]
             parked = [s for s, _, _ in js.published if s.startswith("certcheck.v1.deadletter.")]
             assert parked == [subjects.deadletter_subject(subjects.result_subject("ns", "broken"))]
     assert delays == sorted(delays) and delays[0] <= 2 and delays[-1] >= 200
@@ -192,6 +204,20 @@ def test_a_bus_failure_for_one_certcheck_still_publishes_the_others_and_asks_for
 
 def test_a_due_time_past_what_the_bus_can_schedule_is_not_scheduled() -> None:
     evaluator, js = evaluator_with_three()
+    asyncio.run(evaluator.schedule(("ns", "alpha"), datetime(2030, 1, 1, tzinfo=UTC)))
     asyncio.run(evaluator.schedule(("ns", "alpha"), datetime(9999, 12, 31, tzinfo=UTC)))
-    assert js.schedules() == {}
-    assert js.purged == [subjects.schedule_subject("ns", "alpha")]
+    subject, payload, headers = js.published[-1]
+    assert subject == subjects.schedule_subject("ns", "alpha")
+    assert payload == b"" and HDR_SCHEDULE not in headers  # a plain message cancels the pending schedule
+
+
+def test_an_evaluation_from_an_older_view_never_replaces_or_cancels_a_newer_schedule() -> None:
+    evaluator, js = evaluator_with_three()
+    key = ("ns", "alpha")
+    asyncio.run(evaluator.schedule(key, datetime(2030, 1, 1, tzinfo=UTC), view_seq=10))
+    before = list(js.published)
+    asyncio.run(evaluator.schedule(key, datetime(2029, 1, 1, tzinfo=UTC), view_seq=9))
+    asyncio.run(evaluator.schedule(key, None, view_seq=9))
+    assert js.published == before
+    asyncio.run(evaluator.schedule(key, datetime(2029, 1, 1, tzinfo=UTC), view_seq=11))
+    assert js.schedules()[subjects.schedule_subject(*key)][0].due_at == "2029-01-01T00:00:00Z"
