@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import nats
 import nats.errors
@@ -67,7 +68,29 @@ def test_a_service_cannot_read_another_services_replies(stack: Stack) -> None:
 
 
 def test_the_subjects_a_service_needs_are_allowed(stack: Stack) -> None:
-    assert asyncio.run(violations(stack, "evaluator", "publish", subjects.deadletter_subject("x.y"))) == []
+    subject = subjects.deadletter_subject("permission-probe.x")
+
+    async def delivered() -> tuple[list[str], int]:
+        admin = await nats.connect(stack.nats.url)
+        received: list[bytes] = []
+
+        async def record(msg: Any) -> None:
+            received.append(msg.data)
+
+        await admin.subscribe(subject, cb=record)
+        await admin.flush()
+        try:
+            refused = await violations(stack, "evaluator", "publish", subject)
+            for _ in range(100):  # the publish must arrive: an allowed one does
+                if received:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await admin.close()
+        return refused, len(received)
+
+    refused, received = asyncio.run(delivered())
+    assert refused == [] and received == 1
 
 
 def test_a_client_without_credentials_is_rejected(stack: Stack) -> None:

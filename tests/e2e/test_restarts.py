@@ -240,7 +240,7 @@ def test_a_standby_watcher_takes_over_when_the_active_one_dies(
 ) -> None:
     standby = stack.start_service("watcher", stack.extra_env.get("watcher", {}), instance="watcher-2")
     try:
-        assert metric(stack, "watcher-2", "certcheck_leader", 'lease="watcher"') == 0
+        assert metric(stack, "watcher-2", "certcheck_leader", 'lease="watcher"', present=True) == 0
         stack.services["watcher"].kill()
         # The lease (15 s) expires, the standby takes it, resumes from the saved progress and watches.
         wait_for(
