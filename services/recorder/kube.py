@@ -15,6 +15,8 @@ from schemas.messages import AnnotationPatch, CertCheckStatus, EventIntent, Noti
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, MERGE_PATCH
 from services.domain.times import rfc3339
 
+JSON_PATCH = "application/json-patch+json"
+
 log = logging.getLogger(__name__)
 
 COMPONENT = "certcheck-recorder"
@@ -75,7 +77,8 @@ class KubeWriter:
         if status < 300:
             writes.labels(kind, "ok").inc()
             return status
-        if gone_is and status in (404, 409):
+        # 422 naming metadata.uid: the object was re-created since (the uid in the patch differs).
+        if gone_is and (status in (404, 409) or (status == 422 and b"metadata.uid" in data)):
             writes.labels(kind, "gone").inc()
             raise Gone(gone_is)
         if status != 409:
@@ -84,7 +87,19 @@ class KubeWriter:
         return status
 
     def _patch_status(self, namespace: str, name: str, uid: str, fields: dict[str, object]) -> None:
-        body = {"metadata": {"uid": uid}, "status": fields}  # the uid: never a re-created namesake
+        # The status subresource ignores metadata in a merge patch, so the uid in it guards nothing
+        # there: a JSON patch that only tests the uid does (422 for a re-created namesake). The window
+        # between the two requests is a delete and re-create in a few milliseconds.
+        status, _ = self._send(
+            "PATCH",
+            _certcheck_status_path(namespace, name),
+            [{"op": "test", "path": "/metadata/uid", "value": uid}],
+            JSON_PATCH,
+        )
+        if status in (404, 409, 422):
+            writes.labels("status", "gone").inc()
+            raise Gone(f"CertCheck {namespace}/{name} (uid {uid})")
+        body = {"metadata": {"uid": uid}, "status": fields}
         self._write(
             "status",
             "PATCH",

@@ -176,7 +176,7 @@ def test_pkcs12_password_from_a_referenced_secret_follows_that_secret(
     assert gone["reason"].endswith("password Secret store-password key store-pass does not exist")
 
 
-def test_a_huge_value_and_a_thousand_keys_do_not_stop_the_other_secrets(
+def test_a_near_limit_value_and_a_thousand_keys_do_not_stop_the_other_secrets(
     cluster: Cluster, namespace: str
 ) -> None:
     fine, fine_key = expiring_in(50, "fine.test")

@@ -58,11 +58,20 @@ def test_a_standby_takes_over_an_expired_lease_and_the_old_holder_learns_it_lost
     run(plain_nats_url, scenario)
 
 
-def test_a_holder_that_cannot_renew_in_time_fences_itself(plain_nats_url: str) -> None:
+def test_a_holder_whose_renewals_fail_fences_itself_and_stops_holding(plain_nats_url: str) -> None:
     async def scenario(kv: KeyValue) -> None:
-        holder = Lease(kv, "w", "a", 0.3)
+        holder = Lease(kv, "w", "a", 0.6)
         assert await holder.try_acquire() and not holder.fenced()
-        await asyncio.sleep(0.25)  # two thirds of the duration without a renewal
+        holding = asyncio.create_task(holder.hold())
+        await asyncio.sleep(0.3)
+        assert not holding.done() and not holder.fenced()  # renewing fine so far
+
+        async def refused(*_: object, **__: object) -> int:
+            raise TimeoutError("the bus does not answer")
+
+        kv.update = refused  # type: ignore[method-assign]  # every renewal from now on fails
+        with pytest.raises(LeaseLostError, match="in time"):
+            await asyncio.wait_for(holding, timeout=3)
         assert holder.fenced()
 
     run(plain_nats_url, scenario)

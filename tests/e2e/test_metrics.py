@@ -142,7 +142,7 @@ def test_every_endpoint_passes_promtool_check_metrics(cluster: Cluster, namespac
         what="series",
     )
     _, promtool = binaries.prometheus_tools()
-    for service in ("watcher", "evaluator", "recorder", "exporter"):
+    for service in ("watcher", "evaluator", "recorder", "notifier", "exporter"):
         text = scrape(stack, service)
         result = subprocess.run(
             [str(promtool), "check", "metrics"], input=text, capture_output=True, text=True, check=False

@@ -71,9 +71,10 @@ def test_the_recorder_cannot_read_secret_data_or_change_specs(
     stack: Stack, cluster: Cluster, namespace: str, secret: str
 ) -> None:
     core, custom = as_service(stack, "recorder")
+    assert denied(lambda: core.read_namespaced_secret(secret, namespace))
+    assert denied(lambda: core.list_namespaced_secret(namespace))
     assert denied(lambda: core.delete_namespaced_secret(secret, namespace))
     assert denied(lambda: core.patch_namespaced_config_map("any", namespace, {"metadata": {"labels": {}}}))
-    assert denied(lambda: core.delete_namespaced_secret(secret, namespace))
     cluster.create_certcheck(namespace, "c", {"matchLabels": {"a": "b"}})
     assert denied(
         lambda: custom.patch_namespaced_custom_object(

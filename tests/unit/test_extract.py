@@ -190,3 +190,29 @@ def test_certchecks_annotations_set_last_by_someone_else_are_reported_as_edited(
         type=RawSecret,
     )
     assert secret_observed(raw).edited_annotations == ["certcheck.dev/state"]
+
+
+def test_a_secret_with_more_keys_than_certcheck_scans_says_so_and_keeps_the_first_ones() -> None:
+    import base64
+
+    import msgspec
+
+    from services.watcher.extract import MAX_KEYS_SCANNED, RawSecret, secret_observed
+
+    junk = base64.b64encode(b"not a certificate").decode()
+    data = {f"k{i:05d}.pem": junk for i in range(MAX_KEYS_SCANNED + 10)}
+    raw = msgspec.convert(
+        {"metadata": {"name": "s", "uid": "u", "resourceVersion": "1", "namespace": "ns"}, "data": data},
+        RawSecret,
+    )
+    sources = secret_observed(raw).sources
+    limit = [s for s in sources if s.error and f"more than {MAX_KEYS_SCANNED} keys" in s.error]
+    assert len(limit) == 1
+    assert sum(1 for s in sources if s.key.endswith(".pem")) >= MAX_KEYS_SCANNED
+
+
+def test_a_value_over_the_size_limit_is_reported_not_read() -> None:
+    from services.watcher.decode import MAX_VALUE_BYTES, find_certificates
+
+    found = find_certificates("tls.crt", b"x" * (MAX_VALUE_BYTES + 1), {})
+    assert found.pem == () and found.error and "too large" in found.error
