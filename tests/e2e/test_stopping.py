@@ -33,6 +33,15 @@ def stop_time(stack: Stack, name: str) -> tuple[float, int | None]:
     return time.monotonic() - started, code
 
 
+def assert_stops_cleanly_and_restart(stack: Stack, name: str) -> None:
+    try:
+        elapsed, code = stop_time(stack, name)
+    finally:
+        stack.start_service(name, stack.extra_env.get(name, {}))
+    assert code == 0, f"{name} exited with {code}"
+    assert elapsed < STOP_WITHIN_SECONDS, f"{name} took {elapsed:.1f}s to stop"
+
+
 @pytest.mark.parametrize("name", SERVICES)
 def test_a_busy_service_exits_0_within_5_seconds_of_sigterm(
     name: str, stack: Stack, cluster: Cluster, namespace: str
@@ -67,12 +76,7 @@ def test_a_busy_service_exits_0_within_5_seconds_of_sigterm(
 @pytest.mark.parametrize("name", SERVICES)
 def test_an_idle_service_exits_0_within_5_seconds_of_sigterm(name: str, stack: Stack) -> None:
     time.sleep(6)  # every consumer parked in a long poll, every timer waiting
-    try:
-        elapsed, code = stop_time(stack, name)
-    finally:
-        stack.start_service(name, stack.extra_env.get(name, {}))
-    assert code == 0, f"{name} exited with {code}"
-    assert elapsed < STOP_WITHIN_SECONDS, f"{name} took {elapsed:.1f}s to stop"
+    assert_stops_cleanly_and_restart(stack, name)
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -80,12 +84,7 @@ def test_a_starting_service_exits_0_within_5_seconds_of_sigterm(name: str, stack
     stack.services[name].stop()
     stack.start_service(name, stack.extra_env.get(name, {}), wait=False)
     time.sleep(0.3)  # connecting, catching up or sweeping: not ready yet
-    try:
-        elapsed, code = stop_time(stack, name)
-    finally:
-        stack.start_service(name, stack.extra_env.get(name, {}))
-    assert code == 0, f"{name} exited with {code}"
-    assert elapsed < STOP_WITHIN_SECONDS, f"{name} took {elapsed:.1f}s to stop"
+    assert_stops_cleanly_and_restart(stack, name)
 
 
 def descendants(pid: int) -> set[int]:
