@@ -22,6 +22,7 @@ from schemas.messages import (
     EventIntent,
     State,
 )
+from services.domain.events import CERTCHECK_API_VERSION, dedup_key
 from services.domain.times import days, parse_rfc3339, rfc3339, shift
 from services.evaluator import events as ev
 from services.evaluator.certs import CertError, CertFacts
@@ -388,14 +389,14 @@ def failed_evaluation(
     )
     event = EventIntent(
         namespace=spec.namespace,
-        involved_api_version=ev.CERTCHECK_API_VERSION,
+        involved_api_version=CERTCHECK_API_VERSION,
         involved_kind="CertCheck",
         involved_name=spec.name,
         involved_uid=spec.uid,
         type="Warning",
         reason="EvaluationFailed",
         message=message,
-        dedup_key=ev.dedup_key(spec.uid, "EvaluationFailed", error),
+        dedup_key=dedup_key(spec.uid, "EvaluationFailed", error),
         occurrence=spec.resource_version,
     )
     return Evaluation(status=status, status_changed=changed, events=[event])

@@ -8,22 +8,17 @@ One Event per state change per certificate, on the Secret, and one summary per r
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from schemas import annotations as ann
 from schemas.messages import CertCheckStatus, EventIntent, State
+from services.domain.events import CERTCHECK_API_VERSION, dedup_key
 
 WARNING_STATES = (State.EXPIRING_SOON, State.EXPIRED, State.INVALID)
 RENEWED = "Renewed"
 RECOVERED = "Recovered"
-CERTCHECK_API_VERSION = "certcheck.dev/v1alpha1"
 _EXAMPLES = 3
-
-
-def dedup_key(*parts: str) -> str:
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
 def transition_reason(

@@ -10,11 +10,11 @@ from schemas.streams import NOTIFIER_STATE_BUCKET
 from services.common import bus as bus_mod
 from services.common.health import Health
 from services.common.kube import api_client
+from services.common.kube_writer import KubeWriter
 from services.common.runtime import run_service, supervise
 from services.common.settings import Settings
 from services.notifier.secrets import SecretReader
 from services.notifier.service import Notifier
-from services.recorder.kube import KubeWriter
 
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:

@@ -47,13 +47,13 @@ from services.common.bus import (
     fetch_batch,
     redelivery_delay,
 )
+from services.common.kube_writer import Gone, KubeWriter
 from services.common.settings import Settings
+from services.domain.events import CERTCHECK_API_VERSION, dedup_key
 from services.domain.times import parse_rfc3339, rfc3339
-from services.evaluator.events import CERTCHECK_API_VERSION, dedup_key
 from services.notifier import core
 from services.notifier.secrets import SecretReader
 from services.notifier.senders import DeliveryError, send_slack, send_webhook
-from services.recorder.kube import Gone, KubeWriter
 
 log = logging.getLogger(__name__)
 

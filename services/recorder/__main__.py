@@ -8,9 +8,9 @@ from schemas.streams import RECORDER_APPLIED_BUCKET
 from services.common import bus as bus_mod
 from services.common.health import Health
 from services.common.kube import api_client
+from services.common.kube_writer import KubeWriter
 from services.common.runtime import run_service, supervise
 from services.common.settings import Settings
-from services.recorder.kube import KubeWriter
 from services.recorder.service import Recorder
 
 

@@ -39,8 +39,8 @@ from services.common.bus import (
     fetch_batch,
     redelivery_delay,
 )
+from services.common.kube_writer import Gone, KubeWriter
 from services.common.settings import Settings
-from services.recorder.kube import Gone, KubeWriter
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from kubernetes import client
 from devcluster.certs import expiring_in
 from schemas.messages import AnnotationPatch, CertCheckStatus
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION
-from services.recorder.kube import Gone, KubeWriter
+from services.common.kube_writer import Gone, KubeWriter
 from tests.conftest import Cluster
 
 

@@ -1,4 +1,4 @@
-"""The recorder's Kubernetes adapter: idempotent writes, each a single request."""
+"""The Kubernetes writer shared by the recorder and the notifier: idempotent writes, each a single request."""
 
 from __future__ import annotations
 
