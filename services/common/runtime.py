@@ -43,16 +43,34 @@ async def _run(name: str, main: ServiceMain, settings: Settings) -> None:
     loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
     beat = asyncio.create_task(_heartbeat(health))
     log.info("starting %s", name, extra={"http_port": settings.http_port})
-    running = asyncio.create_task(main(settings, health, stop), name="main")
     stopped = asyncio.create_task(stop.wait())
-    try:
+    failures = 0
+    while True:
+        running = asyncio.create_task(main(settings, health, stop), name="main")
         await asyncio.wait([running, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set() or not running.done() or running.cancelled():
+            break
+        exc = running.exception()
+        if exc is None or isinstance(exc, UnsupportedServerError) or not isinstance(exc, Exception):
+            break
+        # Starting failed (the bus or the API server out of reach): start again, as a Deployment would.
+        failures += 1
+        delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+        log.warning("%s failed to start (%r), again in %.1fs", name, exc, delay)
+        health.set_ready(False, "restarting")
+        await asyncio.wait([stopped], timeout=delay)
+        if stop.is_set():
+            break
+    try:
         if not running.done():
             # main sees ``stop`` once it supervises its tasks; still starting up, it is cancelled now.
             await asyncio.wait([running], timeout=STOP_GRACE_SECONDS if health.ready else 0.1)
             running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
+        if stop.is_set() and running.done() and not running.cancelled() and running.exception():
+            log.info("stopped while starting again: %r", running.exception())
+        else:
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
     finally:
         stopped.cancel()
         beat.cancel()
@@ -89,6 +107,21 @@ def _exit_after(seconds: float) -> None:
 def _exit(code: int) -> None:
     logging.shutdown()
     os._exit(code)
+
+
+async def resilient(name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a consume loop for ever: one that fails (the bus gone while it binds or fetches) starts
+    again after a backoff, instead of ending the service."""
+    failures = 0
+    while True:
+        try:
+            await work()
+            return
+        except Exception as exc:
+            failures += 1
+            delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+            log.warning("%s failed, starting it again in %.1fs: %r", name, delay, exc)
+            await asyncio.sleep(delay)
 
 
 async def supervise(stop: asyncio.Event, *tasks: asyncio.Task[None]) -> None:

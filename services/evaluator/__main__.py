@@ -7,7 +7,7 @@ import logging
 
 from services.common import bus as bus_mod
 from services.common.health import Health
-from services.common.runtime import run_service, supervise
+from services.common.runtime import resilient, run_service, supervise
 from services.common.settings import Settings
 from services.evaluator.service import Evaluator
 
@@ -22,8 +22,8 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     await evaluator.catch_up()
     await evaluator.start()
     tasks += [
-        asyncio.create_task(evaluator.work_objects(), name="work-objects"),
-        asyncio.create_task(evaluator.work_due(), name="work-due"),
+        asyncio.create_task(resilient("work-objects", evaluator.work_objects), name="work-objects"),
+        asyncio.create_task(resilient("work-due", evaluator.work_due), name="work-due"),
         asyncio.create_task(evaluator.resync(), name="resync"),
     ]
     health.set_ready(True)

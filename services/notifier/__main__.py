@@ -11,7 +11,7 @@ from services.common import bus as bus_mod
 from services.common.health import Health
 from services.common.kube import api_client
 from services.common.kube_writer import KubeWriter
-from services.common.runtime import run_service, supervise
+from services.common.runtime import resilient, run_service, supervise
 from services.common.settings import Settings
 from services.notifier.secrets import SecretReader
 from services.notifier.service import Notifier
@@ -24,7 +24,7 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     notifier = Notifier(bus, kv, SecretReader(client.CoreV1Api(api)), KubeWriter(api), settings)
     health.set_ready(True)
     try:
-        await supervise(stop, asyncio.create_task(notifier.run(), name="notify"))
+        await supervise(stop, asyncio.create_task(resilient("notify", notifier.run), name="notify"))
     finally:
         await bus.close()
 

@@ -9,7 +9,7 @@ from services.common import bus as bus_mod
 from services.common.health import Health
 from services.common.kube import api_client
 from services.common.kube_writer import KubeWriter
-from services.common.runtime import run_service, supervise
+from services.common.runtime import resilient, run_service, supervise
 from services.common.settings import Settings
 from services.recorder.service import Recorder
 
@@ -23,8 +23,8 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     try:
         await supervise(
             stop,
-            asyncio.create_task(recorder.run(), name="record"),
-            asyncio.create_task(recorder.run_events(), name="record-events"),
+            asyncio.create_task(resilient("record", recorder.run), name="record"),
+            asyncio.create_task(resilient("record-events", recorder.run_events), name="record-events"),
         )
     finally:
         await bus.close()
