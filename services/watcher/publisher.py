@@ -112,7 +112,6 @@ class _Send:
 class _Retry:
     send: _Send
     attempt: int
-    scope: str
 
 
 PROGRESS_SAVE_INTERVAL = 1.0
@@ -367,7 +366,7 @@ class Publisher:
         log.warning("publish of %s failed (%s), again in %.1fs", "/".join(send.key), exc, delay)
         self._retries += 1
         retrying.set(self._retries)
-        retry = _Retry(send, attempt + 1, send.scope)
+        retry = _Retry(send, attempt + 1)
         asyncio.get_running_loop().call_later(delay, self.queue.put_nowait, retry)
 
     def _settle(self, send: _Send) -> None:
