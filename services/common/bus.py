@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +62,9 @@ class Bus:
 
 
 async def connect(url: str, name: str, user: str = "", password: str = "") -> Bus:
-    """Connect as ``user`` (with its own inbox prefix, which its NATS permissions allow) or anonymously."""
+    """Connect as ``user`` (with its own inbox prefix, which its NATS permissions allow) or anonymously.
+    ``url`` may list several servers, comma-separated (the nodes of a cluster): any one that answers
+    will do, and the client moves to another when it goes."""
 
     async def on_disconnect() -> None:
         nats_connected.set(0)
@@ -75,7 +78,7 @@ async def connect(url: str, name: str, user: str = "", password: str = "") -> Bu
         log.warning("NATS error: %s", exc)
 
     nc = await nats.connect(
-        url,
+        [server.strip() for server in url.split(",") if server.strip()],
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -252,6 +255,12 @@ async def park(bus: Bus, subject: str, data: bytes, reason: str, kind: str, stre
     log.error("dead-lettered %s (seq %d): %s", subject, stream_seq, reason)
 
 
+# How long a delivered message may go unacknowledged before JetStream delivers it again: what a
+# message handed to a process that then died waits before another replica gets it. Work that takes
+# longer keeps its messages with ``held``.
+ACK_WAIT_SECONDS = 10.0
+
+
 async def durable_consumer(
     bus: Bus,
     stream: str,
@@ -259,11 +268,12 @@ async def durable_consumer(
     filter_subject: str = ">",
     *,
     new_only: bool = False,
-    ack_wait: float = 60,
+    ack_wait: float = ACK_WAIT_SECONDS,
     max_ack_pending: int = 5_000,
 ) -> JetStreamContext.PullSubscription:
     """Bind to (creating on first use) a durable pull consumer shared by every replica of a service.
-    Acks are explicit: a message is acknowledged only once its effect is applied."""
+    Acks are explicit: a message is acknowledged only once its effect is applied. A consumer an earlier
+    release created with other limits is updated to these."""
     config = ConsumerConfig(
         deliver_policy=DeliverPolicy.NEW if new_only else DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
@@ -271,7 +281,34 @@ async def durable_consumer(
         max_ack_pending=max_ack_pending,
         filter_subject=None if filter_subject == ">" else filter_subject,
     )
+    with contextlib.suppress(NotFoundError):
+        existing = (await bus.js.consumer_info(stream, durable)).config
+        if (existing.ack_wait, existing.max_ack_pending) != (ack_wait, max_ack_pending):
+            existing.ack_wait, existing.max_ack_pending = ack_wait, max_ack_pending
+            await bus.js.add_consumer(stream, config=existing)
     return await bus.js.pull_subscribe(filter_subject, durable=durable, stream=stream, config=config)
+
+
+@contextlib.asynccontextmanager
+async def held(msgs: Sequence[Msg], every: float = ACK_WAIT_SECONDS / 4) -> AsyncIterator[None]:
+    """Tell JetStream, while the block runs, that ``msgs`` are still being worked on, so that a short
+    ack wait redelivers quickly what a dead process held without redelivering slow work."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(every)
+            for msg in msgs:
+                if not msg.is_acked:
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
+
+    beating = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
 
 
 def redelivery_delay(msg: Msg, base: float = 0.5, cap: float = 60.0) -> float:

@@ -44,6 +44,7 @@ from services.common.bus import (
     dead_letter,
     durable_consumer,
     fetch_batch,
+    held,
     park,
     publish_pipelined,
     redelivery_delay,
@@ -184,7 +185,8 @@ class Evaluator:
     async def _settle(self, msgs: list[Msg], work: Awaitable[None]) -> None:
         """Ack the batch once its work is done; on failure nak it, so JetStream redelivers it later."""
         try:
-            await work
+            async with held(msgs):
+                await work
         except Exception as exc:
             if not msgs:
                 raise

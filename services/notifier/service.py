@@ -45,6 +45,7 @@ from services.common.bus import (
     dead_letter,
     durable_consumer,
     fetch_batch,
+    held,
     redelivery_delay,
 )
 from services.common.kube_writer import Gone, KubeWriter
@@ -59,9 +60,6 @@ log = logging.getLogger(__name__)
 
 deliveries = Counter("certcheck_notifications_total", "Notification deliveries", ["kind", "outcome"])
 state_decoder = msgspec.json.Decoder(core.NotifyState)
-# Short, so that a result in flight at a crash is redelivered soon; each send reports progress first.
-ACK_WAIT_SECONDS = 15
-
 
 MAX_ROUNDS = 3  # plan, send, settle; again if a delivery that blocked planning went out meanwhile
 CLAIM_SECONDS = 60.0  # a replica's claim on a pending delivery; another takes it over after that
@@ -112,20 +110,18 @@ class Notifier:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def run(self) -> None:
-        sub = await durable_consumer(
-            self.bus, RESULTS.name, NOTIFIER_CONSUMER, subjects.RESULTS_ALL, ack_wait=ACK_WAIT_SECONDS
-        )
+        sub = await durable_consumer(self.bus, RESULTS.name, NOTIFIER_CONSUMER, subjects.RESULTS_ALL)
         while True:
             msgs = await fetch_batch(sub, 50, wait=FETCH_WAIT_SECONDS)
             newest: dict[str, Msg] = {}
             for msg in msgs:
                 older = newest.get(msg.subject)
                 if older is not None:
-                    await (
-                        older.ack()
-                    )  # superseded within the batch: never two results of one CertCheck at once
+                    # superseded within the batch: never two results of one CertCheck at once
+                    await older.ack()
                 newest[msg.subject] = msg
-            await asyncio.gather(*(self._handle(msg) for msg in newest.values()))
+            async with held(list(newest.values())):
+                await asyncio.gather(*(self._handle(msg) for msg in newest.values()))
 
     async def _handle(self, msg: Msg) -> None:
         try:
@@ -135,7 +131,7 @@ class Notifier:
             return
         try:
             if isinstance(result, EvaluationResult):
-                retry_in = await self.process(result, msg)
+                retry_in = await self.process(result)
             else:
                 retry_in = None
                 if isinstance(result, CertCheckRemoved):
@@ -180,7 +176,7 @@ class Notifier:
 
     # --- one result -------------------------------------------------------------------------------
 
-    async def process(self, result: EvaluationResult, msg: Msg | None = None) -> float | None:
+    async def process(self, result: EvaluationResult) -> float | None:
         """Notify what changed; returns a delay after which to look again, or None when done."""
         targets = {t.name: t for t in (result.notification.targets if result.notification else [])}
         key = self._key(result.namespace, result.name)
@@ -196,8 +192,6 @@ class Notifier:
             for name in sorted(claim.mine):
                 target_state = state.targets[name]
                 assert target_state.pending is not None
-                if msg is not None:
-                    await msg.in_progress()  # a send takes at most the HTTP timeout, under the ack wait
                 outcome = await self._deliver(result, targets[name], target_state.pending)
                 retry_in = _earliest(retry_in, self._settle(target_state, outcome, _now()))
             await self._store_outcomes(key, state, claim.revision)

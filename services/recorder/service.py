@@ -37,6 +37,7 @@ from services.common.bus import (
     dead_letter,
     durable_consumer,
     fetch_batch,
+    held,
     redelivery_delay,
 )
 from services.common.kube_writer import Gone, KubeWriter
@@ -82,7 +83,7 @@ class Recorder:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def run(self) -> None:
-        sub = await durable_consumer(self.bus, RESULTS.name, RECORDER_CONSUMER, ack_wait=120)
+        sub = await durable_consumer(self.bus, RESULTS.name, RECORDER_CONSUMER)
         while True:
             msgs = await fetch_batch(sub, BATCH, wait=FETCH_WAIT_SECONDS)
             newest: dict[str, Msg] = {}
@@ -91,7 +92,8 @@ class Recorder:
                 if older is not None:
                     await older.ack()  # superseded within the batch
                 newest[msg.subject] = msg
-            await asyncio.gather(*(self._handle(msg) for msg in newest.values()))
+            async with held(list(newest.values())):
+                await asyncio.gather(*(self._handle(msg) for msg in newest.values()))
 
     async def _handle(self, msg: Msg) -> None:
         try:
@@ -130,11 +132,12 @@ class Recorder:
         """Write the Events the evaluator queued, each on its own: one that fails is retried with
         backoff for as long as EVENT_RETRY_HOURS, whatever happens to the results meanwhile."""
         sub = await durable_consumer(
-            self.bus, KUBE_EVENTS.name, RECORDER_EVENTS_CONSUMER, subjects.KUBE_EVENTS_ALL, ack_wait=120
+            self.bus, KUBE_EVENTS.name, RECORDER_EVENTS_CONSUMER, subjects.KUBE_EVENTS_ALL
         )
         while True:
             msgs = await fetch_batch(sub, BATCH, wait=FETCH_WAIT_SECONDS)
-            await asyncio.gather(*(self._write_event(msg) for msg in msgs))
+            async with held(msgs):
+                await asyncio.gather(*(self._write_event(msg) for msg in msgs))
 
     async def _write_event(self, msg: Msg) -> None:
         try:
