@@ -79,11 +79,13 @@ class ViewFollower:
                 log.debug("checking for message %d: %s", seq, exc)
 
     async def catch_up(self) -> None:
-        """Until the view holds everything the stream held when this was called, or everything it
-        holds now if the last of those is gone."""
-        info = await self.bus.js.stream_info(OBJECTS.name)
-        while not await self._applied(info.state.last_seq, GONE_CHECK_SECONDS):
-            if self.behind == 0:
+        """Until the view holds everything the stream holds: it read a message with nothing after it,
+        or the last the stream has. Reading up to the last sequence the stream had when this was called
+        is not enough: the stream keeps one message per object, so an object changed meanwhile loses
+        its older message before the view gets to it and is missing until the view reaches the newer
+        one; a sweep from that view would publish results without it."""
+        while self.behind != 0:
+            state = (await self.bus.js.stream_info(OBJECTS.name)).state
+            if state.messages == 0 or self.view.seq >= state.last_seq:
                 return
-            if (await self.bus.js.stream_info(OBJECTS.name)).state.messages == 0:
-                return
+            await self._applied(state.last_seq, GONE_CHECK_SECONDS)
