@@ -358,6 +358,38 @@ class NatsServer:
         _stop(self.proc, signal.SIGKILL)
 
 
+def nats_cluster(workdir: Path, size: int, users: dict[str, str] | None = None) -> list[NatsServer]:
+    """``size`` nats-servers routed into one JetStream cluster on loopback (not started)."""
+    route_ports = [free_port() for _ in range(size)]
+    routes = ",".join(f"nats://127.0.0.1:{port}" for port in route_ports)
+    return [
+        NatsServer(
+            workdir / f"nats-{index}",
+            users=users,
+            server_name=f"nats-{index}",
+            extra_args=[
+                "--cluster_name",
+                "certcheck",
+                "--cluster",
+                f"nats://127.0.0.1:{port}",
+                "--routes",
+                routes,
+            ],
+        )
+        for index, port in enumerate(route_ports)
+    ]
+
+
+def meta_leader(server: NatsServer) -> str | None:
+    """The JetStream meta leader a cluster node knows of (None while there is none)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.monitor_port}/jsz", timeout=2) as response:
+            leader = json.load(response).get("meta_cluster", {}).get("leader")
+    except OSError:
+        return None
+    return str(leader) if leader else None
+
+
 @dataclass
 class ServiceProcess:
     """One certcheck service as a child process (``python -m services.<name>``)."""

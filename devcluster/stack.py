@@ -15,6 +15,8 @@ from devcluster.cluster import (
     NatsServer,
     ServiceProcess,
     free_port,
+    meta_leader,
+    nats_cluster,
     nats_users,
     wait_http_ok,
 )
@@ -63,7 +65,9 @@ def apply_crd(api: client.ApiClient, path: Path = CRD_PATH, timeout: float = 30)
 class Stack:
     workdir: Path
     control_plane: ControlPlane = field(init=False)
-    nats: NatsServer = field(init=False)
+    nats: NatsServer = field(init=False)  # the first node when there are several
+    nats_nodes: int = 1  # 3: a JetStream cluster, every stream and bucket replicated on each node
+    nats_cluster: list[NatsServer] = field(init=False)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     http_ports: dict[str, int] = field(default_factory=dict)
 
@@ -75,7 +79,12 @@ class Stack:
     def __post_init__(self) -> None:
         self.control_plane = ControlPlane(self.workdir / "kube", extra_args=list(self.apiserver_args))
         # Every service connects as its own NATS user, with exactly the permissions of k8s/nats/auth.conf.
-        self.nats = NatsServer(self.workdir / "nats", users=nats_users())
+        users = nats_users()
+        if self.nats_nodes > 1:
+            self.nats_cluster = nats_cluster(self.workdir / "nats", self.nats_nodes, users)
+        else:
+            self.nats_cluster = [NatsServer(self.workdir / "nats", users=users)]
+        self.nats = self.nats_cluster[0]
         # One identity per service (its ServiceAccount's user name), bound to exactly the roles in
         # k8s/base/rbac.yaml: the tests prove those roles sufficient, and the audit log tells who wrote what.
         self._tokens = {
@@ -85,7 +94,12 @@ class Stack:
 
     def start_infrastructure(self) -> None:
         self.control_plane.start()
-        self.nats.start()
+        for node in self.nats_cluster:
+            node.start()
+        if self.nats_nodes > 1:
+            deadline = time.monotonic() + 30
+            while not meta_leader(self.nats) and time.monotonic() < deadline:
+                time.sleep(0.2)
         admin = api_client(self.control_plane.kubeconfig)
         apply_crd(admin)
         utils.create_from_yaml(admin, str(RBAC_PATH))
@@ -98,8 +112,10 @@ class Stack:
     def service_env(self, name: str, instance: str | None = None) -> dict[str, str]:
         port = self.http_ports.setdefault(instance or name, free_port())
         users = self.nats.users or {}
+        addresses = ",".join(node.address for node in self.nats_cluster)
         return {
-            "CERTCHECK_NATS_URL": self.nats.address if name in users else self.nats.url,
+            "CERTCHECK_NATS_URL": addresses if name in users else self.nats.url,
+            "CERTCHECK_STREAM_REPLICAS": str(self.nats_nodes),
             "CERTCHECK_NATS_USER": name if name in users else "",
             "CERTCHECK_NATS_PASSWORD": users.get(name, ""),
             "CERTCHECK_INSTANCE_ID": instance or name,
@@ -144,5 +160,6 @@ class Stack:
             process.terminate()
         for process in self.services.values():
             process.reap(timeout=6)  # each exits within 5 s of SIGTERM
-        self.nats.stop()
+        for node in self.nats_cluster:
+            node.stop()
         self.control_plane.stop()

@@ -3,6 +3,10 @@ Deployment would) while hundreds of Secrets are created and then replaced. After
 and status entry is right, every due Event exists exactly once (count 1), and every due notification
 arrived, each delivery id accepted once. The counts are printed.
 
+It runs on one nats-server and on a 3-node JetStream cluster (every stream replicated three times), where
+the bus victim is one node at a time: the cluster loses a node, and with it the leaders it held, while
+the services keep working through the other two.
+
 The small size runs in the suite; `pytest -m slow tests/e2e/test_faults.py` runs the large one by hand
 (`CERTCHECK_FAULT_SEED` repeats a run's sequence of kills).
 """
@@ -63,17 +67,19 @@ class Chaos:
             victim = order.pop()
             self.kills[victim] += 1
             if victim == "nats-server":
-                self.stack.nats.kill()
+                node = rng.choice(self.stack.nats_cluster)
+                node.kill()
                 self._stop.wait(rng.uniform(0.1, 1.5))
-                self.stack.nats.start()
+                node.start()
             else:
                 self.stack.services[victim].kill()
                 self._stop.wait(rng.uniform(0.0, 1.0))
                 self.stack.start_service(victim, self.stack.extra_env.get(victim, {}), wait=False)
 
     def _revive_all(self) -> None:
-        if not (self.stack.nats.proc and self.stack.nats.proc.poll() is None):
-            self.stack.nats.start()
+        for node in self.stack.nats_cluster:
+            if not (node.proc and node.proc.poll() is None):
+                node.start()
         for name in ("watcher", "evaluator", "recorder", "notifier", "exporter"):
             if not self.stack.services[name].running:
                 self.stack.start_service(name, self.stack.extra_env.get(name, {}), wait=False)
@@ -86,9 +92,9 @@ def hook() -> Iterator[Receiver]:
     receiver.close()
 
 
-@pytest.fixture(scope="module")
-def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(Path(tmp_path_factory.mktemp("faults")))
+@pytest.fixture(scope="module", params=[1, 3], ids=["one-nats-server", "three-node-nats-cluster"])
+def fault_stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    stack = Stack(Path(tmp_path_factory.mktemp("faults")), nats_nodes=request.param)
     try:
         stack.start_infrastructure()
         stack.start_services({"notifier": {"CERTCHECK_NOTIFY_MAX_ATTEMPTS": "50"}})
@@ -239,7 +245,7 @@ def test_nothing_is_lost_or_doubled_when_processes_and_the_bus_die_at_random(
 ) -> None:
     stack = fault_stack
     cluster = _cluster(stack)
-    namespace = f"chaos-{count}"
+    namespace = f"chaos-{count}-{len(stack.nats_cluster)}"
     cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     now = datetime.now(UTC).replace(microsecond=0)
     soon_at, later_at = now + timedelta(days=5), now + timedelta(days=300)

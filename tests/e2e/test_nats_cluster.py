@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from devcluster.cluster import NatsServer, free_port
+from devcluster.cluster import NatsServer, meta_leader, nats_cluster
 from schemas import subjects
 from schemas.streams import ALL_STREAMS, NOTIFIER_STATE_BUCKET, TRIGGERS
 from services.common import bus as bus_mod
@@ -22,24 +20,7 @@ from tests.conftest import wait_for
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NatsServer]]:
-    workdir: Path = tmp_path_factory.mktemp("nats-cluster")
-    route_ports = [free_port() for _ in range(3)]
-    routes = ",".join(f"nats://127.0.0.1:{port}" for port in route_ports)
-    servers = [
-        NatsServer(
-            workdir / f"nats-{i}",
-            server_name=f"nats-{i}",
-            extra_args=[
-                "--cluster_name",
-                "certcheck",
-                "--cluster",
-                f"nats://127.0.0.1:{port}",
-                "--routes",
-                routes,
-            ],
-        )
-        for i, port in enumerate(route_ports)
-    ]
+    servers = nats_cluster(Path(tmp_path_factory.mktemp("nats-cluster")), 3)
     for server in servers:
         server.start()
     wait_for(lambda: meta_leader(servers[0]), timeout=30, what="a JetStream meta leader")
@@ -48,12 +29,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NatsServe
     finally:
         for server in servers:
             server.stop()
-
-
-def meta_leader(server: NatsServer) -> str | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.monitor_port}/jsz", timeout=2) as response:
-        leader = json.load(response).get("meta_cluster", {}).get("leader")
-    return str(leader) if leader else None
 
 
 async def replicated_setup(url: str) -> dict[str, int]:
