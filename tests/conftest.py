@@ -14,9 +14,24 @@ from typing import Any, TypeVar
 import nats
 import pytest
 from kubernetes import client
+from nats.js.errors import NoKeysError, NotFoundError
 
 from devcluster.cluster import NatsServer
 from devcluster.stack import Stack, api_client
+from schemas import subjects
+from schemas.streams import (
+    EVALUATOR_DUE_CONSUMER,
+    EVALUATOR_OBJECTS_CONSUMER,
+    HDR_RESOURCE_VERSION,
+    KUBE_EVENTS,
+    NOTIFIER_CONSUMER,
+    OBJECTS,
+    RECORDER_CONSUMER,
+    RECORDER_EVENTS_CONSUMER,
+    RESULTS,
+    TRIGGERS,
+    WATCHER_STATE_BUCKET,
+)
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION
 from tests.receivers import Receiver, slack_ok
 
@@ -155,6 +170,138 @@ def wait_for(probe: Callable[[], T | None], timeout: float = 15.0, what: str = "
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
 
 
+# Every durable consumer of the pipeline (stream, consumer): the work the services have left to do.
+PIPELINE_CONSUMERS = (
+    (OBJECTS.name, EVALUATOR_OBJECTS_CONSUMER),
+    (TRIGGERS.name, EVALUATOR_DUE_CONSUMER),
+    (RESULTS.name, RECORDER_CONSUMER),
+    (KUBE_EVENTS.name, RECORDER_EVENTS_CONSUMER),
+    (RESULTS.name, NOTIFIER_CONSUMER),
+)
+PIPELINE_STREAMS = (OBJECTS.name, TRIGGERS.name, RESULTS.name, KUBE_EVENTS.name)
+
+
+def wait_idle(stack: Stack, timeout: float = 30.0, interval: float = 0.2) -> None:
+    """Until the pipeline has nothing left to do: no durable consumer has a message waiting or one
+    delivered and not acknowledged yet (a nak'ed retry counts until it is acknowledged), and no stream
+    grew meanwhile, seen twice in a row ``interval`` apart. Every service acknowledges only once a
+    message's effects are out (published, written, sent), so an absence asserted after this is proven.
+
+    What the watcher has not published yet is pending nowhere: first see that it published the change
+    that is to have (or not have) effects, or use ``wait_settled``."""
+
+    async def idle() -> None:
+        nc = await nats.connect(stack.nats.url)
+        try:
+            js = nc.jetstream()
+            deadline = time.monotonic() + timeout
+            previous: dict[str, int] | None = None
+            while True:
+                busy: dict[str, str] = {}
+                for stream, durable in PIPELINE_CONSUMERS:
+                    try:
+                        info = await js.consumer_info(stream, durable)
+                    except NotFoundError:
+                        busy[durable] = "missing"
+                        continue
+                    if info.num_pending or info.num_ack_pending:
+                        busy[durable] = f"{info.num_pending} pending, {info.num_ack_pending} unacknowledged"
+                tails = {name: (await js.stream_info(name)).state.last_seq for name in PIPELINE_STREAMS}
+                if not busy and tails == previous:
+                    return
+                if time.monotonic() > deadline:
+                    seen = busy or f"idle, but the streams grew: {previous} -> {tails}"
+                    raise AssertionError(f"the pipeline not idle after {timeout}s: {seen}")
+                previous = None if busy else tails
+                await asyncio.sleep(interval)
+        finally:
+            await nc.close()
+
+    asyncio.run(idle())
+
+
+def published_version(stack: Stack, kind: str, namespace: str, name: str) -> str | None:
+    """The resourceVersion of the object's last message on the objects stream: what the watcher
+    published of it last (None: nothing)."""
+
+    async def last() -> str | None:
+        nc = await nats.connect(stack.nats.url)
+        try:
+            msg = await nc.jetstream().get_last_msg(
+                OBJECTS.name, subjects.object_subject(kind, namespace, name)
+            )
+        except NotFoundError:
+            return None
+        finally:
+            await nc.close()
+        return (msg.headers or {}).get(HDR_RESOURCE_VERSION)
+
+    return asyncio.run(last())
+
+
+def published(stack: Stack, kind: str, namespace: str, name: str, resource_version: str) -> bool:
+    """Whether the watcher has published the object at ``resource_version`` or later (later: what
+    certcheck wrote in answer may be out already, and the stream keeps the last message only)."""
+    found = published_version(stack, kind, namespace, name)
+    return found is not None and found.isdigit() and int(found) >= int(resource_version)
+
+
+def watcher_progress(stack: Stack) -> dict[str, int]:
+    """Per watch (scope), the resourceVersion up to which the watcher has published everything and
+    saved that it did (about once a second)."""
+
+    async def read() -> dict[str, int]:
+        nc = await nats.connect(stack.nats.url)
+        try:
+            kv = await nc.jetstream().key_value(WATCHER_STATE_BUCKET)
+            try:
+                keys = await kv.keys()
+            except NoKeysError:
+                return {}
+            found = {}
+            for key in keys:
+                entry = await kv.get(key)
+                if key.startswith("rv.") and entry.value and entry.value.isdigit():  # not what it keeps else
+                    found[key.removeprefix("rv.")] = int(entry.value)
+            return found
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def watcher_behind(stack: Stack, versions: dict[tuple[str, str], int]) -> list[str]:
+    """The objects (by scope and name, at a resourceVersion) the watcher has not published up to yet."""
+    progress = watcher_progress(stack)
+    return [
+        f"{scope} {name}@{version} (the watch at {progress[scope]})"
+        for (scope, name), version in versions.items()
+        if scope in progress and progress[scope] < version
+    ]
+
+
+def wait_settled(stack: Stack, cluster: Cluster, namespace: str, timeout: float = 30.0) -> None:
+    """Until nothing more happens in ``namespace`` by itself. The pipeline being idle is not enough: what
+    certcheck writes (a status, annotations, a failure) comes back through the watcher and is evaluated
+    again. So, until a round sees no new write: the pipeline idle, the watcher past the current version
+    of every CertCheck and Secret of the namespace, the pipeline idle again."""
+    deadline = time.monotonic() + timeout
+
+    def left() -> float:
+        return max(0.5, deadline - time.monotonic())
+
+    while True:
+        wait_idle(stack, timeout=left())
+        versions = cluster.versions(namespace)
+        while behind := watcher_behind(stack, versions):
+            assert time.monotonic() < deadline, f"the watcher not past every write after {timeout}s: {behind}"
+            time.sleep(0.1)
+        wait_idle(stack, timeout=left())
+        if cluster.versions(namespace) == versions:
+            return
+        assert time.monotonic() < deadline, f"{namespace} still changing after {timeout}s"
+
+
 class Cluster:
     """Small helpers over the real API server for tests."""
 
@@ -223,6 +370,20 @@ class Cluster:
     def annotations(self, namespace: str, name: str) -> dict[str, str]:
         return self.core.read_namespaced_secret(name, namespace).metadata.annotations or {}
 
+    def versions(self, namespace: str) -> dict[tuple[str, str], int]:
+        """The resourceVersion of every Secret and CertCheck of a namespace, by the watcher's scope that
+        sees it (a scope the watcher does not have is ignored by ``wait_settled``)."""
+        found = {
+            (f"{subjects.KIND_SECRET}.{s.type}", s.metadata.name): int(s.metadata.resource_version)
+            for s in self.core.list_namespaced_secret(namespace).items
+        }
+        certchecks = self.custom.list_namespaced_custom_object(
+            CERTCHECK_GROUP, CERTCHECK_VERSION, namespace, CERTCHECK_PLURAL
+        )
+        for c in certchecks["items"]:
+            found[(subjects.KIND_CERTCHECK, c["metadata"]["name"])] = int(c["metadata"]["resourceVersion"])
+        return found
+
     def events(self, namespace: str, kind: str | None = None, name: str | None = None) -> list[Any]:
         items = self.core.list_namespaced_event(namespace).items
         return [
@@ -275,3 +436,17 @@ def audit(stack: Stack) -> AuditLog:
 
 
 RECORDER_USER = "system:serviceaccount:certcheck:recorder"
+
+
+@pytest.fixture(scope="session")
+def watcher_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A control plane and nats-server of their own, with no service running: for tests that start
+    watchers with settings of their own, or fence them, without touching the shared stack's watcher."""
+    stack = Stack(Path(tmp_path_factory.mktemp("watchers")))
+    try:
+        stack.start_infrastructure()
+    except Exception:
+        stack.stop()
+        raise
+    yield stack
+    stack.stop()

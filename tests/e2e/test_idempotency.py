@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import nats
 from nats.js.api import DeliverPolicy
@@ -13,7 +12,7 @@ from devcluster.stack import Stack
 from schemas import subjects
 from schemas.messages import Due, encoder
 from schemas.streams import HDR_MSG_ID, OBJECTS, RECORDER_CONSUMER, RESULTS, TRIGGERS
-from tests.conftest import RECORDER_USER, AuditLog, Cluster, wait_for
+from tests.conftest import RECORDER_USER, AuditLog, Cluster, wait_for, wait_idle, wait_settled
 from tests.e2e.test_triggers import metric
 
 
@@ -68,8 +67,8 @@ def test_replaying_events_and_results_after_restarts_writes_nothing(
         ),
         what="annotations",
     )
+    wait_settled(stack, cluster, namespace)  # the status and annotation writes, and what they bring back
     events_before = sorted((e.metadata.name, e.count) for e in cluster.events(namespace))
-    time.sleep(1)
     mark = audit.mark()
 
     # 1. The watcher's events for this namespace, delivered a second time.
@@ -81,6 +80,7 @@ def test_replaying_events_and_results_after_restarts_writes_nothing(
         lambda: metric(stack, "evaluator", "certcheck_evaluations_total", 'trigger="due"') > evaluations,
         what="the due evaluation",
     )
+    wait_idle(stack)  # its result applied: what step 3 delivers again is all known to the recorder
     # 3. Every retained result redelivered to a restarted recorder (a new consumer starts from the beginning).
     stack.services["recorder"].kill()
     asyncio.run(delete_recorder_consumer(stack.nats.url))
@@ -92,10 +92,11 @@ def test_replaying_events_and_results_after_restarts_writes_nothing(
     # 4. A restarted evaluator re-evaluates everything.
     stack.restart_service("evaluator")
     wait_for(
-        lambda: metric(stack, "evaluator", "certcheck_evaluations_total", 'trigger="start"') > 0,
-        what="the start-up evaluation",
+        lambda: metric(stack, "evaluator", "certcheck_sweeps_total", 'trigger="start"') > 0,
+        what="the start-up evaluation published",
     )
-    time.sleep(2)
+    # Everything the four brought is applied (and acknowledged) or dropped: only then is "nothing" proven.
+    wait_idle(stack)
 
     assert audit.writes(mark, namespace, RECORDER_USER) == []
     assert sorted((e.metadata.name, e.count) for e in cluster.events(namespace)) == events_before

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,14 +10,36 @@ from pathlib import Path
 import nats
 import pytest
 from kubernetes import client
+from nats.js.errors import NotFoundError
 
 from devcluster.certs import expiring_in, make_cert, tls_secret_data
 from devcluster.stack import SERVICES, Stack, api_client
-from schemas.streams import WATCHER_STATE_BUCKET
+from schemas import subjects
+from schemas.messages import due_decoder
+from schemas.streams import TRIGGERS, WATCHER_STATE_BUCKET
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION
-from tests.conftest import Cluster, wait_for
+from services.domain.times import parse_rfc3339
+from tests.conftest import Cluster, published_version, wait_for, watcher_progress
 from tests.e2e.test_time import state_of
 from tests.e2e.test_triggers import metric
+
+TLS_SCOPE = f"{subjects.KIND_SECRET}.kubernetes.io/tls"  # the watch of kubernetes.io/tls Secrets
+
+
+def fired_due(stack: Stack, namespace: str, name: str) -> datetime | None:
+    """The due time of the message the CertCheck's schedule fired last (None: it never fired)."""
+
+    async def last() -> datetime | None:
+        nc = await nats.connect(stack.nats.url)
+        try:
+            msg = await nc.jetstream().get_last_msg(TRIGGERS.name, subjects.due_subject(namespace, name))
+        except NotFoundError:
+            return None
+        finally:
+            await nc.close()
+        return parse_rfc3339(due_decoder.decode(msg.data).due_at)
+
+    return asyncio.run(last())
 
 
 def test_state_flips_after_the_evaluator_was_killed_while_a_schedule_was_pending(
@@ -31,7 +52,12 @@ def test_state_flips_after_the_evaluator_was_killed_while_a_schedule_was_pending
     wait_for(lambda: state_of(cluster, namespace, "s") == "Valid", what="Valid first")
 
     stack.services["evaluator"].kill()
-    time.sleep(max(0.0, (crossing - datetime.now(UTC)).total_seconds()) + 1)
+    # The schedule fires at the crossing, into a consumer nobody reads now.
+    wait_for(
+        lambda: fired_due(stack, namespace, "c") == crossing,
+        timeout=(crossing - datetime.now(UTC)).total_seconds() + 15,
+        what="the schedule to fire while the evaluator is down",
+    )
     assert state_of(cluster, namespace, "s") == "Valid"  # nobody evaluated while it was down
     stack.start_service("evaluator")
     wait_for(
@@ -49,8 +75,9 @@ def test_a_schedule_due_while_nats_server_was_down_fires_when_it_is_back(
     wait_for(lambda: state_of(cluster, namespace, "s") == "Valid", what="Valid first")
 
     stack.nats.kill()
-    # Down until well after the schedule came due.
-    time.sleep(max(0.0, (crossing - datetime.now(UTC)).total_seconds()) + 2)
+    # Down until the schedule is overdue: its time passes while no server can fire it (a wait for the
+    # clock itself; nothing else can happen meanwhile).
+    wait_for(lambda: datetime.now(UTC) > crossing, timeout=10, what="the due time to pass")
     assert state_of(cluster, namespace, "s") == "Valid"
     stack.nats.start()
     back = datetime.now(UTC)
@@ -98,18 +125,29 @@ def test_watcher_resumes_from_its_resource_version_after_a_restart(
     from tests.e2e.test_triggers import metric
 
     cert, key = expiring_in(100)
-    for name in ("a", "b"):
-        cluster.create_tls_secret(namespace, name, cert, key, labels={"app": "r"})
+    created = [
+        cluster.create_tls_secret(namespace, name, cert, key, labels={"app": "r"}) for name in ("a", "b")
+    ]
     cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "r"}})
     wait_for(lambda: cluster.status(namespace, "c").get("targetCertsCount") == 2, what="two listed")
-    time.sleep(1.5)  # the watcher saves its progress every second
+    newest = max(int(secret.metadata.resource_version) for secret in created)
+    wait_for(
+        lambda: watcher_progress(stack).get(TLS_SCOPE, 0) >= newest,
+        what="the watcher's progress saved past both Secrets",
+    )
 
     # A quick restart resumes the watch where it stopped: no LIST.
     stack.restart_service("watcher", kill=False)
     cluster.core.delete_namespaced_secret("a", namespace)
     wait_for(lambda: cluster.status(namespace, "c").get("targetCertsCount") == 1, what="a's deletion")
+    tombstone = published_version(stack, subjects.KIND_SECRET, namespace, "a")
+    assert tombstone is not None and tombstone.isdigit(), f"a's deletion not seen by the watch: {tombstone}"
+    # The resumed watch carries on past the deletion (and saves that it did), still without a LIST.
+    wait_for(
+        lambda: watcher_progress(stack).get(TLS_SCOPE, 0) >= int(tombstone),
+        what="the watcher's progress saved past the deletion",
+    )
     assert metric(stack, "watcher", "certcheck_watch_restarts_total", 'cause="list"') == 0
-    time.sleep(1.5)
 
 
 @pytest.fixture(scope="module")
@@ -139,11 +177,16 @@ def test_watcher_relists_on_410_gone_and_notices_deletions_made_while_it_was_dow
     namespace = "gone"
     cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     cert, key = expiring_in(100)
-    for name in ("a", "b"):
-        cluster.create_tls_secret(namespace, name, cert, key, labels={"app": "g"})
+    created = [
+        cluster.create_tls_secret(namespace, name, cert, key, labels={"app": "g"}) for name in ("a", "b")
+    ]
     cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "g"}})
     wait_for(lambda: cluster.status(namespace, "c").get("targetCertsCount") == 2, what="two listed")
-    time.sleep(1.5)  # the watcher saves its progress every second
+    newest = max(int(secret.metadata.resource_version) for secret in created)
+    wait_for(
+        lambda: watcher_progress(stack).get(TLS_SCOPE, 0) >= newest,
+        what="the watcher's progress saved past both Secrets",
+    )
 
     stack.services["watcher"].stop()
     cluster.core.delete_namespaced_secret("b", namespace)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
 
 from devcluster.certs import expiring_in, tls_secret_data
 from devcluster.stack import Stack
-from tests.conftest import RECORDER_USER, AuditLog, Cluster, wait_for
+from schemas.subjects import KIND_SECRET
+from tests.conftest import (
+    RECORDER_USER,
+    AuditLog,
+    Cluster,
+    published,
+    wait_for,
+    wait_idle,
+    wait_settled,
+)
 
 
 def names_in_status(cluster: Cluster, namespace: str, certcheck: str) -> list[str]:
@@ -141,7 +149,7 @@ def test_a_secret_selected_by_two_certchecks_updates_both(cluster: Cluster, name
 
 
 def test_two_certchecks_with_different_thresholds_never_fight(
-    cluster: Cluster, namespace: str, audit: AuditLog
+    cluster: Cluster, namespace: str, stack: Stack, audit: AuditLog
 ) -> None:
     cert, key = expiring_in(20)
     cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "x"})
@@ -155,10 +163,22 @@ def test_two_certchecks_with_different_thresholds_never_fight(
     )
     assert cluster.annotations(namespace, "s")["certcheck.dev/state"] == "ExpiringSoon"
 
-    time.sleep(1)
+    wait_settled(stack, cluster, namespace)  # the status writes too, and what they bring back
     mark = audit.mark()
-    cluster.core.patch_namespaced_secret("s", namespace, {"metadata": {"labels": {"touch": "1"}}})
-    time.sleep(2)
+    evaluations = metric(stack, "evaluator", "certcheck_evaluations_total", 'trigger="change"')
+    touched = cluster.core.patch_namespaced_secret("s", namespace, {"metadata": {"labels": {"touch": "1"}}})
+    wait_for(
+        lambda: published(stack, KIND_SECRET, namespace, "s", touched.metadata.resource_version),
+        what="the watcher to publish the touch",
+    )
+    # Both CertChecks evaluated again, and every result they gave applied: still no write.
+    wait_for(
+        lambda: (
+            metric(stack, "evaluator", "certcheck_evaluations_total", 'trigger="change"') >= evaluations + 2
+        ),
+        what="both CertChecks evaluated again",
+    )
+    wait_idle(stack)
     assert audit.writes(mark, namespace, RECORDER_USER) == []
 
 
@@ -169,19 +189,18 @@ def test_a_change_to_a_secret_nobody_selects_triggers_no_evaluation(
     cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}})
     cluster.create_tls_secret(namespace, "stranger", cert, key, labels={"app": "other"})
     wait_for(lambda: cluster.status(namespace, "c").get("conditions"), what="first evaluation")
-    time.sleep(1)
-    published = metric(stack, "watcher", "certcheck_watcher_published_total", 'kind="secret"')
+    wait_settled(stack, cluster, namespace)  # the status write comes back as a change of the CertCheck
     evaluations = metric(stack, "evaluator", "certcheck_evaluations_total", 'trigger="change"')
 
     renewed, renewed_key = expiring_in(3)
-    cluster.core.patch_namespaced_secret(
+    changed = cluster.core.patch_namespaced_secret(
         "stranger", namespace, {"data": tls_secret_data(renewed, renewed_key)}
     )
     wait_for(
-        lambda: metric(stack, "watcher", "certcheck_watcher_published_total", 'kind="secret"') > published,
+        lambda: published(stack, KIND_SECRET, namespace, "stranger", changed.metadata.resource_version),
         what="the watcher to publish the change",
     )
-    time.sleep(1)
+    wait_idle(stack)  # the evaluator took the change (and acknowledged it) without evaluating anything
     assert metric(stack, "evaluator", "certcheck_evaluations_total", 'trigger="change"') == evaluations
     assert not owned(cluster.annotations(namespace, "stranger"))
 
@@ -229,6 +248,7 @@ def test_periodic_resync_reevaluates_everything_and_writes_nothing_new(
     cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "x"})
     cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}})
     wait_for(lambda: cluster.annotations(namespace, "s").get("certcheck.dev/state"), what="recorded")
+    wait_settled(stack, cluster, namespace)
     stack.services["evaluator"].stop()
     # Resync every second; the status is refreshed only hourly, so an unchanged one is never rewritten.
     env = {"CERTCHECK_RESYNC_INTERVAL_SECONDS": "1", "CERTCHECK_STATUS_REFRESH_SECONDS": "3600"}
@@ -239,6 +259,7 @@ def test_periodic_resync_reevaluates_everything_and_writes_nothing_new(
             lambda: metric(stack, "evaluator", "certcheck_sweeps_total", 'trigger="resync"') >= 3,
             what="three resyncs",
         )
+        wait_idle(stack)  # what the sweeps published is applied (or was found to need nothing)
         assert audit.writes(mark, namespace, RECORDER_USER) == []
     finally:
         stack.restart_service("evaluator", kill=False)
@@ -253,7 +274,9 @@ def test_annotations_edited_by_hand_are_put_back_every_time_and_across_a_recorde
     wait_for(
         lambda: cluster.annotations(namespace, "s").get("certcheck.dev/state") == "ExpiringSoon", what="state"
     )
+    wait_settled(stack, cluster, namespace)
     events_before = sorted((e.reason, e.count) for e in cluster.events(namespace, "Secret", "s"))
+    assert events_before == [("ExpiringSoon", 1)]
 
     for round_ in range(3):
         if round_ == 2:
@@ -265,4 +288,5 @@ def test_annotations_edited_by_hand_are_put_back_every_time_and_across_a_recorde
             lambda: cluster.annotations(namespace, "s").get("certcheck.dev/state") == "ExpiringSoon",
             what=f"repair {round_ + 1}",
         )
+    wait_settled(stack, cluster, namespace)
     assert sorted((e.reason, e.count) for e in cluster.events(namespace, "Secret", "s")) == events_before
