@@ -32,7 +32,7 @@ class LeaseRecord(msgspec.Struct):
 
 
 class LeaseLostError(RuntimeError):
-    """This replica no longer holds its lease: it must stop acting (and is restarted as a standby)."""
+    """This replica no longer holds its lease: it must stop acting (and stand by again)."""
 
 
 _encode = msgspec.json.encode
@@ -76,16 +76,20 @@ class Lease:
     def _record(self, renewed_at: float | None = None) -> LeaseRecord:
         return LeaseRecord(self.holder, self._clock() if renewed_at is None else renewed_at, self.duration)
 
-    async def release(self) -> None:
+    async def release(self, timeout: float = 1.0) -> None:
         try:
-            await self.kv.update(self.name, _encode(self._record(renewed_at=0.0)), last=self._revision)
+            record = _encode(self._record(renewed_at=0.0))
+            await asyncio.wait_for(self.kv.update(self.name, record, last=self._revision), timeout)
         except Exception as exc:  # a standby takes over after the duration anyway
             log.info("could not release the %s lease: %s", self.name, exc)
         leader.labels(self.name).set(0)
 
     def fenced(self) -> bool:
         """Whether the last renewal is so old that a standby may soon take over: stop acting."""
-        return time.monotonic() - self._renewed > self.duration * 2 / 3
+        return self._until_fenced() <= 0
+
+    def _until_fenced(self) -> float:
+        return self._renewed + self.duration * 2 / 3 - time.monotonic()
 
     async def _write(self, record: LeaseRecord, create: bool = False) -> bool:
         try:
@@ -117,7 +121,10 @@ class Lease:
         while True:
             await asyncio.sleep(self.duration / 3)
             try:
-                if not await self.renew():
+                # A renewal that gets no answer must not outlast the fence (the bus's request timeout
+                # may be longer than what is left of the lease).
+                renewed = await asyncio.wait_for(self.renew(), max(0.05, self._until_fenced()))
+                if not renewed:
                     leader.labels(self.name).set(0)
                     raise LeaseLostError(f"another replica took the {self.name} lease")
             except LeaseLostError:

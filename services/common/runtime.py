@@ -30,6 +30,8 @@ async def _heartbeat(health: Health) -> None:
 
 
 STOP_GRACE_SECONDS = 3.0  # to finish in-flight work after SIGTERM; what is not acked is redelivered
+RESTART_MAX_DELAY_SECONDS = 10.0
+RESTART_RESET_SECONDS = 30.0  # a main that ran this long before failing starts again without backoff
 EXIT_DEADLINE_SECONDS = 4.5  # whatever still runs then (a blocked thread), the process exits anyway
 
 
@@ -46,6 +48,7 @@ async def _run(name: str, main: ServiceMain, settings: Settings) -> None:
     stopped = asyncio.create_task(stop.wait())
     failures = 0
     while True:
+        started = time.monotonic()
         running = asyncio.create_task(main(settings, health, stop), name="main")
         await asyncio.wait([running, stopped], return_when=asyncio.FIRST_COMPLETED)
         if stop.is_set() or not running.done() or running.cancelled():
@@ -53,9 +56,10 @@ async def _run(name: str, main: ServiceMain, settings: Settings) -> None:
         exc = running.exception()
         if exc is None or isinstance(exc, UnsupportedServerError) or not isinstance(exc, Exception):
             break
-        # Starting failed (the bus or the API server out of reach): start again, as a Deployment would.
-        failures += 1
-        delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+        # Starting failed (the bus or the API server out of reach), or a watcher lost its lease: start
+        # again, as a Deployment would, backing off only while it keeps failing right away.
+        failures = failures + 1 if time.monotonic() - started < RESTART_RESET_SECONDS else 1
+        delay = min(RESTART_MAX_DELAY_SECONDS, 0.5 * 2 ** min(failures, 6))
         log.warning("%s failed to start (%r), again in %.1fs", name, exc, delay)
         health.set_ready(False, "restarting")
         await asyncio.wait([stopped], timeout=delay)

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from kubernetes import client
 
 from schemas import subjects
@@ -15,7 +16,7 @@ from schemas.streams import LEASE_BUCKET, WATCHER_STATE_BUCKET
 from services.common import bus as bus_mod
 from services.common.health import Health
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, api_client
-from services.common.lease import Lease
+from services.common.lease import Lease, LeaseLostError
 from services.common.runtime import run_service, supervise
 from services.common.settings import Settings
 from services.watcher.extract import (
@@ -28,6 +29,8 @@ from services.watcher.extract import (
 from services.watcher.listwatch import ListWatch, Sink
 from services.watcher.observer import SecretObserver, secret_scopes
 from services.watcher.publisher import (
+    UNWATCHED,
+    WATCH_CONFIG_KEY,
     Change,
     Delete,
     Listed,
@@ -63,6 +66,18 @@ def _sink(
         listed=lambda keys: put(Listed(kind, keys, scope)),
         progress=lambda resource_version: put(Progress(kind, resource_version, scope)),
     )
+
+
+def watch_config(settings: Settings) -> str:
+    """What the watches select: saved progress is only resumed under the same."""
+    return msgspec.json.encode(
+        {
+            "secret_types": sorted(t or "*" for t in secret_scopes(settings).values()),
+            "secret_label_selector": settings.secret_label_selector,
+            "configmaps": settings.configmaps_watched,
+            "configmap_label_selector": settings.configmap_label_selector,
+        }
+    ).decode()
 
 
 def build_watches(
@@ -121,14 +136,15 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
         leases = await bus_mod.key_value(bus, LEASE_BUCKET, "leader leases")
         lease = Lease(leases, "watcher", settings.instance_id, settings.lease_seconds)
         health.set_ready(True)  # a standby is healthy: it takes over when the active watcher goes
-        log.info("standing by for the watcher lease as %s", settings.instance_id)
-        if not await lease.acquire(stop):
-            return
-        log.info("holding the watcher lease as %s", settings.instance_id)
-        try:
-            await _watch(settings, bus, stop, lease)
-        finally:
-            await lease.release()
+        while not stop.is_set():
+            log.info("standing by for the watcher lease as %s", settings.instance_id)
+            if not await lease.acquire(stop):
+                return
+            log.info("holding the watcher lease as %s", settings.instance_id)
+            try:
+                await _watch(settings, bus, stop, lease)
+            finally:
+                await lease.release()
     finally:
         await bus.close()
 
@@ -140,7 +156,6 @@ async def _watch(settings: Settings, bus: bus_mod.Bus, stop: asyncio.Event, leas
     progress_kv = await bus_mod.key_value(bus, WATCHER_STATE_BUCKET, "how far the watcher's watches got")
     scopes = [*secret_scopes(settings), subjects.KIND_CONFIGMAP, subjects.KIND_CERTCHECK]
     resume = {scope: await load_progress(progress_kv, scope) for scope in scopes}
-    log.info("resuming watches from %s", resume)
     loop = asyncio.get_running_loop()
     watches: dict[str, ListWatch[Any]] = {}
     publisher = Publisher(bus, known, progress_kv)
@@ -148,18 +163,50 @@ async def _watch(settings: Settings, bus: bus_mod.Bus, stop: asyncio.Event, leas
     def put(change: Change) -> None:
         loop.call_soon_threadsafe(publisher.queue.put_nowait, change)
 
+    config = watch_config(settings)
+    if await load_progress(progress_kv, WATCH_CONFIG_KEY) != config:
+        log.info("what is watched changed (now %s): listing Secrets and ConfigMaps again", config)
+        resume = {s: resume[s] if s == subjects.KIND_CERTCHECK else None for s in scopes}
+        configmap_scopes = {subjects.KIND_CONFIGMAP} if settings.configmaps_watched else set()
+
+        async def save_config() -> None:
+            await progress_kv.put(f"rv.{WATCH_CONFIG_KEY}", config.encode())
+            log.info("every object no longer watched is tombstoned")
+
+        publisher.expect_full_listing(
+            {subjects.KIND_SECRET: set(secret_scopes(settings)), subjects.KIND_CONFIGMAP: configmap_scopes},
+            save_config,
+        )
+        if not configmap_scopes:
+            put(Listed(subjects.KIND_CONFIGMAP, set(), UNWATCHED))
+    log.info("resuming watches from %s", resume)
+
     watches.update(build_watches(settings, api_client(settings.kubeconfig), put, resume))
     publishing = asyncio.create_task(publisher.run(), name="publish")
     saving = asyncio.create_task(publisher.save_progress(), name="save-progress")
     expiring = asyncio.create_task(publisher.watch_acks(), name="watch-acks")
-    holding = asyncio.create_task(lease.hold(), name="hold-lease")
+    until = asyncio.Event()  # asked to stop, or the lease lost: this replica stands by again
+
+    async def hold() -> None:
+        try:
+            await lease.hold()
+        except LeaseLostError as exc:
+            log.warning("%s; standing by", exc)
+            until.set()
+
+    async def relay_stop() -> None:
+        await stop.wait()
+        until.set()
+
+    holding = asyncio.create_task(hold(), name="hold-lease")
+    relaying = asyncio.create_task(relay_stop(), name="relay-stop")
     # CertChecks first, so the evaluator knows the selectors before the Secrets flood in.
     watches[subjects.KIND_CERTCHECK].start()
     for scope, watch in watches.items():
         if scope != subjects.KIND_CERTCHECK:
             watch.start()
     try:
-        await supervise(stop, publishing, saving, expiring, holding)
+        await supervise(until, publishing, saving, expiring, holding, relaying)
     finally:
         for watch in watches.values():
             watch.stop()

@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +116,8 @@ class _Retry:
 
 
 PROGRESS_SAVE_INTERVAL = 1.0
+UNWATCHED = "unwatched"  # the scope a kind no longer watched "lists" nothing in
+WATCH_CONFIG_KEY = "watch-config"  # what the saved progress was watched with
 
 
 async def load_progress(kv: KeyValue, kind: str) -> str | None:
@@ -181,6 +184,21 @@ class Publisher:
         self._safe: dict[str, str] = {}  # per scope: a resourceVersion everything before is acked
         self._saved: dict[str, str] = {}
         self._retries = 0
+        # After a change of what is watched, per kind: the scopes still to list, and what they listed.
+        self._full_listings: dict[str, tuple[set[str], set[tuple[str, str]]]] = {}
+        self._after_full_listings: Callable[[], Awaitable[None]] | None = None
+
+    def expect_full_listing(
+        self, scopes_by_kind: dict[str, set[str]], then: Callable[[], Awaitable[None]]
+    ) -> None:
+        """What is watched changed since the objects were published (another type, selector, or
+        ConfigMaps turned off): once every scope of a kind has listed, whatever else of that kind was
+        published is gone, whichever scope published it. ``then`` runs once all that is acknowledged.
+        A kind with no scopes (no longer watched) is done at its ``Listed`` for scope UNWATCHED."""
+        self._full_listings = {
+            kind: (set(scopes) or {UNWATCHED}, set()) for kind, scopes in scopes_by_kind.items()
+        }
+        self._after_full_listings = then
 
     # --- running -------------------------------------------------------------------------------
 
@@ -238,28 +256,55 @@ class Publisher:
             else:  # a newer change of the object was published since
                 self._settle(change.send)
         else:
-            gone = [
-                key
-                for key, last in self._known.items()
-                if key[0] == change.kind
-                and last.scope == change.scope
-                and last.digest != TOMBSTONE
-                and (key[1], key[2]) not in change.keys
-            ]
-            for key in gone:
-                await self._delete(key, "", "", change.scope)
+            await self._listed(change)
+
+    async def _listed(self, change: Listed) -> None:
+        """Tombstones for what was published but a LIST no longer returns."""
+        full = self._full_listings.get(change.kind)
+        if full is None:
+            await self._tombstone_unlisted(change.kind, change.keys, change.scope)
+            return
+        waiting, listed = full
+        waiting.discard(change.scope)
+        listed.update(change.keys)
+        if waiting:
+            return
+        del self._full_listings[change.kind]
+        await self._tombstone_unlisted(change.kind, listed, None)
+        if not self._full_listings and self._after_full_listings is not None:
+            then, self._after_full_listings = self._after_full_listings, None
+            asyncio.get_running_loop().create_task(self._when_settled(then), name="after-full-listing")
+
+    async def _tombstone_unlisted(self, kind: str, listed: set[tuple[str, str]], scope: str | None) -> None:
+        gone = [
+            (key, last.scope)
+            for key, last in self._known.items()
+            if key[0] == kind
+            and (scope is None or last.scope == scope)
+            and last.digest != TOMBSTONE
+            and (key[1], key[2]) not in listed
+        ]
+        for key, published_scope in gone:
+            await self._delete(key, "", "", published_scope)
+
+    async def _when_settled(self, then: Callable[[], Awaitable[None]]) -> None:
+        while any(self._unsettled.values()):
+            await asyncio.sleep(0.2)
+        await then()
 
     async def _upsert(self, change: Upsert) -> None:
         observed = change.observed
         key = (change.kind, observed.namespace, observed.name)
         content_digest = digest(observed)
         last = self._known.get(key)
-        if last is not None and last.digest == content_digest:
-            return
+        if last is not None and last.digest == content_digest and last.scope == change.scope:
+            return  # (one published by a watch of another scope is published again, under this one)
         payload = self._fit(change.kind, observed)
         headers = {
             # Identical publishes from several watcher replicas collapse into one message.
-            HDR_MSG_ID: f"{change.kind}/{observed.uid}/{observed.resource_version}/{content_digest}",
+            HDR_MSG_ID: (
+                f"{change.kind}/{observed.uid}/{observed.resource_version}/{content_digest}/{change.scope}"
+            ),
             HDR_DIGEST: content_digest,
             HDR_RESOURCE_VERSION: observed.resource_version,
             HDR_SCOPE: change.scope,
