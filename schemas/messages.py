@@ -216,9 +216,10 @@ class EventIntent(msgspec.Struct, frozen=True):
     """A Kubernetes Event to emit once per occurrence.
 
     ``dedup_key`` names the Event (object, reason, certificate), so emitting it twice is a no-op.
-    ``occurrence`` is the resourceVersion of the involved object as observed when the change was seen:
-    the same change seen again (a redelivery, a stale evaluation) has the same occurrence and is dropped;
-    a genuine repeat (the state left and came back) has a new one and increments the Event's count.
+    ``occurrence`` says which change it is: for a Secret the transition (state and notAfter before, state
+    after), for a CertCheck its resourceVersion as evaluated. The same change seen again (a redelivery, a
+    stale evaluation, certcheck's annotations deleted by hand) has the same occurrence and is dropped; a
+    genuine repeat (the state left and came back) has a new one and increments the Event's count.
     """
 
     namespace: str

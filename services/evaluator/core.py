@@ -22,7 +22,7 @@ from schemas.messages import (
     EventIntent,
     State,
 )
-from services.domain.events import CERTCHECK_API_VERSION, dedup_key
+from services.domain.events import certcheck_warning
 from services.domain.times import days, parse_rfc3339, rfc3339, shift
 from services.evaluator import events as ev
 from services.evaluator.certs import CertError, CertFacts
@@ -387,17 +387,8 @@ def failed_evaluation(
         now,
         refresh_after,
     )
-    event = EventIntent(
-        namespace=spec.namespace,
-        involved_api_version=CERTCHECK_API_VERSION,
-        involved_kind="CertCheck",
-        involved_name=spec.name,
-        involved_uid=spec.uid,
-        type="Warning",
-        reason="EvaluationFailed",
-        message=message,
-        dedup_key=dedup_key(spec.uid, "EvaluationFailed", error),
-        occurrence=spec.resource_version,
+    event = certcheck_warning(
+        spec.namespace, spec.name, spec.uid, "EvaluationFailed", message, spec.resource_version, error
     )
     return Evaluation(status=status, status_changed=changed, events=[event])
 
@@ -489,7 +480,6 @@ def evaluate(
                 namespace=secret.namespace,
                 name=secret.name,
                 uid=secret.uid,
-                resource_version=secret.resource_version,
                 observed=secret.annotations,
                 desired=desired,
                 threshold_days=secret_coverage.max_threshold_days,

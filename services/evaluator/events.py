@@ -41,7 +41,6 @@ class SecretChange:
     namespace: str
     name: str
     uid: str
-    resource_version: str
     observed: dict[str, str]  # the annotations as the Secret carries them
     desired: dict[str, str | None]
     threshold_days: int
@@ -77,8 +76,15 @@ def secret_event(change: SecretChange) -> EventIntent | None:
         reason=str(reason),
         message=messages[reason],
         dedup_key=dedup_key(change.uid, str(reason), str(new_not_after)),
-        occurrence=change.resource_version,
+        occurrence=_transition(old_state, old_not_after, new_state),
     )
+
+
+def _transition(old_state: str | None, old_not_after: str | None, new_state: str) -> str:
+    """What a Secret Event's occurrence is: the transition, not the resourceVersion it was seen at. The
+    same transition derived again (certcheck's annotations deleted by hand, a redelivery) is the same
+    occurrence, so it is not counted twice; coming back to a state by another way is a new one."""
+    return f"{old_state or '-'}@{old_not_after or '-'}>{new_state}"
 
 
 @dataclass(frozen=True, slots=True)

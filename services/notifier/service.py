@@ -31,7 +31,6 @@ from schemas import subjects
 from schemas.messages import (
     CertCheckRemoved,
     EvaluationResult,
-    EventIntent,
     ExpiryNotification,
     NotificationFailure,
     NotificationTarget,
@@ -50,7 +49,7 @@ from services.common.bus import (
 )
 from services.common.kube_writer import Gone, KubeWriter
 from services.common.settings import Settings
-from services.domain.events import CERTCHECK_API_VERSION, dedup_key
+from services.domain.events import certcheck_warning
 from services.domain.times import parse_rfc3339, rfc3339
 from services.notifier import core
 from services.notifier.secrets import SecretReader
@@ -403,16 +402,14 @@ class Notifier:
             deliveries.labels("any", "gave_up").inc()
             await self._call(
                 self.writer.emit_event,
-                EventIntent(
-                    namespace=result.namespace,
-                    involved_api_version=CERTCHECK_API_VERSION,
-                    involved_kind="CertCheck",
-                    involved_name=result.name,
-                    involved_uid=result.uid,
-                    type="Warning",
-                    reason="NotificationFailed",
-                    message=f"notification target {failure.target}: {failure.reason}",
-                    dedup_key=dedup_key(result.uid, "NotificationFailed", failure.target, failure.since),
-                    occurrence=failure.since,
+                certcheck_warning(
+                    result.namespace,
+                    result.name,
+                    result.uid,
+                    "NotificationFailed",
+                    f"notification target {failure.target}: {failure.reason}",
+                    failure.since,
+                    failure.target,
+                    failure.since,
                 ),
             )

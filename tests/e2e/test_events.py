@@ -8,7 +8,8 @@ from typing import Any
 from kubernetes import client
 
 from devcluster.certs import expiring_in, make_cert, tls_secret_data
-from tests.conftest import Cluster, wait_for
+from devcluster.stack import Stack
+from tests.conftest import Cluster, wait_for, wait_settled
 
 
 def reasons(cluster: Cluster, namespace: str, kind: str, name: str) -> list[tuple[str, str, int]]:
@@ -135,3 +136,24 @@ def test_an_event_that_could_not_be_written_is_written_once_the_failure_clears(
         lambda: ("Warning", "ExpiringSoon", 1) in reasons(cluster, namespace, "CertCheck", "c"),
         what="the CertCheck's Event too",
     )
+
+
+def test_annotations_deleted_by_hand_come_back_without_counting_the_event_again(
+    cluster: Cluster, namespace: str, stack: Stack
+) -> None:
+    cert, key = expiring_in(5)
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "x"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}})
+    wait_for(
+        lambda: reasons(cluster, namespace, "Secret", "s") == [("Warning", "ExpiringSoon", 1)],
+        what="ExpiringSoon",
+    )
+    wait_for(lambda: cluster.annotations(namespace, "s").get("certcheck.dev/state"), what="annotations")
+    ours = [k for k in cluster.annotations(namespace, "s") if k.startswith("certcheck.dev/")]
+    cluster.core.patch_namespaced_secret("s", namespace, {"metadata": {"annotations": dict.fromkeys(ours)}})
+    wait_for(
+        lambda: cluster.annotations(namespace, "s").get("certcheck.dev/state") == "ExpiringSoon",
+        what="the annotations put back",
+    )
+    wait_settled(stack, cluster, namespace)
+    assert reasons(cluster, namespace, "Secret", "s") == [("Warning", "ExpiringSoon", 1)]

@@ -88,7 +88,29 @@ def test_the_same_change_seen_twice_has_the_same_identity_and_occurrence() -> No
     first = core.evaluate(SPEC, [view], {}, None, NOW).events
     again = core.evaluate(SPEC, [view], {}, None, NOW + timedelta(seconds=10)).events
     assert [(e.dedup_key, e.occurrence) for e in first] == [(e.dedup_key, e.occurrence) for e in again]
-    assert {e.occurrence for e in first} == {"7", "40"}
+    assert {e.occurrence for e in first} == {"-@->ExpiringSoon", "40"}
+
+
+def test_annotations_deleted_by_hand_derive_the_same_event_occurrence_again() -> None:
+    first = [e for e in core.evaluate(SPEC, [secret(facts(5), rv="7")], {}, None, NOW).events]
+    # certcheck annotated the Secret (rv 8); someone deletes the annotations (rv 9): no state is left
+    # on the Secret, so the evaluation derives the ExpiringSoon Event again, as the same occurrence.
+    again = core.evaluate(SPEC, [secret(facts(5), rv="9")], {}, None, NOW + timedelta(hours=1)).events
+    secret_first = [(e.dedup_key, e.occurrence) for e in first if e.involved_kind == "Secret"]
+    secret_again = [(e.dedup_key, e.occurrence) for e in again if e.involved_kind == "Secret"]
+    assert secret_first and secret_first == secret_again
+
+
+def test_coming_back_to_a_state_another_way_is_a_new_occurrence() -> None:
+    expiring = secret(facts(20))
+    [first] = [
+        e for e in core.evaluate(SPEC, [expiring], {}, None, NOW).events if e.involved_kind == "Secret"
+    ]
+    # It was recorded Valid in between (say, under a shorter threshold), and now enters the window again.
+    valid = secret(facts(20), annotations={**recorded(expiring), "certcheck.dev/state": "Valid"})
+    [back] = [e for e in core.evaluate(SPEC, [valid], {}, None, NOW).events if e.involved_kind == "Secret"]
+    assert (back.reason, back.dedup_key) == (first.reason, first.dedup_key)
+    assert back.occurrence != first.occurrence
 
 
 def test_certcheck_summary_names_the_changed_certificates_and_skips_unknown_capped_ones() -> None:
