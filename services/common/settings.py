@@ -14,6 +14,7 @@ def _env(name: str, default: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
+    # One URL, or the nodes of a cluster comma-separated: any that answers will do.
     nats_url: str = field(default_factory=lambda: _env("nats_url", "nats://127.0.0.1:4222"))
     # The service's NATS user (k8s/nats/auth.conf); the password comes from the environment only.
     nats_user: str = field(default_factory=lambda: _env("nats_user", ""))

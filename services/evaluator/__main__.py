@@ -18,7 +18,9 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     bus = await bus_mod.open_bus(settings, "evaluator")
     evaluator = Evaluator(bus, settings)
     await evaluator.consumers()
-    tasks = [asyncio.create_task(evaluator.follow_objects(), name="follow-objects")]
+    tasks = [
+        asyncio.create_task(resilient("follow-objects", evaluator.follow_objects), name="follow-objects")
+    ]
     await evaluator.catch_up()
     await evaluator.start()
     tasks += [

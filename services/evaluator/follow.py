@@ -6,7 +6,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
@@ -35,11 +35,14 @@ class ViewFollower:
         self.behind: int | None = None
 
     async def run(self) -> None:
+        """Follow the stream (from where the view is, when this starts again after a failure)."""
+        resume = self.view.seq + 1 if self.view.seq else None
         sub = await self.bus.js.subscribe(
             subjects.OBJECTS_ALL,
             stream=OBJECTS.name,
             ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
+            config=ConsumerConfig(opt_start_seq=resume),
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if resume else DeliverPolicy.ALL,
             pending_msgs_limit=1_000_000,
         )
         async for msg in sub.messages:

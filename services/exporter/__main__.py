@@ -8,7 +8,7 @@ from prometheus_client import REGISTRY
 
 from services.common import bus as bus_mod
 from services.common.health import Health
-from services.common.runtime import run_service, supervise
+from services.common.runtime import resilient, run_service, supervise
 from services.common.settings import Settings
 from services.evaluator.follow import ViewFollower
 from services.evaluator.view import View
@@ -19,7 +19,7 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     bus = await bus_mod.open_bus(settings, "exporter")
     view = View()
     follower = ViewFollower(bus, view)
-    following = asyncio.create_task(follower.run(), name="follow-objects")
+    following = asyncio.create_task(resilient("follow-objects", follower.run), name="follow-objects")
     await follower.catch_up()
     REGISTRY.register(ViewCollector(view, asyncio.get_running_loop()))
     health.set_ready(True)

@@ -1,0 +1,59 @@
+"""The view's follower on a real nats-server: started again after a failure, it goes on from where the
+view is, neither from the start nor past anything."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+from schemas import subjects
+from schemas.messages import ObjectDeleted, encoder
+from schemas.streams import OBJECTS
+from services.common import bus as bus_mod
+from services.evaluator.follow import ViewFollower
+from services.evaluator.view import View
+
+
+class _RecordingView(View):
+    def __init__(self) -> None:
+        super().__init__()
+        self.applied: list[int] = []
+
+    def apply(self, seq: int, event: Any, now: datetime) -> Any:
+        self.applied.append(seq)
+        return super().apply(seq, event, now)
+
+
+async def _publish(bus: bus_mod.Bus, names: list[str]) -> None:
+    for name in names:
+        deleted = ObjectDeleted(subjects.KIND_SECRET, "follow", name, "uid", "1")
+        subject = subjects.object_subject(subjects.KIND_SECRET, "follow", name)
+        await bus.js.publish(subject, encoder.encode(deleted), stream=OBJECTS.name)
+
+
+def test_a_follower_started_again_goes_on_from_where_its_view_is(plain_nats_url: str) -> None:
+    async def scenario() -> tuple[list[int], int]:
+        bus = await bus_mod.connect(plain_nats_url, "follow-test")
+        try:
+            await bus_mod.ensure_streams(bus)
+            first = (await bus.js.stream_info(OBJECTS.name)).state.last_seq + 1
+            view = _RecordingView()
+            follower = ViewFollower(bus, view)
+            await _publish(bus, ["a", "b", "c"])
+            running = asyncio.create_task(follower.run())
+            await follower.catch_up()
+            running.cancel()  # the follower fails (its subscription gone, say)
+            await _publish(bus, ["d", "e"])
+            running = asyncio.create_task(follower.run())
+            async with asyncio.timeout(10):
+                while view.seq < first + 4:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # anything read twice would be in by now
+            running.cancel()
+            return [seq for seq in view.applied if seq >= first], first
+        finally:
+            await bus.close()
+
+    applied, first = asyncio.run(scenario())
+    assert applied == list(range(first, first + 5))  # each message once, in order
