@@ -8,48 +8,24 @@ one inside is in the stream, the one outside would be there too, had it been del
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from devcluster.stack import Stack
 from schemas.subjects import KIND_CONFIGMAP as CM
 from schemas.subjects import KIND_SECRET as SECRET
 from tests.conftest import Cluster, wait_for
-from tests.e2e.watchers import (
+from tests.e2e.watchers import (  # noqa: F401 (fixtures)
     ObjectsStream,
+    cluster,
     connected_watches,
     create_configmap,
     create_secret,
-    kube,
-    new_namespace,
+    ns,
+    objects,
     relabel,
+    stack,
     start_watcher,
 )
 
 TLS = "kubernetes.io/tls"
-
-
-@pytest.fixture(scope="module")
-def stack(watcher_stack: Stack) -> Stack:
-    return watcher_stack
-
-
-@pytest.fixture(scope="module")
-def cluster(stack: Stack) -> Cluster:
-    return kube(stack)
-
-
-@pytest.fixture(scope="module")
-def objects(stack: Stack) -> Iterator[ObjectsStream]:
-    reader = ObjectsStream(stack.nats.url)
-    yield reader
-    reader.close()
-
-
-@pytest.fixture
-def ns(cluster: Cluster) -> str:
-    return new_namespace(cluster)
 
 
 def test_only_the_secret_types_listed_are_watched(

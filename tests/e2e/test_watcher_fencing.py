@@ -23,35 +23,22 @@ from schemas.streams import LEASE_BUCKET
 from schemas.subjects import KIND_SECRET as SECRET
 from services.common.lease import LeaseRecord
 from tests.conftest import Cluster, wait_for
-from tests.e2e.watchers import ObjectsStream, create_secret, kube, leader, new_namespace, start_watcher
+from tests.e2e.watchers import (  # noqa: F401 (fixtures)
+    ObjectsStream,
+    cluster,
+    create_secret,
+    leader,
+    ns,
+    objects,
+    stack,
+    start_watcher,
+)
 
 LEASE_SECONDS = 6.0  # renewed every 2 s, fenced at 4 s, free for a standby at 6 s
 ENV = {"CERTCHECK_LEASE_SECONDS": str(LEASE_SECONDS)}
 LEASE_STREAM = f"KV_{LEASE_BUCKET}"
 LEASE_SUBJECT = f"$KV.{LEASE_BUCKET}.watcher"
 TLS = "kubernetes.io/tls"
-
-
-@pytest.fixture(scope="module")
-def stack(watcher_stack: Stack) -> Stack:
-    return watcher_stack
-
-
-@pytest.fixture(scope="module")
-def cluster(stack: Stack) -> Cluster:
-    return kube(stack)
-
-
-@pytest.fixture(scope="module")
-def objects(stack: Stack) -> Iterator[ObjectsStream]:
-    reader = ObjectsStream(stack.nats.url)
-    yield reader
-    reader.close()
-
-
-@pytest.fixture
-def ns(cluster: Cluster) -> str:
-    return new_namespace(cluster)
 
 
 @pytest.fixture

@@ -8,10 +8,11 @@ import asyncio
 import re
 import urllib.request
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 import nats
+import pytest
 from kubernetes import client
 
 from devcluster.certs import expiring_in
@@ -155,3 +156,27 @@ def relabel(cluster: Cluster, namespace: str, kind: str, name: str, labels: dict
     if kind == subjects.KIND_SECRET:
         return str(cluster.core.patch_namespaced_secret(name, namespace, patch).metadata.resource_version)
     return str(cluster.core.patch_namespaced_config_map(name, namespace, patch).metadata.resource_version)
+
+
+# Fixtures of the modules that run watchers of their own (import them there: they override the shared
+# stack's fixtures of the same names).
+@pytest.fixture(scope="module")
+def stack(watcher_stack: Stack) -> Stack:
+    return watcher_stack
+
+
+@pytest.fixture(scope="module")
+def cluster(stack: Stack) -> Cluster:
+    return kube(stack)
+
+
+@pytest.fixture(scope="module")
+def objects(stack: Stack) -> Iterator[ObjectsStream]:
+    reader = ObjectsStream(stack.nats.url)
+    yield reader
+    reader.close()
+
+
+@pytest.fixture
+def ns(cluster: Cluster) -> str:
+    return new_namespace(cluster)
