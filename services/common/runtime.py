@@ -31,6 +31,13 @@ async def _heartbeat(health: Health) -> None:
 
 STOP_GRACE_SECONDS = 3.0  # to finish in-flight work after SIGTERM; what is not acked is redelivered
 RESTART_MAX_DELAY_SECONDS = 10.0
+
+
+def backoff(failures: int, cap: float) -> float:
+    """Seconds to wait after ``failures`` failures running: 0.5 s doubling, at most ``cap``."""
+    return float(min(cap, 0.5 * 2 ** min(failures, 16)))
+
+
 RESTART_RESET_SECONDS = 30.0  # a main that ran this long before failing starts again without backoff
 EXIT_DEADLINE_SECONDS = 4.5  # whatever still runs then (a blocked thread), the process exits anyway
 
@@ -59,7 +66,7 @@ async def _run(name: str, main: ServiceMain, settings: Settings) -> None:
         # Starting failed (the bus or the API server out of reach), or a watcher lost its lease: start
         # again, as a Deployment would, backing off only while it keeps failing right away.
         failures = failures + 1 if time.monotonic() - started < RESTART_RESET_SECONDS else 1
-        delay = min(RESTART_MAX_DELAY_SECONDS, 0.5 * 2 ** min(failures, 6))
+        delay = backoff(failures, RESTART_MAX_DELAY_SECONDS)
         log.warning("%s failed to start (%r), again in %.1fs", name, exc, delay)
         health.set_ready(False, "restarting")
         await asyncio.wait([stopped], timeout=delay)
@@ -123,7 +130,7 @@ async def resilient(name: str, work: Callable[[], Coroutine[Any, Any, None]]) ->
             return
         except Exception as exc:
             failures += 1
-            delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+            delay = backoff(failures, 30.0)
             log.warning("%s failed, starting it again in %.1fs: %r", name, delay, exc)
             await asyncio.sleep(delay)
 

@@ -49,6 +49,7 @@ from services.common.bus import (
     publish_pipelined,
     redelivery_delay,
 )
+from services.common.runtime import backoff
 from services.common.settings import Settings
 from services.domain.times import parse_rfc3339, rfc3339
 from services.evaluator import core
@@ -207,7 +208,7 @@ class Evaluator:
                 return
             except Exception as exc:
                 failures += 1
-                delay = min(30.0, 0.5 * 2**failures)
+                delay = backoff(failures, 30.0)
                 log.warning("start-up evaluation incomplete, again in %.0fs: %s", delay, exc)
                 await asyncio.sleep(delay)
 

@@ -48,6 +48,7 @@ from services.common.bus import (
     redelivery_delay,
 )
 from services.common.kube_writer import Gone, KubeWriter
+from services.common.runtime import backoff as retry_backoff
 from services.common.settings import Settings
 from services.domain.events import certcheck_warning
 from services.domain.times import parse_rfc3339, rfc3339
@@ -335,7 +336,7 @@ class Notifier:
         attempts = pending.attempts + 1
         if error.retryable and attempts < self.settings.notify_max_attempts:
             target_state.pending = msgspec.structs.replace(pending, attempts=attempts)
-            backoff = min(60.0, 0.5 * 2 ** (attempts - 1))
+            backoff = retry_backoff(attempts - 1, 60.0)
             return float(max(error.retry_after or 0.0, backoff))
         target_state.pending = None
         target_state.failure = f"{error} (after {attempts} attempts)"
