@@ -38,6 +38,7 @@ def backoff(failures: int, cap: float) -> float:
     return float(min(cap, 0.5 * 2 ** min(failures, 16)))
 
 
+RESILIENT_MAX_DELAY_SECONDS = 30.0
 RESTART_RESET_SECONDS = 30.0  # a main that ran this long before failing starts again without backoff
 EXIT_DEADLINE_SECONDS = 4.5  # whatever still runs then (a blocked thread), the process exits anyway
 
@@ -65,7 +66,7 @@ async def _run(name: str, main: ServiceMain, settings: Settings) -> None:
             break
         # Starting failed (the bus or the API server out of reach), or a watcher lost its lease: start
         # again, as a Deployment would, backing off only while it keeps failing right away.
-        failures = failures + 1 if time.monotonic() - started < RESTART_RESET_SECONDS else 1
+        failures = failed_again(failures, started)
         delay = backoff(failures, RESTART_MAX_DELAY_SECONDS)
         log.warning("%s failed to start (%r), again in %.1fs", name, exc, delay)
         health.set_ready(False, "restarting")
@@ -120,17 +121,25 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
+def failed_again(failures: int, started: float) -> int:
+    """The failure count once a run begun at ``started`` (monotonic) failed: a run that lasted
+    RESTART_RESET_SECONDS was healthy, so its failure is the first one again."""
+    return failures + 1 if time.monotonic() - started < RESTART_RESET_SECONDS else 1
+
+
 async def resilient(name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run a consume loop for ever: one that fails (the bus gone while it binds or fetches) starts
-    again after a backoff, instead of ending the service."""
+    again after a backoff, instead of ending the service. The backoff grows only while it keeps
+    failing soon after starting."""
     failures = 0
     while True:
+        started = time.monotonic()
         try:
             await work()
             return
         except Exception as exc:
-            failures += 1
-            delay = backoff(failures, 30.0)
+            failures = failed_again(failures, started)
+            delay = backoff(failures, RESILIENT_MAX_DELAY_SECONDS)
             log.warning("%s failed, starting it again in %.1fs: %r", name, delay, exc)
             await asyncio.sleep(delay)
 
