@@ -63,6 +63,7 @@ state_decoder = msgspec.json.Decoder(core.NotifyState)
 
 MAX_ROUNDS = 3  # plan, send, settle; again if a delivery that blocked planning went out meanwhile
 CLAIM_SECONDS = 60.0  # a replica's claim on a pending delivery; another takes it over after that
+CLAIM_POLL_SECONDS = 2.0  # how soon a replica that found another's claim looks again
 
 
 def _now() -> datetime:
@@ -88,7 +89,7 @@ class _Claim:
     revision: int
     mine: set[str]  # targets whose pending delivery this replica sends now
     blocked: set[str]  # targets that had a delivery pending, so were not planned against this result
-    elsewhere_until: float | None  # seconds until another replica's claim runs out
+    elsewhere_until: float | None  # seconds until looking again at another replica's claim
 
 
 def _stamp(moment: datetime) -> str:
@@ -187,7 +188,7 @@ class Notifier:
         for _ in range(MAX_ROUNDS):
             claim = await self._claim(key, result, targets)
             state = claim.state
-            if claim.elsewhere_until is not None:  # another replica is sending: look again after its claim
+            if claim.elsewhere_until is not None:  # another replica is sending: look again soon
                 retry_in = _earliest(retry_in, claim.elsewhere_until)
             for name in sorted(claim.mine):
                 target_state = state.targets[name]
@@ -227,7 +228,9 @@ class Notifier:
                         and claimed_until is not None
                         and claimed_until > now
                     ):
-                        wait = (claimed_until - now).total_seconds() + 1
+                        # Look again soon: the claimant settles in a moment, normally; then what
+                        # this result changed is planned without waiting out the whole claim.
+                        wait = min((claimed_until - now).total_seconds() + 1, CLAIM_POLL_SECONDS)
                         elsewhere_until = wait if elsewhere_until is None else min(elsewhere_until, wait)
                         continue
                     target_state.pending = msgspec.structs.replace(

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
+import nats
 import pytest
 from kubernetes import client
+from nats.js.errors import KeyWrongLastSequenceError
 
 from devcluster.certs import expiring_in
 from devcluster.stack import Stack
+from schemas.messages import ExpiryNotification, encoder
+from schemas.streams import NOTIFIER_STATE_BUCKET
+from services.domain.times import rfc3339
+from services.notifier import core
 from services.notifier.core import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 from tests.conftest import Cluster, wait_for, wait_settled
 from tests.receivers import Receiver, Reply
@@ -253,15 +262,92 @@ def test_two_notifier_replicas_send_each_notification_once(
             timeout=30,
             what="eight notifications per target",
         )
-        # Nothing more from either replica. Long: a replica that finds the other's claim on a delivery
-        # looks again only once the claim (a minute) ran out.
-        wait_settled(stack, cluster, namespace, timeout=90)
+        wait_settled(stack, cluster, namespace)  # nothing more from either replica
         assert len(webhook.requests) == 8
         assert sorted(r.json()["certcheck"] for r in webhook.requests) == [f"c{i}" for i in range(8)]
         assert len(slack_messages(slack, namespace)) == 8
     finally:
         second.stop()
         stack.services.pop("notifier-2")
+
+
+def change_notifier_state(
+    stack: Stack, namespace: str, certcheck: str, change: Callable[[core.NotifyState], None]
+) -> int:
+    """Change a CertCheck's durable notifier state (compare-and-set, as a replica would); returns the
+    revision written."""
+
+    async def write() -> int:
+        nc = await nats.connect(stack.nats.url)
+        try:
+            kv = await nc.jetstream().key_value(NOTIFIER_STATE_BUCKET)
+            while True:
+                entry = await kv.get(f"{namespace}.{certcheck}")
+                state = msgspec.json.decode(entry.value or b"", type=core.NotifyState)
+                change(state)
+                try:
+                    return int(await kv.update(entry.key, encoder.encode(state), last=entry.revision))
+                except KeyWrongLastSequenceError:
+                    continue
+        finally:
+            await nc.close()
+
+    return asyncio.run(write())
+
+
+def notifier_state_revision(stack: Stack, namespace: str, certcheck: str) -> int:
+    async def read() -> int:
+        nc = await nats.connect(stack.nats.url)
+        try:
+            kv = await nc.jetstream().key_value(NOTIFIER_STATE_BUCKET)
+            return int((await kv.get(f"{namespace}.{certcheck}")).revision or 0)
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def test_a_change_behind_another_replicas_delivery_is_sent_as_soon_as_that_delivery_settles(
+    cluster: Cluster, namespace: str, stack: Stack, webhook: Receiver
+) -> None:
+    hook_only = {"targets": [{"name": "hook", "webhook": {"url": webhook.url}}]}
+    cert, key = expiring_in(5)
+    cluster.create_tls_secret(namespace, "first", cert, key, labels={"app": "claims"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "claims"}}, notification=hook_only)
+    wait_for(lambda: len(webhook.accepted()) == 1, timeout=30, what="the first notification")
+
+    # Another replica is sending a delivery of this target, its claim good for another minute.
+    other = core.Pending(
+        "elsewhere-delivery",
+        ExpiryNotification(
+            delivery_id="elsewhere-delivery",
+            namespace=namespace,
+            certcheck="c",
+            target="hook",
+            threshold_days=None,
+            certificates=[],
+        ),
+        claimed_by="notifier-elsewhere",
+        claimed_until=rfc3339(datetime.now(UTC) + timedelta(seconds=60)),
+    )
+    claimed = change_notifier_state(
+        stack, namespace, "c", lambda state: setattr(state.targets["hook"], "pending", other)
+    )
+    cluster.create_tls_secret(namespace, "second", cert, key, labels={"app": "claims"})
+    # The notifier saw the new result, found the claim and left the target alone (it saved its look).
+    wait_for(
+        lambda: notifier_state_revision(stack, namespace, "c") > claimed, timeout=30, what="the claim found"
+    )
+    assert len(webhook.accepted()) == 1
+    settled = time.monotonic()
+    change_notifier_state(
+        stack, namespace, "c", lambda state: setattr(state.targets["hook"], "pending", None)
+    )
+
+    # Well before the claim would have run out, the second certificate is told, and only it.
+    wait_for(lambda: len(webhook.accepted()) == 2, timeout=20, what="the change behind the claim")
+    assert time.monotonic() - settled < 20
+    assert [c["secret"] for c in webhook.accepted()[1].json()["certificates"]] == ["second"]
 
 
 def test_tokens_never_appear_in_logs_events_status_or_on_the_bus(
