@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -37,7 +38,32 @@ def nats_users() -> dict[str, str]:
     return {user: "pw" + secrets.token_hex(24) for user in (ADMIN_USER, *SERVICE_PERMISSIONS)}
 
 
+LISTEN_PORTS = (10_000, 32_768)  # below Linux's default ephemeral range
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999
+
+
 def free_port() -> int:
+    """A loopback port nothing listens on, outside the ephemeral range: a port the kernel hands out
+    for outgoing connections could be taken by one (a client of the API server, say) between this
+    choice and the server binding it, or while a killed server is down before it restarts."""
+    ephemeral = _ephemeral_ports()
+    for _ in range(200):
+        port = random.randrange(*LISTEN_PORTS)
+        if ephemeral[0] <= port <= ephemeral[1]:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
