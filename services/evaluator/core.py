@@ -425,11 +425,15 @@ def evaluate(
     now: datetime,
     status_cap: int = DEFAULT_STATUS_CAP,
     refresh_after: timedelta | None = None,
+    told: CertCheckStatus | None = None,
 ) -> Evaluation:
     """Evaluate one CertCheck over the Secrets it selects.
 
     ``coverage`` maps each selected Secret's name to every CertCheck covering it (for the annotations);
-    ``observed`` is the status as last written (the diff base for conditions, Events and writes).
+    ``observed`` is the status as last written (the diff base for conditions and writes); ``told`` the
+    status of the last evaluation published, written yet or not, the base of the CertCheck's Events
+    (without it, ``observed``): a change that comes before the status of the one before it was written
+    and watched back still gets its Event.
     """
     rated = sorted(
         (r for secret in secrets for r in _rate(secret, spec.threshold_days, now, spec.keys)),
@@ -496,7 +500,7 @@ def evaluate(
             spec.resource_version,
             spec.threshold_days,
             [_entry_change(r) for r in rated],
-            observed,
+            told if told is not None else observed,
         )
     )
     evaluation.next_due = next_due(

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -23,6 +24,7 @@ from schemas.messages import (
     EventIntent,
     due_decoder,
     encoder,
+    result_decoder,
 )
 from schemas.streams import (
     EVALUATOR_DUE_CONSUMER,
@@ -99,6 +101,15 @@ class PublishFailed(Exception):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class LastResult:
+    """The message a CertCheck's result subject holds now: the compare-and-set base of the next one."""
+
+    seq: int
+    view_seq: int
+    result: EvaluationResult | None  # None: none yet, or not an evaluation (a removal, undecodable)
 
 
 class Evaluator:
@@ -268,16 +279,26 @@ class Evaluator:
                 subjects.cleanup_subject(namespace, name), encoder.encode(message), view_seq
             )
 
-    def _evaluation(self, key: CertCheckKey, now: datetime) -> tuple[core.Evaluation, str | None]:
+    def _evaluation(
+        self, key: CertCheckKey, now: datetime, last: LastResult
+    ) -> tuple[core.Evaluation, str | None]:
         """The evaluation of one CertCheck, or, if evaluating it raised, the failure to record and why."""
         entry = self.view.certcheck(key)
         assert entry is not None
+        told = last.result.status if last.result and last.result.uid == entry.spec.uid else None
         refresh = self.settings.status_refresh_seconds or self.settings.resync_interval_seconds
         refresh_after = timedelta(seconds=refresh)
         try:
             secrets, coverage = self.view.inputs(key)
             evaluation = core.evaluate(
-                entry.spec, secrets, coverage, entry.observed, now, self.settings.status_cap, refresh_after
+                entry.spec,
+                secrets,
+                coverage,
+                entry.observed,
+                now,
+                self.settings.status_cap,
+                refresh_after,
+                told=told,
             )
             return evaluation, None
         except Exception as exc:
@@ -291,8 +312,10 @@ class Evaluator:
     ) -> None:
         entry = self.view.certcheck(key)
         assert entry is not None
+        subject = subjects.result_subject(*key)
+        last = await self._last_result(subject)
         started = time.perf_counter()
-        evaluation, error = self._evaluation(key, now)
+        evaluation, error = self._evaluation(key, now, last)
         evaluation_seconds.observe(time.perf_counter() - started)
         evaluations.labels(trigger).inc()
         result = EvaluationResult(
@@ -314,7 +337,7 @@ class Evaluator:
         # one whose writes fail, never takes an Event that was due along with it.
         await self.publish_events(evaluation.events)
         result = await self._fit(result)
-        if not await self.publish_result(subjects.result_subject(*key), encoder.encode(result), view_seq):
+        if not await self.publish_result(subject, encoder.encode(result), view_seq, last):
             return  # a newer evaluation owns the schedule
         if error is None:
             await self.schedule(key, evaluation.next_due, view_seq=view_seq)
@@ -369,26 +392,39 @@ class Evaluator:
             async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
                 await asyncio.gather(*acks)
 
-    async def publish_result(self, subject: str, payload: bytes, view_seq: int) -> bool:
-        """Publish unless a result from a newer view is already there (compare-and-set per subject).
-        False when a newer one was there."""
+    async def _last_result(self, subject: str) -> LastResult:
+        try:
+            last = await self.bus.js.get_last_msg(RESULTS.name, subject)
+        except NotFoundError:
+            return LastResult(0, 0, None)
+        try:
+            decoded = result_decoder.decode(last.data or b"")
+        except msgspec.DecodeError:  # anyone on the bus could have put it there: only its seq counts
+            decoded = None
+        return LastResult(
+            last.seq or 0,
+            int((last.headers or {}).get(HDR_VIEW_SEQ, "0")),
+            decoded if isinstance(decoded, EvaluationResult) else None,
+        )
+
+    async def publish_result(
+        self, subject: str, payload: bytes, view_seq: int, last: LastResult | None = None
+    ) -> bool:
+        """Publish unless a result from a newer view is already there (compare-and-set per subject,
+        against ``last`` when it was just read). False when a newer one was there."""
         while True:
-            try:
-                last = await self.bus.js.get_last_msg(RESULTS.name, subject)
-                last_seq = last.seq or 0
-                last_view_seq = int((last.headers or {}).get(HDR_VIEW_SEQ, "0"))
-            except NotFoundError:
-                last_seq, last_view_seq = 0, 0
-            if last_view_seq > view_seq:
+            last = last or await self._last_result(subject)
+            if last.view_seq > view_seq:
                 stale_results.inc()
                 return False
-            headers = {HDR_EXPECTED_LAST_SUBJECT_SEQ: str(last_seq), HDR_VIEW_SEQ: str(view_seq)}
+            headers = {HDR_EXPECTED_LAST_SUBJECT_SEQ: str(last.seq), HDR_VIEW_SEQ: str(view_seq)}
             try:
                 await self.bus.js.publish(subject, payload, stream=RESULTS.name, headers=headers)
                 return True
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
+                last = None
 
     async def schedule(
         self, key: CertCheckKey, due: datetime | None, attempt: int = 0, view_seq: int | None = None

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import nats
 from kubernetes import client
+from nats.js.errors import NotFoundError
 
 from devcluster.certs import expiring_in, make_cert, tls_secret_data
 from devcluster.stack import Stack
+from schemas import subjects
+from schemas.messages import EvaluationResult, result_decoder
+from schemas.streams import RESULTS
 from tests.conftest import Cluster, wait_for, wait_settled
 
 
@@ -16,10 +23,59 @@ def reasons(cluster: Cluster, namespace: str, kind: str, name: str) -> list[tupl
     return sorted((e.type, e.reason, e.count) for e in cluster.events(namespace, kind, name))
 
 
+def last_result(stack: Stack, namespace: str, name: str) -> EvaluationResult | None:
+    async def read() -> EvaluationResult | None:
+        nc = await nats.connect(stack.nats.url)
+        try:
+            msg = await nc.jetstream().get_last_msg(RESULTS.name, subjects.result_subject(namespace, name))
+        except NotFoundError:
+            return None
+        finally:
+            await nc.close()
+        result = result_decoder.decode(msg.data)
+        return result if isinstance(result, EvaluationResult) else None
+
+    return asyncio.run(read())
+
+
+def published_not_after(stack: Stack, namespace: str, name: str) -> str | None:
+    result = last_result(stack, namespace, name)
+    entries = result.status.certificates if result else []
+    return entries[0].not_after if entries else None
+
+
 def set_threshold(cluster: Cluster, namespace: str, name: str, days: int) -> None:
     cluster.custom.patch_namespaced_custom_object(
         "certcheck.dev", "v1alpha1", namespace, "certchecks", name, {"spec": {"threshold": days}}
     )
+
+
+def test_a_renewal_before_the_expiring_status_was_written_still_gives_renewed_on_the_certcheck(
+    cluster: Cluster, namespace: str, stack: Stack
+) -> None:
+    stack.services[
+        "recorder"
+    ].stop()  # nothing is written: the evaluator sees no status of its first evaluation
+    try:
+        soon = datetime.now(UTC).replace(microsecond=0) + timedelta(days=5)
+        cert, key = make_cert("early.test", soon)
+        cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "x"})
+        cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}})
+        wait_for(lambda: published_not_after(stack, namespace, "c"), what="the expiring result")
+        later = soon + timedelta(days=200)
+        renewed, renewed_key = make_cert("early.test", later)
+        cluster.core.patch_namespaced_secret("s", namespace, {"data": tls_secret_data(renewed, renewed_key)})
+        wait_for(
+            lambda: published_not_after(stack, namespace, "c") == later.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            what="the renewed result",
+        )
+    finally:
+        stack.start_service("recorder", stack.extra_env.get("recorder", {}))
+    wait_for(
+        lambda: ("Normal", "Renewed", 1) in reasons(cluster, namespace, "CertCheck", "c"),
+        what="Renewed on the CertCheck",
+    )
+    assert ("Warning", "ExpiringSoon", 1) in reasons(cluster, namespace, "CertCheck", "c")
 
 
 def test_renewal_gives_a_normal_renewed_event(cluster: Cluster, namespace: str) -> None:

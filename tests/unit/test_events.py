@@ -135,6 +135,31 @@ def test_certcheck_summary_names_the_changed_certificates_and_skips_unknown_capp
     ] == []
 
 
+def certcheck_events(evaluation: core.Evaluation) -> list[tuple[str, str]]:
+    return [(e.type, e.reason) for e in evaluation.events if e.involved_kind == "CertCheck"]
+
+
+def test_a_renewal_before_the_expiring_status_was_written_back_still_gives_renewed_on_the_certcheck() -> None:
+    expiring = core.evaluate(SPEC, [secret(facts(5))], {}, None, NOW)
+    assert certcheck_events(expiring) == [("Warning", "ExpiringSoon")]
+    renewed = secret(facts(200, fingerprint="f2"), recorded(secret(facts(5))), rv="8")
+    # The status of the first evaluation is not written (or not watched back) yet: nothing observed.
+    assert certcheck_events(core.evaluate(SPEC, [renewed], {}, None, NOW)) == []
+    after = core.evaluate(SPEC, [renewed], {}, None, NOW, told=expiring.status)
+    assert certcheck_events(after) == [("Normal", "Renewed")]
+
+
+def test_the_last_evaluation_not_the_older_written_status_is_the_base_of_certcheck_events() -> None:
+    expiring = core.evaluate(SPEC, [secret(facts(5))], {}, None, NOW)
+    valid = core.evaluate(SPEC, [secret(facts(200, fingerprint="f2"))], {}, expiring.status, NOW)
+    # The Renewed summary went out with the last evaluation: evaluating again from the older written
+    # status must not say it again as a new one.
+    again = core.evaluate(
+        SPEC, [secret(facts(200, fingerprint="f2"))], {}, expiring.status, NOW, told=valid.status
+    )
+    assert certcheck_events(again) == []
+
+
 class TestLastEvaluationTime:
     def test_unchanged_status_keeps_its_time_and_is_not_rewritten(self) -> None:
         view = [secret(facts(100.5))]
