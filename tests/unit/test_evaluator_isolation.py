@@ -54,23 +54,24 @@ class FakeJetStream:
         future.set_result(None)
         return future
 
-    last: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)  # per subject: seq, headers
+    # per subject: seq, headers, payload
+    last: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
 
     async def get_last_msg(self, stream: str, subject: str) -> Any:
         if subject not in self.last:
             raise NotFoundError
-        seq, headers = self.last[subject]
-        return SimpleNamespace(seq=seq, headers=headers)
+        seq, headers, data = self.last[subject]
+        return SimpleNamespace(seq=seq, headers=headers, data=data)
 
     async def publish(self, subject: str, payload: bytes, stream: str = "", headers: Any = None) -> None:
         if subject in self.fail_subjects:
             raise ConnectionError("bus unavailable for this subject")
         headers = dict(headers or {})
         expected = headers.get(HDR_EXPECTED_LAST_SUBJECT_SEQ)
-        if expected is not None and int(expected) != self.last.get(subject, (0, {}))[0]:
+        if expected is not None and int(expected) != self.last.get(subject, (0, {}, b""))[0]:
             raise APIError(err_code=10071)
         self.published.append((subject, payload, headers))
-        self.last[subject] = (len(self.published), headers)
+        self.last[subject] = (len(self.published), headers, payload)
 
     async def purge_stream(self, stream: str, subject: str = "") -> None:
         self.purged.append(subject)
@@ -221,3 +222,12 @@ def test_an_evaluation_from_an_older_view_never_replaces_or_cancels_a_newer_sche
     assert js.published == before
     asyncio.run(evaluator.schedule(key, datetime(2029, 1, 1, tzinfo=UTC), view_seq=11))
     assert js.schedules()[subjects.schedule_subject(*key)][0].due_at == "2029-01-01T00:00:00Z"
+
+
+def test_garbage_on_a_result_subject_is_replaced_by_the_next_result_not_a_stop() -> None:
+    evaluator, js = evaluator_with_three()
+    # Whoever can reach the bus may have published anything there: it is only the compare-and-set base.
+    js.last[subjects.result_subject("ns", "alpha")] = (7, {}, b"\xff not json {")
+    js.published.extend([("x", b"", {})] * 7)
+    asyncio.run(evaluator.act(Effects(evaluate=keys()), "change"))
+    assert js.results()["alpha"].status.expiring_soon_count == 1
