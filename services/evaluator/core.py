@@ -319,6 +319,14 @@ def desired_annotations(secret: SecretView, coverage: Coverage, now: datetime) -
     return desired
 
 
+def _overlaid(annotations: dict[str, str], patch: dict[str, str | None] | None) -> dict[str, str]:
+    """The annotations once ``patch`` is applied (None removes a key)."""
+    if not patch:
+        return annotations
+    merged = {**annotations, **patch}
+    return {k: v for k, v in merged.items() if v is not None}
+
+
 def annotation_patch(secret: SecretView, desired: dict[str, str | None]) -> AnnotationPatch | None:
     """The smallest patch that brings the Secret's annotations to ``desired``, or None."""
     changes = {k: v for k, v in desired.items() if secret.annotations.get(k) != v}
@@ -426,15 +434,18 @@ def evaluate(
     status_cap: int = DEFAULT_STATUS_CAP,
     refresh_after: timedelta | None = None,
     told: CertCheckStatus | None = None,
+    told_patches: Sequence[AnnotationPatch] = (),
 ) -> Evaluation:
     """Evaluate one CertCheck over the Secrets it selects.
 
     ``coverage`` maps each selected Secret's name to every CertCheck covering it (for the annotations);
     ``observed`` is the status as last written (the diff base for conditions and writes); ``told`` the
     status of the last evaluation published, written yet or not, the base of the CertCheck's Events
-    (without it, ``observed``): a change that comes before the status of the one before it was written
-    and watched back still gets its Event.
+    (without it, ``observed``), and ``told_patches`` its annotation patches, which laid over what each
+    Secret carries are the base of the Secret's Events: a change that comes before what the evaluation
+    before it said was written and watched back still gets its Event.
     """
+    pending = {(p.name, p.uid): p.annotations for p in told_patches}
     rated = sorted(
         (r for secret in secrets for r in _rate(secret, spec.threshold_days, now, spec.keys)),
         key=_Rated.sort_key,
@@ -484,7 +495,7 @@ def evaluate(
                 namespace=secret.namespace,
                 name=secret.name,
                 uid=secret.uid,
-                observed=secret.annotations,
+                observed=_overlaid(secret.annotations, pending.get((secret.name, secret.uid))),
                 desired=desired,
                 threshold_days=secret_coverage.max_threshold_days,
                 certchecks=secret_coverage.certchecks,

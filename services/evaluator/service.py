@@ -285,7 +285,7 @@ class Evaluator:
         """The evaluation of one CertCheck, or, if evaluating it raised, the failure to record and why."""
         entry = self.view.certcheck(key)
         assert entry is not None
-        told = last.result.status if last.result and last.result.uid == entry.spec.uid else None
+        told = last.result if last.result and last.result.uid == entry.spec.uid else None
         refresh = self.settings.status_refresh_seconds or self.settings.resync_interval_seconds
         refresh_after = timedelta(seconds=refresh)
         try:
@@ -298,7 +298,8 @@ class Evaluator:
                 now,
                 self.settings.status_cap,
                 refresh_after,
-                told=told,
+                told=told.status if told else None,
+                told_patches=told.annotation_patches if told else (),
             )
             return evaluation, None
         except Exception as exc:

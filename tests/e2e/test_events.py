@@ -50,12 +50,11 @@ def set_threshold(cluster: Cluster, namespace: str, name: str, days: int) -> Non
     )
 
 
-def test_a_renewal_before_the_expiring_status_was_written_still_gives_renewed_on_the_certcheck(
+def test_a_renewal_before_the_expiring_state_was_written_still_gives_renewed_events(
     cluster: Cluster, namespace: str, stack: Stack
 ) -> None:
-    stack.services[
-        "recorder"
-    ].stop()  # nothing is written: the evaluator sees no status of its first evaluation
+    # Nothing is written: the evaluator sees neither the status nor the annotations of its first evaluation.
+    stack.services["recorder"].stop()
     try:
         soon = datetime.now(UTC).replace(microsecond=0) + timedelta(days=5)
         cert, key = make_cert("early.test", soon)
@@ -76,6 +75,13 @@ def test_a_renewal_before_the_expiring_status_was_written_still_gives_renewed_on
         what="Renewed on the CertCheck",
     )
     assert ("Warning", "ExpiringSoon", 1) in reasons(cluster, namespace, "CertCheck", "c")
+    wait_for(
+        lambda: (
+            reasons(cluster, namespace, "Secret", "s")
+            == [("Normal", "Renewed", 1), ("Warning", "ExpiringSoon", 1)]
+        ),
+        what="ExpiringSoon and Renewed on the Secret",
+    )
 
 
 def test_renewal_gives_a_normal_renewed_event(cluster: Cluster, namespace: str) -> None:

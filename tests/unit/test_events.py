@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+
 from schemas.messages import CertCheckStatus, CertificateStatus, State
 from services.evaluator import core
 from services.evaluator import events as ev
@@ -147,6 +149,20 @@ def test_a_renewal_before_the_expiring_status_was_written_back_still_gives_renew
     assert certcheck_events(core.evaluate(SPEC, [renewed], {}, None, NOW)) == []
     after = core.evaluate(SPEC, [renewed], {}, None, NOW, told=expiring.status)
     assert certcheck_events(after) == [("Normal", "Renewed")]
+
+
+def test_a_renewal_before_the_expiring_annotations_were_written_still_gives_renewed_on_the_secret() -> None:
+    expiring = core.evaluate(SPEC, [secret(facts(5))], {}, None, NOW)
+    renewed = secret(facts(200, fingerprint="f2"), rv="8")  # certcheck's annotations never landed
+    assert secret_events(renewed) == []
+    after = core.evaluate(SPEC, [renewed], {}, None, NOW, told_patches=expiring.annotation_patches)
+    assert [(e.type, e.reason) for e in after.events if e.involved_kind == "Secret"] == [
+        ("Normal", "Renewed")
+    ]
+    # The last evaluation's patch of a namesake (another uid) says nothing about this Secret.
+    other = [msgspec.structs.replace(p, uid="uid-other") for p in expiring.annotation_patches]
+    again = core.evaluate(SPEC, [renewed], {}, None, NOW, told_patches=other)
+    assert [e for e in again.events if e.involved_kind == "Secret"] == []
 
 
 def test_the_last_evaluation_not_the_older_written_status_is_the_base_of_certcheck_events() -> None:
