@@ -19,6 +19,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -404,6 +405,26 @@ def nats_cluster(workdir: Path, size: int, users: dict[str, str] | None = None) 
         )
         for index, port in enumerate(route_ports)
     ]
+
+
+def cluster_formed(servers: list[NatsServer]) -> bool:
+    """Every node agrees on one meta leader, and that leader sees every other node as current: only then
+    does creating a stream replicated on all of them answer at once (before, it may time out)."""
+    views = [_meta_cluster(server) for server in servers]
+    leaders = {view.get("leader") for view in views}
+    if len(leaders) != 1 or None in leaders:
+        return False
+    leader_view = next((v for s, v in zip(servers, views, strict=True) if s.server_name in leaders), None)
+    peers = (leader_view or {}).get("replicas") or []
+    return len(peers) == len(servers) - 1 and all(peer.get("current") for peer in peers)
+
+
+def _meta_cluster(server: NatsServer) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.monitor_port}/jsz", timeout=2) as response:
+            return dict(json.load(response).get("meta_cluster") or {})
+    except (OSError, ValueError):
+        return {}
 
 
 def meta_leader(server: NatsServer) -> str | None:

@@ -14,8 +14,8 @@ from devcluster.cluster import (
     ControlPlane,
     NatsServer,
     ServiceProcess,
+    cluster_formed,
     free_port,
-    meta_leader,
     nats_cluster,
     nats_users,
     wait_http_ok,
@@ -98,7 +98,7 @@ class Stack:
             node.start()
         if self.nats_nodes > 1:
             deadline = time.monotonic() + 30
-            while not meta_leader(self.nats) and time.monotonic() < deadline:
+            while not cluster_formed(self.nats_cluster) and time.monotonic() < deadline:
                 time.sleep(0.2)
         admin = api_client(self.control_plane.kubeconfig)
         apply_crd(admin)

@@ -11,7 +11,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from devcluster.cluster import NatsServer, meta_leader, nats_cluster
+from devcluster.cluster import NatsServer, cluster_formed, meta_leader, nats_cluster
 from schemas import subjects
 from schemas.streams import ALL_STREAMS, NOTIFIER_STATE_BUCKET, TRIGGERS
 from services.common import bus as bus_mod
@@ -23,7 +23,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NatsServe
     servers = nats_cluster(Path(tmp_path_factory.mktemp("nats-cluster")), 3)
     for server in servers:
         server.start()
-    wait_for(lambda: meta_leader(servers[0]), timeout=30, what="a JetStream meta leader")
+    wait_for(lambda: cluster_formed(servers), timeout=30, what="a JetStream cluster of three")
     try:
         yield servers
     finally:
