@@ -31,8 +31,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check services schemas devcluster tests benchmarks
 	$(PY) -m mypy
 
+## Workload shapes against the API server's own floor, in one run (python -m benchmarks.shapes --help;
+## benchmarks/startup.py still runs on its own).
 bench: $(STAMP) control-plane
-	$(PY) benchmarks/startup.py
+	$(PY) -m benchmarks.shapes
 
 clean:
 	rm -rf $(VENV) .certcheck .pytest_cache .mypy_cache .ruff_cache *.egg-info

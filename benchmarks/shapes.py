@@ -1,0 +1,1015 @@
+"""Workload shapes on a real control plane, every figure set against a floor measured in the same run.
+Prints; asserts nothing.
+
+    python -m benchmarks.shapes [--shapes spread,dense,few] [--scale 1.0] [--rate 20] [--duration 20]
+
+Run it from the repository root (``make bench`` does). Absolute times vary 2x from one day to the next on
+the same machine, so each shape is compared with what the API server alone costs, measured in the run:
+
+floor   A Stack of etcd, kube-apiserver and nats-server only (no certcheck service). It creates as many
+        TLS Secrets as a shape has certificates, then times that many annotation merge patches sent as
+        the recorder sends them (its KubeWriter, as many at once as its write concurrency), then single
+        patches at the change rate: each round trip, and until a watch shows the patched value.
+shapes  Each on a fresh Stack, 10,000 certificates at --scale 1 (--scale multiplies the Secrets per
+        CertCheck; each TLS Secret holds one certificate, spread over Expired, ExpiringSoon and Valid):
+        spread  10 namespaces x 10 CertChecks x 100 Secrets, matchLabels selectors (as startup.py)
+        dense   4 namespaces x 25 CertChecks x 100 Secrets, every other selector a matchExpressions,
+                plus 10% noise: unselected TLS Secrets, and selected Opaque Secrets holding no certificate
+        few     1 namespace x 2 CertChecks x 5,000 Secrets
+
+For each shape:
+1. Cold start: the objects exist, then the services start; until every selected Secret carries its
+   annotations and every CertCheck's status counts all its Secrets and certificates. Against the floor
+   for as many annotation writes; the services' CPU per certificate; the peak RSS of the services and
+   nats-server; API requests per certificate (the kube-apiserver's apiserver_request_total, less the
+   benchmark's own requests), and the writes certcheck's users made (from the API server's audit log).
+2. Open-loop changes: certificates replaced at --rate per second for --duration seconds, each sent on
+   schedule whatever the earlier ones are doing. Per change, from its scheduled moment until the Secret's
+   certcheck.dev/not-after annotation, the CertCheck's status entry and the Secret's Event (when one is
+   due: Renewed, or ExpiringSoon for every fourth change) show it; one watch per kind sees them all.
+3. Quiet restart: every service stopped and started again; the Kubernetes writes in the 10 s after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import math
+import os
+import re
+import statistics
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from kubernetes import client
+
+from benchmarks.startup import cpu_seconds, metric, peak_rss_mib, wait_quiet
+from devcluster.certs import make_cert, tls_secret_data
+from devcluster.stack import SERVICES, Stack, api_client
+from schemas import annotations as ann
+from schemas.messages import AnnotationPatch, State
+from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, MERGE_PATCH
+from services.common.kube_writer import KubeWriter
+from services.common.settings import Settings
+from services.domain.times import rfc3339
+from services.evaluator.events import transition_reason
+
+THRESHOLD_DAYS = 30
+CERTCHECKS = f"/apis/{CERTCHECK_GROUP}/{CERTCHECK_VERSION}/{CERTCHECK_PLURAL}"
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+SERVICE_USER = "system:serviceaccount:certcheck:"
+EFFECTS = ("annotation", "status", "event")
+CHANGE_THREADS = 16
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    namespaces: int
+    checks: int  # per namespace
+    per_check: int  # TLS Secrets (one certificate each) per CertCheck
+    expressions: bool = False  # every other selector written as matchExpressions
+    noise: float = 0.0  # more Secrets, a share of the certificates: half unselected TLS, half selected Opaque
+
+    @property
+    def certificates(self) -> int:
+        return self.namespaces * self.checks * self.per_check
+
+
+SHAPES = {
+    "spread": Shape("spread", 10, 10, 100),
+    "dense": Shape("dense", 4, 25, 100, expressions=True, noise=0.1),
+    "few": Shape("few", 1, 2, 5000),
+}
+
+
+# --- what a shape creates, and what the services are to make of it --------------------------------
+
+
+@dataclass
+class SecretPlan:
+    namespace: str
+    name: str
+    labels: dict[str, str]
+    check: str | None  # the CertCheck that selects it
+    not_after: datetime | None  # None: an Opaque Secret holding no certificate
+    order: tuple[int, ...] = ()  # changes go through the Secrets in this order
+    uid: str = ""
+
+    @property
+    def annotated(self) -> str:
+        """The annotation that shows the Secret recorded: its notAfter, or the state Invalid."""
+        return rfc3339(self.not_after) if self.not_after else State.INVALID.value
+
+
+@dataclass
+class CheckPlan:
+    namespace: str
+    name: str
+    selector: dict[str, Any]
+    secrets: int
+    certs: int
+
+
+@dataclass
+class Plan:
+    namespaces: list[str] = field(default_factory=list)
+    checks: list[CheckPlan] = field(default_factory=list)
+    secrets: list[SecretPlan] = field(default_factory=list)
+
+    @property
+    def selected(self) -> list[SecretPlan]:
+        return [s for s in self.secrets if s.check]
+
+    @property
+    def certificates(self) -> int:
+        return sum(1 for s in self.selected if s.not_after)
+
+
+def scaled(shape: Shape, scale: float) -> Shape:
+    return replace(shape, per_check=max(1, round(shape.per_check * scale)))
+
+
+def expiry(now: datetime, index: int) -> datetime:
+    """notAfter from 10 days ago to 389 days ahead: about 2.5% Expired, 7.5% ExpiringSoon, 90% Valid.
+    Half a day past a whole number of days, so no status's daysRemaining changes while the run lasts."""
+    return (now + timedelta(days=(index * 7) % 400 - 10, hours=12)).replace(microsecond=0)
+
+
+def state_of(not_after: datetime, now: datetime) -> str:
+    if now > not_after:
+        return State.EXPIRED.value
+    if not_after - now <= timedelta(days=THRESHOLD_DAYS):
+        return State.EXPIRING_SOON.value
+    return State.VALID.value
+
+
+def selector(shape: Shape, check: int) -> dict[str, Any]:
+    group = f"g{check}"
+    if shape.expressions and check % 2:
+        return {"matchExpressions": [{"key": "group", "operator": "In", "values": [group]}]}
+    return {"matchLabels": {"group": group}}
+
+
+def plan_shape(shape: Shape, now: datetime) -> Plan:
+    plan = Plan()
+    for n in range(shape.namespaces):
+        ns = f"{shape.name}-{n}"
+        plan.namespaces.append(ns)
+        checks = [
+            CheckPlan(ns, f"check-{c}", selector(shape, c), shape.per_check, shape.per_check)
+            for c in range(shape.checks)
+        ]
+        plan.checks += checks
+        for c in range(shape.checks):
+            for s in range(shape.per_check):
+                when = expiry(now, len(plan.secrets))
+                plan.secrets.append(SecretPlan(ns, f"cert-{c}-{s}", {"group": f"g{c}"}, f"check-{c}", when))
+                plan.secrets[-1].order = (s, c, n)
+        plan.secrets += noise(shape, checks, now)
+    return plan
+
+
+def noise(shape: Shape, checks: list[CheckPlan], now: datetime) -> list[SecretPlan]:
+    """Half unselected TLS Secrets with certificates, half selected Opaque Secrets holding none."""
+    count = round(shape.checks * shape.per_check * shape.noise)
+    secrets = []
+    for i in range(count):
+        ns = checks[0].namespace
+        if i % 2 == 0:
+            secrets.append(SecretPlan(ns, f"noise-tls-{i}", {"group": "unwatched"}, None, expiry(now, i)))
+            continue
+        check = checks[(i // 2) % len(checks)]
+        check.secrets += 1
+        labels = {"group": check.name.replace("check-", "g")}
+        secrets.append(SecretPlan(ns, f"noise-opaque-{i}", labels, check.name, None))
+    return secrets
+
+
+def floor_plan(certificates: int, now: datetime) -> Plan:
+    plan = Plan(namespaces=["floor-0"])
+    for i in range(certificates):
+        plan.secrets.append(SecretPlan("floor-0", f"cert-{i}", {}, None, expiry(now, i), order=(i,)))
+    return plan
+
+
+# --- the API server -------------------------------------------------------------------------------
+
+
+class Api:
+    """Requests to the kube-apiserver as its admin, through the Kubernetes client's pool and token."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.client = api_client(stack.control_plane.kubeconfig)
+        self.core = client.CoreV1Api(self.client)
+        self.sent = 0  # by request() and get_json(): the benchmark's own requests
+        self._lock = threading.Lock()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+        stream: bool = False,
+    ) -> urllib3.BaseHTTPResponse:
+        headers = {"Accept": accept, "Content-Type": content_type}
+        self.client.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)
+        with self._lock:
+            self.sent += 1
+        response: urllib3.BaseHTTPResponse = self.client.rest_client.pool_manager.request(
+            method,
+            self.client.configuration.host + path,
+            body=None if body is None else json.dumps(body).encode(),
+            headers=headers,
+            preload_content=not stream,
+            timeout=urllib3.Timeout(connect=10, read=None if stream else 60),
+        )
+        return response
+
+    def get_json(self, path: str, accept: str = "application/json") -> Any:
+        response = self.request("GET", path, accept=accept)
+        if response.status != 200:
+            raise RuntimeError(f"GET {path}: {response.status} {response.data[:200]!r}")
+        return json.loads(response.data)
+
+    def requests_by_verb(self) -> Counter[str]:
+        """apiserver_request_total by verb, for clients only: the API server's own loopback requests are
+        the protobuf ones (a watch counts when it ends; scraping /metrics itself does not count)."""
+        text = self.request("GET", "/metrics", accept="text/plain").data.decode()
+        with self._lock:
+            self.sent -= 1
+        totals: Counter[str] = Counter()
+        for line in text.splitlines():
+            if line.startswith("apiserver_request_total{") and 'component="apiserver"' in line:
+                verb = re.search(r'verb="(\w+)"', line)
+                if verb and "protobuf" not in line:
+                    totals[verb.group(1)] += int(float(line.rsplit(" ", 1)[1]))
+        return totals
+
+
+def audit_offset(stack: Stack) -> int:
+    path = stack.control_plane.audit_log
+    return path.stat().st_size if path.exists() else 0
+
+
+def audit_writes(stack: Stack, offset: int) -> Counter[tuple[str, str]]:
+    """The writes certcheck's services made since ``offset``, from the audit log (it logs every write),
+    by (service, "verb resource[/subresource]")."""
+    writes: Counter[tuple[str, str]] = Counter()
+    with stack.control_plane.audit_log.open("rb") as log:
+        log.seek(offset)
+        for line in log:
+            entry = json.loads(line)
+            user = entry.get("user", {}).get("username", "")
+            if user.startswith(SERVICE_USER) and entry.get("stage") == "ResponseComplete":
+                ref = entry.get("objectRef") or {}
+                what = "/".join(p for p in (ref.get("resource"), ref.get("subresource")) if p)
+                writes[user.removeprefix(SERVICE_USER), f"{entry.get('verb')} {what}"] += 1
+    return writes
+
+
+def summed(counts: Counter[tuple[str, str]], by: int) -> str:
+    """Audited writes added up by service (by=0) or by kind of write (by=1)."""
+    total: Counter[str] = Counter()
+    for key, count in counts.items():
+        total[key[by]] += count
+    return ", ".join(f"{name} {count}" for name, count in sorted(total.items())) or "none"
+
+
+class Machine:
+    """What else ran on the cores in a window, slowing everything measured meanwhile: the CPU other
+    processes spent (the machine's user and system time less this run's processes'), and the time the
+    hypervisor gave this VM's CPUs to others (steal). Interrupt time, mostly loopback traffic, is left out."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.busy, self.steal, self.ours = *self._stat(), self._ours()
+
+    @staticmethod
+    def _stat() -> tuple[float, float]:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split()[1:9]]
+        user, nice, system, steal, tick = fields[0], fields[1], fields[2], fields[7], os.sysconf("SC_CLK_TCK")
+        return (user + nice + system) / tick, steal / tick
+
+    def _ours(self) -> float:
+        cp = self.stack.control_plane
+        services = [s.proc for s in self.stack.services.values() if s.running]
+        procs = [cp.apiserver, cp.etcd, *(n.proc for n in self.stack.nats_cluster), *services]
+        return sum(cpu_seconds(pid) for pid in [p.pid for p in procs if p is not None] + [os.getpid()])
+
+    def foreign(self) -> tuple[float, float]:
+        """(CPU seconds of other processes, seconds stolen) since this was made."""
+        busy, steal = self._stat()
+        return max(0.0, busy - self.busy - (self._ours() - self.ours)), steal - self.steal
+
+
+def secret_body(secret: SecretPlan) -> client.V1Secret:
+    meta = client.V1ObjectMeta(name=secret.name, labels=secret.labels)
+    if secret.not_after is None:
+        data: dict[str, bytes | str] = {"password": base64.b64encode(b"not a certificate").decode()}
+        return client.V1Secret(metadata=meta, type="Opaque", data=data)
+    cert, key = make_cert(f"{secret.name}.{secret.namespace}.test", secret.not_after)
+    return client.V1Secret(metadata=meta, type="kubernetes.io/tls", data=tls_secret_data(cert, key))
+
+
+def create_objects(api: Api, plan: Plan) -> float:
+    """Namespaces, CertChecks and Secrets (remembering their uids); returns the seconds taken."""
+    started = time.monotonic()
+    custom = client.CustomObjectsApi(api.client)
+    for ns in plan.namespaces:
+        api.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    for check in plan.checks:
+        body = {
+            "apiVersion": f"{CERTCHECK_GROUP}/{CERTCHECK_VERSION}",
+            "kind": "CertCheck",
+            "metadata": {"name": check.name},
+            "spec": {"selector": check.selector, "threshold": THRESHOLD_DAYS},
+        }
+        custom.create_namespaced_custom_object(
+            CERTCHECK_GROUP, CERTCHECK_VERSION, check.namespace, CERTCHECK_PLURAL, body
+        )
+
+    def create(secret: SecretPlan) -> None:
+        created = api.core.create_namespaced_secret(secret.namespace, secret_body(secret))
+        secret.uid = getattr(created.metadata, "uid", "") or ""
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, plan.secrets))
+    return time.monotonic() - started
+
+
+# --- cold start -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ColdStart:
+    seconds: float
+    cpu: dict[str, float]  # seconds, per service
+    rss: dict[str, float]  # peak MiB, per service and nats-server
+    requests: Counter[str]  # by verb, the benchmark's own LISTs taken out
+    own_requests: int
+    audit: Counter[tuple[str, str]]  # writes by (service, kind)
+    writes: dict[str, float]  # the recorder's certcheck_kubernetes_writes_total by kind
+    ready: Readiness
+    foreign_cpu: tuple[float, float]  # Machine.foreign() meanwhile
+
+
+def pids(stack: Stack) -> dict[str, int]:
+    found = {name: stack.services[name].proc for name in SERVICES}
+    found["nats-server"] = stack.nats.proc
+    return {name: proc.pid for name, proc in found.items() if proc is not None}
+
+
+def service_cpu(stack: Stack) -> dict[str, float]:
+    return {name: cpu_seconds(pid) for name, pid in pids(stack).items() if name in SERVICES}
+
+
+def is_recorded(api: Api, plan: Plan) -> bool:
+    """Every CertCheck's status counts all its Secrets and certificates, and every selected Secret
+    carries its annotation (a status written from a view still filling up does not count)."""
+    items = api.get_json(CERTCHECKS)["items"]
+    statuses = {(c["metadata"]["namespace"], c["metadata"]["name"]): c.get("status") or {} for c in items}
+    for check in plan.checks:
+        status = statuses.get((check.namespace, check.name), {})
+        if (status.get("targetSecretsCount"), status.get("targetCertsCount")) != (check.secrets, check.certs):
+            return False
+    listed = api.get_json("/api/v1/secrets", accept=METADATA_LIST)["items"]
+    annotations = {
+        (m["metadata"]["namespace"], m["metadata"]["name"]): m["metadata"].get("annotations") or {}
+        for m in listed
+    }
+    for secret in plan.selected:
+        found = annotations.get((secret.namespace, secret.name), {})
+        if found.get(ann.NOT_AFTER if secret.not_after else ann.STATE) != secret.annotated:
+            return False
+    return True
+
+
+class Readiness:
+    """When every service first answered /readyz, and the CPU they had used by then (interpreter start,
+    imports, connections: what a small shape mostly measures)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack, self.started, self.waiting = stack, time.monotonic(), set(SERVICES)
+        self.seconds = self.cpu = math.nan
+
+    def poll(self) -> None:
+        for name in list(self.waiting):
+            with contextlib.suppress(OSError):
+                port = self.stack.http_ports[name]
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        self.waiting.discard(name)
+        if not self.waiting and math.isnan(self.seconds):
+            self.seconds = time.monotonic() - self.started
+            self.cpu = sum(service_cpu(self.stack).values())
+
+
+def wait_recorded(stack: Stack, api: Api, plan: Plan, readiness: Readiness, timeout: float) -> float:
+    """Seconds until is_recorded, listing only once the recorder counts enough writes (or every 5 s)."""
+    started = listed = time.monotonic()
+    while time.monotonic() - started < timeout:
+        readiness.poll()
+        annotations = metric(
+            stack, "recorder", "certcheck_kubernetes_writes_total", 'kind="annotations",outcome="ok"'
+        )
+        statuses = metric(
+            stack, "recorder", "certcheck_kubernetes_writes_total", 'kind="status",outcome="ok"'
+        )
+        enough = annotations >= len(plan.selected) and statuses >= len(plan.checks)
+        if enough or time.monotonic() - listed > 5:
+            listed = time.monotonic()
+            if is_recorded(api, plan):
+                return time.monotonic() - started
+        time.sleep(0.05)
+    raise TimeoutError(f"not everything was recorded after {timeout}s")
+
+
+def cold_start(
+    stack: Stack, api: Api, plan: Plan, env: dict[str, dict[str, str]], timeout: float
+) -> ColdStart:
+    before, offset, own, machine = api.requests_by_verb(), audit_offset(stack), api.sent, Machine(stack)
+    for name in SERVICES:
+        stack.start_service(name, env.get(name), wait=False)
+    ready = Readiness(stack)
+    seconds = wait_recorded(stack, api, plan, ready, timeout)
+    cpu, foreign = service_cpu(stack), machine.foreign()
+    rss = {name: peak_rss_mib(pid) for name, pid in pids(stack).items()}
+    own = api.sent - own
+    requests = api.requests_by_verb() - before
+    requests["LIST"] -= own  # is_recorded's, the only requests the benchmark makes meanwhile
+    writes = {
+        kind: metric(stack, "recorder", "certcheck_kubernetes_writes_total", f'kind="{kind}",outcome="ok"')
+        for kind in ("annotations", "status", "event")
+    }
+    return ColdStart(seconds, cpu, rss, requests, own, audit_writes(stack, offset), writes, ready, foreign)
+
+
+# --- open-loop changes ----------------------------------------------------------------------------
+
+
+@dataclass
+class Change:
+    secret: SecretPlan
+    not_after: datetime
+    due: tuple[str, ...]  # the effects to see, of EFFECTS
+    reason: str | None = None  # the Event due on the Secret
+    data: dict[str, Any] = field(default_factory=dict)  # the new tls.crt and tls.key
+    scheduled: float = 0.0
+    sent: float = 0.0
+    answered: float = 0.0
+    error: str = ""
+    seen: dict[str, float] = field(default_factory=dict)  # effect -> when
+
+    @property
+    def value(self) -> str:
+        return rfc3339(self.not_after)
+
+
+def capped(api: Api) -> set[tuple[str, str]]:
+    """The CertChecks whose status lists only the most urgent certificates (certificatesOmitted)."""
+    items = api.get_json(CERTCHECKS)["items"]
+    return {
+        (c["metadata"]["namespace"], c["metadata"]["name"])
+        for c in items
+        if (c.get("status") or {}).get("certificatesOmitted")
+    }
+
+
+def plan_changes(plan: Plan, count: int, capped: set[tuple[str, str]], now: datetime) -> list[Change]:
+    """Every fourth change a certificate expiring within the threshold (a Warning Event), the others a
+    renewal (a Normal Renewed). Where a status lists only the most urgent certificates, a Valid one is
+    left out of it: its status entry is not looked for."""
+    targets = sorted((s for s in plan.selected if s.not_after), key=lambda s: s.order)
+    current = {
+        (s.namespace, s.name): (state_of(s.not_after, now), s.annotated) for s in targets if s.not_after
+    }
+    changes = []
+    for i in range(count):
+        secret = targets[i % len(targets)]
+        days = 10 + i % 15 if i % 4 == 3 else 400 + i % 50
+        not_after = (now + timedelta(days=days, hours=12, seconds=i)).replace(microsecond=0)
+        key = (secret.namespace, secret.name)
+        old_state, old_value = current[key]
+        new_state = state_of(not_after, now)
+        reason = transition_reason(old_state, new_state, old_value, rfc3339(not_after))
+        current[key] = (new_state, rfc3339(not_after))
+        listed = (secret.namespace, secret.check or "") not in capped or new_state != State.VALID.value
+        due = ("annotation", *(["status"] if listed else []), *(["event"] if reason else []))
+        cert, pem_key = make_cert(f"{secret.name}.renewed-{i}", not_after)
+        changes.append(Change(secret, not_after, due, reason, tls_secret_data(cert, pem_key)))
+    return changes
+
+
+class Tracker:
+    """The changes still waiting for an effect, by (effect, namespace, Secret or CertCheck name)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[str, str, str], list[Change]] = {}
+        self._lock = threading.Lock()
+
+    def expect(self, change: Change) -> None:
+        with self._lock:
+            for effect in change.due:
+                name = change.secret.check if effect == "status" else change.secret.name
+                key = (effect, change.secret.namespace, name or "")
+                self._pending.setdefault(key, []).append(change)
+
+    def saw(self, effect: str, namespace: str, name: str, matches: Callable[[Change], bool]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            waiting = self._pending.get((effect, namespace, name), [])
+            for change in [c for c in waiting if matches(c)]:
+                change.seen[effect] = now
+                waiting.remove(change)
+
+    def on_secret(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        value = (meta.get("annotations") or {}).get(ann.NOT_AFTER)
+        if value:
+            self.saw("annotation", meta["namespace"], meta["name"], lambda c: c.value == value)
+
+    def on_certcheck(self, obj: dict[str, Any]) -> None:
+        meta, entries = obj["metadata"], (obj.get("status") or {}).get("certificates") or []
+        after = {e["name"]: e.get("notAfter") for e in entries if e.get("kind", "Secret") == "Secret"}
+        self.saw("status", meta["namespace"], meta["name"], lambda c: after.get(c.secret.name) == c.value)
+
+    def on_event(self, obj: dict[str, Any]) -> None:
+        involved, message, reason = (
+            obj.get("involvedObject") or {},
+            obj.get("message") or "",
+            obj.get("reason"),
+        )
+        if involved.get("kind") == "Secret":
+            self.saw(
+                "event",
+                involved.get("namespace", ""),
+                involved.get("name", ""),
+                lambda c: c.reason == reason and c.value in message,
+            )
+
+
+def lines(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+    buffer = b""
+    for chunk in response.read_chunked():
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        yield from (line for line in complete if line)
+
+
+class Watch(threading.Thread):
+    """One watch of a kind in every namespace, from now on, handing each object to ``handle``."""
+
+    def __init__(self, api: Api, path: str, handle: Callable[[dict[str, Any]], None], accept: str) -> None:
+        super().__init__(daemon=True, name=f"watch {path}")
+        self.api, self.path, self.handle, self.accept = api, path, handle, accept
+        self.resource_version = self._now()
+        self.stopping = threading.Event()
+        self.restarts = 0
+        self._response: urllib3.BaseHTTPResponse | None = None
+
+    def _now(self) -> str:
+        listed = self.api.get_json(f"{self.path}?limit=1")
+        return str(listed["metadata"]["resourceVersion"])
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self._stream()
+            except Exception:
+                if self.stopping.is_set():
+                    return
+                self.restarts += 1
+                time.sleep(0.2)
+
+    def _stream(self) -> None:
+        query = (
+            f"?watch=1&allowWatchBookmarks=true&timeoutSeconds=600&resourceVersion={self.resource_version}"
+        )
+        self._response = response = self.api.request(
+            "GET", self.path + query, accept=self.accept, stream=True
+        )
+        for line in lines(response):
+            event = json.loads(line)
+            if event["type"] == "ERROR":  # 410 Gone: from now on (what came between is missed)
+                self.resource_version, self.restarts = self._now(), self.restarts + 1
+                return
+            self.resource_version = event["object"]["metadata"]["resourceVersion"]
+            if event["type"] in ("ADDED", "MODIFIED"):
+                self.handle(event["object"])
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._response is not None:
+            self._response.shutdown()
+
+
+def watches(api: Api, tracker: Tracker, effects: set[str]) -> list[Watch]:
+    kinds = {
+        "annotation": ("/api/v1/secrets", tracker.on_secret, METADATA),
+        "status": (CERTCHECKS, tracker.on_certcheck, "application/json"),
+        "event": ("/api/v1/events", tracker.on_event, "application/json"),
+    }
+    started = [Watch(api, *kinds[effect]) for effect in EFFECTS if effect in effects]
+    for watch in started:
+        watch.start()
+    return started
+
+
+def open_loop(changes: list[Change], rate: float, send: Callable[[Change], None], tracker: Tracker) -> None:
+    """Send each change at its moment on a pool, whether or not the earlier ones were answered."""
+
+    def timed(change: Change) -> None:
+        change.sent = time.monotonic()
+        try:
+            send(change)
+        except Exception as exc:
+            change.error = str(exc)[:200]
+        change.answered = time.monotonic()
+
+    start = time.monotonic() + 0.2
+    with ThreadPoolExecutor(CHANGE_THREADS, thread_name_prefix="change") as pool:
+        for i, change in enumerate(changes):
+            change.scheduled = start + i / rate
+            time.sleep(max(0.0, change.scheduled - time.monotonic()))
+            tracker.expect(change)
+            pool.submit(timed, change)
+
+
+def wait_seen(changes: list[Change], timeout: float) -> None:
+    deadline = (changes[-1].scheduled if changes else time.monotonic()) + timeout
+    while time.monotonic() < deadline:
+        if all(effect in c.seen for c in changes for effect in c.due):
+            return
+        time.sleep(0.1)
+
+
+def patch_data(api: Api, change: Change) -> None:
+    secret = change.secret
+    path = f"/api/v1/namespaces/{secret.namespace}/secrets/{secret.name}"
+    response = api.request("PATCH", path, {"data": change.data}, content_type=MERGE_PATCH)
+    if response.status >= 300:
+        raise RuntimeError(f"{response.status} {response.data[:200]!r}")
+
+
+def run_changes(
+    api: Api, changes: list[Change], rate: float, timeout: float, send: Callable[[Change], None]
+) -> list[Change]:
+    tracker = Tracker()  # the watches on a client of their own: the senders' pool stays theirs
+    started = watches(Api(api.stack), tracker, {effect for c in changes for effect in c.due})
+    try:
+        open_loop(changes, rate, send, tracker)
+        wait_seen(changes, timeout)
+    finally:
+        for watch in started:
+            watch.stop()
+    return changes
+
+
+# --- figures --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Latency:
+    due: int
+    seen: int
+    p50: float = math.nan  # milliseconds
+    p99: float = math.nan
+    max: float = math.nan
+
+    def __str__(self) -> str:
+        if not self.seen:
+            return f"none of {self.due} seen" if self.due else "n/a (none due)"
+        figures = f"p50={self.p50:.0f}ms p99={self.p99:.0f}ms max={self.max:.0f}ms"
+        return f"{figures}  (seen {self.seen} of {self.due} due)"
+
+    @property
+    def brief(self) -> str:
+        return f"{self.p50:.0f}/{self.p99:.0f}" if self.seen else "-"
+
+
+def latency(values: list[float], due: int) -> Latency:
+    if not values:
+        return Latency(due, 0)
+    ordered = sorted(v * 1000 for v in values)
+    p99 = ordered[max(0, math.ceil(len(ordered) * 0.99) - 1)]
+    return Latency(due, len(ordered), statistics.median(ordered), p99, ordered[-1])
+
+
+def effect_latency(changes: list[Change], effect: str) -> Latency:
+    due = [c for c in changes if effect in c.due]
+    return latency([c.seen[effect] - c.scheduled for c in due if effect in c.seen], len(due))
+
+
+def round_trips(changes: list[Change]) -> Latency:
+    answered = [c for c in changes if not c.error]
+    return latency([c.answered - c.sent for c in answered], len(changes))
+
+
+def rate(changes: list[Change]) -> float:
+    span = changes[-1].scheduled - changes[0].scheduled if changes else 0.0
+    return (len(changes) - 1) / span if span > 0 else math.nan
+
+
+def lag_ms(changes: list[Change]) -> float:
+    """How far behind its schedule the latest change was sent (the benchmark keeping up)."""
+    return max((c.sent - c.scheduled for c in changes), default=0.0) * 1000
+
+
+# --- the floor ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Floor:
+    patches: int
+    seconds: float
+    concurrency: int
+    round_trip: Latency
+    seen: Latency  # until a watch shows the patched annotation
+    lag_ms: float
+    foreign_cpu: tuple[float, float]  # Machine.foreign() during the burst and the changes
+
+    def for_writes(self, writes: int) -> float:
+        """Seconds the API server takes for ``writes`` annotation patches at the recorder's concurrency."""
+        return self.seconds * writes / self.patches
+
+
+def floor_burst(writer: KubeWriter, plan: Plan, concurrency: int) -> float:
+    """Seconds for one annotation patch per Secret, ``concurrency`` at once, as the recorder sends them."""
+    patches = [
+        AnnotationPatch(s.namespace, s.name, s.uid, {ann.NOT_AFTER: s.annotated}) for s in plan.secrets
+    ]
+    started = time.monotonic()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(writer.patch_annotations, patches))
+    return time.monotonic() - started
+
+
+def floor_changes(api: Api, writer: KubeWriter, plan: Plan, args: argparse.Namespace) -> list[Change]:
+    """Single annotation patches at the change rate, each timed until answered and until watched."""
+    now, targets = datetime.now(UTC), plan.secrets
+    changes = [
+        Change(targets[i % len(targets)], now + timedelta(days=500, seconds=i), ("annotation",))
+        for i in range(change_count(args))
+    ]
+
+    def patch(change: Change) -> None:
+        secret = change.secret
+        annotations: dict[str, str | None] = {ann.NOT_AFTER: change.value}
+        writer.patch_annotations(AnnotationPatch(secret.namespace, secret.name, secret.uid, annotations))
+
+    return run_changes(api, changes, args.rate, args.effect_timeout, patch)
+
+
+def measure_floor(workdir: Path, certificates: int, args: argparse.Namespace) -> Floor:
+    stack = Stack(workdir / "floor")
+    try:
+        stack.start_infrastructure()
+        api = Api(stack)
+        plan = floor_plan(certificates, datetime.now(UTC))
+        create_objects(api, plan)
+        writer, concurrency, machine = KubeWriter(api.client), Settings().write_concurrency, Machine(stack)
+        seconds = floor_burst(writer, plan, concurrency)
+        changes = floor_changes(api, writer, plan, args)
+        seen = effect_latency(changes, "annotation")
+        return Floor(
+            certificates, seconds, concurrency, round_trips(changes), seen, lag_ms(changes), machine.foreign()
+        )
+    finally:
+        stack.stop()
+
+
+def noise_note(foreign: tuple[float, float]) -> str:
+    return f"meanwhile other processes used {foreign[0]:.1f} CPU-s, the hypervisor stole {foreign[1]:.1f} s"
+
+
+def print_floor(floor: Floor, rate: float) -> None:
+    print(f"== floor: the API server alone ({floor.patches} TLS Secrets)")
+    print(
+        f"  {floor.patches} annotation merge patches, {floor.concurrency} at once: {floor.seconds:.2f}s "
+        f"({floor.patches / floor.seconds:.0f}/s, {floor.seconds / floor.patches * 1000:.2f} ms each)"
+    )
+    print(f"  one patch at {rate:g}/s, round trip:       {floor.round_trip}")
+    print(f"  one patch at {rate:g}/s, until watch sees: {floor.seen}")
+    print(f"  sends lagged <= {floor.lag_ms:.0f}ms; {noise_note(floor.foreign_cpu)}")
+
+
+# --- a shape --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShapeResult:
+    shape: Shape
+    plan: Plan
+    created: float
+    cold: ColdStart
+    floor: float  # seconds, for the shape's annotation writes
+    settled: float
+    changes: list[Change]
+    change_cpu: float  # service CPU seconds during the changes
+    change_foreign_cpu: tuple[float, float]  # Machine.foreign() meanwhile
+    restart_writes: float  # the recorder's count
+    restart_audit: Counter[tuple[str, str]]  # every certcheck write in the audit log
+
+    @property
+    def ratio(self) -> float:
+        return self.cold.seconds / self.floor
+
+    @property
+    def cpu_ms_per_cert(self) -> float:
+        return sum(self.cold.cpu.values()) / self.plan.certificates * 1000
+
+    @property
+    def requests_per_cert(self) -> float:
+        return self.cold.requests.total() / self.plan.certificates
+
+
+def change_count(args: argparse.Namespace) -> int:
+    count: int = max(1, round(args.rate * args.duration))
+    return count
+
+
+def quiet_restart(stack: Stack) -> tuple[float, Counter[tuple[str, str]]]:
+    """Stop every service, start it again, wait 10 s: (the recorder's writes, every certcheck write)."""
+    offset = audit_offset(stack)
+    for name in SERVICES:
+        stack.services[name].stop()
+    for name in SERVICES:
+        stack.start_service(name)
+    time.sleep(10)
+    writes = metric(stack, "recorder", "certcheck_kubernetes_writes_total")
+    return writes, audit_writes(stack, offset)
+
+
+def run_shape(workdir: Path, shape: Shape, floor: Floor, args: argparse.Namespace) -> ShapeResult:
+    stack = Stack(workdir / shape.name)
+    try:
+        stack.start_infrastructure()
+        api = Api(stack)
+        plan = plan_shape(shape, datetime.now(UTC))
+        created = create_objects(api, plan)
+        env = {"watcher": {"CERTCHECK_SECRET_TYPES": args.secret_types}}
+        cold = cold_start(stack, api, plan, env, args.cold_timeout)
+        settled = wait_quiet(stack)
+        changes = plan_changes(plan, change_count(args), capped(api), datetime.now(UTC))
+        cpu, machine = sum(service_cpu(stack).values()), Machine(stack)
+        run_changes(api, changes, args.rate, args.effect_timeout, lambda c: patch_data(api, c))
+        change_cpu, foreign = sum(service_cpu(stack).values()) - cpu, machine.foreign()
+        wait_quiet(stack)  # the changes' trailing writes are not the restart's
+        restart, audited = quiet_restart(stack)
+        floor_seconds = floor.for_writes(len(plan.selected))
+        return ShapeResult(
+            shape, plan, created, cold, floor_seconds, settled, changes, change_cpu, foreign, restart, audited
+        )
+    finally:
+        stack.stop()
+
+
+def describe(shape: Shape, plan: Plan) -> str:
+    tls_noise = sum(1 for s in plan.secrets if not s.check)
+    opaque = len(plan.selected) - plan.certificates
+    kinds = "half matchExpressions" if shape.expressions else "matchLabels"
+    text = (
+        f"{shape.namespaces} namespace(s) x {shape.checks} CertCheck(s) x {shape.per_check} Secrets "
+        f"= {plan.certificates} certificates, {kinds}"
+    )
+    return text + (f"; noise: {tls_noise} unselected TLS, {opaque} selected Opaque" if tls_noise else "")
+
+
+def print_shape(result: ShapeResult) -> None:
+    cold, plan = result.cold, result.plan
+    print(f"== {result.shape.name}: {describe(result.shape, plan)}")
+    print(f"  created {len(plan.secrets)} Secrets and {len(plan.checks)} CertChecks in {result.created:.1f}s")
+    print(
+        f"  cold start: {cold.seconds:.2f}s = {result.ratio:.2f}x the floor ({result.floor:.2f}s for "
+        f"{len(plan.selected)} annotation patches); trailing work settled {result.settled:.1f}s later"
+    )
+    print(f"    {noise_note(cold.foreign_cpu)}")
+    print(
+        f"    every service ready (/readyz) {cold.ready.seconds:.2f}s after its start, having used "
+        f"{cold.ready.cpu:.1f}s CPU"
+    )
+    print("    service CPU s: " + ", ".join(f"{n} {s:.1f}" for n, s in cold.cpu.items()))
+    print(
+        f"    = {result.cpu_ms_per_cert:.2f} ms CPU per certificate "
+        f"({(sum(cold.cpu.values()) - cold.ready.cpu) / result.plan.certificates * 1000:.2f} after ready)"
+    )
+    print("    peak RSS MiB: " + ", ".join(f"{n} {m:.0f}" for n, m in cold.rss.items()))
+    print(f"    = {sum(cold.rss.values()):.0f} MiB in all")
+    verbs = ", ".join(f"{v} {n}" for v, n in sorted(cold.requests.items()) if n)
+    print(
+        f"    API requests (kube-apiserver apiserver_request_total, less the benchmark's {cold.own_requests}"
+        f" LISTs; open watches not counted): {cold.requests.total()} = {result.requests_per_cert:.2f} per"
+        f" certificate ({verbs})"
+    )
+    print(
+        "    writes by certcheck's users (audit log): "
+        + summed(cold.audit, 0)
+        + "; recorder counts "
+        + ", ".join(f"{k} {v:.0f}" for k, v in cold.writes.items())
+    )
+    print_changes(result)
+    print(
+        f"  quiet restart: {result.restart_writes:.0f} writes counted by the recorder in the 10 s after, "
+        f"{result.restart_audit.total()} by any certcheck service in the audit log "
+        f"({summed(result.restart_audit, 1)})"
+    )
+
+
+def print_changes(result: ShapeResult) -> None:
+    changes = result.changes
+    errors = sum(1 for c in changes if c.error)
+    print(
+        f"  {len(changes)} open-loop changes at {rate(changes):.1f}/s"
+        f" (sends lagged <= {lag_ms(changes):.0f}ms, {errors} failed); service CPU {result.change_cpu:.1f}s "
+        f"= {result.change_cpu / len(changes) * 1000:.1f} ms per change"
+    )
+    print(f"    {noise_note(result.change_foreign_cpu)}")
+    print(f"    data patch round trip:  {round_trips(changes)}")
+    for effect in EFFECTS:
+        print(f"    -> {effect + ':':<12} {effect_latency(changes, effect)}")
+
+
+def print_summary(results: list[ShapeResult], floor: Floor) -> None:
+    print("== summary: cold start against the floor measured in this run (other CPU-s: load not this run's)")
+    print(
+        f"{'shape':<8}{'certs':>7}{'cold s':>8}{'floor s':>9}{'ratio':>7}{'CPU ms/cert':>13}"
+        f"{'MiB':>7}{'req/cert':>10}{'restart writes':>16}{'other CPU-s':>13}"
+    )
+    for r in results:
+        print(
+            f"{r.shape.name:<8}{r.plan.certificates:>7}{r.cold.seconds:>8.2f}{r.floor:>9.2f}{r.ratio:>7.2f}"
+            f"{r.cpu_ms_per_cert:>13.2f}{sum(r.cold.rss.values()):>7.0f}{r.requests_per_cert:>10.2f}"
+            f"{r.restart_writes:>16.0f}{r.cold.foreign_cpu[0]:>13.1f}"
+        )
+    print(f"{'floor':<8}{floor.patches:>7}{'':>8}{floor.seconds:>9.2f}{'':>53}{floor.foreign_cpu[0]:>13.1f}")
+    base = floor.seen.p50
+    print(
+        "== changes: p50/p99 ms from each change's scheduled moment; "
+        f"x = p50 / the floor's patch-until-watch-sees p50 ({base:.0f}ms)"
+    )
+    print(
+        f"{'shape':<8}{'patch':>10}"
+        + "".join(f"{e:>14}{'x':>8}" for e in EFFECTS)
+        + f"{'never seen':>12}{'other CPU-s':>13}"
+    )
+    for r in results:
+        row, missed = f"{r.shape.name:<8}{round_trips(r.changes).brief:>10}", 0
+        for effect in EFFECTS:
+            figures = effect_latency(r.changes, effect)
+            missed += figures.due - figures.seen
+            row += f"{figures.brief:>14}{figures.p50 / base:>8.1f}"
+        print(row + f"{missed:>12}{r.change_foreign_cpu[0]:>13.1f}")
+    print(f"{'floor':<8}{floor.round_trip.brief:>10}{floor.seen.brief:>14}{1.0:>8.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated, of: %(default)s")
+    parser.add_argument("--scale", type=float, default=1.0, help="x the Secrets per CertCheck")
+    parser.add_argument("--rate", type=float, default=20.0, help="changes per second")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of changes")
+    parser.add_argument("--effect-timeout", type=float, default=30.0, help="s after the last change")
+    parser.add_argument("--cold-timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--secret-types",
+        default="kubernetes.io/tls,Opaque",
+        help="the watcher's CERTCHECK_SECRET_TYPES (with Opaque, the noise Secrets reach the services)",
+    )
+    args = parser.parse_args()
+    names = [n.strip() for n in args.shapes.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SHAPES]
+    if unknown:
+        parser.error(f"unknown shapes {unknown}; known: {', '.join(SHAPES)}")
+    shapes = [scaled(SHAPES[n], args.scale) for n in names]
+    print(f"shapes {', '.join(names)} at scale {args.scale:g}; watcher secret types {args.secret_types}")
+    with tempfile.TemporaryDirectory(prefix="certcheck-shapes-") as workdir:
+        floor = measure_floor(Path(workdir), max(s.certificates for s in shapes), args)
+        print_floor(floor, args.rate)
+        results = []
+        for shape in shapes:
+            results.append(run_shape(Path(workdir), shape, floor, args))
+            print_shape(results[-1])
+        print_summary(results, floor)
+
+
+if __name__ == "__main__":
+    main()
