@@ -220,23 +220,27 @@ def wait_idle(stack: Stack, timeout: float = 30.0, interval: float = 0.2) -> Non
     asyncio.run(idle())
 
 
-def published_version(stack: Stack, kind: str, namespace: str, name: str) -> str | None:
-    """The resourceVersion of the object's last message on the objects stream: what the watcher
-    published of it last (None: nothing)."""
+def last_message(stack: Stack, stream: str, subject: str) -> Any | None:
+    """The last message a stream holds on a subject (None: none)."""
 
-    async def last() -> str | None:
+    async def read() -> Any | None:
         nc = await nats.connect(stack.nats.url)
         try:
-            msg = await nc.jetstream().get_last_msg(
-                OBJECTS.name, subjects.object_subject(kind, namespace, name)
-            )
+            return await nc.jetstream().get_last_msg(stream, subject)
         except NotFoundError:
             return None
         finally:
             await nc.close()
-        return (msg.headers or {}).get(HDR_RESOURCE_VERSION)
 
-    return asyncio.run(last())
+    return asyncio.run(read())
+
+
+def published_version(stack: Stack, kind: str, namespace: str, name: str) -> str | None:
+    """The resourceVersion of the object's last message on the objects stream: what the watcher
+    published of it last (None: nothing)."""
+
+    msg = last_message(stack, OBJECTS.name, subjects.object_subject(kind, namespace, name))
+    return (msg.headers or {}).get(HDR_RESOURCE_VERSION) if msg else None
 
 
 def published(stack: Stack, kind: str, namespace: str, name: str, resource_version: str) -> bool:

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import nats
 from kubernetes import client
-from nats.js.errors import NotFoundError
 
 from devcluster.certs import expiring_in, make_cert, tls_secret_data
 from devcluster.stack import Stack
 from schemas import subjects
 from schemas.messages import EvaluationResult, result_decoder
 from schemas.streams import RESULTS
-from tests.conftest import Cluster, wait_for, wait_settled
+from tests.conftest import Cluster, last_message, wait_for, wait_settled
 
 
 def reasons(cluster: Cluster, namespace: str, kind: str, name: str) -> list[tuple[str, str, int]]:
@@ -24,18 +21,9 @@ def reasons(cluster: Cluster, namespace: str, kind: str, name: str) -> list[tupl
 
 
 def last_result(stack: Stack, namespace: str, name: str) -> EvaluationResult | None:
-    async def read() -> EvaluationResult | None:
-        nc = await nats.connect(stack.nats.url)
-        try:
-            msg = await nc.jetstream().get_last_msg(RESULTS.name, subjects.result_subject(namespace, name))
-        except NotFoundError:
-            return None
-        finally:
-            await nc.close()
-        result = result_decoder.decode(msg.data)
-        return result if isinstance(result, EvaluationResult) else None
-
-    return asyncio.run(read())
+    msg = last_message(stack, RESULTS.name, subjects.result_subject(namespace, name))
+    result = result_decoder.decode(msg.data) if msg else None
+    return result if isinstance(result, EvaluationResult) else None
 
 
 def published_not_after(stack: Stack, namespace: str, name: str) -> str | None:

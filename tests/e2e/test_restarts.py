@@ -10,7 +10,6 @@ from pathlib import Path
 import nats
 import pytest
 from kubernetes import client
-from nats.js.errors import NotFoundError
 
 from devcluster.certs import expiring_in, make_cert, tls_secret_data
 from devcluster.stack import SERVICES, Stack, api_client
@@ -19,7 +18,7 @@ from schemas.messages import due_decoder
 from schemas.streams import TRIGGERS, WATCHER_STATE_BUCKET
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION
 from services.domain.times import parse_rfc3339
-from tests.conftest import Cluster, published_version, wait_for, watcher_progress
+from tests.conftest import Cluster, last_message, published_version, wait_for, watcher_progress
 from tests.e2e.test_time import state_of
 from tests.e2e.test_triggers import metric
 
@@ -28,18 +27,8 @@ TLS_SCOPE = f"{subjects.KIND_SECRET}.kubernetes.io/tls"  # the watch of kubernet
 
 def fired_due(stack: Stack, namespace: str, name: str) -> datetime | None:
     """The due time of the message the CertCheck's schedule fired last (None: it never fired)."""
-
-    async def last() -> datetime | None:
-        nc = await nats.connect(stack.nats.url)
-        try:
-            msg = await nc.jetstream().get_last_msg(TRIGGERS.name, subjects.due_subject(namespace, name))
-        except NotFoundError:
-            return None
-        finally:
-            await nc.close()
-        return parse_rfc3339(due_decoder.decode(msg.data).due_at)
-
-    return asyncio.run(last())
+    msg = last_message(stack, TRIGGERS.name, subjects.due_subject(namespace, name))
+    return parse_rfc3339(due_decoder.decode(msg.data).due_at) if msg else None
 
 
 def test_state_flips_after_the_evaluator_was_killed_while_a_schedule_was_pending(
