@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 ## Workload shapes against the API server's own floor, in one run (python -m benchmarks.shapes --help;
-## benchmarks/startup.py still runs on its own).
+## python -m benchmarks.startup still runs the older single-shape benchmark).
 bench: $(STAMP) control-plane
 	$(PY) -m benchmarks.shapes
 

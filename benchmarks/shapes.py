@@ -55,7 +55,8 @@ from typing import Any
 import urllib3
 from kubernetes import client
 
-from benchmarks.startup import cpu_seconds, metric, peak_rss_mib, wait_quiet
+from benchmarks import measure
+from benchmarks.measure import cpu_seconds, metric, peak_rss_mib, wait_quiet
 from devcluster.certs import make_cert, tls_secret_data
 from devcluster.stack import SERVICES, Stack, api_client
 from schemas import annotations as ann
@@ -848,12 +849,7 @@ def change_count(args: argparse.Namespace) -> int:
 def quiet_restart(stack: Stack) -> tuple[float, Counter[tuple[str, str]]]:
     """Stop every service, start it again, wait 10 s: (the recorder's writes, every certcheck write)."""
     offset = audit_offset(stack)
-    for name in SERVICES:
-        stack.services[name].stop()
-    for name in SERVICES:
-        stack.start_service(name)
-    time.sleep(10)
-    writes = metric(stack, "recorder", "certcheck_kubernetes_writes_total")
+    writes = measure.quiet_restart(stack)
     return writes, audit_writes(stack, offset)
 
 

@@ -1,6 +1,6 @@
 """Start-up, change-latency and quiet-restart figures on a real control plane. Prints; asserts nothing.
 
-    python benchmarks/startup.py [--namespaces N] [--certchecks-per-namespace N] [--secrets-per-certcheck N]
+    python -m benchmarks.startup [--namespaces N] [--certchecks-per-namespace N] [--secrets-per-certcheck N]
 
 1. Creates the Secrets and CertChecks first, then starts the services, and reports how long until every
    certificate is recorded (all annotations and all statuses written), plus each service's peak RSS.
@@ -11,13 +11,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import statistics
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,34 +22,10 @@ from typing import Any
 
 from kubernetes import client, watch
 
+from benchmarks.measure import cpu_seconds, metric, peak_rss_mib, quiet_restart, wait_quiet
 from devcluster.certs import make_cert, tls_secret_data
 from devcluster.stack import SERVICES, Stack, api_client
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION
-
-
-def metric(stack: Stack, service: str, name: str, labels: str = "") -> float:
-    url = f"http://127.0.0.1:{stack.http_ports[service]}/metrics"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-    except OSError:  # not serving yet
-        return 0.0
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and labels in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"VmHWM:\s+(\d+) kB", status)
-    return int(match.group(1)) / 1024 if match else float("nan")
 
 
 def create_objects(api: client.ApiClient, namespaces: int, checks: int, per_check: int) -> int:
@@ -117,25 +90,6 @@ def wait_recorded(
                 return time.monotonic() - started
         time.sleep(0.05)
     raise TimeoutError("not everything was recorded")
-
-
-def wait_quiet(stack: Stack, quiet: float = 2.0, timeout: float = 120) -> float:
-    """Until start-up's trailing work (Events, status writes, the watch echoes of what was written) is
-    over: nothing written, published or evaluated for ``quiet`` seconds. Returns the seconds waited."""
-    started = time.monotonic()
-    last, since = None, time.monotonic()
-    while time.monotonic() - started < timeout:
-        now = (
-            metric(stack, "recorder", "certcheck_kubernetes_writes_total"),
-            metric(stack, "watcher", "certcheck_watcher_published_total"),
-            metric(stack, "evaluator", "certcheck_evaluations_total"),
-        )
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            break
-        time.sleep(0.1)
-    return time.monotonic() - started - quiet
 
 
 def _await_annotation(
@@ -227,12 +181,7 @@ def main() -> None:
                     f"max={latencies[-1] * 1000:.1f}ms"
                 )
 
-            for name in SERVICES:
-                stack.services[name].stop()
-            for name in SERVICES:
-                stack.start_service(name)
-            time.sleep(10)
-            writes = metric(stack, "recorder", "certcheck_kubernetes_writes_total")
+            writes = quiet_restart(stack)
             print(f"restart with nothing changed: {writes:.0f} Kubernetes writes in the 10 s after")
         finally:
             stack.stop()

@@ -1,0 +1,65 @@
+"""What the benchmarks read off a running stack: service metrics, CPU, peak RSS, quiet periods."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+from devcluster.stack import SERVICES, Stack
+
+
+def metric(stack: Stack, service: str, name: str, labels: str = "") -> float:
+    url = f"http://127.0.0.1:{stack.http_ports[service]}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:  # not serving yet
+        return 0.0
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and labels in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"VmHWM:\s+(\d+) kB", status)
+    return int(match.group(1)) / 1024 if match else float("nan")
+
+
+def wait_quiet(stack: Stack, quiet: float = 2.0, timeout: float = 120) -> float:
+    """Until start-up's trailing work (Events, status writes, the watch echoes of what was written) is
+    over: nothing written, published or evaluated for ``quiet`` seconds. Returns the seconds waited."""
+    started = time.monotonic()
+    last, since = None, time.monotonic()
+    while time.monotonic() - started < timeout:
+        now = (
+            metric(stack, "recorder", "certcheck_kubernetes_writes_total"),
+            metric(stack, "watcher", "certcheck_watcher_published_total"),
+            metric(stack, "evaluator", "certcheck_evaluations_total"),
+        )
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+        time.sleep(0.1)
+    return time.monotonic() - started - quiet
+
+
+def quiet_restart(stack: Stack, settle_seconds: float = 10.0) -> float:
+    """Stop every service, start it again, wait: the Kubernetes writes the recorder counts meanwhile."""
+    for name in SERVICES:
+        stack.services[name].stop()
+    for name in SERVICES:
+        stack.start_service(name)
+    time.sleep(settle_seconds)
+    return metric(stack, "recorder", "certcheck_kubernetes_writes_total")
