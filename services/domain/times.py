@@ -9,8 +9,10 @@ expiration"). Python's ``datetime`` holds exactly that range, so arithmetic at e
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 
+@lru_cache(maxsize=1 << 17)  # a certificate's dates are written again at every evaluation of it
 def rfc3339(moment: datetime) -> str:
     """``2026-12-03T05:47:57Z``: UTC, whole seconds, a four-digit year."""
     try:
@@ -42,6 +44,7 @@ def shift(moment: datetime, delta: timedelta) -> datetime | None:
 MAX_DAYS = timedelta.max.days
 
 
+@lru_cache(maxsize=1024)
 def days(count: int) -> timedelta:
     """A span of ``count`` days, clamped to what a timedelta holds (a threshold may be any integer)."""
     return timedelta(days=max(-MAX_DAYS, min(MAX_DAYS, count)))

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from operator import attrgetter
 
 import msgspec
 
@@ -93,6 +95,11 @@ class SecretView:
     other_keys: tuple[str, ...] = ()  # keys without any certificate
     kind: str = "Secret"  # or "ConfigMap": read only, certcheck never writes to a ConfigMap
     edited_annotations: tuple[str, ...] = ()  # certcheck's annotations someone else wrote last
+    # What evaluations worked out from this view and may reuse while it holds (see ``_memoised``): a
+    # CertCheck over thousands of Secrets re-rates only the one that changed. Not copied by replace().
+    memo: dict[object, tuple[datetime, datetime, object]] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,20 +136,17 @@ class _Rated:
     secret: SecretView
     entry: CertEntry
     state: State
+    not_after: datetime = field(init=False)
+    identity: tuple[str, str, str, int] = field(init=False)  # kind, object name, key, index
+    sort_key: tuple[int, datetime, str, str, str, int] = field(init=False)
 
-    @property
-    def not_after(self) -> datetime:
-        return self.entry.parsed.not_after if isinstance(self.entry.parsed, CertFacts) else _FAR_FUTURE
-
-    def sort_key(self) -> tuple[int, datetime, str, str, str, int]:
-        return (
-            _RANK[self.state],
-            self.not_after,
-            self.secret.kind,
-            self.secret.name,
-            self.entry.key,
-            self.entry.index,
-        )
+    def __post_init__(self) -> None:
+        parsed = self.entry.parsed
+        not_after = parsed.not_after if isinstance(parsed, CertFacts) else _FAR_FUTURE
+        identity = (self.secret.kind, self.secret.name, self.entry.key, self.entry.index)
+        object.__setattr__(self, "not_after", not_after)
+        object.__setattr__(self, "identity", identity)
+        object.__setattr__(self, "sort_key", (_RANK[self.state], not_after, *identity))
 
     @property
     def label(self) -> str:
@@ -159,20 +163,58 @@ TLS_DEFAULT_KEYS = ("tls.crt", "ca.crt")
 OTHER_DEFAULT_KEYS = ("*",)  # every key in which a certificate was found
 
 
+@lru_cache(maxsize=1024)
+def _key_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a key matches any of ``patterns``: names are looked up, only globs go through fnmatch."""
+    if "*" in patterns:
+        return lambda key: True
+    globs = tuple(p for p in patterns if any(c in p for c in "*?["))
+    names = frozenset(patterns) - frozenset(globs)
+    if not globs:
+        return names.__contains__
+    return lambda key: key in names or any(fnmatch.fnmatchcase(key, g) for g in globs)
+
+
 def selected_entries(secret: SecretView, patterns: Sequence[str]) -> list[CertEntry]:
     """The entries of the keys a CertCheck reads; an exact key name that holds no certificate is Invalid."""
     if not patterns or secret.kind == KIND_CONFIGMAP:  # spec.keys speaks of Secrets' keys
         patterns = TLS_DEFAULT_KEYS if secret.type == "kubernetes.io/tls" else OTHER_DEFAULT_KEYS
-    entries = [e for e in secret.entries if any(fnmatch.fnmatchcase(e.key, p) for p in patterns)]
+    selected = _key_matcher(tuple(patterns))
+    entries = [e for e in secret.entries if selected(e.key)]
     for name in patterns:
         if name in secret.other_keys:
             entries.append(CertEntry(name, 0, CertError(f"no certificate in key {name}")))
     return entries
 
 
+_BY_URGENCY = attrgetter("sort_key")
+_JUST_AFTER = timedelta(microseconds=1)
+
+
+def _unchanged_until(rated: Iterable[_Rated], threshold_days: int, now: datetime) -> datetime:
+    """The first moment after ``now`` at which any of these certificates' states changes: becomes
+    valid at notBefore, expiring at notAfter - threshold, expired just after notAfter."""
+    moments: list[datetime | None] = []
+    for r in rated:
+        facts = r.entry.parsed
+        if isinstance(facts, CertFacts):
+            moments += (
+                facts.not_before,
+                shift(facts.not_after, -days(threshold_days)),
+                shift(facts.not_after, _JUST_AFTER),
+            )
+    return min((m for m in moments if m is not None and m > now), default=_FAR_FUTURE)
+
+
 def _rate(
     secret: SecretView, threshold_days: int, now: datetime, patterns: Sequence[str] = ()
 ) -> list[_Rated]:
+    """The state of each certificate a CertCheck reads in a Secret. Worked out once per view and
+    threshold, and reused for as long as no certificate of the Secret reaches a boundary."""
+    memo_key = ("rated", threshold_days, tuple(patterns))
+    held = secret.memo.get(memo_key)
+    if held is not None and held[0] <= now < held[1]:
+        return held[2]  # type: ignore[return-value]
     rated = []
     for entry in selected_entries(secret, patterns):
         if isinstance(entry.parsed, CertFacts):
@@ -180,6 +222,7 @@ def _rate(
         else:
             state = State.INVALID
         rated.append(_Rated(secret, entry, state))
+    secret.memo[memo_key] = (now, _unchanged_until(rated, threshold_days, now), rated)
     return rated
 
 
@@ -299,24 +342,44 @@ def _notification_conditions(
     return [_condition("NotificationFailed", False, "Delivered", message, gen, conditions, now)]
 
 
-def desired_annotations(secret: SecretView, coverage: Coverage, now: datetime) -> dict[str, str | None]:
+def desired_annotations(
+    secret: SecretView, coverage: Coverage, now: datetime, rated: Sequence[_Rated] | None = None
+) -> dict[str, str | None]:
     """What certcheck's annotations on a Secret should be, given every CertCheck that covers it.
 
     The state uses the largest threshold among the covering CertChecks, so two CertChecks with different
-    thresholds compute the same annotations and never fight over them.
+    thresholds compute the same annotations and never fight over them. ``rated``: the Secret's entries
+    already rated at that threshold with the default keys, if the caller has them.
     """
-    rated = sorted(_rate(secret, coverage.max_threshold_days, now), key=_Rated.sort_key)
-    desired: dict[str, str | None] = {key: None for key in ann.ALL}
+    if rated is None:
+        rated = _rate(secret, coverage.max_threshold_days, now)
+    desired: dict[str, str | None] = dict.fromkeys(ann.ALL)
     desired[ann.CHECKED_BY] = ",".join(coverage.certchecks)
     if not rated:
         desired[ann.STATE] = State.INVALID.value
         return desired
-    urgent = rated[0]
+    urgent = min(rated, key=_BY_URGENCY)
     desired[ann.STATE] = urgent.state.value
     if isinstance(urgent.entry.parsed, CertFacts):
         desired[ann.NOT_AFTER] = rfc3339(urgent.entry.parsed.not_after)
         desired[ann.NOT_BEFORE] = rfc3339(urgent.entry.parsed.not_before)
     return desired
+
+
+def _annotation_change(
+    secret: SecretView, coverage: Coverage, now: datetime, rated: Sequence[_Rated] | None
+) -> tuple[dict[str, str | None], AnnotationPatch | None]:
+    """The desired annotations of a Secret and the patch to them, reused like the rating they rest on."""
+    memo_key = ("annotations", coverage)
+    held = secret.memo.get(memo_key)
+    if held is not None and held[0] <= now < held[1]:
+        return held[2]  # type: ignore[return-value]
+    if rated is None:
+        rated = _rate(secret, coverage.max_threshold_days, now)
+    desired = desired_annotations(secret, coverage, now, rated)
+    change = (desired, annotation_patch(secret, desired))
+    secret.memo[memo_key] = (now, _unchanged_until(rated, coverage.max_threshold_days, now), change)
+    return change
 
 
 def _overlaid(annotations: dict[str, str], patch: dict[str, str | None] | None) -> dict[str, str]:
@@ -446,10 +509,8 @@ def evaluate(
     before it said was written and watched back still gets its Event.
     """
     pending = {(p.name, p.uid): p.annotations for p in told_patches}
-    rated = sorted(
-        (r for secret in secrets for r in _rate(secret, spec.threshold_days, now, spec.keys)),
-        key=_Rated.sort_key,
-    )
+    rated_of = {(s.kind, s.name): _rate(s, spec.threshold_days, now, spec.keys) for s in secrets}
+    rated = sorted((r for of_one in rated_of.values() for r in of_one), key=_BY_URGENCY)
     by_state: dict[State, list[_Rated]] = {}
     for r in rated:
         by_state.setdefault(r.state, []).append(r)
@@ -483,8 +544,10 @@ def evaluate(
         if secret.kind != KIND_SECRET:
             continue  # certcheck annotates Secrets only
         secret_coverage = coverage.get(secret.name, Coverage((spec.name,), spec.threshold_days))
-        desired = desired_annotations(secret, secret_coverage, now)
-        patch = annotation_patch(secret, desired)
+        same_rating = not spec.keys and secret_coverage.max_threshold_days == spec.threshold_days
+        desired, patch = _annotation_change(
+            secret, secret_coverage, now, rated_of[(secret.kind, secret.name)] if same_rating else None
+        )
         if patch is None:
             continue
         evaluation.annotation_patches.append(patch)
@@ -503,6 +566,13 @@ def evaluate(
         )
         if event:
             evaluation.events.append(event)
+    base = told if told is not None else observed
+    if base is not None and base.certificates_omitted:
+        # The Events compare with the entries the status listed: only those can have changed state.
+        listed = {(c.kind, c.name, c.key, c.index) for c in base.certificates}
+        compared = [r for r in rated if r.identity in listed]
+    else:
+        compared = rated
     evaluation.events.extend(
         ev.certcheck_events(
             spec.namespace,
@@ -510,11 +580,21 @@ def evaluate(
             spec.uid,
             spec.resource_version,
             spec.threshold_days,
-            [_entry_change(r) for r in rated],
-            told if told is not None else observed,
+            [_entry_change(r) for r in compared],
+            base,
         )
     )
-    evaluation.next_due = next_due(
-        (r.entry.parsed for r in rated if isinstance(r.entry.parsed, CertFacts)), spec.threshold_days, now
-    )
+    evaluation.next_due = next_due(_due_candidates(by_state), spec.threshold_days, now)
     return evaluation
+
+
+def _due_candidates(by_state: dict[State, list[_Rated]]) -> list[CertFacts]:
+    """The certificates among which the next boundary lies (each state's list is sorted by notAfter).
+    A Valid one's next boundary is notAfter - threshold, an ExpiringSoon one's notAfter + 1 s (at most
+    a second past it, an Expired one's too): the earliest notAfter of each state has the earliest. A
+    NotYetValid certificate's boundaries need not come in notAfter order: all are candidates."""
+    candidates = [*by_state.get(State.NOT_YET_VALID, [])]
+    for state, at in ((State.VALID, 0), (State.EXPIRING_SOON, 0), (State.EXPIRED, -1)):
+        if by_state.get(state):
+            candidates.append(by_state[state][at])
+    return [r.entry.parsed for r in candidates if isinstance(r.entry.parsed, CertFacts)]

@@ -51,6 +51,7 @@ class SecretEntry:
     view: core.SecretView
     resource_version: str
     covered_by: set[str] = field(default_factory=set)  # CertCheck names that select it
+    coverage_at: tuple[int, core.Coverage] | None = None  # (the namespace's coverage epoch, coverage)
 
 
 @dataclass
@@ -170,6 +171,9 @@ class View:
         self.secrets: dict[str, dict[str, SecretEntry]] = {}
         self.configmaps: dict[str, dict[str, SecretEntry]] = {}  # read-only sources, never annotated
         self._effects: OrderedDict[int, Effects] = OrderedDict()
+        # Bumped whenever a CertCheck of the namespace changes which Secrets it covers, or its
+        # threshold: a Secret's coverage, computed once, holds until then (or until the Secret changes).
+        self._coverage_epochs: dict[str, int] = {}
         self._effects_memory = effects_memory
 
     # --- queries -------------------------------------------------------------------------------
@@ -197,9 +201,14 @@ class View:
 
     def coverage(self, namespace: str, secret_name: str) -> core.Coverage:
         entry = self.secrets[namespace][secret_name]
+        epoch = self._coverage_epochs.get(namespace, 0)
+        if entry.coverage_at is not None and entry.coverage_at[0] == epoch:
+            return entry.coverage_at[1]
         names = tuple(sorted(entry.covered_by))
         thresholds = [self.certchecks[namespace][n].spec.threshold_days for n in names]
-        return core.Coverage(names, max(thresholds, default=0))
+        coverage = core.Coverage(names, max(thresholds, default=0))
+        entry.coverage_at = (epoch, coverage)
+        return coverage
 
     def inputs(self, key: CertCheckKey) -> tuple[list[core.SecretView], dict[str, core.Coverage]]:
         """The selected Secrets of a CertCheck and each one's coverage: what ``core.evaluate`` takes."""
@@ -347,6 +356,7 @@ class View:
                     previous.resource_version,
                 )
             )
+        self._coverage_changed(event.namespace)
         entry = CertCheckEntry(
             spec,
             event.selector,
@@ -387,6 +397,7 @@ class View:
         previous = self.certchecks.get(event.namespace, {}).pop(event.name, None)
         if previous is None:
             return Effects()
+        self._coverage_changed(event.namespace)
         namespace_secrets = self.secrets.get(event.namespace, {})
         for secret_name in previous.covered:
             namespace_secrets[secret_name].covered_by.discard(event.name)
@@ -396,6 +407,9 @@ class View:
         effects = Effects(removed=[(event.namespace, event.name, previous.spec.uid)])
         self._neighbours(event.namespace, previous.covered, effects)
         return effects
+
+    def _coverage_changed(self, namespace: str) -> None:
+        self._coverage_epochs[namespace] = self._coverage_epochs.get(namespace, 0) + 1
 
     def _neighbours(self, namespace: str, touched: set[str], effects: Effects) -> None:
         """Secrets whose coverage changed: re-evaluate their other CertChecks, or release them."""

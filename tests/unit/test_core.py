@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -272,3 +274,73 @@ def test_spec_keys_do_not_filter_configmap_keys() -> None:
         kind=core.KIND_CONFIGMAP,
     )
     assert len(core.selected_entries(bundle, ["tls.crt"])) == 1
+
+
+def _fresh(view: core.SecretView) -> core.SecretView:
+    """The same Secret as a new view: nothing worked out from the old one is reused."""
+    return dataclasses.replace(view)
+
+
+def _moments(cert: CertFacts, threshold_days: int) -> list[datetime]:
+    """Each boundary of a certificate, and a microsecond on either side."""
+    tick = timedelta(microseconds=1)
+    bounds = [cert.not_before, cert.not_after - timedelta(days=threshold_days), cert.not_after]
+    return sorted(b + d for b in bounds for d in (-tick, timedelta(0), tick))
+
+
+class TestReuseAcrossEvaluations:
+    """A Secret's view keeps what evaluations worked out from it; reusing it never changes an answer."""
+
+    def test_a_reused_rating_gives_the_state_a_fresh_one_gives_on_either_side_of_every_boundary(
+        self,
+    ) -> None:
+        cert = facts(NOW + timedelta(days=40), not_before=NOW + timedelta(hours=1))
+        view = secret("a", cert)
+        for moment in [NOW, *_moments(cert, 30)]:
+            reused = core.evaluate(SPEC, [view], {}, None, moment)
+            fresh = core.evaluate(SPEC, [_fresh(view)], {}, None, moment)
+            assert reused.status == fresh.status, moment
+            assert reused.annotation_patches == fresh.annotation_patches, moment
+            assert reused.next_due == fresh.next_due, moment
+
+    def test_evaluating_at_an_earlier_moment_after_a_later_one_is_not_answered_from_the_later(
+        self,
+    ) -> None:
+        view = secret("a", facts(NOW + timedelta(days=10)))
+        later = core.evaluate(SPEC, [view], {}, None, NOW + timedelta(days=11))
+        earlier = core.evaluate(SPEC, [view], {}, None, NOW)
+        assert (later.status.expired_count, earlier.status.expiring_soon_count) == (1, 1)
+
+    def test_a_second_certcheck_with_another_threshold_rates_the_same_view_by_its_own(self) -> None:
+        view = secret("a", facts(NOW + timedelta(days=20)))
+        strict = core.CertCheckSpec(namespace="ns", name="strict", uid="u2", generation=1, threshold_days=7)
+        assert core.evaluate(SPEC, [view], {}, None, NOW).status.expiring_soon_count == 1
+        assert core.evaluate(strict, [view], {}, None, NOW).status.valid_count == 1
+
+    def test_annotations_follow_the_coverage_the_secret_is_evaluated_with(self) -> None:
+        view = secret("a", facts(NOW + timedelta(days=20)))
+        alone = core.evaluate(SPEC, [view], {"a": core.Coverage(("check",), 7)}, None, NOW)
+        shared = core.evaluate(SPEC, [view], {"a": core.Coverage(("check", "wide"), 30)}, None, NOW)
+        assert alone.annotation_patches[0].annotations[ann.STATE] == State.VALID
+        assert shared.annotation_patches[0].annotations[ann.STATE] == State.EXPIRING_SOON
+        assert shared.annotation_patches[0].annotations[ann.CHECKED_BY] == "check,wide"
+
+    def test_a_replaced_view_starts_with_nothing_worked_out(self) -> None:
+        view = secret("a", facts(NOW + timedelta(days=20)))
+        core.evaluate(SPEC, [view], {}, None, NOW)
+        assert view.memo
+        assert not dataclasses.replace(view, labels={"app": "y"}).memo
+
+    def test_next_due_from_each_states_earliest_certificate_is_the_earliest_of_all(self) -> None:
+        rng = random.Random(7)
+        for _ in range(200):
+            certs = []
+            for _ in range(rng.randint(1, 8)):
+                not_after = NOW + timedelta(seconds=rng.randint(-90, 90) * 86400 + rng.randint(-2, 2))
+                not_before = not_after - timedelta(days=rng.randint(1, 200))
+                certs.append(facts(not_after, not_before=not_before))
+            threshold = rng.choice([0, 7, 30, 60])
+            spec = dataclasses.replace(SPEC, threshold_days=threshold)
+            views = [secret(f"s{i}", cert) for i, cert in enumerate(certs)]
+            evaluation = core.evaluate(spec, views, {}, None, NOW)
+            assert evaluation.next_due == core.next_due(certs, threshold, NOW)

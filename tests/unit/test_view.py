@@ -17,6 +17,7 @@ from schemas.messages import (
     ObjectDeleted,
     SecretObserved,
 )
+from services.evaluator import core
 from services.evaluator.view import View
 
 NOW = datetime.now(UTC)
@@ -241,3 +242,21 @@ def test_a_certcheck_with_neither_selector_is_invalid_and_with_only_a_configmap_
     bundles, none = view.certcheck(("ns", "bundles")), view.certcheck(("ns", "none"))
     assert bundles is not None and bundles.spec.selector_error is None
     assert none is not None and none.spec.selector_error == "spec.selector is missing"
+
+
+def test_a_secrets_coverage_follows_a_threshold_change_of_a_certcheck_covering_it() -> None:
+    view = View()
+    fold(view, certcheck("short", {"app": "x"}, threshold=30), secret("a", {"app": "x"}))
+    assert view.coverage("ns", "a").max_threshold_days == 30
+    fold(view, certcheck("short", {"app": "x"}, threshold=90, generation=2, rv="2"))
+    assert view.coverage("ns", "a").max_threshold_days == 90
+
+
+def test_a_secrets_coverage_follows_certchecks_created_and_deleted_beside_it() -> None:
+    view = View()
+    fold(view, certcheck("one", {"app": "x"}), secret("a", {"app": "x"}))
+    assert view.coverage("ns", "a").certchecks == ("one",)
+    fold(view, certcheck("two", {"app": "x"}, threshold=60))
+    assert view.coverage("ns", "a") == core.Coverage(("one", "two"), 60)
+    fold(view, ObjectDeleted(subjects.KIND_CERTCHECK, "ns", "two", "uid-two", "2"))
+    assert view.coverage("ns", "a") == core.Coverage(("one",), 30)
