@@ -9,9 +9,12 @@ and a small cache of what was written skips repeats across results without a req
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -46,6 +49,7 @@ from services.common.settings import Settings
 log = logging.getLogger(__name__)
 
 BATCH = 200
+MAX_IN_FLIGHT = 1000  # results being applied or waiting for their subject: beyond, fetching pauses
 MAX_DELIVERIES = 20  # then the result goes to the dead-letter stream (a newer one supersedes it anyway)
 applied = Counter("certcheck_recorder_results_total", "Results handled", ["kind", "outcome"])
 event_writes = Counter(
@@ -68,6 +72,52 @@ class _Lru(OrderedDict[Any, Any]):
             self.popitem(last=False)
 
 
+@dataclass(frozen=True, slots=True)
+class _Taken:
+    """A result message as fetched, decoded once."""
+
+    msg: Msg
+    result: ResultMessage | None  # None: undecodable
+    error: str = ""
+
+    @property
+    def kind(self) -> str:
+        return type(self.result).__name__
+
+    @property
+    def redelivered(self) -> bool:
+        return (self.msg.metadata.num_delivered or 1) > 1
+
+
+def _decoded(msg: Msg) -> _Taken:
+    try:
+        return _Taken(msg, result_decoder.decode(msg.data))
+    except Exception as exc:
+        return _Taken(msg, None, str(exc))
+
+
+class KeyedLock:
+    """One asyncio lock per key, held only while someone uses it: writes to one object go out one at
+    a time, in the order they were started."""
+
+    def __init__(self) -> None:
+        self._locks: dict[object, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, key: object) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class Recorder:
     def __init__(self, bus: Bus, writer: KubeWriter, settings: Settings, applied: KeyValue) -> None:
         self.bus = bus
@@ -77,32 +127,74 @@ class Recorder:
         self._limit = asyncio.Semaphore(settings.write_concurrency * 2)
         self._written_status = _Lru(10_000)
         self._written_annotations = _Lru(200_000)
+        self._busy: set[str] = set()  # subjects with a result being applied
+        self._waiting: dict[str, _Taken] = {}  # per busy subject, the newest result that came since
+        self._in_flight = 0  # results being applied or waiting
+        self._room = asyncio.Condition()
+        self._one_secret_at_a_time = KeyedLock()
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         async with self._limit:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def run(self) -> None:
+        """Apply results as they come, one at a time per subject. A result that arrives while the one
+        before it on its subject is still being written waits, and only the newest waiting one is
+        applied (each result is complete), so a CertCheck changing faster than its status can be
+        written gets as many status writes as the API server takes, no more; its annotation patches
+        are started at once, so no Secret waits for a status write."""
         sub = await durable_consumer(self.bus, RESULTS.name, RECORDER_CONSUMER)
-        while True:
-            msgs = await fetch_batch(sub, BATCH, wait=FETCH_WAIT_SECONDS)
-            newest: dict[str, Msg] = {}
-            for msg in msgs:
-                older = newest.get(msg.subject)
-                if older is not None:
-                    await older.ack()  # superseded within the batch
-                newest[msg.subject] = msg
-            async with held(list(newest.values())):
-                await asyncio.gather(*(self._handle(msg) for msg in newest.values()))
+        self._busy, self._waiting, self._in_flight = set(), {}, 0  # what a failed run held is redelivered
+        async with asyncio.TaskGroup() as tasks:
+            while True:
+                async with self._room:
+                    await self._room.wait_for(lambda: self._in_flight <= MAX_IN_FLIGHT - BATCH)
+                for msg in await fetch_batch(sub, BATCH, wait=FETCH_WAIT_SECONDS):
+                    await self._take(msg, tasks)
 
-    async def _handle(self, msg: Msg) -> None:
-        try:
-            result = result_decoder.decode(msg.data)
-        except Exception as exc:
-            applied.labels("unknown", "undecodable").inc()
-            await dead_letter(self.bus, msg, f"undecodable result: {exc}", "undecodable")
+    async def _take(self, msg: Msg, tasks: asyncio.TaskGroup) -> None:
+        taken = _decoded(msg)
+        if not taken.redelivered and isinstance(taken.result, EvaluationResult | AnnotationCleanup):
+            tasks.create_task(self._annotate_all(taken.result))  # applied again in order: a no-op then
+        subject = msg.subject
+        if subject not in self._busy:
+            self._busy.add(subject)
+            self._in_flight += 1
+            tasks.create_task(self._drive(subject, taken))
             return
-        kind = type(result).__name__
+        superseded = self._waiting.get(subject)
+        self._waiting[subject] = taken
+        if superseded is None:
+            self._in_flight += 1
+        else:
+            applied.labels(superseded.kind, "superseded").inc()
+            await superseded.msg.ack()
+
+    async def _drive(self, subject: str, taken: _Taken | None) -> None:
+        """Apply the results of one subject in turn until none waits."""
+        try:
+            while taken is not None:
+                async with held([taken.msg]):
+                    await self._handle(taken)
+                taken = self._waiting.pop(subject, None)
+                if taken is not None:
+                    await self._done()
+        finally:
+            self._busy.discard(subject)
+            await self._done()
+
+    async def _done(self) -> None:
+        async with self._room:
+            self._in_flight -= 1
+            self._room.notify_all()
+
+    async def _handle(self, taken: _Taken) -> None:
+        msg, result = taken.msg, taken.result
+        if result is None:
+            applied.labels("unknown", "undecodable").inc()
+            await dead_letter(self.bus, msg, f"undecodable result: {taken.error}", "undecodable")
+            return
+        kind = taken.kind
         seq = msg.metadata.sequence.stream
         mark = msg.subject.removeprefix("certcheck.v1.")
         try:
@@ -176,6 +268,12 @@ class Recorder:
         elif isinstance(result, CertCheckRemoved):
             self._written_status.pop((result.namespace, result.name), None)
 
+    async def _annotate_all(self, result: EvaluationResult | AnnotationCleanup) -> None:
+        """A result's annotation patches, started as it arrives; a failure is left to its turn."""
+        patches = result.annotation_patches if isinstance(result, EvaluationResult) else [result.patch]
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*(self._annotate(patch) for patch in patches))
+
     async def _apply_evaluation(self, result: EvaluationResult) -> None:
         await asyncio.gather(*(self._annotate(patch) for patch in result.annotation_patches))
         status_key = (result.namespace, result.name)
@@ -197,6 +295,10 @@ class Recorder:
         Secret (the evaluator computed it again before the watcher saw the write). A patch from a newer
         observation is a repair of a hand edit and is always written."""
         key = (patch.namespace, patch.name, patch.uid)
+        async with self._one_secret_at_a_time(key):
+            await self._annotate_alone(key, patch)
+
+    async def _annotate_alone(self, key: tuple[str, str, str], patch: AnnotationPatch) -> None:
         seen_at, written = self._written_annotations.get(key, ("", {}))
         if seen_at != patch.resource_version:
             written = {}

@@ -1,0 +1,135 @@
+"""The recorder applies results one at a time per subject and only the newest waiting one, while every
+result's annotation patches go out as it arrives. The bus and the API server are recording fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from nats.js.errors import KeyNotFoundError
+
+from schemas.messages import AnnotationPatch, CertCheckStatus, EvaluationResult, encoder
+from services.common.settings import Settings
+from services.recorder.service import KeyedLock, Recorder
+
+STATE = "certcheck.dev/state"
+SUBJECT = "certcheck.v1.results.ns.check"
+
+
+@dataclass
+class FakeMsg:
+    subject: str
+    data: bytes
+    seq: int
+    acked: bool = False
+    naked: bool = False
+
+    @property
+    def metadata(self) -> Any:
+        return SimpleNamespace(sequence=SimpleNamespace(stream=self.seq), num_delivered=1)
+
+    @property
+    def is_acked(self) -> bool:
+        return self.acked
+
+    async def ack(self) -> None:
+        self.acked = True
+
+    async def nak(self, delay: float = 0) -> None:
+        self.naked = True
+
+    async def in_progress(self) -> None:
+        pass
+
+
+@dataclass
+class FakeKeyValue:
+    values: dict[str, bytes] = field(default_factory=dict)
+
+    async def get(self, key: str) -> Any:
+        if key not in self.values:
+            raise KeyNotFoundError
+        return SimpleNamespace(value=self.values[key])
+
+    async def put(self, key: str, value: bytes) -> None:
+        self.values[key] = value
+
+
+class SlowStatusWriter:
+    """Annotation patches return at once; a status patch waits until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.annotated: list[str] = []
+        self.statuses: list[int] = []
+
+    def patch_annotations(self, patch: AnnotationPatch) -> None:
+        self.annotated.append(patch.name)
+
+    def patch_status(self, namespace: str, name: str, uid: str, status: CertCheckStatus) -> None:
+        assert self.release.wait(10)
+        self.statuses.append(status.target_secrets_count)
+
+
+def result(seq: int, secret: str) -> FakeMsg:
+    """The seq-th evaluation of one CertCheck: a status counting ``seq`` and one Secret to annotate."""
+    evaluation = EvaluationResult(
+        namespace="ns",
+        name="check",
+        uid="uid-check",
+        generation=1,
+        evaluated_at="2026-12-03T00:00:00Z",
+        view_seq=seq,
+        status=CertCheckStatus(target_secrets_count=seq),
+        status_changed=True,
+        annotation_patches=[
+            AnnotationPatch("ns", secret, f"uid-{secret}", {"certcheck.dev/state": "Valid"}, "1")
+        ],
+    )
+    return FakeMsg(SUBJECT, encoder.encode(evaluation), seq)
+
+
+async def eventually(check: Any, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_results_during_a_status_write_are_annotated_at_once_and_only_the_newest_status_follows() -> (
+    None
+):
+    writer = SlowStatusWriter()
+    recorder = Recorder(SimpleNamespace(), writer, Settings(), FakeKeyValue())  # type: ignore[arg-type]
+    first, second, third = result(1, "s1"), result(2, "s2"), result(3, "s3")
+    async with asyncio.TaskGroup() as tasks:
+        await recorder._take(first, tasks)
+        await eventually(lambda: writer.annotated == ["s1"])
+        await recorder._take(second, tasks)
+        await recorder._take(third, tasks)
+        await eventually(lambda: sorted(writer.annotated) == ["s1", "s2", "s3"])
+        assert writer.statuses == []  # the first status write is still in flight
+        assert second.acked  # superseded by the third while it waited
+        writer.release.set()
+        await eventually(lambda: first.acked and third.acked)
+    assert writer.statuses == [1, 3]
+    assert recorder._in_flight == 0
+
+
+async def test_writes_to_one_key_go_out_one_at_a_time_in_the_order_they_were_started() -> None:
+    lock = KeyedLock()
+    order: list[str] = []
+
+    async def write(name: str, key: str, pause: float) -> None:
+        async with lock(key):
+            order.append(f"{name} start")
+            await asyncio.sleep(pause)
+            order.append(f"{name} end")
+
+    await asyncio.gather(write("a", "k", 0.05), write("b", "k", 0), write("other", "j", 0))
+    assert order.index("a end") < order.index("b start")
+    assert order.index("other start") < order.index("a end")  # another key does not wait
+    assert not lock._locks
