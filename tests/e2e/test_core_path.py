@@ -57,7 +57,11 @@ def test_expired_certificate_gives_expired(cluster: Cluster, namespace: str) -> 
         lambda: cluster.annotations(namespace, "old-tls").get("certcheck.dev/state") == "Expired",
         what="Expired annotation",
     )
-    status = cluster.status(namespace, "old")
+    # The annotation may land first: the status follows (the recorder writes each as soon as it can).
+    status = wait_for(
+        lambda: (s := cluster.status(namespace, "old")) and cert_entries(s, "old-tls") and s,
+        what="status entry",
+    )
     assert cert_entries(status, "old-tls")[0]["state"] == "Expired"
     assert cert_entries(status, "old-tls")[0]["active"] is False
     events = wait_for(lambda: cluster.events(namespace, "Secret", "old-tls"), what="Expired Event")
