@@ -1,6 +1,9 @@
 """``make up``: start the whole system locally and keep it running until Ctrl-C.
 
-python -m devcluster [--no-demo] [--state-dir .certcheck]
+python -m devcluster [--no-demo] [--split] [--state-dir .certcheck]
+
+certcheck runs as one process (``certcheck all``, as k8s/overlays/small deploys it); ``--split`` starts
+the five services as five processes instead, as the production deployment runs them.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m devcluster", description=__doc__)
     parser.add_argument("--state-dir", type=Path, default=REPO / ".certcheck")
     parser.add_argument("--no-demo", action="store_true", help="do not create the demo objects")
+    parser.add_argument("--split", action="store_true", help="one process per service")
     args = parser.parse_args(argv)
     # A fresh cluster each time: etcd and JetStream state from an earlier run would not match.
     shutil.rmtree(args.state_dir, ignore_errors=True)
-    stack = Stack(args.state_dir)
+    stack = Stack(args.state_dir, all_in_one=not args.split)
     stopping = False
 
     def stop(*_: object) -> None:
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             f"""
 certcheck is running.
   kube-apiserver  {stack.control_plane.url}
-  nats-server     {stack.nats.address} (admin: {stack.nats.url}; each service has its own user)
+  nats-server     {stack.nats.address} (admin: {stack.nats.url}; each process has its own user)
   kubeconfig      {kubeconfig}
   metrics         {", ".join(f"{n}: http://127.0.0.1:{p}/metrics" for n, p in stack.http_ports.items())}
   logs            {args.state_dir / "logs"}

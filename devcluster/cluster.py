@@ -25,7 +25,7 @@ import yaml
 
 from devcluster import binaries
 from devcluster.pki import write_pki
-from schemas.permissions import ADMIN_USER, SERVICE_PERMISSIONS, password_variable
+from schemas.permissions import ADMIN_USER, NATS_USERS, password_variable
 
 NATS_AUTH_CONF = Path(__file__).resolve().parent.parent / "k8s" / "nats" / "auth.conf"
 
@@ -36,7 +36,7 @@ def nats_users() -> dict[str, str]:
     nats-server parses an environment variable's value as a configuration token: a value starting with
     a digit or '-' is read as a number, so every password starts with a letter and is plain hex after.
     """
-    return {user: "pw" + secrets.token_hex(24) for user in (ADMIN_USER, *SERVICE_PERMISSIONS)}
+    return {user: "pw" + secrets.token_hex(24) for user in (ADMIN_USER, *NATS_USERS)}
 
 
 LISTEN_PORTS = (10_000, 32_768)  # below Linux's default ephemeral range

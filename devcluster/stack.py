@@ -24,11 +24,19 @@ from devcluster.cluster import (
 REPO = Path(__file__).resolve().parent.parent
 CRD_PATH = REPO / "k8s" / "base" / "crd.yaml"
 RBAC_PATH = REPO / "k8s" / "base" / "rbac.yaml"
+SMALL_RBAC_PATH = REPO / "k8s" / "overlays" / "small" / "all-in-one.yaml"
 SERVICES = ("watcher", "evaluator", "recorder", "notifier", "exporter")
+ALL_IN_ONE = "allinone"  # ``python -m services.allinone`` (``certcheck all``): every service in one process
+# The NATS user and ServiceAccount a process runs as, where they are not named after it.
+IDENTITY = {ALL_IN_ONE: "all"}
+
+
+def identity(process: str) -> str:
+    return IDENTITY.get(process, process)
 
 
 def service_user(service: str) -> str:
-    return f"system:serviceaccount:certcheck:{service}"
+    return f"system:serviceaccount:certcheck:{identity(service)}"
 
 
 def api_client(kubeconfig: Path) -> client.ApiClient:
@@ -75,6 +83,7 @@ class Stack:
 
     apiserver_args: list[str] = field(default_factory=list)
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)  # per service, from its first start
+    all_in_one: bool = False  # start_services starts one process running every service (k8s/overlays/small)
 
     def __post_init__(self) -> None:
         self.control_plane = ControlPlane(self.workdir / "kube", extra_args=list(self.apiserver_args))
@@ -89,7 +98,7 @@ class Stack:
         # k8s/base/rbac.yaml: the tests prove those roles sufficient, and the audit log tells who wrote what.
         self._tokens = {
             name: self.control_plane.add_user(service_user(name), "system:serviceaccounts")
-            for name in SERVICES
+            for name in (*SERVICES, ALL_IN_ONE)
         }
 
     def start_infrastructure(self) -> None:
@@ -103,6 +112,9 @@ class Stack:
         admin = api_client(self.control_plane.kubeconfig)
         apply_crd(admin)
         utils.create_from_yaml(admin, str(RBAC_PATH))
+        # The all-in-one process's identity gets the bindings k8s/overlays/small gives it.
+        small = yaml.safe_load_all(SMALL_RBAC_PATH.read_text())
+        utils.create_from_yaml(admin, yaml_objects=[d for d in small if d["kind"] == "ClusterRoleBinding"])
         for name, token in self._tokens.items():
             path = self.control_plane.workdir / f"kubeconfig-{name}"
             path.write_text(self.control_plane.kubeconfig_for(service_user(name), token))
@@ -113,11 +125,12 @@ class Stack:
         port = self.http_ports.setdefault(instance or name, free_port())
         users = self.nats.users or {}
         addresses = ",".join(node.address for node in self.nats_cluster)
+        user = identity(name)
         return {
-            "CERTCHECK_NATS_URL": addresses if name in users else self.nats.url,
+            "CERTCHECK_NATS_URL": addresses if user in users else self.nats.url,
             "CERTCHECK_STREAM_REPLICAS": str(self.nats_nodes),
-            "CERTCHECK_NATS_USER": name if name in users else "",
-            "CERTCHECK_NATS_PASSWORD": users.get(name, ""),
+            "CERTCHECK_NATS_USER": user if user in users else "",
+            "CERTCHECK_NATS_PASSWORD": users.get(user, ""),
             "CERTCHECK_INSTANCE_ID": instance or name,
             "CERTCHECK_KUBECONFIG": str(self.kubeconfigs.get(name, self.control_plane.kubeconfig)),
             "CERTCHECK_HTTP_HOST": "127.0.0.1",
@@ -152,6 +165,12 @@ class Stack:
         return self.start_service(name, self.extra_env.get(name, {}))
 
     def start_services(self, extra_env: dict[str, dict[str, str]] | None = None) -> None:
+        """Every service, each its own process; or, with ``all_in_one``, one process running them all
+        (``extra_env`` of every service then goes to it)."""
+        if self.all_in_one:
+            merged = {k: v for name in SERVICES for k, v in (extra_env or {}).get(name, {}).items()}
+            self.start_service(ALL_IN_ONE, merged)
+            return
         for name in SERVICES:
             self.start_service(name, (extra_env or {}).get(name, {}))
 

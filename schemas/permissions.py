@@ -153,6 +153,20 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
 }
 
 
+ALL_IN_ONE_USER = "all"  # ``certcheck all``: every service in one process, over one connection
+
+
+def _union(*permissions: Permissions) -> Permissions:
+    return Permissions(publish=tuple(dict.fromkeys(p for each in permissions for p in each.publish)))
+
+
+# The users nats-server knows besides the admin: one per service, and the all-in-one process's.
+NATS_USERS: dict[str, Permissions] = {
+    **SERVICE_PERMISSIONS,
+    ALL_IN_ONE_USER: _union(*SERVICE_PERMISSIONS.values()),
+}
+
+
 def password_variable(user: str) -> str:
     return f"CERTCHECK_NATS_{user.upper()}_PASSWORD"
 
@@ -162,7 +176,7 @@ def _allow(items: tuple[str, ...], indent: str) -> list[str]:
 
 
 def nats_authorization() -> str:
-    """The nats-server ``authorization`` block: one user per service, and the admin."""
+    """The nats-server ``authorization`` block: one user per service, the all-in-one's, the admin."""
     lines = [
         "# Generated from schemas/permissions.py (tests/unit/test_permissions.py keeps them equal):",
         "#   python -m schemas.permissions > k8s/nats/auth.conf",
@@ -171,7 +185,7 @@ def nats_authorization() -> str:
         "  users: [",
         f"    {{user: {ADMIN_USER}, password: ${password_variable(ADMIN_USER)}}}",
     ]
-    for user, permissions in SERVICE_PERMISSIONS.items():
+    for user, permissions in NATS_USERS.items():
         lines += [
             f"    {{user: {user}, password: ${password_variable(user)}, permissions: {{",
             "      publish: {",

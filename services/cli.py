@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sys
 
-USAGE = "usage: certcheck {watcher,evaluator,recorder,notifier,exporter} [options]  (SERVICE --help: options)"
+USAGE = (
+    "usage: certcheck {watcher,evaluator,recorder,notifier,exporter,all} [options]  (SERVICE --help)\n"
+    "  all: every service in one process (small clusters, make up)"
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
         from services.exporter.__main__ import run
     elif service == "notifier":
         from services.notifier.__main__ import run
+    elif service == "all":
+        from services.allinone.__main__ import run
     else:
         sys.exit(f"certcheck: unknown service {service!r}\n{USAGE}")
     run(rest)

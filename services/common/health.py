@@ -17,6 +17,17 @@ class Health:
         self.reason = "starting"
         self._beat = time.monotonic()
         self._stale_after = stale_after_seconds
+        self._parts: dict[str, Health] = {}
+        self._whole: Health | None = None
+
+    def part(self, name: str) -> Health:
+        """The health of one part of a process that runs several services (``certcheck all``): the
+        process is ready once every part is, and says which are not."""
+        part = Health(self._stale_after)
+        part._whole = self
+        self._parts[name] = part
+        self._from_parts()
+        return part
 
     def beat(self) -> None:
         self._beat = time.monotonic()
@@ -27,6 +38,14 @@ class Health:
 
     def set_ready(self, ready: bool, reason: str = "") -> None:
         self.ready, self.reason = ready, reason
+        if self._whole is not None:
+            self._whole._from_parts()
+
+    def _from_parts(self) -> None:
+        waiting = [
+            f"{name}: {part.reason or 'not ready'}" for name, part in self._parts.items() if not part.ready
+        ]
+        self.ready, self.reason = not waiting, "; ".join(waiting)
 
 
 def serve_http(

@@ -16,7 +16,14 @@ log = logging.getLogger("certcheck.evaluator")
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     bus = await bus_mod.open_bus(settings, "evaluator")
-    evaluator = Evaluator(bus, settings)
+    try:
+        await serve(Evaluator(bus, settings), health, stop)
+    finally:
+        await bus.close()
+
+
+async def serve(evaluator: Evaluator, health: Health, stop: asyncio.Event) -> None:
+    """Follow the objects stream, evaluate once from the whole view, then work on every change."""
     await evaluator.consumers()
     tasks = [
         asyncio.create_task(resilient("follow-objects", evaluator.follow_objects), name="follow-objects")
@@ -29,10 +36,7 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
         asyncio.create_task(evaluator.resync(), name="resync"),
     ]
     health.set_ready(True)
-    try:
-        await supervise(stop, *tasks)
-    finally:
-        await bus.close()
+    await supervise(stop, *tasks)
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -17,16 +17,32 @@ from services.exporter.collector import ViewCollector
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     bus = await bus_mod.open_bus(settings, "exporter")
-    view = View()
-    follower = ViewFollower(bus, view)
-    following = asyncio.create_task(resilient("follow-objects", follower.run), name="follow-objects")
-    await follower.catch_up()
-    REGISTRY.register(ViewCollector(view, asyncio.get_running_loop()))
-    health.set_ready(True)
     try:
-        await supervise(stop, following)
+        view = View()
+        follower = ViewFollower(bus, view)
+        following = asyncio.create_task(resilient("follow-objects", follower.run), name="follow-objects")
+        await serve(view, follower, health, stop, following)
     finally:
         await bus.close()
+
+
+async def serve(
+    view: View,
+    follower: ViewFollower,
+    health: Health,
+    stop: asyncio.Event,
+    *tasks: asyncio.Task[None],
+) -> None:
+    """Serve the view's certificates as metrics once it has caught up (``follower`` may be someone
+    else's: in the all-in-one process the exporter reads the evaluator's view)."""
+    await follower.catch_up()
+    collector = ViewCollector(view, asyncio.get_running_loop())
+    REGISTRY.register(collector)
+    health.set_ready(True)
+    try:
+        await supervise(stop, *tasks)
+    finally:
+        REGISTRY.unregister(collector)  # a main started again in this process registers its own
 
 
 def run(argv: list[str] | None = None) -> None:

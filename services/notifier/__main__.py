@@ -19,14 +19,19 @@ from services.notifier.service import Notifier
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     bus = await bus_mod.open_bus(settings, "notifier")
-    kv = await bus_mod.key_value(bus, NOTIFIER_STATE_BUCKET, "what each notification target was told")
-    api = api_client(settings.kubeconfig)
-    notifier = Notifier(bus, kv, SecretReader(client.CoreV1Api(api)), KubeWriter(api), settings)
-    health.set_ready(True)
     try:
-        await supervise(stop, asyncio.create_task(resilient("notify", notifier.run), name="notify"))
+        await serve(bus, api_client(settings.kubeconfig), settings, health, stop)
     finally:
         await bus.close()
+
+
+async def serve(
+    bus: bus_mod.Bus, api: client.ApiClient, settings: Settings, health: Health, stop: asyncio.Event
+) -> None:
+    kv = await bus_mod.key_value(bus, NOTIFIER_STATE_BUCKET, "what each notification target was told")
+    notifier = Notifier(bus, kv, SecretReader(client.CoreV1Api(api)), KubeWriter(api), settings)
+    health.set_ready(True)
+    await supervise(stop, asyncio.create_task(resilient("notify", notifier.run), name="notify"))
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -16,18 +16,24 @@ from services.recorder.service import Recorder
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     bus = await bus_mod.open_bus(settings, "recorder")
-    writer = KubeWriter(api_client(settings.kubeconfig, pool_size=settings.write_concurrency))
+    try:
+        writer = KubeWriter(api_client(settings.kubeconfig, pool_size=settings.write_concurrency))
+        await serve(bus, writer, settings, health, stop)
+    finally:
+        await bus.close()
+
+
+async def serve(
+    bus: bus_mod.Bus, writer: KubeWriter, settings: Settings, health: Health, stop: asyncio.Event
+) -> None:
     applied = await bus_mod.key_value(bus, RECORDER_APPLIED_BUCKET, "results applied by the recorder")
     recorder = Recorder(bus, writer, settings, applied)
     health.set_ready(True)
-    try:
-        await supervise(
-            stop,
-            asyncio.create_task(resilient("record", recorder.run), name="record"),
-            asyncio.create_task(resilient("record-events", recorder.run_events), name="record-events"),
-        )
-    finally:
-        await bus.close()
+    await supervise(
+        stop,
+        asyncio.create_task(resilient("record", recorder.run), name="record"),
+        asyncio.create_task(resilient("record-events", recorder.run_events), name="record-events"),
+    )
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -133,23 +133,32 @@ def build_watches(
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     bus = await bus_mod.open_bus(settings, "watcher")
     try:
-        leases = await bus_mod.key_value(bus, LEASE_BUCKET, "leader leases")
-        lease = Lease(leases, "watcher", settings.instance_id, settings.lease_seconds)
-        health.set_ready(True)  # a standby is healthy: it takes over when the active watcher goes
-        while not stop.is_set():
-            log.info("standing by for the watcher lease as %s", settings.instance_id)
-            if not await lease.acquire(stop):
-                return
-            log.info("holding the watcher lease as %s", settings.instance_id)
-            try:
-                await _watch(settings, bus, stop, lease)
-            finally:
-                await lease.release()
+        await serve(bus, api_client(settings.kubeconfig), settings, health, stop)
     finally:
         await bus.close()
 
 
-async def _watch(settings: Settings, bus: bus_mod.Bus, stop: asyncio.Event, lease: Lease) -> None:
+async def serve(
+    bus: bus_mod.Bus, api: client.ApiClient, settings: Settings, health: Health, stop: asyncio.Event
+) -> None:
+    """Stand by for the watcher lease; while holding it, list, watch and publish."""
+    leases = await bus_mod.key_value(bus, LEASE_BUCKET, "leader leases")
+    lease = Lease(leases, "watcher", settings.instance_id, settings.lease_seconds)
+    health.set_ready(True)  # a standby is healthy: it takes over when the active watcher goes
+    while not stop.is_set():
+        log.info("standing by for the watcher lease as %s", settings.instance_id)
+        if not await lease.acquire(stop):
+            return
+        log.info("holding the watcher lease as %s", settings.instance_id)
+        try:
+            await _watch(settings, bus, api, stop, lease)
+        finally:
+            await lease.release()
+
+
+async def _watch(
+    settings: Settings, bus: bus_mod.Bus, api: client.ApiClient, stop: asyncio.Event, lease: Lease
+) -> None:
     """List, watch and publish, for as long as this replica holds the lease."""
     known = await load_published(bus)
     log.info("loaded %d published objects from the stream", len(known))
@@ -181,7 +190,7 @@ async def _watch(settings: Settings, bus: bus_mod.Bus, stop: asyncio.Event, leas
             put(Listed(subjects.KIND_CONFIGMAP, set(), UNWATCHED))
     log.info("resuming watches from %s", resume)
 
-    watches.update(build_watches(settings, api_client(settings.kubeconfig), put, resume))
+    watches.update(build_watches(settings, api, put, resume))
     publishing = asyncio.create_task(publisher.run(), name="publish")
     saving = asyncio.create_task(publisher.save_progress(), name="save-progress")
     expiring = asyncio.create_task(publisher.watch_acks(), name="watch-acks")

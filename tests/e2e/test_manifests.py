@@ -22,7 +22,7 @@ from devcluster.stack import REPO, apply_crd
 
 K8S = REPO / "k8s"
 BASE = K8S / "base"
-OVERLAYS = ("overlays/dev", "overlays/prod")
+OVERLAYS = ("overlays/dev", "overlays/prod", "overlays/small")
 PROMETHEUS_OPERATOR_CRDS = sorted((REPO / "tests" / "schemas").glob("monitoring.coreos.com_*.yaml"))
 FIELD_MANAGER = "certcheck-manifest-test"
 
@@ -143,6 +143,27 @@ def test_prod_runs_a_three_node_nats_cluster_with_streams_replicated_three_times
     assert deployments["certcheck-exporter"]["spec"]["replicas"] == 1  # the single scrape target
     assert by_kind(objects, "Secret") == {}  # production brings its own NATS passwords
     assert set(by_kind(objects, "ServiceMonitor")) == set(by_kind(objects, "PrometheusRule")) == {"certcheck"}
+
+
+def test_small_runs_every_service_in_one_deployment_as_the_all_user_with_every_services_roles() -> None:
+    objects = render("overlays/small")
+    [(name, deployment)] = by_kind(objects, "Deployment").items()
+    assert name == "certcheck-all"
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["args"] == ["all"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["CERTCHECK_NATS_USER"]["value"] == "all"
+    assert env["CERTCHECK_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "all"
+    bound = {
+        b["roleRef"]["name"]
+        for b in by_kind(objects, "ClusterRoleBinding").values()
+        if {"kind": "ServiceAccount", "name": pod["serviceAccountName"], "namespace": "certcheck"}
+        in b["subjects"]
+    }
+    assert bound == {"certcheck-watcher", "certcheck-recorder", "certcheck-notifier"}
+    assert set(by_kind(objects, "Service")) == {"certcheck-all", "nats", "nats-headless"}
+    assert by_kind(objects, "PodDisruptionBudget") == {}
 
 
 def test_every_service_connects_as_its_own_nats_user_with_a_password_from_the_secret() -> None:

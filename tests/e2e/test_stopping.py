@@ -120,10 +120,11 @@ def alive(pids: set[int]) -> set[int]:
     return living
 
 
-def start_devcluster(tmp_path: Path) -> tuple[subprocess.Popen[bytes], set[int]]:
+def start_devcluster(tmp_path: Path, split: bool = False) -> tuple[subprocess.Popen[bytes], set[int]]:
     log = (tmp_path / "up.log").open("wb")
+    mode = ["--split"] if split else []
     up = subprocess.Popen(
-        [sys.executable, "-m", "devcluster", "--no-demo", "--state-dir", str(tmp_path / "state")],
+        [sys.executable, "-m", "devcluster", "--no-demo", *mode, "--state-dir", str(tmp_path / "state")],
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -136,12 +137,14 @@ def start_devcluster(tmp_path: Path) -> tuple[subprocess.Popen[bytes], set[int]]
     )
     assert up.poll() is None, (tmp_path / "up.log").read_text()[-2000:]
     children = descendants(up.pid)
-    assert len(children) >= 3 + len(SERVICES)  # etcd, kube-apiserver, nats-server and the services
+    # etcd, kube-apiserver, nats-server and the services (or the one running them all)
+    assert len(children) >= 3 + (len(SERVICES) if split else 1)
     return up, children
 
 
-def test_make_up_stops_everything_within_10_seconds_of_ctrl_c(tmp_path: Path) -> None:
-    up, children = start_devcluster(tmp_path)
+@pytest.mark.parametrize("split", [False, True], ids=["one-process", "split"])
+def test_make_up_stops_everything_within_10_seconds_of_ctrl_c(tmp_path: Path, split: bool) -> None:
+    up, children = start_devcluster(tmp_path, split)
     started = time.monotonic()
     up.send_signal(signal.SIGINT)
     code = up.wait(30)

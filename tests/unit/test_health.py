@@ -55,3 +55,14 @@ def test_readyz_says_why_until_the_service_is_ready() -> None:
         assert status(port, "/readyz") == 200
     finally:
         server.shutdown()
+
+
+def test_a_process_of_several_parts_is_ready_once_every_part_is_and_names_those_that_are_not() -> None:
+    whole = Health()
+    watcher, evaluator = whole.part("watcher"), whole.part("evaluator")
+    watcher.set_ready(True)
+    assert (whole.ready, whole.reason) == (False, "evaluator: starting")
+    evaluator.set_ready(True)
+    assert whole.ready
+    evaluator.set_ready(False, "restarting")
+    assert (whole.ready, whole.reason) == (False, "evaluator: restarting")
