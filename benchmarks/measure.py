@@ -8,11 +8,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from devcluster.stack import SERVICES, Stack
+from devcluster.stack import Stack
 
 
 def metric(stack: Stack, service: str, name: str, labels: str = "") -> float:
-    url = f"http://127.0.0.1:{stack.http_ports[service]}/metrics"
+    url = f"http://127.0.0.1:{stack.http_ports[stack.process_of(service)]}/metrics"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
@@ -57,9 +57,9 @@ def wait_quiet(stack: Stack, quiet: float = 2.0, timeout: float = 120) -> float:
 
 def quiet_restart(stack: Stack, settle_seconds: float = 10.0) -> float:
     """Stop every service, start it again, wait: the Kubernetes writes the recorder counts meanwhile."""
-    for name in SERVICES:
+    for name in stack.processes:
         stack.services[name].stop()
-    for name in SERVICES:
+    for name in stack.processes:
         stack.start_service(name)
     time.sleep(settle_seconds)
     return metric(stack, "recorder", "certcheck_kubernetes_writes_total")

@@ -58,7 +58,7 @@ from kubernetes import client
 from benchmarks import measure
 from benchmarks.measure import cpu_seconds, metric, peak_rss_mib, wait_quiet
 from devcluster.certs import make_cert, tls_secret_data
-from devcluster.stack import SERVICES, Stack, api_client
+from devcluster.stack import Stack, api_client
 from schemas import annotations as ann
 from schemas.messages import AnnotationPatch, State
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, MERGE_PATCH
@@ -372,13 +372,13 @@ class ColdStart:
 
 
 def pids(stack: Stack) -> dict[str, int]:
-    found = {name: stack.services[name].proc for name in SERVICES}
+    found = {name: stack.services[name].proc for name in stack.processes}
     found["nats-server"] = stack.nats.proc
     return {name: proc.pid for name, proc in found.items() if proc is not None}
 
 
 def service_cpu(stack: Stack) -> dict[str, float]:
-    return {name: cpu_seconds(pid) for name, pid in pids(stack).items() if name in SERVICES}
+    return {name: cpu_seconds(pid) for name, pid in pids(stack).items() if name in stack.processes}
 
 
 def is_recorded(api: Api, plan: Plan) -> bool:
@@ -407,7 +407,7 @@ class Readiness:
     imports, connections: what a small shape mostly measures)."""
 
     def __init__(self, stack: Stack) -> None:
-        self.stack, self.started, self.waiting = stack, time.monotonic(), set(SERVICES)
+        self.stack, self.started, self.waiting = stack, time.monotonic(), set(stack.processes)
         self.seconds = self.cpu = math.nan
 
     def poll(self) -> None:
@@ -446,8 +446,7 @@ def cold_start(
     stack: Stack, api: Api, plan: Plan, env: dict[str, dict[str, str]], timeout: float
 ) -> ColdStart:
     before, offset, own, machine = api.requests_by_verb(), audit_offset(stack), api.sent, Machine(stack)
-    for name in SERVICES:
-        stack.start_service(name, env.get(name), wait=False)
+    stack.start_services(env, wait=False)
     ready = Readiness(stack)
     seconds = wait_recorded(stack, api, plan, ready, timeout)
     cpu, foreign = service_cpu(stack), machine.foreign()
@@ -854,7 +853,7 @@ def quiet_restart(stack: Stack) -> tuple[float, Counter[tuple[str, str]]]:
 
 
 def run_shape(workdir: Path, shape: Shape, floor: Floor, args: argparse.Namespace) -> ShapeResult:
-    stack = Stack(workdir / shape.name)
+    stack = Stack(workdir / shape.name, all_in_one=args.all_in_one)
     try:
         stack.start_infrastructure()
         api = Api(stack)
@@ -990,13 +989,20 @@ def main() -> None:
         default="kubernetes.io/tls,Opaque",
         help="the watcher's CERTCHECK_SECRET_TYPES (with Opaque, the noise Secrets reach the services)",
     )
+    parser.add_argument(
+        "--all-in-one", action="store_true", help="certcheck as one process (certcheck all), not five"
+    )
     args = parser.parse_args()
     names = [n.strip() for n in args.shapes.split(",") if n.strip()]
     unknown = [n for n in names if n not in SHAPES]
     if unknown:
         parser.error(f"unknown shapes {unknown}; known: {', '.join(SHAPES)}")
     shapes = [scaled(SHAPES[n], args.scale) for n in names]
-    print(f"shapes {', '.join(names)} at scale {args.scale:g}; watcher secret types {args.secret_types}")
+    mode = "one process (certcheck all)" if args.all_in_one else "five processes"
+    print(
+        f"shapes {', '.join(names)} at scale {args.scale:g}; watcher secret types {args.secret_types}; "
+        f"certcheck as {mode}"
+    )
     with tempfile.TemporaryDirectory(prefix="certcheck-shapes-") as workdir:
         floor = measure_floor(Path(workdir), max(s.certificates for s in shapes), args)
         print_floor(floor, args.rate)

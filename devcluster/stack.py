@@ -164,15 +164,24 @@ class Stack:
         process.kill() if kill else process.stop()
         return self.start_service(name, self.extra_env.get(name, {}))
 
-    def start_services(self, extra_env: dict[str, dict[str, str]] | None = None) -> None:
+    @property
+    def processes(self) -> tuple[str, ...]:
+        """The service processes ``start_services`` starts."""
+        return (ALL_IN_ONE,) if self.all_in_one else SERVICES
+
+    def process_of(self, service: str) -> str:
+        """The process that runs a service (whose port serves its metrics)."""
+        return ALL_IN_ONE if self.all_in_one else service
+
+    def start_services(self, extra_env: dict[str, dict[str, str]] | None = None, wait: bool = True) -> None:
         """Every service, each its own process; or, with ``all_in_one``, one process running them all
         (``extra_env`` of every service then goes to it)."""
         if self.all_in_one:
             merged = {k: v for name in SERVICES for k, v in (extra_env or {}).get(name, {}).items()}
-            self.start_service(ALL_IN_ONE, merged)
+            self.start_service(ALL_IN_ONE, merged, wait=wait)
             return
         for name in SERVICES:
-            self.start_service(name, (extra_env or {}).get(name, {}))
+            self.start_service(name, (extra_env or {}).get(name, {}), wait=wait)
 
     def stop(self) -> None:
         for process in self.services.values():
