@@ -42,6 +42,10 @@ class Settings:
     )
     # recorder
     write_concurrency: int = field(default_factory=lambda: int(_env("write_concurrency", "16")))
+    # Normal Events on Secrets (Renewed, Recovered) per namespace: a burst, then one per refill period
+    # (a mass rotation is summarised on the CertCheck instead); 0: no limit. Warnings are never held.
+    event_burst: int = field(default_factory=lambda: int(_env("event_burst", "25")))
+    event_refill_seconds: float = field(default_factory=lambda: float(_env("event_refill_seconds", "5")))
     # notifier
     slack_api_url: str = field(default_factory=lambda: _env("slack_api_url", "https://slack.com/api"))
     notify_max_attempts: int = field(default_factory=lambda: int(_env("notify_max_attempts", "6")))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,7 @@ from services.common.bus import (
 )
 from services.common.kube_writer import Gone, KubeWriter
 from services.common.settings import Settings
+from services.recorder.budget import EventBudget
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ MAX_DELIVERIES = 20  # then the result goes to the dead-letter stream (a newer o
 applied = Counter("certcheck_recorder_results_total", "Results handled", ["kind", "outcome"])
 event_writes = Counter(
     "certcheck_recorder_events_total", "Kubernetes Events handled", ["outcome"]
-)  # created, aggregated, duplicate, retry
+)  # created, aggregated, duplicate, retry, held_back (a mass rotation's routine Events, see budget.py)
 # An Event whose write keeps failing is retried every EVENT_RETRY_CAP_SECONDS for about a day, then parked.
 EVENT_RETRY_CAP_SECONDS = 300.0
 MAX_EVENT_DELIVERIES = 300
@@ -132,6 +134,7 @@ class Recorder:
         self._in_flight = 0  # results being applied or waiting
         self._room = asyncio.Condition()
         self._one_secret_at_a_time = KeyedLock()
+        self._event_budget = EventBudget(settings.event_burst, settings.event_refill_seconds)
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         async with self._limit:
@@ -236,6 +239,10 @@ class Recorder:
             intent = kube_event_decoder.decode(msg.data)
         except Exception as exc:
             await dead_letter(self.bus, msg, f"undecodable Event: {exc}", "undecodable")
+            return
+        if not self._event_budget.allows(intent, time.monotonic()):
+            event_writes.labels("held_back").inc()  # the CertCheck's summary Event counts it
+            await msg.ack()
             return
         try:
             outcome = await self._call(self.writer.emit_event, intent)

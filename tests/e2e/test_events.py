@@ -207,3 +207,39 @@ def test_annotations_deleted_by_hand_come_back_without_counting_the_event_again(
     )
     wait_settled(stack, cluster, namespace)
     assert reasons(cluster, namespace, "Secret", "s") == [("Warning", "ExpiringSoon", 1)]
+
+
+def test_a_mass_rotation_writes_every_warning_a_burst_of_renewed_events_and_summaries_counting_all(
+    stack: Stack, cluster: Cluster, namespace: str
+) -> None:
+    count = 40  # beyond the recorder's default budget of 25 routine Secret Events per namespace
+    cert, key = expiring_in(10)
+    for index in range(count):
+        cluster.create_tls_secret(namespace, f"s{index:02d}", cert, key, labels={"app": "rot"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "rot"}})
+
+    def secret_events(reason: str) -> list[Any]:
+        return [e for e in cluster.events(namespace, "Secret") if e.reason == reason]
+
+    wait_for(lambda: len(secret_events("ExpiringSoon")) == count, what="every Warning written")
+    renewed, renewed_key = expiring_in(300)
+    for index in range(count):
+        cluster.core.patch_namespaced_secret(
+            f"s{index:02d}", namespace, {"data": tls_secret_data(renewed, renewed_key)}
+        )
+    wait_for(
+        lambda: all(
+            cluster.annotations(namespace, f"s{index:02d}").get("certcheck.dev/state") == "Valid"
+            for index in range(count)
+        ),
+        what="every Secret Valid",
+    )
+
+    def summarised() -> int:
+        summaries = [e for e in cluster.events(namespace, "CertCheck", "c") if e.reason == "Renewed"]
+        return sum(int(e.message.split(" ", 1)[0]) for e in summaries)
+
+    wait_for(lambda: summarised() == count, what="the CertCheck's Renewed summaries counting all")
+    wait_settled(stack, cluster, namespace)
+    assert 25 <= len(secret_events("Renewed")) < count
+    assert len(secret_events("ExpiringSoon")) == count

@@ -4,6 +4,7 @@ result's annotation patches go out as it arrives. The bus and the API server are
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -11,7 +12,7 @@ from typing import Any
 
 from nats.js.errors import KeyNotFoundError
 
-from schemas.messages import AnnotationPatch, CertCheckStatus, EvaluationResult, encoder
+from schemas.messages import AnnotationPatch, CertCheckStatus, EvaluationResult, EventIntent, encoder
 from services.common.settings import Settings
 from services.recorder.service import KeyedLock, Recorder
 
@@ -133,3 +134,43 @@ async def test_writes_to_one_key_go_out_one_at_a_time_in_the_order_they_were_sta
     assert order.index("a end") < order.index("b start")
     assert order.index("other start") < order.index("a end")  # another key does not wait
     assert not lock._locks
+
+
+class RecordingEventWriter:
+    def __init__(self) -> None:
+        self.events: list[EventIntent] = []
+
+    def emit_event(self, intent: EventIntent) -> str:
+        self.events.append(intent)
+        return "created"
+
+
+def event_message(seq: int, type_: str, kind: str = "Secret") -> FakeMsg:
+    intent = EventIntent(
+        namespace="ns",
+        involved_api_version="v1",
+        involved_kind=kind,
+        involved_name=f"s{seq}",
+        involved_uid=f"uid-{seq}",
+        type=type_,
+        reason="Renewed" if type_ == "Normal" else "Expired",
+        message="m",
+        dedup_key=f"k{seq}",
+    )
+    return FakeMsg(f"certcheck.v1.kubeevents.ns.k{seq}", encoder.encode(intent), seq)
+
+
+async def test_a_mass_rotation_writes_a_burst_of_renewed_events_and_every_warning() -> None:
+    writer = RecordingEventWriter()
+    settings = dataclasses.replace(Settings(), event_burst=5, event_refill_seconds=3600)
+    recorder = Recorder(SimpleNamespace(), writer, settings, FakeKeyValue())  # type: ignore[arg-type]
+    renewed = [event_message(i, "Normal") for i in range(20)]
+    warnings = [event_message(100 + i, "Warning") for i in range(20)]
+    summaries = [event_message(200 + i, "Normal", kind="CertCheck") for i in range(3)]
+    for msg in [*renewed, *warnings, *summaries]:
+        await recorder._write_event(msg)
+    written = [(e.type, e.involved_kind) for e in writer.events]
+    assert written.count(("Normal", "Secret")) == 5
+    assert written.count(("Warning", "Secret")) == 20
+    assert written.count(("Normal", "CertCheck")) == 3
+    assert all(msg.acked for msg in [*renewed, *warnings, *summaries])  # held back is done, not retried
