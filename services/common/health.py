@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
@@ -53,12 +54,17 @@ def serve_http(
 ) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path == "/metrics":
-                self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-            elif self.path == "/healthz":
+            path, _, query = self.path.partition("?")
+            if path == "/metrics":
+                # ?name[]=...: only those families, as prometheus_client's own handler allows (a
+                # poller of one counter need not have every certificate's series rendered)
+                names = parse_qs(query).get("name[]")
+                chosen = registry.restricted_registry(names) if names else registry
+                self._reply(200, generate_latest(chosen), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
                 ok = health.alive
                 self._reply(200 if ok else 503, b"ok\n" if ok else b"event loop stalled\n")
-            elif self.path == "/readyz":
+            elif path == "/readyz":
                 ok = health.ready
                 self._reply(200 if ok else 503, f"{'ok' if ok else health.reason}\n".encode())
             else:

@@ -33,7 +33,7 @@ class Settings:
     configmap_label_selector: str = field(default_factory=lambda: _env("configmap_label_selector", ""))
     list_page_size: int = field(default_factory=lambda: int(_env("list_page_size", "500")))
     # evaluator
-    status_cap: int = field(default_factory=lambda: int(_env("status_cap", "500")))
+    status_cap: int = field(default_factory=lambda: int(_env("status_cap", "100")))
     # How old a status may get before an unchanged one is written again (its lastEvaluationTime); 0:
     # the resync interval.
     status_refresh_seconds: float = field(default_factory=lambda: float(_env("status_refresh_seconds", "0")))

@@ -34,7 +34,7 @@ KIND_CONFIGMAP = "ConfigMap"
 # Urgency: what an operator must look at first comes first.
 _RANK = {State.EXPIRED: 0, State.EXPIRING_SOON: 1, State.INVALID: 2, State.NOT_YET_VALID: 3, State.VALID: 4}
 _FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
-DEFAULT_STATUS_CAP = 500
+DEFAULT_STATUS_CAP = 100
 STATUS_DNS_NAMES = 10  # per certificate in the status: a SAN list of thousands would crowd out the rest
 # The status must fit a bus message and an etcd object with room to spare, whatever the status cap says.
 STATUS_MAX_BYTES = 256 << 10

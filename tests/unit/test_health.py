@@ -66,3 +66,23 @@ def test_a_process_of_several_parts_is_ready_once_every_part_is_and_names_those_
     assert whole.ready
     evaluator.set_ready(False, "restarting")
     assert (whole.ready, whole.reason) == (False, "evaluator: restarting")
+
+
+def test_metrics_can_be_asked_for_one_family_only() -> None:
+    from prometheus_client import CollectorRegistry, Counter
+
+    registry = CollectorRegistry()
+    Counter("certcheck_wanted_total", "w", registry=registry).inc()
+    Counter("certcheck_other_total", "o", registry=registry).inc()
+    server = serve_http(Health(), "127.0.0.1", 0, registry)
+    port = server.server_address[1]
+    try:
+        url = f"http://127.0.0.1:{port}/metrics?name[]=certcheck_wanted_total"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            text = response.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            everything = response.read().decode()
+    finally:
+        server.shutdown()
+    assert "certcheck_wanted_total 1.0" in text and "certcheck_other" not in text
+    assert "certcheck_other_total 1.0" in everything
