@@ -108,11 +108,37 @@ class KubeWriter:
             gone_is=f"CertCheck {namespace}/{name}",
         )
 
-    def patch_status(self, namespace: str, name: str, uid: str, status: CertCheckStatus) -> None:
+    def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        status: CertCheckStatus,
+        present: frozenset[str] | None = None,
+    ) -> frozenset[str]:
+        """Write the status (all but the notifier's field) of the CertCheck with this uid. Returns the
+        status fields it holds now, which, passed as ``present`` to the next write of the same object,
+        let that one be a single request: a JSON patch that tests the uid, sets every field that has a
+        value and removes those of ``present`` that have none. If the status is not as ``present``
+        says (someone removed a field), or the uid differs, that patch fails as a whole and the write
+        goes the two-request way, which tells the two apart."""
         # Every field is sent, None as null, so a merge patch also removes what no longer applies.
         fields = msgspec.to_builtins(status)
         fields.pop("notificationFailures", None)  # the notifier's field: never overwritten from here
+        holds = frozenset(k for k, v in fields.items() if v is not None)
+        if present is not None:
+            ops: list[dict[str, object]] = [{"op": "test", "path": "/metadata/uid", "value": uid}]
+            ops += [{"op": "add", "path": f"/status/{k}", "value": fields[k]} for k in sorted(holds)]
+            ops += [{"op": "remove", "path": f"/status/{k}"} for k in sorted(present - holds) if k in fields]
+            code, _ = self._send("PATCH", _certcheck_status_path(namespace, name), ops, JSON_PATCH)
+            if code < 300:
+                writes.labels("status", "ok").inc()
+                return holds
+            if code == 404:
+                writes.labels("status", "gone").inc()
+                raise Gone(f"CertCheck {namespace}/{name}")
         self._patch_status(namespace, name, uid, fields)
+        return holds
 
     def patch_notification_failures(
         self, namespace: str, name: str, uid: str, failures: list[NotificationFailure]

@@ -128,6 +128,7 @@ class Recorder:
         self._pool = ThreadPoolExecutor(settings.write_concurrency, thread_name_prefix="kube-write")
         self._limit = asyncio.Semaphore(settings.write_concurrency * 2)
         self._written_status = _Lru(10_000)
+        self._status_fields = _Lru(10_000)  # per CertCheck: (uid, the status fields it holds since our write)
         self._written_annotations = _Lru(200_000)
         self._busy: set[str] = set()  # subjects with a result being applied
         self._waiting: dict[str, _Taken] = {}  # per busy subject, the newest result that came since
@@ -274,6 +275,7 @@ class Recorder:
             await self._annotate(result.patch)
         elif isinstance(result, CertCheckRemoved):
             self._written_status.pop((result.namespace, result.name), None)
+            self._status_fields.pop((result.namespace, result.name), None)
 
     async def _annotate_all(self, result: EvaluationResult | AnnotationCleanup) -> None:
         """A result's annotation patches, started as it arrives; a failure is left to its turn."""
@@ -288,14 +290,21 @@ class Recorder:
         # edited by hand since comes with a newer resourceVersion and is put back.
         fingerprint = (result.uid, result.resource_version, encoder.encode(result.status))
         if result.status_changed and self._written_status.get(status_key) != fingerprint:
+            written_uid, present = self._status_fields.get(status_key, ("", None))
             try:
-                await self._call(
-                    self.writer.patch_status, result.namespace, result.name, result.uid, result.status
+                holds = await self._call(
+                    self.writer.patch_status,
+                    result.namespace,
+                    result.name,
+                    result.uid,
+                    result.status,
+                    present if written_uid == result.uid else None,
                 )
             except Gone:
                 pass  # the CertCheck went; its Events are still sent, as before
             else:
                 self._written_status.put(status_key, fingerprint)
+                self._status_fields.put(status_key, (result.uid, holds))
 
     async def _annotate(self, patch: AnnotationPatch) -> None:
         """Write the patch, unless this recorder wrote these values already from the same observed

@@ -10,7 +10,7 @@ from devcluster.certs import expiring_in
 from schemas.messages import AnnotationPatch, CertCheckStatus
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION
 from services.common.kube_writer import Gone, KubeWriter
-from tests.conftest import Cluster
+from tests.conftest import Cluster, wait_for
 
 
 def test_a_result_for_a_deleted_object_never_lands_on_its_recreated_namesake(
@@ -37,3 +37,38 @@ def test_a_result_for_a_deleted_object_never_lands_on_its_recreated_namesake(
     # The pipeline evaluates the namesake too; the stale write's values are nowhere.
     assert cluster.status(namespace, "c").get("validCount") != 7
     assert cluster.annotations(namespace, "s").get("certcheck.dev/state") != "Expired"
+
+
+def test_a_status_write_after_the_first_is_one_request_that_still_refuses_a_namesake(
+    cluster: Cluster, namespace: str, api: client.ApiClient
+) -> None:
+    sent: list[str] = []
+
+    class CountingWriter(KubeWriter):
+        def _send(self, method: str, path: str, body: object, content_type: str) -> tuple[int, bytes]:
+            sent.append(content_type)
+            return super()._send(method, path, body, content_type)
+
+    writer = CountingWriter(api)
+    # The CertCheck selects nothing, so the pipeline writes its status once and then leaves it alone.
+    old_check = cluster.create_certcheck(namespace, "c", {"matchLabels": {"nothing": "here"}})
+    wait_for(lambda: cluster.status(namespace, "c").get("observedGeneration"), what="a first status")
+    uid = old_check["metadata"]["uid"]
+    first = CertCheckStatus(valid_count=1, earliest_not_after="2030-01-01T00:00:00Z")
+    present = writer.patch_status(namespace, "c", uid, first)
+    assert len(sent) == 2  # the uid test, then the merge patch: what the status holds is not known yet
+    sent.clear()
+    second = CertCheckStatus(valid_count=2)  # earliestNotAfter gone
+    present = writer.patch_status(namespace, "c", uid, second, present)
+    assert sent == ["application/json-patch+json"]
+    status = cluster.status(namespace, "c")
+    assert status["validCount"] == 2 and "earliestNotAfter" not in status
+
+    cluster.custom.delete_namespaced_custom_object(
+        CERTCHECK_GROUP, CERTCHECK_VERSION, namespace, CERTCHECK_PLURAL, "c"
+    )
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"nothing": "here"}})
+    wait_for(lambda: cluster.status(namespace, "c").get("observedGeneration"), what="the namesake's status")
+    with pytest.raises(Gone):
+        writer.patch_status(namespace, "c", uid, CertCheckStatus(valid_count=7), present)
+    assert cluster.status(namespace, "c").get("validCount") != 7

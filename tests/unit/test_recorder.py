@@ -70,9 +70,12 @@ class SlowStatusWriter:
     def patch_annotations(self, patch: AnnotationPatch) -> None:
         self.annotated.append(patch.name)
 
-    def patch_status(self, namespace: str, name: str, uid: str, status: CertCheckStatus) -> None:
+    def patch_status(
+        self, namespace: str, name: str, uid: str, status: CertCheckStatus, present: object = None
+    ) -> frozenset[str]:
         assert self.release.wait(10)
         self.statuses.append(status.target_secrets_count)
+        return frozenset()
 
 
 def result(seq: int, secret: str) -> FakeMsg:
