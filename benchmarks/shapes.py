@@ -2,6 +2,7 @@
 Prints; asserts nothing.
 
     python -m benchmarks.shapes [--shapes spread,dense,few] [--scale 1.0] [--rate 20] [--duration 20]
+                                [--sweep 50,100,200,400] [--sweep-duration 10] [--sweep-p99 1000]
 
 Run it from the repository root (``make bench`` does). Absolute times vary 2x from one day to the next on
 the same machine, so each shape is compared with what the API server alone costs, measured in the run:
@@ -27,6 +28,11 @@ For each shape:
    schedule whatever the earlier ones are doing. Per change, from its scheduled moment until the Secret's
    certcheck.dev/not-after annotation, the CertCheck's status entry and the Secret's Warning Event (for
    every fourth change, an ExpiringSoon one) show it; one watch per kind sees them all.
+   With --sweep, then the highest rate of changes the services sustain without their latency growing:
+   once quiet, one open-loop batch per rate, lowest first, each for --sweep-duration seconds and planned
+   as the others (every change a notAfter of its own), waiting for quiet after each. A rate is sustained
+   when every change's annotation was seen, with a p99 of at most --sweep-p99 ms and at most 3x the
+   lowest rate's; the sweep stops at the first rate that is not.
 3. Quiet restart: every service stopped and started again; the Kubernetes writes in the 10 s after.
 """
 
@@ -492,16 +498,19 @@ def capped(api: Api) -> set[tuple[str, str]]:
     }
 
 
-def plan_changes(plan: Plan, count: int, capped: set[tuple[str, str]], now: datetime) -> list[Change]:
+def plan_changes(
+    plan: Plan, count: int, capped: set[tuple[str, str]], now: datetime, first: int = 0
+) -> list[Change]:
     """Every fourth change a certificate expiring within the threshold (a Warning Event), the others a
-    renewal (a Normal Renewed). Where a status lists only the most urgent certificates, a Valid one is
-    left out of it: its status entry is not looked for."""
+    renewal (a Normal Renewed). Where a status lists only the most urgent certificates, which ones it
+    lists is not foreseeable: no status entry is looked for there. Changes planned after others go on
+    from index ``first`` (how many came before): each notAfter, ``i`` seconds past a later moment, is new."""
     targets = sorted((s for s in plan.selected if s.not_after), key=lambda s: s.order)
     current = {
         (s.namespace, s.name): (state_of(s.not_after, now), s.annotated) for s in targets if s.not_after
     }
     changes = []
-    for i in range(count):
+    for i in range(first, first + count):
         secret = targets[i % len(targets)]
         days = 10 + i % 15 if i % 4 == 3 else 400 + i % 50
         not_after = (now + timedelta(days=days, hours=12, seconds=i)).replace(microsecond=0)
@@ -510,7 +519,8 @@ def plan_changes(plan: Plan, count: int, capped: set[tuple[str, str]], now: date
         new_state = state_of(not_after, now)
         reason = transition_reason(old_state, new_state, old_value, rfc3339(not_after))
         current[key] = (new_state, rfc3339(not_after))
-        listed = (secret.namespace, secret.check or "") not in capped or new_state != State.VALID.value
+        # A capped status lists only its most urgent certificates: which ones is not foreseeable here.
+        listed = (secret.namespace, secret.check or "") not in capped
         # A Normal Secret Event may be held back (the recorder's per-namespace budget for a mass
         # rotation, summarised on the CertCheck): only the Warnings are certain, so only they are timed.
         warning = reason in (State.EXPIRING_SOON.value, State.EXPIRED.value, State.INVALID.value)
@@ -685,6 +695,14 @@ def run_changes(
     return changes
 
 
+def record_changes(changes: list[Change]) -> None:
+    """Put in the plan the notAfter each change left in its Secret (those answered without an error, the
+    latest scheduled last): the next changes are planned from there, with the right Event reasons."""
+    for change in sorted(changes, key=lambda c: c.scheduled):
+        if not change.error:
+            change.secret.not_after = change.not_after
+
+
 # --- figures --------------------------------------------------------------------------------------
 
 
@@ -813,6 +831,105 @@ def print_floor(floor: Floor, rate: float) -> None:
     print(f"  sends lagged <= {floor.lag_ms:.0f}ms; {noise_note(floor.foreign_cpu)}")
 
 
+# --- the sweep ------------------------------------------------------------------------------------
+
+
+SWEEP_GROWTH = 3.0  # a sustained rate's annotation p99 is at most this many times the lowest rate's
+
+
+@dataclass
+class SweepStep:
+    rate: float  # changes per second
+    changes: list[Change]
+    foreign_cpu: tuple[float, float]  # Machine.foreign() during the changes
+
+    @property
+    def annotation(self) -> Latency:
+        return effect_latency(self.changes, "annotation")
+
+    @property
+    def never_seen(self) -> int:
+        figures = [effect_latency(self.changes, effect) for effect in EFFECTS]
+        return sum(f.due - f.seen for f in figures)
+
+
+@dataclass
+class Sweep:
+    """Open-loop batches of changes at rising rates, until one rate is not sustained."""
+
+    rates: list[float]  # as asked, lowest first
+    duration: float  # seconds per rate
+    p99_limit: float  # milliseconds
+    steps: list[SweepStep] = field(default_factory=list)
+
+    @property
+    def baseline(self) -> float:
+        """The lowest rate's annotation p99, milliseconds."""
+        return self.steps[0].annotation.p99 if self.steps else math.nan
+
+    @property
+    def criterion(self) -> str:
+        return (
+            f"every annotation seen, its p99 <= {self.p99_limit:g}ms and <= {SWEEP_GROWTH:g}x the lowest "
+            f"rate's ({self.baseline:.0f}ms)"
+        )
+
+    def verdict(self, step: SweepStep) -> str:
+        """Whether the rate was sustained: "yes", or why not."""
+        figures = step.annotation
+        if figures.seen < figures.due:
+            return f"no: {figures.due - figures.seen} annotations never seen"
+        if figures.p99 > self.p99_limit:
+            return f"no: p99 > {self.p99_limit:g}ms"
+        if figures.p99 > SWEEP_GROWTH * self.baseline:
+            return f"no: p99 > {SWEEP_GROWTH:g}x the lowest rate's"
+        return "yes"
+
+    @property
+    def highest(self) -> float | None:
+        """The highest rate sustained (every rate before it was), or None."""
+        sustained = [step.rate for step in self.steps if self.verdict(step) == "yes"]
+        return max(sustained, default=None)
+
+    @property
+    def cell(self) -> str:
+        """For the summary: the highest sustained rate, or below the lowest tried."""
+        if not self.steps:
+            return "-"
+        highest = self.highest
+        return f"{highest:g}" if highest is not None else f"<{self.steps[0].rate:g}"
+
+
+def run_sweep(stack: Stack, api: Api, plan: Plan, first: int, args: argparse.Namespace) -> Sweep:
+    """One open-loop batch of changes per rate, lowest first, waiting for quiet after each; stops after the
+    first rate not sustained. ``first``: how many changes the plan's Secrets went through before."""
+    sweep = Sweep(args.sweep, args.sweep_duration, args.sweep_p99)
+    for per_second in args.sweep:
+        count = max(1, round(per_second * args.sweep_duration))
+        changes = plan_changes(plan, count, capped(api), datetime.now(UTC), first)
+        first += count
+        machine = Machine(stack)
+        run_changes(api, changes, per_second, args.effect_timeout, lambda c: patch_data(api, c))
+        foreign = machine.foreign()
+        record_changes(changes)
+        wait_quiet(stack)  # this rate's trailing writes are not the next one's
+        sweep.steps.append(SweepStep(per_second, changes, foreign))
+        if sweep.verdict(sweep.steps[-1]) != "yes":
+            break
+    return sweep
+
+
+def rates(text: str) -> list[float]:
+    """``50,100,200``: changes per second, each positive, lowest first; empty for none."""
+    try:
+        values = sorted({float(v) for v in text.split(",") if v.strip()})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from exc
+    if any(not 0 < v < math.inf for v in values):
+        raise argparse.ArgumentTypeError(f"rates must be positive: {text!r}")
+    return values
+
+
 # --- a shape --------------------------------------------------------------------------------------
 
 
@@ -829,6 +946,7 @@ class ShapeResult:
     change_foreign_cpu: tuple[float, float]  # Machine.foreign() meanwhile
     restart_writes: float  # the recorder's count
     restart_audit: Counter[tuple[str, str]]  # every certcheck write in the audit log
+    sweep: Sweep | None = None  # with --sweep
 
     @property
     def ratio(self) -> float:
@@ -869,12 +987,17 @@ def run_shape(workdir: Path, shape: Shape, floor: Floor, args: argparse.Namespac
         cpu, machine = sum(service_cpu(stack).values()), Machine(stack)
         run_changes(api, changes, args.rate, args.effect_timeout, lambda c: patch_data(api, c))
         change_cpu, foreign = sum(service_cpu(stack).values()) - cpu, machine.foreign()
+        record_changes(changes)
         wait_quiet(stack)  # the changes' trailing writes are not the restart's
         restart, audited = quiet_restart(stack)
+        # Last: a rate that is not sustained may leave a backlog behind.
+        sweep = run_sweep(stack, api, plan, len(changes), args) if args.sweep else None
         floor_seconds = floor.for_writes(len(plan.selected))
-        return ShapeResult(
+        result = ShapeResult(
             shape, plan, created, cold, floor_seconds, settled, changes, change_cpu, foreign, restart, audited
         )
+        result.sweep = sweep
+        return result
     finally:
         stack.stop()
 
@@ -923,6 +1046,8 @@ def print_shape(result: ShapeResult) -> None:
         + ", ".join(f"{k} {v:.0f}" for k, v in cold.writes.items())
     )
     print_changes(result)
+    if result.sweep is not None:
+        print_sweep(result.sweep)
     print(
         f"  quiet restart: {result.restart_writes:.0f} writes counted by the recorder in the 10 s after, "
         f"{result.restart_audit.total()} by any certcheck service in the audit log "
@@ -942,6 +1067,35 @@ def print_changes(result: ShapeResult) -> None:
     print(f"    data patch round trip:  {round_trips(changes)}")
     for effect in EFFECTS:
         print(f"    -> {effect + ':':<12} {effect_latency(changes, effect)}")
+
+
+def print_sweep(sweep: Sweep) -> None:
+    print(
+        f"  sweep: open-loop changes for {sweep.duration:g}s per rate, lowest first, quiet between; "
+        f"sustained = {sweep.criterion}"
+    )
+    print(
+        f"    {'rate/s':>8}{'annotation p50/p99':>20}{'status p99':>12}{'never seen':>12}"
+        f"{'sends lagged':>14}{'failed':>8}{'other CPU-s':>13}  sustained"
+    )
+    for step in sweep.steps:
+        status = effect_latency(step.changes, "status")
+        errors = sum(1 for c in step.changes if c.error)
+        print(
+            f"    {step.rate:>8g}{step.annotation.brief + 'ms':>20}"
+            f"{(f'{status.p99:.0f}ms' if status.seen else '-'):>12}{step.never_seen:>12}"
+            f"{f'<= {lag_ms(step.changes):.0f}ms':>14}{errors:>8}{step.foreign_cpu[0]:>13.1f}"
+            f"  {sweep.verdict(step)}"
+        )
+    highest, untried = sweep.highest, sweep.rates[len(sweep.steps) :]
+    found, last = f"{highest:g}/s" if highest is not None else "none", sweep.steps[-1].rate
+    if untried:
+        rest = f"not sustained at {last:g}/s, so not tried: {', '.join(f'{r:g}/s' for r in untried)}"
+    elif highest == last:
+        rest = "every rate tried was sustained: the limit is higher"
+    else:
+        rest = f"not sustained at {last:g}/s"
+    print(f"    highest sustained rate: {found} ({rest})")
 
 
 def print_summary(results: list[ShapeResult], floor: Floor) -> None:
@@ -965,7 +1119,7 @@ def print_summary(results: list[ShapeResult], floor: Floor) -> None:
     print(
         f"{'shape':<8}{'patch':>10}"
         + "".join(f"{e:>14}{'x':>8}" for e in EFFECTS)
-        + f"{'never seen':>12}{'other CPU-s':>13}"
+        + f"{'never seen':>12}{'other CPU-s':>13}{'sustained/s':>13}"
     )
     for r in results:
         row, missed = f"{r.shape.name:<8}{round_trips(r.changes).brief:>10}", 0
@@ -973,7 +1127,8 @@ def print_summary(results: list[ShapeResult], floor: Floor) -> None:
             figures = effect_latency(r.changes, effect)
             missed += figures.due - figures.seen
             row += f"{figures.brief:>14}{figures.p50 / base:>8.1f}"
-        print(row + f"{missed:>12}{r.change_foreign_cpu[0]:>13.1f}")
+        sustained = r.sweep.cell if r.sweep is not None else "-"
+        print(row + f"{missed:>12}{r.change_foreign_cpu[0]:>13.1f}{sustained:>13}")
     print(f"{'floor':<8}{floor.round_trip.brief:>10}{floor.seen.brief:>14}{1.0:>8.1f}")
 
 
@@ -986,6 +1141,17 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="changes per second")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of changes")
     parser.add_argument("--effect-timeout", type=float, default=30.0, help="s after the last change")
+    parser.add_argument(
+        "--sweep",
+        type=rates,
+        default="",
+        help="comma-separated changes per second, e.g. 50,100,200,400: after the changes at --rate, "
+        "the highest rate sustained without the latency growing (default: no sweep)",
+    )
+    parser.add_argument("--sweep-duration", type=float, default=10.0, help="seconds of changes per rate")
+    parser.add_argument(
+        "--sweep-p99", type=float, default=1000.0, help="ms: the most annotation p99 a sustained rate has"
+    )
     parser.add_argument("--cold-timeout", type=float, default=900.0)
     parser.add_argument(
         "--secret-types",
