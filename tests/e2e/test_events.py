@@ -58,11 +58,14 @@ def test_a_renewal_before_the_expiring_state_was_written_still_gives_renewed_eve
         )
     finally:
         stack.start_service("recorder", stack.extra_env.get("recorder", {}))
+    # The queued Events are written side by side, in no particular order.
     wait_for(
-        lambda: ("Normal", "Renewed", 1) in reasons(cluster, namespace, "CertCheck", "c"),
-        what="Renewed on the CertCheck",
+        lambda: (
+            reasons(cluster, namespace, "CertCheck", "c")
+            == [("Normal", "Renewed", 1), ("Warning", "ExpiringSoon", 1)]
+        ),
+        what="ExpiringSoon and Renewed on the CertCheck",
     )
-    assert ("Warning", "ExpiringSoon", 1) in reasons(cluster, namespace, "CertCheck", "c")
     wait_for(
         lambda: (
             reasons(cluster, namespace, "Secret", "s")

@@ -16,9 +16,9 @@ def test_status_of_2000_secrets_is_capped_sorted_by_urgency_and_counts_are_exact
     cluster: Cluster, namespace: str
 ) -> None:
     now = datetime.now(UTC)
-    # 2,000 Secrets: 100 expired, 300 expiring within 30 days, 1,600 valid.
+    # 2,000 Secrets: 20 expired, 60 expiring within 30 days, 1,920 valid; the status lists 100.
     plan = [
-        (f"s{i:04d}", -1 - i % 5 if i < 100 else 5 + i % 20 if i < 400 else 60 + i % 300) for i in range(2000)
+        (f"s{i:04d}", -1 - i % 5 if i < 20 else 5 + i % 20 if i < 80 else 60 + i % 300) for i in range(2000)
     ]
 
     def create(item: tuple[str, int]) -> None:
@@ -37,17 +37,17 @@ def test_status_of_2000_secrets_is_capped_sorted_by_urgency_and_counts_are_exact
         list(pool.map(create, plan))
     cluster.create_certcheck(namespace, "big", {"matchLabels": {"fleet": "big"}})
     status: dict[str, Any] = cluster.wait_status(namespace, "big", timeout=60, targetCertsCount=2000)
-    assert (status["expiredCount"], status["expiringSoonCount"], status["validCount"]) == (100, 300, 1600)
-    assert len(status["certificates"]) == 500 and status["certificatesOmitted"] == 1500
+    assert (status["expiredCount"], status["expiringSoonCount"], status["validCount"]) == (20, 60, 1920)
+    assert len(status["certificates"]) == 100 and status["certificatesOmitted"] == 1900
     states = [c["state"] for c in status["certificates"]]
-    assert states == ["Expired"] * 100 + ["ExpiringSoon"] * 300 + ["Valid"] * 100
-    expiring_after = [c["notAfter"] for c in status["certificates"][100:400]]
+    assert states == ["Expired"] * 20 + ["ExpiringSoon"] * 60 + ["Valid"] * 20
+    expiring_after = [c["notAfter"] for c in status["certificates"][20:80]]
     assert expiring_after == sorted(expiring_after)
     response = cluster.custom.get_namespaced_custom_object(
         "certcheck.dev", "v1alpha1", namespace, "certchecks", "big", _preload_content=False
     )
     body = response.data
-    assert len(body) < 400_000, "the status must stay far below etcd's 1.5 MiB object limit"
+    assert len(body) < 100_000, "a status of 100 entries is about 40 KiB (each write costs in proportion)"
 
 
 def test_conditions_move_only_when_their_status_changes(cluster: Cluster, namespace: str) -> None:
