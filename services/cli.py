@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     elif service == "notifier":
         from services.notifier.__main__ import run
     elif service == "all":
-        from services.allinone.__main__ import run
+        from services.allinone import run
     else:
         sys.exit(f"certcheck: unknown service {service!r}\n{USAGE}")
     run(rest)

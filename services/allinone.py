@@ -6,7 +6,8 @@ runs its own code paths over the same streams and consumers as in the split depl
 cluster runs one Deployment and can grow into the split one without migrating anything. The
 exporter serves the evaluator's view instead of following the stream a second time.
 
-This is the one module that wires several services together; no service imports another.
+Like ``services/cli.py``, this module is wiring that sits beside the services, not one of them: the
+only place that puts several together (no service imports another).
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""``certcheck all``: every service in one process, for small clusters and ``make up``."""
