@@ -4,6 +4,7 @@ session; each test works in a namespace of its own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
@@ -98,23 +99,27 @@ def slack() -> Iterator[Receiver]:
 NOTIFIER_TEST_ENV = {"CERTCHECK_NOTIFY_MAX_ATTEMPTS": "4"}
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, slack: Receiver) -> Iterator[Stack]:
-    workdir = Path(tmp_path_factory.mktemp("certcheck"))
-    stack = Stack(workdir)
+@contextlib.contextmanager
+def running(stack: Stack, services: dict[str, dict[str, str]] | None = None) -> Iterator[Stack]:
+    """The stack's control plane and nats-server started, and its services unless ``services`` is None
+    (then each service's extra environment); everything stopped after, or if starting fails."""
     try:
         stack.start_infrastructure()
-        stack.start_services(
-            {
-                "notifier": {"CERTCHECK_SLACK_API_URL": slack.url, **NOTIFIER_TEST_ENV},
-                "watcher": {"CERTCHECK_SECRET_TYPES": "kubernetes.io/tls,Opaque"},
-            }
-        )
-    except Exception:
+        if services is not None:
+            stack.start_services(services)
+        yield stack
+    finally:
         stack.stop()
-        raise
-    yield stack
-    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, slack: Receiver) -> Iterator[Stack]:
+    services = {
+        "notifier": {"CERTCHECK_SLACK_API_URL": slack.url, **NOTIFIER_TEST_ENV},
+        "watcher": {"CERTCHECK_SECRET_TYPES": "kubernetes.io/tls,Opaque"},
+    }
+    with running(Stack(Path(tmp_path_factory.mktemp("certcheck"))), services) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")
@@ -446,11 +451,5 @@ RECORDER_USER = "system:serviceaccount:certcheck:recorder"
 def watcher_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A control plane and nats-server of their own, with no service running: for tests that start
     watchers with settings of their own, or fence them, without touching the shared stack's watcher."""
-    stack = Stack(Path(tmp_path_factory.mktemp("watchers")))
-    try:
-        stack.start_infrastructure()
-    except Exception:
-        stack.stop()
-        raise
-    yield stack
-    stack.stop()
+    with running(Stack(Path(tmp_path_factory.mktemp("watchers")))) as stack:
+        yield stack

@@ -15,7 +15,7 @@ from kubernetes import client
 
 from devcluster.certs import expiring_in, tls_secret_data
 from devcluster.stack import ALL_IN_ONE, Stack, api_client
-from tests.conftest import Cluster, wait_for
+from tests.conftest import Cluster, running, wait_for
 from tests.e2e.test_triggers import metric
 
 NAMESPACE = "small"
@@ -23,15 +23,8 @@ NAMESPACE = "small"
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(Path(tmp_path_factory.mktemp("all-in-one")), all_in_one=True)
-    try:
-        stack.start_infrastructure()
-        stack.start_services()
-    except Exception:
-        stack.stop()
-        raise
-    yield stack
-    stack.stop()
+    with running(Stack(Path(tmp_path_factory.mktemp("all-in-one")), all_in_one=True), {}) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

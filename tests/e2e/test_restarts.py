@@ -18,7 +18,7 @@ from schemas.messages import due_decoder
 from schemas.streams import TRIGGERS, WATCHER_STATE_BUCKET
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION
 from services.domain.times import parse_rfc3339
-from tests.conftest import Cluster, last_message, published_version, wait_for, watcher_progress
+from tests.conftest import Cluster, last_message, published_version, running, wait_for, watcher_progress
 from tests.e2e.test_time import state_of
 from tests.e2e.test_triggers import metric
 
@@ -143,15 +143,9 @@ def test_watcher_resumes_from_its_resource_version_after_a_restart(
 def uncached_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A second control plane whose watches go straight to etcd (no watch cache), so that an etcd
     compaction makes old resourceVersions answer 410 Gone at once, as they do in production over time."""
-    stack = Stack(Path(tmp_path_factory.mktemp("uncached")), apiserver_args=["--watch-cache=false"])
-    try:
-        stack.start_infrastructure()
-        stack.start_services()
-    except Exception:
-        stack.stop()
-        raise
-    yield stack
-    stack.stop()
+    uncached = Stack(Path(tmp_path_factory.mktemp("uncached")), apiserver_args=["--watch-cache=false"])
+    with running(uncached, {}) as stack:
+        yield stack
 
 
 def test_watcher_relists_on_410_gone_and_notices_deletions_made_while_it_was_down(
