@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from schemas import subjects
 from schemas.streams import (
     ALL_STREAMS,
-    EVALUATOR_DUE_CONSUMER,
-    EVALUATOR_OBJECTS_CONSUMER,
     KUBE_EVENTS,
     LEASE_BUCKET,
     NOTIFIER_CONSUMER,
     NOTIFIER_STATE_BUCKET,
     OBJECTS,
+    PARTITIONS_BUCKET,
     RECORDER_APPLIED_BUCKET,
     RECORDER_CONSUMER,
     RECORDER_EVENTS_CONSUMER,
@@ -60,6 +59,21 @@ def _durable(stream: str, consumer: str) -> tuple[str, ...]:
         f"{api}.INFO.{stream}.{consumer}",
         f"{api}.MSG.NEXT.{stream}.{consumer}",
         f"$JS.ACK.{stream}.{consumer}.>",
+    )
+
+
+def _partitioned_durables(stream: str) -> tuple[str, ...]:
+    """Durable consumers of a stream whose names say their partition (``evaluator-objects-3``): the
+    service is the only durable reader of that stream, and the partition count is set at install, so
+    the consumer token is a wildcard."""
+    api = "$JS.API.CONSUMER"
+    return (
+        f"{api}.CREATE.{stream}.*",
+        f"{api}.CREATE.{stream}.*.>",
+        f"{api}.DURABLE.CREATE.{stream}.*",
+        f"{api}.INFO.{stream}.*",
+        f"{api}.MSG.NEXT.{stream}.*",
+        f"$JS.ACK.{stream}.*.>",
     )
 
 
@@ -118,9 +132,10 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
                 subjects.KUBE_EVENTS_ALL,
                 subjects.DEADLETTER_ALL,
             ),
-            *_durable(OBJECTS.name, EVALUATOR_OBJECTS_CONSUMER),
-            *_durable(TRIGGERS.name, EVALUATOR_DUE_CONSUMER),
+            *_partitioned_durables(OBJECTS.name),
+            *_partitioned_durables(TRIGGERS.name),
             *_ordered(OBJECTS.name),
+            *_bucket(PARTITIONS_BUCKET),
             *_message_reads(OBJECTS.name),
             f"$JS.API.STREAM.MSG.GET.{RESULTS.name}",
             f"$JS.API.DIRECT.GET.{RESULTS.name}",
@@ -148,7 +163,12 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
         ),
     ),
     "exporter": Permissions(
-        publish=(*_stream_setup(), *_ordered(OBJECTS.name), *_message_reads(OBJECTS.name))
+        publish=(
+            *_stream_setup(),
+            *_ordered(OBJECTS.name),
+            *_message_reads(OBJECTS.name),
+            *_bucket(PARTITIONS_BUCKET),
+        )
     ),
 }
 

@@ -100,9 +100,26 @@ LEASE_BUCKET = "certcheck_leases"
 # The notifier's durable state per CertCheck: what each target was told, and any pending delivery.
 NOTIFIER_STATE_BUCKET = "certcheck_notifier"
 
-# Durable consumers (shared by every replica of the service that binds them).
+# Partitions: how many, fixed when the objects stream is created (its metadata says, so every service
+# agrees whatever its own setting), and who owns which (leases per partition, per group of replicas).
+PARTITIONS_METADATA = "certcheck.dev/partitions"
+PARTITIONS_BUCKET = "certcheck_partitions"
+DEFAULT_PARTITIONS = 16
+
+# Durable consumers (shared by every replica of the service that binds them). The evaluator's are one
+# per partition, bound only by the replica holding that partition's lease.
 EVALUATOR_OBJECTS_CONSUMER = "evaluator-objects"
 EVALUATOR_DUE_CONSUMER = "evaluator-due"
+
+
+def evaluator_objects_consumer(partition: int) -> str:
+    return f"{EVALUATOR_OBJECTS_CONSUMER}-{partition}"
+
+
+def evaluator_due_consumer(partition: int) -> str:
+    return f"{EVALUATOR_DUE_CONSUMER}-{partition}"
+
+
 RECORDER_CONSUMER = "recorder"
 RECORDER_EVENTS_CONSUMER = "recorder-events"
 NOTIFIER_CONSUMER = "notifier"

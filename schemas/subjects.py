@@ -1,12 +1,19 @@
 """Subjects on the bus.
 
-Every subject carries the namespace as its own token, right after the kind, so that consumers can filter,
-order and shard by namespace. Kubernetes names are DNS subdomains (lower-case alphanumerics, '-' and
-'.', never two dots in a row), so an object name may span several tokens but is always a valid subject
-tail; namespaces are DNS labels and never contain a dot.
+Every subject carries the namespace as its own token, so that consumers can filter, order and shard by
+namespace. Kubernetes names are DNS subdomains (lower-case alphanumerics, '-' and '.', never two dots
+in a row), so an object name may span several tokens but is always a valid subject tail; namespaces are
+DNS labels and never contain a dot.
+
+The subjects an evaluator replica works from (objects, schedules, due re-evaluations) also carry the
+namespace's *partition*, right after their kind: a replica that owns a partition filters on that token
+alone (one filter per partition, as nats-server serves best). A namespace's partition is a stable hash
+of its name modulo a count fixed at install (see ``partition_of``).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 PREFIX = "certcheck.v1"
 
@@ -23,9 +30,28 @@ KIND_SECRET = "secret"
 KIND_CONFIGMAP = "configmap"
 
 
-def object_subject(kind: str, namespace: str, name: str) -> str:
+_FNV32_OFFSET = 0x811C9DC5
+_FNV32_PRIME = 0x01000193
+
+
+def partition_of(namespace: str, partitions: int) -> int:
+    """The partition of a namespace: FNV-1a (32 bits) of its name, modulo the count. The same hash as
+    nats-server's ``{{partition(count, <namespace token>)}}`` subject mapping, so a server-side mapping
+    of another subject on the namespace token agrees with certcheck's."""
+    digest = _FNV32_OFFSET
+    for byte in namespace.encode():
+        digest = ((digest ^ byte) * _FNV32_PRIME) & 0xFFFFFFFF
+    return digest % partitions
+
+
+def object_subject(partition: int, kind: str, namespace: str, name: str) -> str:
     """Last-value subject of one observed Kubernetes object (CertCheck, Secret or ConfigMap)."""
-    return f"{PREFIX}.objects.{kind}.{namespace}.{name}"
+    return f"{PREFIX}.objects.{partition}.{kind}.{namespace}.{name}"
+
+
+def objects_of(partition: int) -> str:
+    """Every object of one partition: what the replica owning it follows and works from."""
+    return f"{PREFIX}.objects.{partition}.>"
 
 
 def result_subject(namespace: str, certcheck: str) -> str:
@@ -38,14 +64,19 @@ def cleanup_subject(namespace: str, secret: str) -> str:
     return f"{PREFIX}.cleanup.{namespace}.{secret}"
 
 
-def schedule_subject(namespace: str, certcheck: str) -> str:
+def schedule_subject(partition: int, namespace: str, certcheck: str) -> str:
     """Subject holding a CertCheck's single pending schedule (replaced at every evaluation)."""
-    return f"{PREFIX}.schedule.{namespace}.{certcheck}"
+    return f"{PREFIX}.schedule.{partition}.{namespace}.{certcheck}"
 
 
-def due_subject(namespace: str, certcheck: str) -> str:
+def due_subject(partition: int, namespace: str, certcheck: str) -> str:
     """Subject the server writes to when a CertCheck's schedule comes due."""
-    return f"{PREFIX}.due.{namespace}.{certcheck}"
+    return f"{PREFIX}.due.{partition}.{namespace}.{certcheck}"
+
+
+def due_of(partition: int) -> str:
+    """Every due re-evaluation of one partition."""
+    return f"{PREFIX}.due.{partition}.>"
 
 
 def kube_event_subject(namespace: str, dedup_key: str) -> str:
@@ -58,17 +89,22 @@ def deadletter_subject(original: str) -> str:
     return f"{PREFIX}.deadletter.{original.removeprefix(PREFIX + '.')}"
 
 
-def split_object_subject(subject: str) -> tuple[str, str, str]:
-    """(kind, namespace, name) of an object subject."""
-    parts = subject.split(".", 5)
-    if len(parts) != 6 or f"{parts[0]}.{parts[1]}" != PREFIX or parts[2] != "objects":
+class ObjectSubject(NamedTuple):
+    partition: int
+    kind: str
+    namespace: str
+    name: str
+
+
+def split_object_subject(subject: str) -> ObjectSubject:
+    """The parts of an object subject (ValueError for anything else, an older layout included)."""
+    parts = subject.split(".", 6)
+    if (
+        len(parts) != 7
+        or f"{parts[0]}.{parts[1]}" != PREFIX
+        or parts[2] != "objects"
+        or not parts[3].isdigit()
+        or parts[4] not in (KIND_CERTCHECK, KIND_SECRET, KIND_CONFIGMAP)
+    ):
         raise ValueError(f"not an object subject: {subject!r}")
-    return parts[3], parts[4], parts[5]
-
-
-def split_namespaced_subject(subject: str) -> tuple[str, str]:
-    """(namespace, name) of a results/cleanup/schedule/due subject."""
-    parts = subject.split(".", 4)
-    if len(parts) != 5 or f"{parts[0]}.{parts[1]}" != PREFIX:
-        raise ValueError(f"not a certcheck subject: {subject!r}")
-    return parts[3], parts[4]
+    return ObjectSubject(int(parts[3]), parts[4], parts[5], parts[6])

@@ -4,7 +4,8 @@ One event loop, one NATS connection (as the ``all`` user, whose permissions are 
 services'), one Kubernetes client, one HTTP port for /metrics, /healthz and /readyz. Every service
 runs its own code paths over the same streams and consumers as in the split deployment, so a small
 cluster runs one Deployment and can grow into the split one without migrating anything. The
-exporter serves the evaluator's view instead of following the stream a second time.
+exporter serves the views of the partitions the evaluator holds instead of following the stream a
+second time (so several all-in-one replicas each export the series of the partitions they evaluate).
 
 Like ``services/cli.py``, this module is wiring that sits beside the services, not one of them: the
 only place that puts several together (no service imports another).
@@ -22,7 +23,7 @@ from services.common.kube_writer import KubeWriter
 from services.common.runtime import run_service, supervise
 from services.common.settings import Settings
 from services.evaluator import __main__ as evaluator
-from services.evaluator.service import Evaluator
+from services.evaluator.replica import EvaluatorReplica
 from services.exporter import __main__ as exporter
 from services.notifier import __main__ as notifier
 from services.recorder import __main__ as recorder
@@ -36,13 +37,15 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     bus = await bus_mod.open_bus(settings, ALL_IN_ONE_USER)
     try:
         api = api_client(settings.kubeconfig, pool_size=settings.write_concurrency + WATCH_CONNECTIONS)
-        evaluating = Evaluator(bus, settings)
+        evaluating = EvaluatorReplica(bus, settings)
         parts = {
             "watcher": watcher.serve(bus, api, settings, health.part("watcher"), stop),
             "evaluator": evaluator.serve(evaluating, health.part("evaluator"), stop),
             "recorder": recorder.serve(bus, KubeWriter(api), settings, health.part("recorder"), stop),
             "notifier": notifier.serve(bus, api, settings, health.part("notifier"), stop),
-            "exporter": exporter.serve(evaluating.view, evaluating.follower, health.part("exporter"), stop),
+            "exporter": exporter.serve(
+                evaluating.views, lambda: evaluating.ready, health.part("exporter"), stop
+            ),
         }
         await supervise(stop, *(asyncio.create_task(part, name=name) for name, part in parts.items()))
     finally:

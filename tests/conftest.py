@@ -21,8 +21,7 @@ from devcluster.cluster import NatsServer
 from devcluster.stack import Stack, api_client
 from schemas import subjects
 from schemas.streams import (
-    EVALUATOR_DUE_CONSUMER,
-    EVALUATOR_OBJECTS_CONSUMER,
+    DEFAULT_PARTITIONS,
     HDR_RESOURCE_VERSION,
     KUBE_EVENTS,
     NOTIFIER_CONSUMER,
@@ -32,8 +31,11 @@ from schemas.streams import (
     RESULTS,
     TRIGGERS,
     WATCHER_STATE_BUCKET,
+    evaluator_due_consumer,
+    evaluator_objects_consumer,
 )
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION
+from tests import subjects as test_subjects
 from tests.receivers import Receiver, slack_ok
 
 T = TypeVar("T")
@@ -177,8 +179,8 @@ def wait_for(probe: Callable[[], T | None], timeout: float = 15.0, what: str = "
 
 # Every durable consumer of the pipeline (stream, consumer): the work the services have left to do.
 PIPELINE_CONSUMERS = (
-    (OBJECTS.name, EVALUATOR_OBJECTS_CONSUMER),
-    (TRIGGERS.name, EVALUATOR_DUE_CONSUMER),
+    *((OBJECTS.name, evaluator_objects_consumer(p)) for p in range(DEFAULT_PARTITIONS)),
+    *((TRIGGERS.name, evaluator_due_consumer(p)) for p in range(DEFAULT_PARTITIONS)),
     (RESULTS.name, RECORDER_CONSUMER),
     (KUBE_EVENTS.name, RECORDER_EVENTS_CONSUMER),
     (RESULTS.name, NOTIFIER_CONSUMER),
@@ -244,7 +246,7 @@ def published_version(stack: Stack, kind: str, namespace: str, name: str) -> str
     """The resourceVersion of the object's last message on the objects stream: what the watcher
     published of it last (None: nothing)."""
 
-    msg = last_message(stack, OBJECTS.name, subjects.object_subject(kind, namespace, name))
+    msg = last_message(stack, OBJECTS.name, test_subjects.object_subject(kind, namespace, name))
     return (msg.headers or {}).get(HDR_RESOURCE_VERSION) if msg else None
 
 

@@ -22,13 +22,22 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamInfo,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge
 
 from schemas.permissions import inbox_prefix
-from schemas.streams import ALL_STREAMS, HDR_DEAD_REASON, HDR_DEAD_STREAM_SEQ, StreamSpec
+from schemas.streams import (
+    ALL_STREAMS,
+    DEFAULT_PARTITIONS,
+    HDR_DEAD_REASON,
+    HDR_DEAD_STREAM_SEQ,
+    OBJECTS,
+    PARTITIONS_METADATA,
+    StreamSpec,
+)
 from schemas.subjects import deadletter_subject
 from services.common.settings import Settings
 
@@ -49,6 +58,8 @@ class Bus:
     nc: NATS
     js: JetStreamContext
     replicas: int = 1  # copies of each stream and bucket it creates (3 on a 3-node NATS cluster)
+    # How many partitions the namespaces are spread over: the objects stream's, once ensure_streams ran.
+    partitions: int = DEFAULT_PARTITIONS
 
     async def close(self, timeout: float = 1.0) -> None:
         """Send what is buffered, then close. Not a drain: that waits (30 s by default) for messages
@@ -122,7 +133,7 @@ async def open_bus(settings: Settings, service: str) -> Bus:
     bus = await connect(settings.nats_url, f"certcheck-{service}", settings.nats_user, settings.nats_password)
     bus.replicas = settings.stream_replicas
     try:
-        await ensure_streams(bus)
+        await ensure_streams(bus, partitions=settings.partitions)
     except BaseException:
         await bus.close()
         raise
@@ -161,21 +172,56 @@ def _stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
     )
 
 
-async def ensure_streams(bus: Bus, specs: tuple[StreamSpec, ...] = ALL_STREAMS) -> None:
-    """Create or update every stream (with the bus's replicas), then verify the server really honours
-    what was asked."""
-    for spec in specs:
-        config = _stream_config(spec, bus.replicas)
+STREAM_NAME_IN_USE = 10058
+
+
+async def _create_or_update(bus: Bus, spec: StreamSpec, partitions: int) -> StreamInfo:
+    """The stream as specified. The objects stream keeps the partition count it was created with (its
+    metadata), whatever ``partitions`` says: a count that changed would send a namespace's objects
+    to a partition its evaluator does not follow."""
+    config = _stream_config(spec, bus.replicas)
+    for _ in range(3):
         try:
-            await bus.js.stream_info(spec.name)
-            info = await bus.js.update_stream(config)
+            current: StreamInfo | None = await bus.js.stream_info(spec.name)
         except NotFoundError:
-            info = await bus.js.add_stream(config)
+            current = None
+        if spec.name == OBJECTS.name:
+            held = ((current.config.metadata or {}) if current else {}).get(PARTITIONS_METADATA)
+            config.metadata = {PARTITIONS_METADATA: held or str(partitions)}
+            if held and held != str(partitions):
+                log.warning(
+                    "the objects stream was created with %s partitions: using those, not %d", held, partitions
+                )
+        if current is not None:
+            return await bus.js.update_stream(config)
+        try:
+            return await bus.js.add_stream(config)
+        except APIError as exc:  # another service created it meanwhile: update that one
+            if exc.err_code != STREAM_NAME_IN_USE:
+                raise
+    raise UnsupportedServerError(f"stream {spec.name} could be neither created nor updated")
+
+
+async def ensure_streams(
+    bus: Bus, specs: tuple[StreamSpec, ...] = ALL_STREAMS, partitions: int = DEFAULT_PARTITIONS
+) -> None:
+    """Create or update every stream (with the bus's replicas), then verify the server really honours
+    what was asked. Sets ``bus.partitions`` from the objects stream."""
+    for spec in specs:
+        info = await _create_or_update(bus, spec, partitions)
+        if spec.name == OBJECTS.name:
+            bus.partitions = partitions_of(info)
         if spec.allow_msg_schedules and not info.config.allow_msg_schedules:
             raise UnsupportedServerError(
                 f"stream {spec.name}: the server did not enable message schedules (allow_msg_schedules); "
                 "use nats-server 2.12 or newer"
             )
+
+
+def partitions_of(info: StreamInfo) -> int:
+    """The partition count the objects stream holds (the default for a stream that says none)."""
+    held = (info.config.metadata or {}).get(PARTITIONS_METADATA, "")
+    return int(held) if held.isdigit() and int(held) > 0 else DEFAULT_PARTITIONS
 
 
 # How long a pull request waits for messages. Short: a request outlives the process that made it (the

@@ -47,8 +47,10 @@ class Lease:
         holder: str,
         duration: float,
         clock: Callable[[], float] = time.time,
+        reported: bool = True,  # shown as certcheck_leader (a leader's lease, not one of many partitions')
     ) -> None:
         self.kv = kv
+        self._reported = reported
         self.name = name
         self.holder = holder
         self.duration = duration
@@ -82,7 +84,11 @@ class Lease:
             await asyncio.wait_for(self.kv.update(self.name, record, last=self._revision), timeout)
         except Exception as exc:  # a standby takes over after the duration anyway
             log.info("could not release the %s lease: %s", self.name, exc)
-        leader.labels(self.name).set(0)
+        self._report(0)
+
+    def _report(self, value: int) -> None:
+        if self._reported:
+            leader.labels(self.name).set(value)
 
     def fenced(self) -> bool:
         """Whether the last renewal is so old that a standby may soon take over: stop acting."""
@@ -100,12 +106,12 @@ class Lease:
         except KeyWrongLastSequenceError:
             return False
         self._renewed = time.monotonic()
-        leader.labels(self.name).set(1)
+        self._report(1)
         return True
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Wait on standby until the lease is ours (True) or we are asked to stop (False)."""
-        leader.labels(self.name).set(0)
+        self._report(0)
         while not stop.is_set():
             try:
                 if await self.try_acquire():
@@ -125,12 +131,12 @@ class Lease:
                 # may be longer than what is left of the lease).
                 renewed = await asyncio.wait_for(self.renew(), max(0.05, self._until_fenced()))
                 if not renewed:
-                    leader.labels(self.name).set(0)
+                    self._report(0)
                     raise LeaseLostError(f"another replica took the {self.name} lease")
             except LeaseLostError:
                 raise
             except Exception as exc:
                 log.warning("could not renew the %s lease: %s", self.name, exc)
             if self.fenced():
-                leader.labels(self.name).set(0)
+                self._report(0)
                 raise LeaseLostError(f"could not renew the {self.name} lease in time: stepping down")

@@ -20,6 +20,9 @@ class Settings:
     nats_user: str = field(default_factory=lambda: _env("nats_user", ""))
     nats_password: str = field(default_factory=lambda: _env("nats_password", ""), repr=False)
     stream_replicas: int = field(default_factory=lambda: int(_env("stream_replicas", "1")))
+    # Partitions the namespaces are spread over, for evaluator and exporter replicas to divide: read
+    # when the objects stream is created, fixed from then on (the stream's own count rules after).
+    partitions: int = field(default_factory=lambda: int(_env("partitions", "16")))
     kubeconfig: str = field(default_factory=lambda: _env("kubeconfig", os.environ.get("KUBECONFIG", "")))
     http_host: str = field(default_factory=lambda: _env("http_host", "0.0.0.0"))
     http_port: int = field(default_factory=lambda: int(_env("http_port", "8080")))

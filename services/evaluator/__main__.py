@@ -5,38 +5,59 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from schemas.streams import PARTITIONS_BUCKET
 from services.common import bus as bus_mod
 from services.common.health import Health
-from services.common.runtime import resilient, run_service, supervise
+from services.common.partitions import PartitionOwner
+from services.common.runtime import run_service, supervise
 from services.common.settings import Settings
-from services.evaluator.service import Evaluator
+from services.evaluator.replica import EvaluatorReplica
 
 log = logging.getLogger("certcheck.evaluator")
+
+READINESS_POLL_SECONDS = 0.5
+GROUP = "evaluator"
 
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     bus = await bus_mod.open_bus(settings, "evaluator")
     try:
-        await serve(Evaluator(bus, settings), health, stop)
+        await serve(EvaluatorReplica(bus, settings), health, stop)
     finally:
         await bus.close()
 
 
-async def serve(evaluator: Evaluator, health: Health, stop: asyncio.Event) -> None:
-    """Follow the objects stream, evaluate once from the whole view, then work on every change."""
-    await evaluator.consumers()
-    tasks = [
-        asyncio.create_task(resilient("follow-objects", evaluator.follow_objects), name="follow-objects")
-    ]
-    await evaluator.catch_up()
-    await evaluator.start()
-    tasks += [
-        asyncio.create_task(resilient("work-objects", evaluator.work_objects), name="work-objects"),
-        asyncio.create_task(resilient("work-due", evaluator.work_due), name="work-due"),
-        asyncio.create_task(evaluator.resync(), name="resync"),
-    ]
-    health.set_ready(True)
-    await supervise(stop, *tasks)
+async def serve(replica: EvaluatorReplica, health: Health, stop: asyncio.Event) -> None:
+    """Hold this replica's share of the partitions (each followed, evaluated once whole, then worked
+    on change by change) until asked to stop; then hand them over."""
+    kv = await bus_mod.key_value(replica.bus, PARTITIONS_BUCKET, "which replica holds which partition")
+    owner = PartitionOwner(
+        replica.bus.js,
+        kv,
+        PARTITIONS_BUCKET,
+        GROUP,
+        replica.settings.instance_id,
+        replica.bus.partitions,
+        replica.settings.lease_seconds,
+        replica.claim,
+        replica.release,
+    )
+    log.info("%d partitions, holding a share as %s", replica.bus.partitions, replica.settings.instance_id)
+    owning = asyncio.create_task(owner.run(stop), name="partitions")
+    readiness = asyncio.create_task(report_readiness(health, owner, replica), name="readiness")
+    await supervise(stop, owning, readiness)
+
+
+async def report_readiness(health: Health, owner: PartitionOwner, replica: EvaluatorReplica) -> None:
+    """Ready once the replica holds its share and has evaluated every partition it holds."""
+    while True:
+        settled = owner.settled.is_set()
+        waiting = sorted(set(replica.evaluators) - replica.started)
+        if settled and not waiting:
+            health.set_ready(True)
+        else:
+            health.set_ready(False, f"partitions starting: {waiting}" if settled else "claiming partitions")
+        await asyncio.sleep(READINESS_POLL_SECONDS)
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -23,11 +23,13 @@ bad_objects = Counter("certcheck_undecodable_objects_total", "Object messages th
 
 
 class ViewFollower:
-    """Reads the whole objects stream with an ordered consumer and folds every message into ``view``."""
+    """Reads the objects stream (the subjects of ``subject``, say one partition's) with an ordered
+    consumer and folds every message into ``view``."""
 
-    def __init__(self, bus: Bus, view: View) -> None:
+    def __init__(self, bus: Bus, view: View, subject: str = subjects.OBJECTS_ALL) -> None:
         self.bus = bus
         self.view = view
+        self.subject = subject
         self._advanced = asyncio.Condition()
         # Sequences of messages that could not be decoded, and why: the work consumer dead-letters them.
         self.undecodable: dict[int, str] = {}
@@ -38,7 +40,7 @@ class ViewFollower:
         """Follow the stream (from where the view is, when this starts again after a failure)."""
         resume = self.view.seq + 1 if self.view.seq else None
         sub = await self.bus.js.subscribe(
-            subjects.OBJECTS_ALL,
+            self.subject,
             stream=OBJECTS.name,
             ordered_consumer=True,
             config=ConsumerConfig(opt_start_seq=resume),
@@ -88,7 +90,14 @@ class ViewFollower:
         its older message before the view gets to it and is missing until the view reaches the newer
         one; a sweep from that view would publish results without it."""
         while self.behind != 0:
-            state = (await self.bus.js.stream_info(OBJECTS.name)).state
-            if state.messages == 0 or self.view.seq >= state.last_seq:
+            last = await self._last_seq()
+            if self.view.seq >= last:
                 return
-            await self._applied(state.last_seq, GONE_CHECK_SECONDS)
+            await self._applied(last, GONE_CHECK_SECONDS)
+
+    async def _last_seq(self) -> int:
+        """The sequence of the last message the stream holds on the followed subjects (0: none)."""
+        try:
+            return (await self.bus.js.get_last_msg(OBJECTS.name, self.subject)).seq or 0
+        except NotFoundError:
+            return 0

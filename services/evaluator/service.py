@@ -27,8 +27,6 @@ from schemas.messages import (
     result_decoder,
 )
 from schemas.streams import (
-    EVALUATOR_DUE_CONSUMER,
-    EVALUATOR_OBJECTS_CONSUMER,
     HDR_EXPECTED_LAST_SUBJECT_SEQ,
     HDR_MSG_ID,
     HDR_MSG_TTL,
@@ -39,6 +37,8 @@ from schemas.streams import (
     RESULTS,
     SCHEDULE_HORIZON,
     TRIGGERS,
+    evaluator_due_consumer,
+    evaluator_objects_consumer,
 )
 from services.common.bus import (
     FETCH_WAIT_SECONDS,
@@ -113,11 +113,15 @@ class LastResult:
 
 
 class Evaluator:
-    def __init__(self, bus: Bus, settings: Settings) -> None:
+    """The evaluation of one partition: its view, its work consumers, its results and schedules. A
+    replica runs one per partition it holds (see replica.py)."""
+
+    def __init__(self, bus: Bus, settings: Settings, partition: int) -> None:
         self.bus = bus
         self.settings = settings
+        self.partition = partition
         self.view = View()
-        self.follower = ViewFollower(bus, self.view)
+        self.follower = ViewFollower(bus, self.view, subjects.objects_of(partition))
 
     async def follow_objects(self) -> None:
         await self.follower.run()
@@ -132,13 +136,17 @@ class Evaluator:
         await durable_consumer(
             self.bus,
             OBJECTS.name,
-            EVALUATOR_OBJECTS_CONSUMER,
-            subjects.OBJECTS_ALL,
+            evaluator_objects_consumer(self.partition),
+            subjects.objects_of(self.partition),
             new_only=True,
             max_ack_pending=20_000,
         )
         await durable_consumer(
-            self.bus, TRIGGERS.name, EVALUATOR_DUE_CONSUMER, subjects.DUE_ALL, new_only=True
+            self.bus,
+            TRIGGERS.name,
+            evaluator_due_consumer(self.partition),
+            subjects.due_of(self.partition),
+            new_only=True,
         )
 
     async def sweep(self, trigger: str) -> None:
@@ -151,7 +159,9 @@ class Evaluator:
         sweeps.labels(trigger).inc()
 
     async def work_objects(self) -> None:
-        sub = await self.bus.js.pull_subscribe_bind(EVALUATOR_OBJECTS_CONSUMER, stream=OBJECTS.name)
+        sub = await self.bus.js.pull_subscribe_bind(
+            evaluator_objects_consumer(self.partition), stream=OBJECTS.name
+        )
         while True:
             msgs = await fetch_batch(sub, BATCH, wait=FETCH_WAIT_SECONDS)
             if not msgs:
@@ -167,13 +177,22 @@ class Evaluator:
                 settled.append(msg)
                 found = self.view.effects_of(seq)
                 if found is None:  # too old to remember: re-evaluate the whole namespace
-                    _, namespace, _ = subjects.split_object_subject(msg.subject)
-                    found = Effects(evaluate={k for k in self.view.all_certchecks() if k[0] == namespace})
+                    found = Effects(evaluate=set(self._namespace_of(msg.subject)))
                 effects.merge(found)
             await self._settle(settled, self.act(effects, "change"))
 
+    def _namespace_of(self, subject: str) -> list[CertCheckKey]:
+        """Every CertCheck of the namespace an object subject names (none for a subject that names none)."""
+        try:
+            namespace = subjects.split_object_subject(subject).namespace
+        except ValueError:
+            return []
+        return [key for key in self.view.all_certchecks() if key[0] == namespace]
+
     async def work_due(self) -> None:
-        sub = await self.bus.js.pull_subscribe_bind(EVALUATOR_DUE_CONSUMER, stream=TRIGGERS.name)
+        sub = await self.bus.js.pull_subscribe_bind(
+            evaluator_due_consumer(self.partition), stream=TRIGGERS.name
+        )
         while True:
             msgs = await fetch_batch(sub, BATCH, wait=FETCH_WAIT_SECONDS)
             due: dict[CertCheckKey, int] = {}
@@ -435,7 +454,7 @@ class Evaluator:
         replaced by an older one. A due time past what the bus can schedule is not scheduled (the
         resync evaluates such a CertCheck anyway). Cancelling publishes a plain message on the
         subject: nats-server drops the pending schedule, and the message keeps the view it came from."""
-        subject = subjects.schedule_subject(*key)
+        subject = subjects.schedule_subject(self.partition, *key)
         view_seq = self.view.seq if view_seq is None else view_seq
         cancel = due is None or due >= SCHEDULE_HORIZON
         while True:
@@ -456,7 +475,7 @@ class Evaluator:
             if due is not None and not cancel:
                 due_at = rfc3339(due)
                 headers[HDR_SCHEDULE] = f"@at {due_at}"
-                headers[HDR_SCHEDULE_TARGET] = subjects.due_subject(*key)
+                headers[HDR_SCHEDULE_TARGET] = subjects.due_subject(self.partition, *key)
                 payload = encoder.encode(Due(namespace=key[0], name=key[1], due_at=due_at, attempt=attempt))
                 ttl = None
             try:

@@ -3,44 +3,109 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable, Iterable
 
 from prometheus_client import REGISTRY
 
+from schemas import subjects
+from schemas.streams import PARTITIONS_BUCKET
 from services.common import bus as bus_mod
 from services.common.health import Health
+from services.common.partitions import PartitionOwner
 from services.common.runtime import resilient, run_service, supervise
 from services.common.settings import Settings
 from services.evaluator.follow import ViewFollower
 from services.evaluator.view import View
 from services.exporter.collector import ViewCollector
 
+GROUP = "exporter"
+
+
+class ExporterReplica:
+    """The views of the partitions this exporter replica holds: each series is served by exactly the
+    replica holding its partition, and Prometheus scrapes every replica."""
+
+    def __init__(self, bus: bus_mod.Bus) -> None:
+        self.bus = bus
+        self.followers: dict[int, ViewFollower] = {}
+        self.caught_up: set[int] = set()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+
+    def views(self) -> list[View]:
+        return [f.view for p, f in sorted(self.followers.items()) if p in self.caught_up]
+
+    async def claim(self, partition: int) -> None:
+        follower = ViewFollower(self.bus, View(), subjects.objects_of(partition))
+        self.followers[partition] = follower
+        self._tasks[partition] = asyncio.create_task(self._follow(partition, follower))
+
+    async def _follow(self, partition: int, follower: ViewFollower) -> None:
+        following = asyncio.create_task(resilient(f"partition {partition} follow", follower.run))
+        try:
+            await follower.catch_up()
+            self.caught_up.add(partition)
+            await following
+        finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+
+    async def release(self, partition: int) -> None:
+        task = self._tasks.pop(partition, None)
+        self.followers.pop(partition, None)
+        self.caught_up.discard(partition)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    @property
+    def ready(self) -> bool:
+        return set(self.followers) <= self.caught_up
+
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     bus = await bus_mod.open_bus(settings, "exporter")
     try:
-        view = View()
-        follower = ViewFollower(bus, view)
-        following = asyncio.create_task(resilient("follow-objects", follower.run), name="follow-objects")
-        await serve(view, follower, health, stop, following)
+        replica = ExporterReplica(bus)
+        kv = await bus_mod.key_value(bus, PARTITIONS_BUCKET, "which replica holds which partition")
+        owner = PartitionOwner(
+            bus.js,
+            kv,
+            PARTITIONS_BUCKET,
+            GROUP,
+            settings.instance_id,
+            bus.partitions,
+            settings.lease_seconds,
+            replica.claim,
+            replica.release,
+        )
+        owning = asyncio.create_task(owner.run(stop), name="partitions")
+        await serve(replica.views, lambda: owner.settled.is_set() and replica.ready, health, stop, owning)
     finally:
         await bus.close()
 
 
 async def serve(
-    view: View,
-    follower: ViewFollower,
+    views: Callable[[], Iterable[View]],
+    ready: Callable[[], bool],
     health: Health,
     stop: asyncio.Event,
     *tasks: asyncio.Task[None],
 ) -> None:
-    """Serve the view's certificates as metrics once it has caught up (``follower`` may be someone
-    else's: in the all-in-one process the exporter reads the evaluator's view)."""
-    await follower.catch_up()
-    collector = ViewCollector(view, asyncio.get_running_loop())
+    """Serve the certificates of ``views`` (the partitions held, caught up) as metrics; ready once
+    ``ready`` says so. In the all-in-one process the views are the evaluator's."""
+    collector = ViewCollector(views, asyncio.get_running_loop())
     REGISTRY.register(collector)
-    health.set_ready(True)
+
+    async def report_readiness() -> None:
+        while True:
+            health.set_ready(ready(), "" if ready() else "partitions catching up")
+            await asyncio.sleep(0.5)
+
     try:
-        await supervise(stop, *tasks)
+        await supervise(stop, *tasks, asyncio.create_task(report_readiness(), name="readiness"))
     finally:
         REGISTRY.unregister(collector)  # a main started again in this process registers its own
 

@@ -4,7 +4,7 @@ the same thing, so existing dashboards and alerts carry over."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -40,8 +40,8 @@ def _add(family: Metric, label_names: list[str], kind: str, values: list[str], v
     family.add_sample(family.name, dict(zip(names, values, strict=True)), value)
 
 
-def families(view: View, now: datetime) -> list[Metric]:
-    """Every series, computed from the view at ``now``. Pure: no I/O."""
+def families(views: Iterable[View], now: datetime) -> list[Metric]:
+    """Every series, computed from the views (one per partition held) at ``now``. Pure: no I/O."""
     not_after = GaugeMetricFamily(
         "certcheck_certificate_not_after_timestamp_seconds",
         "The certificate's notAfter, as a Unix timestamp",
@@ -74,7 +74,7 @@ def families(view: View, now: datetime) -> list[Metric]:
     by_state = GaugeMetricFamily(
         "certcheck_certcheck_certificates", "Certificates per state", labels=[*CERTCHECK_LABELS, "state"]
     )
-    for key in sorted(view.all_certchecks()):
+    for view, key in sorted(((v, k) for v in views for k in v.all_certchecks()), key=lambda vk: vk[1]):
         entry = view.certcheck(key)
         assert entry is not None
         namespace, name = key
@@ -104,24 +104,25 @@ def families(view: View, now: datetime) -> list[Metric]:
 
 
 class ViewCollector(Collector):
-    """Builds the families on the event loop that owns the view, so a scrape never sees it half-updated."""
+    """Builds the families on the event loop that owns the views, so a scrape never sees one
+    half-updated. ``views`` says which views to serve at the moment (the partitions held)."""
 
     def __init__(
         self,
-        view: View,
+        views: Callable[[], Iterable[View]],
         loop: asyncio.AbstractEventLoop,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.view = view
+        self.views = views
         self.loop = loop
         self.clock = clock
 
     def describe(self) -> Iterator[Metric]:
         # The registry calls this on registration (on the loop's own thread): names only, no samples.
-        yield from families(View(), self.clock())
+        yield from families([], self.clock())
 
     def collect(self) -> Iterator[Metric]:
         async def build() -> list[Metric]:
-            return families(self.view, self.clock())
+            return families(self.views(), self.clock())
 
         yield from asyncio.run_coroutine_threadsafe(build(), self.loop).result(timeout=30)

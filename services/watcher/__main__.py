@@ -39,6 +39,7 @@ from services.watcher.publisher import (
     Upsert,
     load_progress,
     load_published,
+    remove_stale,
 )
 
 log = logging.getLogger("certcheck.watcher")
@@ -160,11 +161,17 @@ async def _watch(
     settings: Settings, bus: bus_mod.Bus, api: client.ApiClient, stop: asyncio.Event, lease: Lease
 ) -> None:
     """List, watch and publish, for as long as this replica holds the lease."""
-    known = await load_published(bus)
+    loaded = await load_published(bus)
+    known = loaded.known
     log.info("loaded %d published objects from the stream", len(known))
     progress_kv = await bus_mod.key_value(bus, WATCHER_STATE_BUCKET, "how far the watcher's watches got")
     scopes = [*secret_scopes(settings), subjects.KIND_CONFIGMAP, subjects.KIND_CERTCHECK]
     resume = {scope: await load_progress(progress_kv, scope) for scope in scopes}
+    if loaded.stale:
+        # Published under another subject layout: removed, and everything listed and published again.
+        log.info("%d objects published in an older layout: publishing everything again", len(loaded.stale))
+        await remove_stale(bus, loaded.stale)
+        resume = dict.fromkeys(scopes)
     loop = asyncio.get_running_loop()
     watches: dict[str, ListWatch[Any]] = {}
     publisher = Publisher(bus, known, progress_kv)

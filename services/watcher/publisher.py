@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 TOMBSTONE = "deleted"
 TOMBSTONE_TTL_SECONDS = 7 * 24 * 3600
+STALE_TTL_SECONDS = 60
 ACK_TIMEOUT_SECONDS = 10.0
 RETRY_CAP_SECONDS = 30.0
 HEADROOM_BYTES = 8192  # under the server's max_payload: headers and the message's own framing
@@ -129,13 +130,22 @@ async def load_progress(kv: KeyValue, kind: str) -> str | None:
     return entry.value.decode() if entry.value else None
 
 
-async def load_published(bus: Bus, idle_timeout: float = 5.0) -> dict[ObjectKey, Published]:
+@dataclass
+class Loaded:
+    """What the objects stream holds: the last message per object, and the subjects of messages in a
+    layout no longer read (an older subject layout, or another partition count) to be removed."""
+
+    known: dict[ObjectKey, Published]
+    stale: list[str]
+
+
+async def load_published(bus: Bus, idle_timeout: float = 5.0) -> Loaded:
     """The last message per object in the objects stream (headers only). Stops at the last message the
     stream holds, even if that changes while reading (a tombstone expiring, say)."""
     info = await bus.js.stream_info(OBJECTS.name)
-    known: dict[ObjectKey, Published] = {}
+    loaded = Loaded({}, [])
     if info.state.messages == 0:
-        return known
+        return loaded
     sub = await bus.js.subscribe(
         subjects.OBJECTS_ALL,
         stream=OBJECTS.name,  # named, not looked up: the watcher's NATS user may not list streams
@@ -150,17 +160,29 @@ async def load_published(bus: Bus, idle_timeout: float = 5.0) -> dict[ObjectKey,
             except TimeoutError:
                 break  # nothing more to read: what was waited for is gone
             headers = msg.headers or {}
-            kind, namespace, name = subjects.split_object_subject(msg.subject)
-            known[(kind, namespace, name)] = Published(
-                headers.get(HDR_DIGEST, ""),
-                headers.get(HDR_SCOPE, kind),
-                headers.get(HDR_RESOURCE_VERSION, ""),
-            )
+            try:
+                partition, kind, namespace, name = subjects.split_object_subject(msg.subject)
+            except ValueError:
+                partition, kind, namespace, name = -1, "", "", ""
+            if partition != subjects.partition_of(namespace, bus.partitions):
+                loaded.stale.append(msg.subject)
+            else:
+                loaded.known[(kind, namespace, name)] = Published(
+                    headers.get(HDR_DIGEST, ""),
+                    headers.get(HDR_SCOPE, kind),
+                    headers.get(HDR_RESOURCE_VERSION, ""),
+                )
             if msg.metadata.sequence.stream >= info.state.last_seq or msg.metadata.num_pending == 0:
                 break
     finally:
         await sub.unsubscribe()
-    return known
+    return loaded
+
+
+async def remove_stale(bus: Bus, stale: list[str]) -> None:
+    """Replace each stale message by an empty one that expires: no reader filters on those subjects."""
+    for subject in stale:
+        await bus.js.publish(subject, b"", stream=OBJECTS.name, msg_ttl=STALE_TTL_SECONDS)
 
 
 class Publisher:
@@ -367,14 +389,23 @@ class Publisher:
         self._next_ticket += 1
         self._newest[key] = ticket
         self._unsettled.setdefault(scope, set()).add(ticket)
+        # The deduplication id holds the partition: the same change published under another subject
+        # layout (after a change of partition count, or from the layout before partitions) is new.
+        partition = subjects.partition_of(key[1], self._bus.partitions)
+        headers = {**headers, HDR_MSG_ID: f"{partition}/{headers[HDR_MSG_ID]}"}
         return _Send(key, ticket, scope, payload, headers, ttl)
 
+    def _subject(self, key: ObjectKey) -> str:
+        kind, namespace, name = key
+        return subjects.object_subject(
+            subjects.partition_of(namespace, self._bus.partitions), kind, namespace, name
+        )
+
     async def _send(self, send: _Send, attempt: int) -> None:
-        kind, namespace, name = send.key
         try:
             future = await publish_pipelined(
                 self._bus,
-                subjects.object_subject(kind, namespace, name),
+                self._subject(send.key),
                 send.payload,
                 send.headers,
                 send.ttl,
@@ -421,7 +452,7 @@ class Publisher:
         self._settle(send)
         summary = encoder.encode({"object": "/".join(send.key), "bytes": len(send.payload)})
         with contextlib.suppress(Exception):
-            await park(self._bus, subjects.object_subject(*send.key), summary, str(exc), "too-large")
+            await park(self._bus, self._subject(send.key), summary, str(exc), "too-large")
 
     # --- progress ------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from devcluster.certs import expiring_in
 from devcluster.stack import SERVICES, Stack
 from schemas import subjects
 from schemas.streams import DEADLETTER, HDR_DEAD_REASON
+from tests import subjects as test_subjects
 from tests.conftest import Cluster, wait_for
 from tests.e2e.test_triggers import metric
 
@@ -39,16 +40,15 @@ def test_garbage_on_the_bus_is_dead_lettered_and_the_pipeline_keeps_flowing(
     cluster: Cluster, namespace: str, stack: Stack
 ) -> None:
     url = stack.nats.url
-    asyncio.run(publish(url, subjects.object_subject("secret", namespace, "garbage"), b"\xff not json"))
+    asyncio.run(publish(url, test_subjects.object_subject("secret", namespace, "garbage"), b"\xff not json"))
     asyncio.run(publish(url, subjects.result_subject(namespace, "garbage"), b'{"kind": "Nope/v9"}'))
     found = wait_for(
         lambda: len(d := asyncio.run(dead_letters(url, namespace))) >= 2 and d,
         timeout=20,
         what="two dead letters",
     )
-    assert found[f"certcheck.v1.deadletter.objects.secret.{namespace}.garbage"].startswith(
-        "undecodable object message"
-    )
+    garbage = test_subjects.object_subject("secret", namespace, "garbage")
+    assert found[subjects.deadletter_subject(garbage)].startswith("undecodable object message")
     assert found[f"certcheck.v1.deadletter.results.{namespace}.garbage"].startswith("undecodable result")
     assert metric(stack, "evaluator", "certcheck_dead_letters_total") >= 1
 

@@ -13,6 +13,7 @@ from schemas.streams import OBJECTS
 from services.common import bus as bus_mod
 from services.evaluator.follow import ViewFollower
 from services.evaluator.view import View
+from tests import subjects as test_subjects
 
 
 class _RecordingView(View):
@@ -28,7 +29,7 @@ class _RecordingView(View):
 async def _publish(bus: bus_mod.Bus, names: list[str]) -> None:
     for name in names:
         deleted = ObjectDeleted(subjects.KIND_SECRET, "follow", name, "uid", "1")
-        subject = subjects.object_subject(subjects.KIND_SECRET, "follow", name)
+        subject = test_subjects.object_subject(subjects.KIND_SECRET, "follow", name)
         await bus.js.publish(subject, encoder.encode(deleted), stream=OBJECTS.name)
 
 

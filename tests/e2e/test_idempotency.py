@@ -9,9 +9,9 @@ from nats.js.api import DeliverPolicy
 
 from devcluster.certs import expiring_in
 from devcluster.stack import Stack
-from schemas import subjects
 from schemas.messages import Due, encoder
 from schemas.streams import HDR_MSG_ID, OBJECTS, RECORDER_CONSUMER, RESULTS, TRIGGERS
+from tests import subjects as test_subjects
 from tests.conftest import RECORDER_USER, AuditLog, Cluster, wait_for, wait_idle, wait_settled
 from tests.e2e.test_triggers import metric
 
@@ -20,10 +20,10 @@ async def replay_namespace_objects(url: str, namespace: str) -> int:
     """Publish every observed object of a namespace once more, as a second delivery would bring it."""
     nc = await nats.connect(url)
     js = nc.jetstream()
-    info = await js.stream_info(OBJECTS.name, subjects_filter=f"certcheck.v1.objects.*.{namespace}.>")
+    info = await js.stream_info(OBJECTS.name, subjects_filter=f"certcheck.v1.objects.*.*.{namespace}.>")
     count = len(info.state.subjects or {})
     sub = await js.subscribe(
-        f"certcheck.v1.objects.*.{namespace}.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+        f"certcheck.v1.objects.*.*.{namespace}.>", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
     )
     copies = []
     for _ in range(count):
@@ -41,7 +41,7 @@ async def fire_due(url: str, namespace: str, name: str) -> None:
     nc = await nats.connect(url)
     due = Due(namespace=namespace, name=name, due_at="2026-01-01T00:00:00Z")
     await nc.jetstream().publish(
-        subjects.due_subject(namespace, name), encoder.encode(due), stream=TRIGGERS.name
+        test_subjects.due_subject(namespace, name), encoder.encode(due), stream=TRIGGERS.name
     )
     await nc.close()
 

@@ -140,7 +140,7 @@ def test_prod_runs_a_three_node_nats_cluster_with_streams_replicated_three_times
         assert {"name": "CERTCHECK_STREAM_REPLICAS", "value": "3"} in container["env"]
     assert deployments["certcheck-evaluator"]["spec"]["replicas"] == 3
     assert deployments["certcheck-watcher"]["spec"]["replicas"] == 2  # one active, one standby (lease)
-    assert deployments["certcheck-exporter"]["spec"]["replicas"] == 1  # the single scrape target
+    assert deployments["certcheck-exporter"]["spec"]["replicas"] == 2  # each holds a share of the partitions
     assert by_kind(objects, "Secret") == {}  # production brings its own NATS passwords
     assert set(by_kind(objects, "ServiceMonitor")) == set(by_kind(objects, "PrometheusRule")) == {"certcheck"}
 

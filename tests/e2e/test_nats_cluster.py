@@ -12,9 +12,9 @@ import nats.js.errors
 import pytest
 
 from devcluster.cluster import NatsServer, cluster_formed, meta_leader, nats_cluster
-from schemas import subjects
 from schemas.streams import ALL_STREAMS, NOTIFIER_STATE_BUCKET, TRIGGERS
 from services.common import bus as bus_mod
+from tests import subjects as test_subjects
 from tests.conftest import wait_for
 
 
@@ -37,7 +37,7 @@ async def replicated_setup(url: str) -> dict[str, int]:
         bus.replicas = 3  # as CERTCHECK_STREAM_REPLICAS=3 sets it in the prod overlay
         await bus_mod.ensure_streams(bus)
         await bus_mod.key_value(bus, NOTIFIER_STATE_BUCKET)
-        await bus.js.publish(subjects.due_subject("ns", "c"), b"{}", stream=TRIGGERS.name)
+        await bus.js.publish(test_subjects.due_subject("ns", "c"), b"{}", stream=TRIGGERS.name)
         names = [s.name for s in ALL_STREAMS] + [f"KV_{NOTIFIER_STATE_BUCKET}"]
         replicas = {}
         for name in names:
@@ -65,12 +65,12 @@ def test_the_bus_keeps_working_with_one_server_down(cluster: list[NatsServer]) -
             for _ in range(100):  # a stream whose leader was on the lost server elects another first
                 try:
                     await bus.js.publish(
-                        subjects.due_subject("ns", "after-loss"), b"{}", stream=TRIGGERS.name
+                        test_subjects.due_subject("ns", "after-loss"), b"{}", stream=TRIGGERS.name
                     )
                     break
                 except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError, TimeoutError):
                     await asyncio.sleep(0.2)
-            message = await bus.js.get_last_msg(TRIGGERS.name, subjects.due_subject("ns", "after-loss"))
+            message = await bus.js.get_last_msg(TRIGGERS.name, test_subjects.due_subject("ns", "after-loss"))
             return int(message.seq or 0)
         finally:
             await bus.close()

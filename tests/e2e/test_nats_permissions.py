@@ -12,13 +12,14 @@ import pytest
 from devcluster.stack import Stack
 from schemas import subjects
 from schemas.permissions import inbox_prefix
+from tests import subjects as test_subjects
 
 FORBIDDEN_PUBLISH = [
     ("watcher", subjects.result_subject("ns", "c")),
-    ("watcher", subjects.schedule_subject("ns", "c")),
-    ("evaluator", subjects.object_subject(subjects.KIND_SECRET, "ns", "s")),
+    ("watcher", test_subjects.schedule_subject("ns", "c")),
+    ("evaluator", test_subjects.object_subject(subjects.KIND_SECRET, "ns", "s")),
     ("recorder", subjects.result_subject("ns", "c")),
-    ("notifier", subjects.object_subject(subjects.KIND_CERTCHECK, "ns", "c")),
+    ("notifier", test_subjects.object_subject(subjects.KIND_CERTCHECK, "ns", "c")),
     ("exporter", subjects.cleanup_subject("ns", "s")),
     ("recorder", "$JS.API.STREAM.DELETE.CERTCHECK_OBJECTS"),
     ("exporter", "$KV.certcheck_notifier.ns.c"),

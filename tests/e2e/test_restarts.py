@@ -18,6 +18,7 @@ from schemas.messages import due_decoder
 from schemas.streams import TRIGGERS, WATCHER_STATE_BUCKET
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION
 from services.domain.times import parse_rfc3339
+from tests import subjects as test_subjects
 from tests.conftest import Cluster, last_message, published_version, running, wait_for, watcher_progress
 from tests.e2e.test_time import state_of
 from tests.e2e.test_triggers import metric
@@ -27,7 +28,7 @@ TLS_SCOPE = f"{subjects.KIND_SECRET}.kubernetes.io/tls"  # the watch of kubernet
 
 def fired_due(stack: Stack, namespace: str, name: str) -> datetime | None:
     """The due time of the message the CertCheck's schedule fired last (None: it never fired)."""
-    msg = last_message(stack, TRIGGERS.name, subjects.due_subject(namespace, name))
+    msg = last_message(stack, TRIGGERS.name, test_subjects.due_subject(namespace, name))
     return parse_rfc3339(due_decoder.decode(msg.data).due_at) if msg else None
 
 

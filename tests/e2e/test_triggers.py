@@ -7,6 +7,7 @@ import urllib.request
 from devcluster.certs import expiring_in, tls_secret_data
 from devcluster.stack import Stack
 from schemas.subjects import KIND_SECRET
+from tests import subjects as test_subjects
 from tests.conftest import (
     RECORDER_USER,
     AuditLog,
@@ -219,14 +220,15 @@ def test_deleting_a_certcheck_cancels_its_schedule(cluster: Cluster, namespace: 
     import nats
     from nats.js.errors import NotFoundError
 
-    from schemas import subjects
     from schemas.streams import HDR_SCHEDULE, TRIGGERS
 
     async def pending_schedules() -> int:
         """1 while the CertCheck's schedule is pending (a cancelled one leaves a plain message)."""
         nc = await nats.connect(stack.nats.url)
         try:
-            last = await nc.jetstream().get_last_msg(TRIGGERS.name, subjects.schedule_subject(namespace, "c"))
+            last = await nc.jetstream().get_last_msg(
+                TRIGGERS.name, test_subjects.schedule_subject(namespace, "c")
+            )
         except NotFoundError:
             return 0
         finally:

@@ -49,11 +49,11 @@ class ObjectsStream:
     def in_namespace(self, namespace: str) -> dict[tuple[str, str], dict[str, str]]:
         """(kind, name) -> headers of the last message of every object of ``namespace`` in the stream."""
         info = self._run(
-            self.js.stream_info(OBJECTS.name, subjects_filter=f"{subjects.PREFIX}.objects.*.{namespace}.>")
+            self.js.stream_info(OBJECTS.name, subjects_filter=f"{subjects.PREFIX}.objects.*.*.{namespace}.>")
         )
         found = {}
         for subject in info.state.subjects or {}:
-            kind, _, name = subjects.split_object_subject(subject)
+            _, kind, _, name = subjects.split_object_subject(subject)
             message = self._run(self.js.get_last_msg(OBJECTS.name, subject))
             found[(kind, name)] = dict(message.headers or {})
         return found

@@ -32,6 +32,7 @@ from services.common.settings import Settings
 from services.evaluator import core, service
 from services.evaluator.service import Evaluator, PublishFailed
 from services.evaluator.view import Effects
+from tests import subjects as test_subjects
 
 CERT, _ = expiring_in(10)
 
@@ -102,7 +103,7 @@ class FakeJetStream:
 
 def evaluator_with_three() -> tuple[Evaluator, FakeJetStream]:
     js = FakeJetStream()
-    evaluator = Evaluator(Bus(nc=FakeNats(), js=js), Settings())  # type: ignore[arg-type]
+    evaluator = Evaluator(Bus(nc=FakeNats(), js=js), Settings(), test_subjects.partition("ns"))  # type: ignore[arg-type]
     now = datetime.now(UTC)
     seq = 0
     for name in ("alpha", "broken", "gamma"):
@@ -175,7 +176,7 @@ def test_a_certcheck_whose_evaluation_raises_is_recorded_failed_and_the_others_a
 @pytest.mark.usefixtures("broken_core")
 def test_a_failed_evaluation_is_retried_with_growing_backoff_then_given_up_to_the_dead_letters() -> None:
     evaluator, js = evaluator_with_three()
-    broken_schedule = subjects.schedule_subject("ns", "broken")
+    broken_schedule = test_subjects.schedule_subject("ns", "broken")
     delays = []
     for attempt in range(service.MAX_EVALUATION_ATTEMPTS):
         js.published.clear()
@@ -208,7 +209,7 @@ def test_a_due_time_past_what_the_bus_can_schedule_is_not_scheduled() -> None:
     asyncio.run(evaluator.schedule(("ns", "alpha"), datetime(2030, 1, 1, tzinfo=UTC)))
     asyncio.run(evaluator.schedule(("ns", "alpha"), datetime(9999, 12, 31, tzinfo=UTC)))
     subject, payload, headers = js.published[-1]
-    assert subject == subjects.schedule_subject("ns", "alpha")
+    assert subject == test_subjects.schedule_subject("ns", "alpha")
     assert payload == b"" and HDR_SCHEDULE not in headers  # a plain message cancels the pending schedule
 
 
@@ -221,7 +222,7 @@ def test_an_evaluation_from_an_older_view_never_replaces_or_cancels_a_newer_sche
     asyncio.run(evaluator.schedule(key, None, view_seq=9))
     assert js.published == before
     asyncio.run(evaluator.schedule(key, datetime(2029, 1, 1, tzinfo=UTC), view_seq=11))
-    assert js.schedules()[subjects.schedule_subject(*key)][0].due_at == "2029-01-01T00:00:00Z"
+    assert js.schedules()[test_subjects.schedule_subject(*key)][0].due_at == "2029-01-01T00:00:00Z"
 
 
 def test_garbage_on_a_result_subject_is_replaced_by_the_next_result_not_a_stop() -> None:

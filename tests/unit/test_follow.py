@@ -6,6 +6,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from nats.js.errors import NotFoundError
+
 from services.evaluator.follow import ViewFollower
 from services.evaluator.view import View
 
@@ -20,8 +22,10 @@ class _FakeJetStream:
     def __init__(self, state: _State) -> None:
         self.state = state
 
-    async def stream_info(self, name: str) -> Any:
-        return type("Info", (), {"state": self.state})()
+    async def get_last_msg(self, stream: str, subject: str) -> Any:
+        if self.state.messages == 0:
+            raise NotFoundError
+        return type("Msg", (), {"seq": self.state.last_seq})()
 
 
 class _FakeBus:

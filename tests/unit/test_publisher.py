@@ -14,6 +14,7 @@ from schemas.messages import CertCheckObserved, CertSource, SecretObserved, obje
 from schemas.streams import HDR_MSG_ID
 from services.common.bus import Bus
 from services.watcher.publisher import Delete, Listed, Progress, Published, Publisher, Upsert
+from tests import subjects as test_subjects
 
 
 @dataclass
@@ -107,7 +108,7 @@ def test_a_publish_that_fails_is_sent_again_until_acknowledged_and_only_then_pro
         assert kv.values == {} and publisher.pending("secret.all") == 1
         js.refuse = False
         await drain(publisher, 0.5)
-        assert [s for s, _, _ in js.sent] == ["certcheck.v1.objects.secret.ns.a"]
+        assert [s for s, _, _ in js.sent] == [test_subjects.object_subject("secret", "ns", "a")]
         await publisher._save_progress()
         assert kv.values == {}  # sent, not yet acknowledged
         js.ack_all()
