@@ -33,8 +33,12 @@ lint: $(STAMP)
 
 ## Workload shapes against the API server's own floor, in one run (python -m benchmarks.shapes --help;
 ## python -m benchmarks.startup still runs the older single-shape benchmark).
-bench: $(STAMP) control-plane
+bench: $(VENV)/.bench control-plane
 	$(PY) -m benchmarks.shapes --sweep 50,100,200,400
+
+$(VENV)/.bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(VENV)/.bench
 
 clean:
 	rm -rf $(VENV) .certcheck .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -17,6 +17,8 @@ shapes  Each on a fresh Stack, 10,000 certificates at --scale 1 (--scale multipl
         dense   4 namespaces x 25 CertChecks x 100 Secrets, every other selector a matchExpressions,
                 plus 10% noise: unselected TLS Secrets, and selected Opaque Secrets holding no certificate
         few     1 namespace x 2 CertChecks x 5,000 Secrets
+        wide    100 namespaces x 10 CertChecks x 10 Secrets (not by default: with --evaluators 4, how
+                evenly a fleet's namespaces spread over the replicas)
 
 For each shape:
 1. Cold start: the objects exist, then the services start; until every selected Secret carries its
@@ -45,7 +47,10 @@ import json
 import math
 import os
 import re
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -100,7 +105,10 @@ SHAPES = {
     "spread": Shape("spread", 10, 10, 100),
     "dense": Shape("dense", 4, 25, 100, expressions=True, noise=0.1),
     "few": Shape("few", 1, 2, 5000),
+    # Not run by default: the fleet shape, for --evaluators (how evenly 100 namespaces spread).
+    "wide": Shape("wide", 100, 10, 10),
 }
+DEFAULT_SHAPES = ("spread", "dense", "few")
 
 
 # --- what a shape creates, and what the services are to make of it --------------------------------
@@ -375,16 +383,86 @@ class ColdStart:
     writes: dict[str, float]  # the recorder's certcheck_kubernetes_writes_total by kind
     ready: Readiness
     foreign_cpu: tuple[float, float]  # Machine.foreign() meanwhile
+    # With --evaluators N: per evaluator replica, (partitions held, Secrets in its views).
+    shares: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+NATS = "nats-server"
 
 
 def pids(stack: Stack) -> dict[str, int]:
-    found = {name: stack.services[name].proc for name in stack.processes}
-    found["nats-server"] = stack.nats.proc
+    """Every certcheck process (each replica by its instance name) and nats-server."""
+    found = {name: service.proc for name, service in stack.services.items()}
+    found[NATS] = stack.nats.proc
     return {name: proc.pid for name, proc in found.items() if proc is not None}
 
 
 def service_cpu(stack: Stack) -> dict[str, float]:
-    return {name: cpu_seconds(pid) for name, pid in pids(stack).items() if name in stack.processes}
+    return {name: cpu_seconds(pid) for name, pid in pids(stack).items() if name != NATS}
+
+
+def evaluator_instances(evaluators: int) -> list[str]:
+    """The evaluator replicas a run starts: "evaluator", then "evaluator-2" and on."""
+    return ["evaluator", *(f"evaluator-{i}" for i in range(2, evaluators + 1))]
+
+
+def evaluator_shares(stack: Stack, evaluators: int) -> dict[str, tuple[int, int]]:
+    if evaluators < 2:
+        return {}
+    return {
+        instance: (
+            int(metric(stack, instance, "certcheck_partitions_owned", 'group="evaluator"')),
+            int(metric(stack, instance, "certcheck_view_objects", 'kind="secret"')),
+        )
+        for instance in evaluator_instances(evaluators)
+    }
+
+
+class Profiles:
+    """With --profile DIR, py-spy samples every certcheck process (the thread holding the GIL) while a
+    phase runs: one collapsed stack file per process and phase (flamegraph.pl or speedscope read
+    them). Off: does nothing."""
+
+    def __init__(self, directory: Path | None, shape: str) -> None:
+        self.directory, self.shape = directory, shape
+
+    @contextlib.contextmanager
+    def phase(self, stack: Stack, name: str) -> Iterator[None]:
+        if self.directory is None:
+            yield
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        spy = str(Path(sys.executable).with_name("py-spy"))
+        recorders = [
+            subprocess.Popen(
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    "100",
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "--gil",  # the threads holding the GIL: the CPU Python spends, not its waiting
+                    "--output",
+                    str(self.directory / f"{self.shape}-{name}-{service}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for service, pid in pids(stack).items()
+            if service != NATS
+        ]
+        try:
+            yield
+        finally:
+            for recorder in recorders:
+                recorder.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            for recorder in recorders:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    recorder.wait(timeout=30)
 
 
 def is_recorded(api: Api, plan: Plan) -> bool:
@@ -413,7 +491,7 @@ class Readiness:
     imports, connections: what a small shape mostly measures)."""
 
     def __init__(self, stack: Stack) -> None:
-        self.stack, self.started, self.waiting = stack, time.monotonic(), set(stack.processes)
+        self.stack, self.started, self.waiting = stack, time.monotonic(), set(stack.services)
         self.seconds = self.cpu = math.nan
 
     def poll(self) -> None:
@@ -449,12 +527,21 @@ def wait_recorded(stack: Stack, api: Api, plan: Plan, readiness: Readiness, time
 
 
 def cold_start(
-    stack: Stack, api: Api, plan: Plan, env: dict[str, dict[str, str]], timeout: float
+    stack: Stack,
+    api: Api,
+    plan: Plan,
+    env: dict[str, dict[str, str]],
+    timeout: float,
+    profiles: Profiles,
+    evaluators: int = 1,
 ) -> ColdStart:
     before, offset, own, machine = api.requests_by_verb(), audit_offset(stack), api.sent, Machine(stack)
     stack.start_services(env, wait=False)
+    for instance in evaluator_instances(evaluators)[1:]:
+        stack.start_service("evaluator", env.get("evaluator", {}), wait=False, instance=instance)
     ready = Readiness(stack)
-    seconds = wait_recorded(stack, api, plan, ready, timeout)
+    with profiles.phase(stack, "cold"):
+        seconds = wait_recorded(stack, api, plan, ready, timeout)
     cpu, foreign = service_cpu(stack), machine.foreign()
     rss = {name: peak_rss_mib(pid) for name, pid in pids(stack).items()}
     own = api.sent - own
@@ -464,7 +551,9 @@ def cold_start(
         kind: metric(stack, "recorder", "certcheck_kubernetes_writes_total", f'kind="{kind}",outcome="ok"')
         for kind in ("annotations", "status", "event")
     }
-    return ColdStart(seconds, cpu, rss, requests, own, audit_writes(stack, offset), writes, ready, foreign)
+    cold = ColdStart(seconds, cpu, rss, requests, own, audit_writes(stack, offset), writes, ready, foreign)
+    cold.shares = evaluator_shares(stack, evaluators)
+    return cold
 
 
 # --- open-loop changes ----------------------------------------------------------------------------
@@ -942,7 +1031,7 @@ class ShapeResult:
     floor: float  # seconds, for the shape's annotation writes
     settled: float
     changes: list[Change]
-    change_cpu: float  # service CPU seconds during the changes
+    change_cpu: dict[str, float]  # per service, CPU seconds during the changes
     change_foreign_cpu: tuple[float, float]  # Machine.foreign() meanwhile
     restart_writes: float  # the recorder's count
     restart_audit: Counter[tuple[str, str]]  # every certcheck write in the audit log
@@ -981,12 +1070,15 @@ def run_shape(workdir: Path, shape: Shape, floor: Floor, args: argparse.Namespac
         plan = plan_shape(shape, datetime.now(UTC))
         created = create_objects(api, plan)
         env = {"watcher": {"CERTCHECK_SECRET_TYPES": args.secret_types}}
-        cold = cold_start(stack, api, plan, env, args.cold_timeout)
+        profiles = Profiles(args.profile, shape.name)
+        cold = cold_start(stack, api, plan, env, args.cold_timeout, profiles, args.evaluators)
         settled = wait_quiet(stack)
         changes = plan_changes(plan, change_count(args), capped(api), datetime.now(UTC))
-        cpu, machine = sum(service_cpu(stack).values()), Machine(stack)
-        run_changes(api, changes, args.rate, args.effect_timeout, lambda c: patch_data(api, c))
-        change_cpu, foreign = sum(service_cpu(stack).values()) - cpu, machine.foreign()
+        cpu, machine = service_cpu(stack), Machine(stack)
+        with profiles.phase(stack, "changes"):
+            run_changes(api, changes, args.rate, args.effect_timeout, lambda c: patch_data(api, c))
+        change_cpu = {name: seconds - cpu.get(name, 0.0) for name, seconds in service_cpu(stack).items()}
+        foreign = machine.foreign()
         record_changes(changes)
         wait_quiet(stack)  # the changes' trailing writes are not the restart's
         restart, audited = quiet_restart(stack)
@@ -1033,6 +1125,12 @@ def print_shape(result: ShapeResult) -> None:
     )
     print("    peak RSS MiB: " + ", ".join(f"{n} {m:.0f}" for n, m in cold.rss.items()))
     print(f"    = {sum(cold.rss.values()):.0f} MiB in all")
+    if cold.shares:
+        total = len(plan.secrets)
+        print(
+            f"    evaluator replicas (partitions held, Secrets in their views = share of all {total}): "
+            + ", ".join(f"{n} {p}, {k} = {k / max(1, total):.0%}" for n, (p, k) in cold.shares.items())
+        )
     verbs = ", ".join(f"{v} {n}" for v, n in sorted(cold.requests.items()) if n)
     print(
         f"    API requests (kube-apiserver apiserver_request_total, less the benchmark's {cold.own_requests}"
@@ -1058,10 +1156,13 @@ def print_shape(result: ShapeResult) -> None:
 def print_changes(result: ShapeResult) -> None:
     changes = result.changes
     errors = sum(1 for c in changes if c.error)
+    per_change = {name: seconds / len(changes) * 1000 for name, seconds in result.change_cpu.items()}
     print(
         f"  {len(changes)} open-loop changes at {rate(changes):.1f}/s"
-        f" (sends lagged <= {lag_ms(changes):.0f}ms, {errors} failed); service CPU {result.change_cpu:.1f}s "
-        f"= {result.change_cpu / len(changes) * 1000:.1f} ms per change"
+        f" (sends lagged <= {lag_ms(changes):.0f}ms, {errors} failed); service CPU"
+        f" {sum(per_change.values()):.1f} ms per change ("
+        + ", ".join(f"{name} {ms:.1f}" for name, ms in per_change.items())
+        + ")"
     )
     print(f"    {noise_note(result.change_foreign_cpu)}")
     print(f"    data patch round trip:  {round_trips(changes)}")
@@ -1136,7 +1237,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated, of: %(default)s")
+    parser.add_argument(
+        "--shapes", default=",".join(DEFAULT_SHAPES), help=f"comma-separated, of: {', '.join(SHAPES)}"
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="x the Secrets per CertCheck")
     parser.add_argument("--rate", type=float, default=20.0, help="changes per second")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of changes")
@@ -1161,7 +1264,22 @@ def main() -> None:
     parser.add_argument(
         "--all-in-one", action="store_true", help="certcheck as one process (certcheck all), not five"
     )
+    parser.add_argument(
+        "--evaluators",
+        type=int,
+        default=1,
+        help="evaluator replicas (they share the partitions): each one's share of the objects is printed",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="a directory: py-spy samples each process during cold start and the changes (pip install "
+        "'.[bench]'), one collapsed-stack file per shape, phase and process",
+    )
     args = parser.parse_args()
+    if args.all_in_one and args.evaluators > 1:
+        parser.error("--evaluators is for the split deployment")
     names = [n.strip() for n in args.shapes.split(",") if n.strip()]
     unknown = [n for n in names if n not in SHAPES]
     if unknown:

@@ -11,6 +11,7 @@ from services.common.health import Health
 from services.common.partitions import PartitionOwner
 from services.common.runtime import run_service, supervise
 from services.common.settings import Settings
+from services.evaluator.follow import report_view_sizes
 from services.evaluator.replica import EvaluatorReplica
 
 log = logging.getLogger("certcheck.evaluator")
@@ -45,7 +46,8 @@ async def serve(replica: EvaluatorReplica, health: Health, stop: asyncio.Event) 
     log.info("%d partitions, holding a share as %s", replica.bus.partitions, replica.settings.instance_id)
     owning = asyncio.create_task(owner.run(stop), name="partitions")
     readiness = asyncio.create_task(report_readiness(health, owner, replica), name="readiness")
-    await supervise(stop, owning, readiness)
+    sizes = asyncio.create_task(report_view_sizes(replica.views), name="view-sizes")
+    await supervise(stop, owning, readiness, sizes)
 
 
 async def report_readiness(health: Health, owner: PartitionOwner, replica: EvaluatorReplica) -> None:

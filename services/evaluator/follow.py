@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from schemas import subjects
 from schemas.messages import object_decoder
@@ -20,6 +21,20 @@ log = logging.getLogger(__name__)
 
 GONE_CHECK_SECONDS = 2.0
 bad_objects = Counter("certcheck_undecodable_objects_total", "Object messages that could not be decoded")
+view_objects = Gauge("certcheck_view_objects", "Objects in the views of the partitions held", ["kind"])
+VIEW_SIZE_SECONDS = 5.0
+
+
+async def report_view_sizes(views: Callable[[], Iterable[View]]) -> None:
+    """Keep certcheck_view_objects up to date (on the loop that owns the views: never half-updated)."""
+    while True:
+        totals: dict[str, int] = {}
+        for view in views():
+            for kind, count in view.size().items():
+                totals[kind] = totals.get(kind, 0) + count
+        for kind in (subjects.KIND_CERTCHECK, subjects.KIND_SECRET, subjects.KIND_CONFIGMAP):
+            view_objects.labels(kind).set(totals.get(kind, 0))
+        await asyncio.sleep(VIEW_SIZE_SECONDS)
 
 
 class ViewFollower:

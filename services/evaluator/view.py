@@ -20,6 +20,7 @@ from schemas.messages import (
     CertCheckStatus,
     ConfigMapObserved,
     LabelSelector,
+    NotificationFailure,
     NotificationSpec,
     ObjectDeleted,
     ObjectEvent,
@@ -39,11 +40,24 @@ class CertCheckEntry:
     spec: core.CertCheckSpec
     selector: LabelSelector | None
     resource_version: str
-    observed: CertCheckStatus | None
+    # The status as written, undecoded until an evaluation needs it (``observed``): most statuses
+    # that come in are certcheck's own writes coming back, and an exporter never reads them.
+    status_raw: msgspec.Raw
     covered: set[str] = field(default_factory=set)  # Secret names it selects
     notification: NotificationSpec | None = None
     configmap_selector: LabelSelector | None = None
     covered_configmaps: set[str] = field(default_factory=set)
+    _decoded: tuple[CertCheckStatus | None] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def observed(self) -> CertCheckStatus | None:
+        """The status as written (None: none, or unreadable), decoded once."""
+        if self._decoded is None:
+            self._decoded = (decode_status(self.status_raw),)
+        return self._decoded[0]
+
+    def set_status(self, raw: msgspec.Raw) -> None:
+        self.status_raw, self._decoded = raw, None
 
 
 @dataclass
@@ -98,7 +112,19 @@ def _recover(
         covered(certchecks[name]).add(object_name)
 
 
-def _failures(status: CertCheckStatus | None) -> object:
+class _FailuresOnly(msgspec.Struct, frozen=True, rename="camel"):
+    notification_failures: list[NotificationFailure] | None = None
+
+
+_failures_decoder = msgspec.json.Decoder(_FailuresOnly | None)
+
+
+def _failures(raw: msgspec.Raw) -> object:
+    """The notifier's failures a status holds, read without decoding the rest of it."""
+    try:
+        status = _failures_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
     return status.notification_failures if status else None
 
 
@@ -180,6 +206,14 @@ class View:
 
     def certcheck(self, key: CertCheckKey) -> CertCheckEntry | None:
         return self.certchecks.get(key[0], {}).get(key[1])
+
+    def size(self) -> dict[str, int]:
+        """How many objects of each kind the view holds."""
+        return {
+            subjects.KIND_CERTCHECK: sum(len(entries) for entries in self.certchecks.values()),
+            subjects.KIND_SECRET: sum(len(entries) for entries in self.secrets.values()),
+            subjects.KIND_CONFIGMAP: sum(len(entries) for entries in self.configmaps.values()),
+        }
 
     def secret(self, key: SecretKey) -> SecretEntry | None:
         return self.secrets.get(key[0], {}).get(key[1])
@@ -330,7 +364,7 @@ class View:
             resource_version=event.resource_version,
             keys=tuple(event.keys or ()),
         )
-        observed = decode_status(event.status)
+        status_raw = event.status.copy()  # not a view of the whole message: that is not kept
         if (
             previous
             and _same_spec(previous.spec, spec)
@@ -338,9 +372,9 @@ class View:
         ):
             # Only the status changed (our own write coming back): nothing to re-evaluate, unless the
             # notifier recorded a change in its failures (the NotificationFailed condition follows them).
-            failures_changed = _failures(previous.observed) != _failures(observed)
+            failures_changed = _failures(previous.status_raw) != _failures(status_raw)
             previous.spec = spec
-            previous.observed = observed
+            previous.set_status(status_raw)
             previous.notification = event.notification
             if failures_changed:
                 return Effects(evaluate={(event.namespace, event.name)})
@@ -361,7 +395,7 @@ class View:
             spec,
             event.selector,
             event.resource_version,
-            observed,
+            status_raw,
             notification=event.notification,
             configmap_selector=event.configmap_selector,
         )

@@ -99,6 +99,13 @@ def test_three_evaluators_share_the_partitions_and_evaluate_every_namespace(
         what="every namespace's certificate annotated ExpiringSoon",
     )
 
+    def held() -> dict[str, int] | None:
+        """Secrets in each replica's views, once they match its partitions (one namespace each)."""
+        secrets = {i: int(metric(fleet, i, "certcheck_view_objects", 'kind="secret"')) for i in EVALUATORS}
+        return secrets if secrets == counts else None
+
+    wait_for(held, timeout=15, what="each replica holding the objects of its partitions only")
+
 
 def test_every_certificate_is_exported_by_exactly_one_exporter(fleet: Stack, fleet_cluster: Cluster) -> None:
     wait_for(lambda: shares(fleet, EXPORTERS, "exporter"), timeout=30, what="every partition exported")
