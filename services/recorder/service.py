@@ -107,7 +107,7 @@ class KeyedLock:
 
     @contextlib.asynccontextmanager
     async def __call__(self, key: object) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
         self._locks[key] = (lock, users + 1)
         try:
             async with lock:
