@@ -144,6 +144,15 @@ async def resilient(name: str, work: Callable[[], Coroutine[Any, Any, None]]) ->
             await asyncio.sleep(delay)
 
 
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a task and return once it has stopped, whatever it ended with."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
 async def supervise(stop: asyncio.Event, *tasks: asyncio.Task[None]) -> None:
     """Run until asked to stop or until a task fails; then cancel the rest and re-raise the failure."""
     stopping: asyncio.Task[Any] = asyncio.create_task(stop.wait())

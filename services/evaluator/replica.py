@@ -5,11 +5,10 @@ partition is handed over (services/common/partitions.py decides which)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from services.common.bus import Bus
-from services.common.runtime import resilient
+from services.common.runtime import cancel_and_wait, resilient
 from services.common.settings import Settings
 from services.evaluator.service import Evaluator
 from services.evaluator.view import View
@@ -44,10 +43,7 @@ class EvaluatorReplica:
         task = self._tasks.pop(partition, None)
         self.evaluators.pop(partition, None)
         self.started.discard(partition)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(task)
 
     async def _serve(self, evaluator: Evaluator) -> None:
         """Consumers first (nothing falls between them and the view), then the view, one evaluation of
@@ -69,6 +65,4 @@ class EvaluatorReplica:
                 evaluator.resync(),
             )
         finally:
-            following.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await following
+            await cancel_and_wait(following)

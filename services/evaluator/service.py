@@ -103,6 +103,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _as_last(seq: int, view_seq: int, data: bytes) -> LastResult:
+    try:
+        decoded = result_decoder.decode(data)
+    except msgspec.DecodeError:  # anyone on the bus could have put it there: only its seq counts
+        decoded = None
+    return LastResult(seq, view_seq, decoded if isinstance(decoded, EvaluationResult) else None)
+
+
 @dataclass(frozen=True, slots=True)
 class LastResult:
     """The message a CertCheck's result subject holds now: the compare-and-set base of the next one."""
@@ -122,6 +130,8 @@ class Evaluator:
         self.partition = partition
         self.view = View()
         self.follower = ViewFollower(bus, self.view, subjects.objects_of(partition))
+        # Per result subject, what this evaluator published there last: (seq, view seq, payload).
+        self._published: dict[str, tuple[int, int, bytes]] = {}
 
     async def follow_objects(self) -> None:
         await self.follower.run()
@@ -413,19 +423,17 @@ class Evaluator:
                 await asyncio.gather(*acks)
 
     async def _last_result(self, subject: str) -> LastResult:
+        """What the subject holds now: what this evaluator published there last, if it did (it is the
+        only one publishing there while it holds the partition; if another did, the compare-and-set
+        of the next publish fails and the subject is read), else the stream's last message."""
+        mine = self._published.get(subject)
+        if mine is not None:
+            return _as_last(*mine)
         try:
             last = await self.bus.js.get_last_msg(RESULTS.name, subject)
         except NotFoundError:
             return LastResult(0, 0, None)
-        try:
-            decoded = result_decoder.decode(last.data or b"")
-        except msgspec.DecodeError:  # anyone on the bus could have put it there: only its seq counts
-            decoded = None
-        return LastResult(
-            last.seq or 0,
-            int((last.headers or {}).get(HDR_VIEW_SEQ, "0")),
-            decoded if isinstance(decoded, EvaluationResult) else None,
-        )
+        return _as_last(last.seq or 0, int((last.headers or {}).get(HDR_VIEW_SEQ, "0")), last.data or b"")
 
     async def publish_result(
         self, subject: str, payload: bytes, view_seq: int, last: LastResult | None = None
@@ -439,12 +447,15 @@ class Evaluator:
                 return False
             headers = {HDR_EXPECTED_LAST_SUBJECT_SEQ: str(last.seq), HDR_VIEW_SEQ: str(view_seq)}
             try:
-                await self.bus.js.publish(subject, payload, stream=RESULTS.name, headers=headers)
-                return True
+                ack = await self.bus.js.publish(subject, payload, stream=RESULTS.name, headers=headers)
             except APIError as exc:
+                self._published.pop(subject, None)
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
                 last = None
+                continue
+            self._published[subject] = (ack.seq, view_seq, payload)
+            return True
 
     async def schedule(
         self, key: CertCheckKey, due: datetime | None, attempt: int = 0, view_seq: int | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Iterable
 
 from prometheus_client import REGISTRY
@@ -13,7 +12,7 @@ from schemas.streams import PARTITIONS_BUCKET
 from services.common import bus as bus_mod
 from services.common.health import Health
 from services.common.partitions import PartitionOwner
-from services.common.runtime import resilient, run_service, supervise
+from services.common.runtime import cancel_and_wait, resilient, run_service, supervise
 from services.common.settings import Settings
 from services.evaluator.follow import ViewFollower
 from services.evaluator.view import View
@@ -47,18 +46,12 @@ class ExporterReplica:
             self.caught_up.add(partition)
             await following
         finally:
-            following.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await following
+            await cancel_and_wait(following)
 
     async def release(self, partition: int) -> None:
-        task = self._tasks.pop(partition, None)
         self.followers.pop(partition, None)
         self.caught_up.discard(partition)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks.pop(partition, None))
 
     @property
     def ready(self) -> bool:

@@ -47,6 +47,7 @@ class FakeJetStream:
     published: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
     purged: list[str] = field(default_factory=list)
     fail_subjects: set[str] = field(default_factory=set)
+    reads: list[str] = field(default_factory=list)  # get_last_msg subjects
     _publish_async_futures: dict[str, Any] = field(default_factory=dict)
 
     async def publish_async(self, subject: str, payload: bytes, headers: Any = None, **_: Any) -> Any:
@@ -59,12 +60,13 @@ class FakeJetStream:
     last: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
 
     async def get_last_msg(self, stream: str, subject: str) -> Any:
+        self.reads.append(subject)
         if subject not in self.last:
             raise NotFoundError
         seq, headers, data = self.last[subject]
         return SimpleNamespace(seq=seq, headers=headers, data=data)
 
-    async def publish(self, subject: str, payload: bytes, stream: str = "", headers: Any = None) -> None:
+    async def publish(self, subject: str, payload: bytes, stream: str = "", headers: Any = None) -> Any:
         if subject in self.fail_subjects:
             raise ConnectionError("bus unavailable for this subject")
         headers = dict(headers or {})
@@ -73,6 +75,7 @@ class FakeJetStream:
             raise APIError(err_code=10071)
         self.published.append((subject, payload, headers))
         self.last[subject] = (len(self.published), headers, payload)
+        return type("PubAck", (), {"seq": len(self.published)})()
 
     async def purge_stream(self, stream: str, subject: str = "") -> None:
         self.purged.append(subject)
@@ -232,3 +235,27 @@ def test_garbage_on_a_result_subject_is_replaced_by_the_next_result_not_a_stop()
     js.published.extend([("x", b"", {})] * 7)
     asyncio.run(evaluator.act(Effects(evaluate=keys()), "change"))
     assert js.results()["alpha"].status.expiring_soon_count == 1
+
+
+def _published_on(js: FakeJetStream, subject: str) -> int:
+    return sum(1 for published, _, _ in js.published if published == subject)
+
+
+def test_a_result_subject_is_read_once_then_the_evaluator_builds_on_what_it_published() -> None:
+    evaluator, js = evaluator_with_three()
+    subject = subjects.result_subject("ns", "alpha")
+    for _ in range(3):
+        asyncio.run(evaluator.act(Effects(evaluate={("ns", "alpha")}), "change"))
+    assert js.reads.count(subject) == 1
+    assert _published_on(js, subject) == 3  # each compare-and-set held against its own last publish
+
+
+def test_a_result_someone_else_published_since_is_read_and_built_on_not_overwritten_blindly() -> None:
+    evaluator, js = evaluator_with_three()
+    subject = subjects.result_subject("ns", "alpha")
+    asyncio.run(evaluator.act(Effects(evaluate={("ns", "alpha")}), "change"))
+    seq, headers, payload = js.last[subject]
+    js.last[subject] = (seq + 100, headers, payload)  # another publisher (a previous holder, anyone)
+    asyncio.run(evaluator.act(Effects(evaluate={("ns", "alpha")}), "change"))
+    assert js.reads.count(subject) == 2  # the compare-and-set failed: the subject was read again
+    assert _published_on(js, subject) == 2 and js.last[subject][0] != seq + 100
