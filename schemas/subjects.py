@@ -13,6 +13,7 @@ of its name modulo a count fixed at install (see ``partition_of``).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 PREFIX = "certcheck.v1"
@@ -34,6 +35,7 @@ _FNV32_OFFSET = 0x811C9DC5
 _FNV32_PRIME = 0x01000193
 
 
+@functools.lru_cache(maxsize=8192)  # per published object: namespaces are few, the hash a Python loop
 def partition_of(namespace: str, partitions: int) -> int:
     """The partition of a namespace: FNV-1a (32 bits) of its name, modulo the count. The same hash as
     nats-server's ``{{partition(count, <namespace token>)}}`` subject mapping, so a server-side mapping

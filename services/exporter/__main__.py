@@ -94,7 +94,8 @@ async def serve(
 
     async def report_readiness() -> None:
         while True:
-            health.set_ready(ready(), "" if ready() else "partitions catching up")
+            is_ready = ready()
+            health.set_ready(is_ready, "" if is_ready else "partitions catching up")
             await asyncio.sleep(0.5)
 
     try:
