@@ -144,6 +144,13 @@ async def resilient(name: str, work: Callable[[], Coroutine[Any, Any, None]]) ->
             await asyncio.sleep(delay)
 
 
+def report_failure(task: asyncio.Task[Any]) -> None:
+    """A done callback for a task nobody awaits until it is cancelled: a failure is logged when it
+    happens, not when (if ever) the task is collected."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s ended with a failure", task.get_name(), exc_info=task.exception())
+
+
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     """Cancel a task and return once it has stopped, whatever it ended with."""
     if task is None:

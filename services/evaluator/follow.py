@@ -15,6 +15,7 @@ from schemas import subjects
 from schemas.messages import object_decoder
 from schemas.streams import OBJECTS
 from services.common.bus import Bus
+from services.common.runtime import backoff
 from services.evaluator.view import View
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,15 @@ class ViewFollower:
         is not enough: the stream keeps one message per object, so an object changed meanwhile loses
         its older message before the view gets to it and is missing until the view reaches the newer
         one; a sweep from that view would publish results without it."""
+        failures = 0
         while self.behind != 0:
-            last = await self._last_seq()
+            try:
+                last = await self._last_seq()
+            except Exception as exc:  # the stream without a leader for now (a node lost): ask again
+                failures += 1
+                log.warning("cannot tell how far %s goes (%r): asking again", self.subject, exc)
+                await asyncio.sleep(backoff(failures, GONE_CHECK_SECONDS))
+                continue
             if self.view.seq >= last:
                 return
             await self._applied(last, GONE_CHECK_SECONDS)

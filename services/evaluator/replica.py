@@ -8,7 +8,7 @@ import asyncio
 import logging
 
 from services.common.bus import Bus
-from services.common.runtime import cancel_and_wait, resilient
+from services.common.runtime import cancel_and_wait, report_failure, resilient
 from services.common.settings import Settings
 from services.evaluator.service import Evaluator
 from services.evaluator.view import View
@@ -35,7 +35,9 @@ class EvaluatorReplica:
     async def claim(self, partition: int) -> None:
         evaluator = Evaluator(self.bus, self.settings, partition)
         self.evaluators[partition] = evaluator
-        self._tasks[partition] = asyncio.create_task(self._serve(evaluator), name=f"partition-{partition}")
+        task = asyncio.create_task(self._serve(evaluator), name=f"partition-{partition}")
+        task.add_done_callback(report_failure)
+        self._tasks[partition] = task
 
     async def release(self, partition: int) -> None:
         """Stop evaluating the partition. What its consumers delivered and it did not acknowledge is

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from services.evaluator.follow import ViewFollower
 from services.evaluator.view import View
@@ -16,6 +16,7 @@ from services.evaluator.view import View
 class _State:
     messages: int
     last_seq: int
+    failures: int = 0  # how many more times the stream cannot be asked (no leader, say)
 
 
 class _FakeJetStream:
@@ -23,6 +24,9 @@ class _FakeJetStream:
         self.state = state
 
     async def get_last_msg(self, stream: str, subject: str) -> Any:
+        if self.state.failures:
+            self.state.failures -= 1
+            raise NoStreamResponseError
         if self.state.messages == 0:
             raise NotFoundError
         return type("Msg", (), {"seq": self.state.last_seq})()
@@ -69,3 +73,17 @@ def test_catch_up_ends_on_an_empty_stream_and_when_the_last_messages_are_gone() 
 
     asyncio.run(scenario(_State(messages=0, last_seq=9), seq=0))
     asyncio.run(scenario(_State(messages=4, last_seq=7), seq=7))  # what followed 7 expired meanwhile
+
+
+def test_catch_up_outlasts_a_stream_that_cannot_be_asked_for_a_while() -> None:
+    # A node of the cluster lost: the stream has no leader for a few seconds. Catching up goes on
+    # asking (a catch-up that ended with the error left its partition unevaluated for good).
+    async def scenario() -> None:
+        state = _State(messages=3, last_seq=3, failures=3)
+        follower = ViewFollower(_FakeBus(state), View())  # type: ignore[arg-type]
+        catching_up = asyncio.create_task(follower.catch_up())
+        await _read(follower, 3, behind=1)
+        await asyncio.wait_for(catching_up, 10)
+        assert state.failures == 0
+
+    asyncio.run(scenario())
