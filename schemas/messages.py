@@ -7,6 +7,7 @@ change adds a new tag; consumers decode with the union types below and reject un
 from __future__ import annotations
 
 import enum
+from datetime import datetime
 
 import msgspec
 
@@ -35,16 +36,37 @@ class LabelSelector(msgspec.Struct, frozen=True, rename="camel"):
     match_expressions: list[SelectorRequirement] = []
 
 
-class CertSource(msgspec.Struct, frozen=True):
-    """The certificates found under one data key of a Secret.
+class Certificate(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+    """What the watcher read from one certificate (decoded once, there): its facts, or ``error``, why it
+    cannot be read. Never any key material."""
 
-    ``pem`` holds only PEM ``CERTIFICATE`` blocks, never any other Secret data. ``error`` says why the
-    key could not be read (for example: no certificate found).
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+    subject_cn: str | None = None
+    issuer_cn: str | None = None
+    serial_number: str = ""  # hex
+    fingerprint: str = ""  # sha256 of the DER, hex
+    dns_names: list[str] = []
+    error: str | None = None
+
+
+class CertSource(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The certificates found under one data key of a Secret (or ConfigMap), in order: a chain's leaf
+    first. ``error`` says why the key could not be read (for example: no certificate found).
+
+    ``pem`` (PEM ``CERTIFICATE`` blocks) is what watchers wrote before they published facts: still read,
+    never written (a watcher that finds such messages lists everything again, see OBJECT_FORMAT).
     """
 
     key: str
-    pem: list[str] = []
+    certs: list[Certificate] = []
     error: str | None = None
+    pem: list[str] = []
+
+
+# The format of object messages. A watcher that finds it changed since it saved its progress lists every
+# object again, so each is published in this format (2: certificates as facts, not PEM).
+OBJECT_FORMAT = 2
 
 
 class SecretObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="SecretObserved/v1"):

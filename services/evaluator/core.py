@@ -24,10 +24,10 @@ from schemas.messages import (
     EventIntent,
     State,
 )
+from services.domain.certs import CertError, CertFacts
 from services.domain.events import certcheck_warning
 from services.domain.times import days, parse_rfc3339, rfc3339, shift
 from services.evaluator import events as ev
-from services.evaluator.certs import CertError, CertFacts
 
 KIND_SECRET = "Secret"
 KIND_CONFIGMAP = "ConfigMap"

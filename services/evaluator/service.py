@@ -53,9 +53,9 @@ from services.common.bus import (
 )
 from services.common.runtime import backoff
 from services.common.settings import Settings
+from services.domain.certs import describe
 from services.domain.times import parse_rfc3339, rfc3339
 from services.evaluator import core
-from services.evaluator.certs import describe
 from services.evaluator.follow import ViewFollower
 from services.evaluator.view import CertCheckKey, Effects, View
 

@@ -27,8 +27,8 @@ from schemas.messages import (
     SecretObserved,
     status_decoder,
 )
+from services.domain.certs import CertError, Parsed, from_wire
 from services.evaluator import core
-from services.evaluator.certs import CertError, parse_pem_certificate
 from services.evaluator.selector import matches, selector_error
 
 CertCheckKey = tuple[str, str]  # (namespace, name)
@@ -144,9 +144,18 @@ def _entries(observed: SecretObserved | ConfigMapObserved) -> tuple[core.CertEnt
         if source.error is not None:
             entries.append(core.CertEntry(source.key, 0, CertError(source.error)))
             continue
-        for index, pem in enumerate(source.pem):
-            entries.append(core.CertEntry(source.key, index, parse_pem_certificate(pem)))
+        parsed = [from_wire(cert) for cert in source.certs] if source.certs else _legacy(source.pem)
+        entries.extend(core.CertEntry(source.key, index, facts) for index, facts in enumerate(parsed))
     return tuple(entries)
+
+
+def _legacy(pem: list[str]) -> list[Parsed]:
+    """Certificates of a message an older watcher wrote (PEM, not facts), until it is published again."""
+    if not pem:
+        return []
+    from services.domain.pem import parse_pem_certificate
+
+    return [parse_pem_certificate(block) for block in pem]
 
 
 def secret_view(observed: SecretObserved) -> core.SecretView:

@@ -11,8 +11,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from schemas.messages import State
+from services.domain.certs import CertFacts
 from services.evaluator import core
-from services.evaluator.certs import CertFacts
 from services.evaluator.view import View
 
 CERT_LABELS = [

@@ -12,6 +12,7 @@ import msgspec
 from kubernetes import client
 
 from schemas import subjects
+from schemas.messages import OBJECT_FORMAT
 from schemas.streams import LEASE_BUCKET, WATCHER_STATE_BUCKET
 from services.common import bus as bus_mod
 from services.common.health import Health
@@ -70,9 +71,11 @@ def _sink(
 
 
 def watch_config(settings: Settings) -> str:
-    """What the watches select: saved progress is only resumed under the same."""
+    """What the watches select, and the format they publish in: saved progress is only resumed under
+    the same (a watcher of another format lists everything again, publishing each object anew)."""
     return msgspec.json.encode(
         {
+            "object_format": OBJECT_FORMAT,
             "secret_types": sorted(t or "*" for t in secret_scopes(settings).values()),
             "secret_label_selector": settings.secret_label_selector,
             "configmaps": settings.configmaps_watched,

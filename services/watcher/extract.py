@@ -1,6 +1,7 @@
 """Turning raw Kubernetes objects into bus messages. Pure: no I/O.
 
-Only PEM CERTIFICATE blocks ever leave this module: private keys and every other Secret value are
+Only the facts of certificates (dates, names, serial, fingerprint) ever leave this module: each
+certificate is decoded here, once for every service; private keys and every other Secret value are
 dropped here, in the watcher, and never reach the bus.
 """
 
@@ -16,12 +17,15 @@ import msgspec
 from schemas import annotations as ann
 from schemas.messages import (
     CertCheckObserved,
+    Certificate,
     CertSource,
     ConfigMapObserved,
     LabelSelector,
     NotificationSpec,
     SecretObserved,
 )
+from services.domain.certs import to_wire
+from services.domain.pem import parse_pem_certificate
 from services.watcher.decode import MAX_VALUE_BYTES, find_certificates, is_keystore_key
 from services.watcher.passwords import ReferencedPassword
 
@@ -30,7 +34,7 @@ CERT_SUFFIXES = (".crt", ".pem", ".cer", ".der", ".cert")
 CERT_KEYS = ("tls.crt", "ca.crt")
 MAX_KEYS_SCANNED = 5000  # a Secret with more keys is reported, its other keys not read
 MAX_OTHER_KEYS = 500  # names of keys without certificates, listed so a CertCheck naming one can say so
-MAX_PEM_BYTES_PER_SECRET = 512 << 10  # keeps every message well under NATS's 1 MiB payload limit
+MAX_CERT_BYTES_PER_SECRET = 512 << 10  # keeps every message well under NATS's 1 MiB payload limit
 
 
 class ManagedFields(msgspec.Struct):
@@ -137,23 +141,29 @@ def _source(
     first = (referenced.password,) if referenced and referenced.password is not None else ()
     found = find_certificates(key, value, decoded, first)
     if found.pem:
-        return CertSource(key, pem=list(found.pem))
+        return CertSource(key, certs=[to_wire(parse_pem_certificate(block)) for block in found.pem])
     if referenced and referenced.problem and found.error and "password" in found.error:
         return CertSource(key, error=f"{found.error}; {referenced.describe()} {referenced.problem}")
     return CertSource(key, error=found.error)
 
 
+def _wire_size(cert: Certificate) -> int:
+    """About what ``cert`` takes in a message (an upper bound; encoding it to know costs more)."""
+    names = (cert.subject_cn, cert.issuer_cn, cert.error, *cert.dns_names)
+    return 200 + sum(len(name) + 3 for name in names if name)
+
+
 def _bounded(sources: list[CertSource]) -> list[CertSource]:
-    budget = MAX_PEM_BYTES_PER_SECRET
+    budget = MAX_CERT_BYTES_PER_SECRET
     bounded = []
     for source in sources:
-        size = sum(len(block) for block in source.pem)
+        size = sum(_wire_size(cert) for cert in source.certs)
         if size > budget:
             bounded.append(
                 CertSource(
                     source.key,
                     error=f"key {source.key} holds too many certificates "
-                    f"({len(source.pem)} blocks, {size} bytes)",
+                    f"({len(source.certs)} certificates, about {size} bytes of facts)",
                 )
             )
             continue
@@ -193,7 +203,7 @@ def _collect(
             source = CertSource(key, error=f"key {key} could not be read: {type(exc).__name__}")
         if source is None:
             continue
-        if source.pem or _looks_like_certificate_key(key):
+        if source.certs or _looks_like_certificate_key(key):
             sources.append(source)
         elif len(other_keys) < MAX_OTHER_KEYS:
             other_keys.append(key)

@@ -1,12 +1,14 @@
-"""A watcher started on an objects stream written in the layout before partitions (no partition token
-in the subject) removes those messages and publishes everything again in the current layout, even
-when its saved watch progress says nothing changed since."""
+"""A watcher started on an objects stream an older release wrote (subjects without the partition token;
+certificates as PEM, not facts) publishes everything again in the current layout and format, even when
+its saved watch progress says nothing changed since."""
 
 from __future__ import annotations
 
+import msgspec
 from nats.js.errors import NotFoundError
 
 from devcluster.stack import Stack
+from schemas.messages import CertSource, SecretObserved, object_decoder
 from schemas.streams import (
     HDR_DIGEST,
     HDR_MSG_ID,
@@ -16,9 +18,11 @@ from schemas.streams import (
     WATCHER_STATE_BUCKET,
 )
 from schemas.subjects import KIND_SECRET as SECRET
+from services.watcher.publisher import WATCH_CONFIG_KEY
 from tests import subjects as test_subjects
 from tests.conftest import Cluster, wait_for, watcher_progress
 from tests.e2e.watchers import (  # noqa: F401 (fixtures)
+    CERT,
     ObjectsStream,
     cluster,
     create_secret,
@@ -73,3 +77,51 @@ def test_objects_published_in_the_older_layout_are_replaced_and_published_again(
 async def _save_progress(objects: ObjectsStream, resource_version: str) -> None:
     kv = await objects.js.key_value(WATCHER_STATE_BUCKET)
     await kv.put(f"rv.{SCOPE}", resource_version.encode())
+
+
+def test_objects_published_as_pem_by_an_older_watcher_are_published_again_as_facts(
+    stack: Stack, cluster: Cluster, objects: ObjectsStream, ns: str
+) -> None:
+    instance = "watcher-format"
+    watcher = start_watcher(stack, instance, {})
+    version = int(create_secret(cluster, ns, "other", "kubernetes.io/tls").metadata.resource_version)
+    objects.wait_published(ns, (SECRET, "other"))
+    wait_for(lambda: watcher_progress(stack).get(SCOPE, 0) >= version, what="the watch progress saved")
+    watcher.stop()
+
+    # What a watcher before facts left: "web" published as PEM, the progress saved past it under the
+    # older format (started again without looking at the format, the watcher would list nothing).
+    web = create_secret(cluster, ns, "web", "kubernetes.io/tls")
+    rv = web.metadata.resource_version
+    older = SecretObserved(
+        namespace=ns,
+        name="web",
+        uid=web.metadata.uid,
+        resource_version=rv,
+        type="kubernetes.io/tls",
+        sources=[CertSource("tls.crt", pem=[CERT.decode()])],
+    )
+    subject = test_subjects.object_subject(SECRET, ns, "web")
+    headers = {HDR_DIGEST: "older", HDR_RESOURCE_VERSION: rv, HDR_SCOPE: SCOPE, HDR_MSG_ID: f"older/{rv}"}
+    objects.run(objects.js.publish(subject, msgspec.json.encode(older), stream=OBJECTS.name, headers=headers))
+    objects.run(_save_progress(objects, rv))
+    objects.run(_save_older_watch_config(objects))
+
+    watcher = start_watcher(stack, instance, {})
+    try:
+
+        def republished_as_facts() -> bool:
+            last = object_decoder.decode(objects.run(objects.js.get_last_msg(OBJECTS.name, subject)).data)
+            assert isinstance(last, SecretObserved)
+            return bool(last.sources[0].certs) and not last.sources[0].pem
+
+        wait_for(republished_as_facts, what="web published again, as facts")
+    finally:
+        watcher.stop()
+
+
+async def _save_older_watch_config(objects: ObjectsStream) -> None:
+    kv = await objects.js.key_value(WATCHER_STATE_BUCKET)
+    config = msgspec.json.decode((await kv.get(f"rv.{WATCH_CONFIG_KEY}")).value or b"{}")
+    del config["object_format"]
+    await kv.put(f"rv.{WATCH_CONFIG_KEY}", msgspec.json.encode(config))

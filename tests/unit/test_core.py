@@ -10,8 +10,8 @@ import pytest
 
 from schemas import annotations as ann
 from schemas.messages import State
+from services.domain.certs import CertError, CertFacts
 from services.evaluator import core
-from services.evaluator.certs import CertError, CertFacts
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devcluster.certs import expiring_in
-from services.evaluator.certs import CertError, parse_pem_certificate
+from services.domain.certs import CertError
+from services.domain.pem import parse_pem_certificate
 from services.watcher.decode import MAX_VALUE_BYTES, find_certificates
 
 CERT, KEY = expiring_in(30, "layout.test")

@@ -16,7 +16,6 @@ from devcluster.certs import expiring_in
 from schemas import subjects
 from schemas.messages import (
     CertCheckObserved,
-    CertSource,
     Due,
     EvaluationResult,
     EventIntent,
@@ -33,6 +32,7 @@ from services.evaluator import core, service
 from services.evaluator.service import Evaluator, PublishFailed
 from services.evaluator.view import Effects
 from tests import subjects as test_subjects
+from tests.sources import facts_source
 
 CERT, _ = expiring_in(10)
 
@@ -134,7 +134,7 @@ def evaluator_with_three() -> tuple[Evaluator, FakeJetStream]:
                 resource_version=str(seq),
                 type="kubernetes.io/tls",
                 labels={"app": name},
-                sources=[CertSource("tls.crt", pem=[CERT.decode()])],
+                sources=[facts_source("tls.crt", CERT)],
             ),
             now,
         )

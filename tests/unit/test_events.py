@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from schemas.messages import CertCheckStatus, CertificateStatus, State
+from services.domain.certs import CertError, CertFacts
 from services.evaluator import core
 from services.evaluator import events as ev
-from services.evaluator.certs import CertError, CertFacts
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 SPEC = core.CertCheckSpec("ns", "check", "uid-check", 1, 30, resource_version="40")

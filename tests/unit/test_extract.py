@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import msgspec
 from cryptography import x509
@@ -36,20 +37,27 @@ def raw_secret(data: dict[str, str], annotations: dict[str, str] | None = None) 
     return RawSecret(metadata=meta, type="kubernetes.io/tls", data=data)
 
 
-def test_only_certificate_blocks_are_kept_even_when_a_key_is_bundled_in_tls_crt() -> None:
+def fingerprint(pem: bytes) -> str:
+    return hashlib.sha256(x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)).hexdigest()
+
+
+def test_only_certificate_facts_are_kept_even_when_a_key_is_bundled_in_tls_crt() -> None:
     cert, key = expiring_in(10)
     observed = secret_observed(raw_secret({"tls.crt": b64(key + cert), "tls.key": b64(key)}))
     [source] = observed.sources
-    assert source.key == "tls.crt" and len(source.pem) == 1
-    assert "PRIVATE KEY" not in source.pem[0]
-    assert source.pem[0].encode().strip() == cert.strip()
+    assert source.key == "tls.crt" and len(source.certs) == 1
+    assert source.certs[0].fingerprint == fingerprint(cert)
+    assert source.certs[0].not_after == x509.load_pem_x509_certificate(cert).not_valid_after_utc
+    message = msgspec.json.encode(observed)
+    assert b"PRIVATE KEY" not in message and b64(key).encode()[:40] not in message
 
 
 def test_chain_keeps_every_certificate_in_order() -> None:
     leaf, _ = expiring_in(10, "leaf")
     intermediate, _ = expiring_in(100, "intermediate")
     source = read_cert_source("tls.crt", b64(leaf + intermediate))
-    assert [p.encode().strip() for p in source.pem] == [leaf.strip(), intermediate.strip()]
+    assert [c.fingerprint for c in source.certs] == [fingerprint(leaf), fingerprint(intermediate)]
+    assert [c.subject_cn for c in source.certs] == ["leaf", "intermediate"]
 
 
 def test_ca_crt_is_read_when_present() -> None:
@@ -122,8 +130,8 @@ def test_configmap_text_bundle_and_binary_der_are_both_read() -> None:
         )
     )
     by_key = {source.key: source for source in observed.sources}
-    assert len(by_key["ca-bundle.crt"].pem) == 2
-    assert len(by_key["root.der"].pem) == 1
+    assert len(by_key["ca-bundle.crt"].certs) == 2
+    assert [c.fingerprint for c in by_key["root.der"].certs] == [fingerprint(second)]
     assert observed.other_keys == ["settings.yaml"]
 
 
@@ -149,7 +157,7 @@ def test_a_secret_of_several_mib_reports_its_big_values_and_still_reads_the_cert
     data = {f"big{i}.pem": b64(huge) for i in range(4)} | {"tls.crt": b64(cert), "tls.key": b64(key)}
     observed = secret_observed(raw_secret(data))
     by_key = {source.key: source for source in observed.sources}
-    assert len(by_key["tls.crt"].pem) == 1
+    assert len(by_key["tls.crt"].certs) == 1
     assert all("too large" in (by_key[f"big{i}.pem"].error or "") for i in range(4))
 
 

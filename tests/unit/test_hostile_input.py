@@ -11,9 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.messages import CertCheckStatus, Condition, State
+from schemas.messages import (
+    CertCheckStatus,
+    Certificate,
+    Condition,
+    SecretObserved,
+    State,
+    object_decoder,
+)
+from services.domain.certs import CertError, CertFacts, from_wire, to_wire
+from services.domain.pem import parse_pem_certificate
 from services.evaluator import core
-from services.evaluator.certs import CertError, CertFacts, parse_pem_certificate
 from services.watcher.decode import find_certificates
 from services.watcher.extract import RawSecret, secret_observed
 from tests import hostile
@@ -79,8 +87,49 @@ def test_a_secret_holding_a_malformed_certificate_is_observed_with_its_other_key
     )
     observed = secret_observed(secret)
     by_key = {source.key: source for source in observed.sources}
-    assert by_key["ca.crt"].pem == [good]
-    assert by_key["tls.crt"].pem or by_key["tls.crt"].error
+    assert [c.subject_cn for c in by_key["ca.crt"].certs] == ["hostile.test"]
+    assert by_key["tls.crt"].certs or by_key["tls.crt"].error
+    # What was published reads back as the same facts, or the same reason, on the other side.
+    sent = object_decoder.decode(msgspec.json.encode(observed))
+    assert isinstance(sent, SecretObserved)
+    for source, received in zip(observed.sources, sent.sources, strict=True):
+        assert [from_wire(c) for c in received.certs] == [from_wire(c) for c in source.certs]
+
+
+@pytest.mark.parametrize("oddity", sorted(ODD))
+def test_an_odd_certificate_crosses_the_bus_as_the_same_facts(oddity: str) -> None:
+    parsed = parse_pem_certificate(hostile.pem(ODD[oddity]))
+    received = msgspec.json.decode(msgspec.json.encode(to_wire(parsed)), type=Certificate)
+    assert from_wire(received) == parsed
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        Certificate(),
+        Certificate(not_after=datetime(2030, 1, 1, tzinfo=UTC)),
+        Certificate(not_before=datetime(2031, 1, 1, tzinfo=UTC), not_after=datetime(2030, 1, 1, tzinfo=UTC)),
+        Certificate(not_before=datetime(2029, 1, 1), not_after=datetime(2030, 1, 1)),
+    ],
+    ids=["no dates", "no notBefore", "dates out of order", "dates without a zone"],
+)
+def test_facts_from_the_bus_that_no_certificate_can_have_become_an_invalid_entry(forged: Certificate) -> None:
+    # Whoever can publish on the bus is not trusted: the reader checks what the watcher checked.
+    received = msgspec.json.decode(msgspec.json.encode(forged), type=Certificate)
+    assert isinstance(from_wire(received), CertError)
+
+
+def test_names_from_the_bus_are_bounded_as_the_watchers_are() -> None:
+    forged = Certificate(
+        not_before=datetime(2029, 1, 1, tzinfo=UTC),
+        not_after=datetime(2030, 1, 1, tzinfo=UTC),
+        subject_cn="x" * 100_000,
+        dns_names=["y" * 1000] * 10_000,
+    )
+    facts = from_wire(forged)
+    assert isinstance(facts, CertFacts)
+    assert len(facts.subject_cn or "") <= 256 and len(facts.dns_names) <= 100
+    assert all(len(name) <= 256 for name in facts.dns_names)
 
 
 @pytest.mark.parametrize("oddity", sorted(ODD))

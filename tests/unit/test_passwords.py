@@ -53,7 +53,7 @@ def test_a_keystore_opens_with_the_password_from_the_referenced_secret() -> None
     index = PasswordIndex(secrets.read)
     referenced = index.resolve("ns", "store", PasswordRef("pw", "password"))
     [source] = secret_observed(store_secret(keystore(b"s3cret")), referenced).sources
-    assert len(source.pem) == 1 and source.error is None
+    assert len(source.certs) == 1 and source.error is None
 
 
 def test_a_missing_password_secret_or_key_is_named_in_the_keystore_error() -> None:

@@ -19,6 +19,7 @@ from schemas.messages import (
 )
 from services.evaluator import core
 from services.evaluator.view import View
+from tests.sources import facts_source
 
 NOW = datetime.now(UTC)
 CERT, _ = expiring_in(10)
@@ -40,7 +41,7 @@ def secret(
         type="kubernetes.io/tls",
         labels=labels,
         annotations=annotations or {},
-        sources=[CertSource("tls.crt", pem=[cert.decode()])],
+        sources=[facts_source("tls.crt", cert)],
     )
 
 
@@ -158,7 +159,18 @@ def test_deleted_secret_reevaluates_its_certchecks() -> None:
     assert view.inputs(("ns", "a"))[0] == []
 
 
-def test_unparsable_pem_becomes_an_invalid_entry() -> None:
+def test_a_message_of_an_older_watcher_holding_pem_is_read_as_the_same_facts() -> None:
+    view = View()
+    fold(view, certcheck("a", {"app": "x"}), secret("new", {"app": "x"}))
+    older = msgspec.structs.replace(
+        secret("old", {"app": "x"}), sources=[CertSource("tls.crt", pem=[CERT.decode()])]
+    )
+    fold(view, older)
+    by_name = {s.name: s.entries for s in view.inputs(("ns", "a"))[0]}
+    assert by_name["old"] == by_name["new"] and len(by_name["old"]) == 1
+
+
+def test_unparsable_pem_of_an_older_watcher_becomes_an_invalid_entry() -> None:
     view = View()
     bad = base64.b64encode(b"garbage").decode()
     pem = f"-----BEGIN CERTIFICATE-----\n{bad}\n-----END CERTIFICATE-----\n"
@@ -177,7 +189,7 @@ def configmap(name: str, labels: dict[str, str], rv: str = "1", cert: bytes = CE
         uid=f"uid-cm-{name}",
         resource_version=rv,
         labels=labels,
-        sources=[CertSource("ca.crt", pem=[cert.decode()])],
+        sources=[facts_source("ca.crt", cert)],
     )
 
 

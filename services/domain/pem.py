@@ -1,4 +1,5 @@
-"""Decoding certificates into the facts certcheck needs. Pure: no I/O.
+"""Decoding a PEM certificate into the facts certcheck needs (services/domain/certs.py). Pure: no I/O.
+The watcher decodes each certificate here once; the evaluator only for messages of older watchers.
 
 Whatever a certificate holds, ``parse_pem_certificate`` returns facts or the reason it cannot: no
 exception of any type leaves it (``cryptography`` raises ``InvalidVersion``, ``ValueError`` and others,
@@ -11,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
 from functools import lru_cache
 from typing import TypeVar
 
@@ -20,38 +19,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from services.domain.certs import (
+    MAX_DNS_NAMES,
+    MAX_TEXT,
+    CertError,
+    CertFacts,
+    Parsed,
+    describe,
+    invalid_dates,
+)
 from services.domain.times import rfc3339
 
-MAX_TEXT = 256  # subject and issuer names beyond this are cut (RFC 5280 bounds a CN at 64)
-MAX_REASON = 300
-MAX_DNS_NAMES = 100  # kept per certificate: the status shows fewer, the rest is counted, not stored
-
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class CertFacts:
-    not_before: datetime
-    not_after: datetime
-    subject_cn: str | None
-    issuer_cn: str | None
-    serial_number: str
-    fingerprint: str  # sha256 of the DER, hex
-    dns_names: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class CertError:
-    reason: str
-
-
-Parsed = CertFacts | CertError
-
-
-def describe(exc: BaseException) -> str:
-    """An exception as a reason: its type and its first line, bounded."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}"[:MAX_REASON] if text else type(exc).__name__
 
 
 def _common_name(name: x509.Name) -> str | None:
@@ -97,8 +76,9 @@ def _facts(cert: x509.Certificate) -> Parsed:
         return CertError(
             f"serial number is not positive, which RFC 5280 forbids (notAfter {rfc3339(not_after)})"
         )
-    if not_before > not_after:
-        return CertError(f"notBefore {rfc3339(not_before)} is after notAfter {rfc3339(not_after)}")
+    wrong = invalid_dates(not_before, not_after)
+    if wrong is not None:
+        return wrong
     return CertFacts(
         not_before=not_before,
         not_after=not_after,
