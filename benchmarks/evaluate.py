@@ -13,6 +13,8 @@ import time
 import tracemalloc
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+
 from devcluster.certs import make_cert
 from schemas.messages import CertCheckObserved, CertSource, LabelSelector, SecretObserved
 from services.domain.certs import to_wire
@@ -97,7 +99,7 @@ def main() -> None:
         seq += 1
         written = {k: v for k, v in patch.annotations.items() if v is not None}
         view.apply(seq, _secret(i, pems[i % len(pems)], written, 2), NOW)
-    entry.observed = first.status  # and the status written and watched back
+    entry.set_status(msgspec.Raw(msgspec.json.encode(first.status)))  # and the status written, watched back
     settled = _timed(evaluate, args.repeat)
     n = args.secrets
     if args.memory:

@@ -143,7 +143,7 @@ class Evaluator:
 
     async def consumers(self) -> None:
         """Create the durable work consumers before reading the view, so nothing falls between."""
-        await durable_consumer(
+        work = await durable_consumer(
             self.bus,
             OBJECTS.name,
             evaluator_objects_consumer(self.partition),
@@ -151,6 +151,8 @@ class Evaluator:
             new_only=True,
             max_ack_pending=20_000,
         )
+        acked = (await work.consumer_info()).ack_floor
+        self.view.effects_after = acked.stream_seq if acked else 0
         await durable_consumer(
             self.bus,
             TRIGGERS.name,
@@ -189,7 +191,8 @@ class Evaluator:
                 if found is None:  # too old to remember: re-evaluate the whole namespace
                     found = Effects(evaluate=set(self._namespace_of(msg.subject)))
                 effects.merge(found)
-            await self._settle(settled, self.act(effects, "change"))
+            if await self._settle(settled, self.act(effects, "change")):
+                self.view.forget_effects(msg.metadata.sequence.stream for msg in settled)
 
     def _namespace_of(self, subject: str) -> list[CertCheckKey]:
         """Every CertCheck of the namespace an object subject names (none for a subject that names none)."""
@@ -223,8 +226,9 @@ class Evaluator:
             if settled:
                 await self._settle(settled, self.act(Effects(evaluate=set(due)), "due", due))
 
-    async def _settle(self, msgs: list[Msg], work: Awaitable[None]) -> None:
-        """Ack the batch once its work is done; on failure nak it, so JetStream redelivers it later."""
+    async def _settle(self, msgs: list[Msg], work: Awaitable[None]) -> bool:
+        """Ack the batch once its work is done (True); on failure nak it, so JetStream redelivers it
+        later (False)."""
         try:
             async with held(msgs):
                 await work
@@ -235,9 +239,10 @@ class Evaluator:
             log.warning("evaluation failed, redelivering %d messages in %.1fs: %s", len(msgs), delay, exc)
             for msg in msgs:
                 await msg.nak(delay=delay)
-            return
+            return False
         for msg in msgs:
             await msg.ack()
+        return True
 
     async def start(self) -> None:
         """The start-up sweep, retried until it went through: a bus failure delays it, never ends it."""

@@ -8,7 +8,7 @@ CertChecks it affects, so a Secret change is mapped to exactly the CertChecks th
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -60,7 +60,7 @@ class CertCheckEntry:
         self.status_raw, self._decoded = raw, None
 
 
-@dataclass
+@dataclass(slots=True)
 class SecretEntry:
     view: core.SecretView
     resource_version: str
@@ -201,7 +201,12 @@ def decode_status(raw: msgspec.Raw) -> CertCheckStatus | None:
 
 class View:
     def __init__(self, effects_memory: int = 100_000) -> None:
+        """``effects_memory``: how many messages' effects are kept for the work consumer to take (0: none,
+        for a view nobody evaluates from, the exporter's)."""
         self.seq = 0
+        # Effects are kept only for messages after this one: those up to it were acknowledged already
+        # (the start-up evaluation covers them), and would be kept for nobody.
+        self.effects_after = 0
         self.certchecks: dict[str, dict[str, CertCheckEntry]] = {}
         self.secrets: dict[str, dict[str, SecretEntry]] = {}
         self.configmaps: dict[str, dict[str, SecretEntry]] = {}  # read-only sources, never annotated
@@ -242,6 +247,11 @@ class View:
     def effects_of(self, seq: int) -> Effects | None:
         return self._effects.get(seq)
 
+    def forget_effects(self, seqs: Iterable[int]) -> None:
+        """The effects of these messages were acted on and the messages acknowledged."""
+        for seq in seqs:
+            self._effects.pop(seq, None)
+
     def coverage(self, namespace: str, secret_name: str) -> core.Coverage:
         entry = self.secrets[namespace][secret_name]
         epoch = self._coverage_epochs.get(namespace, 0)
@@ -279,9 +289,10 @@ class View:
         else:
             effects = self._delete_certcheck(event)
         self.seq = max(self.seq, seq)
-        self._effects[seq] = effects
-        while len(self._effects) > self._effects_memory:
-            self._effects.popitem(last=False)
+        if seq > self.effects_after and self._effects_memory > 0:
+            self._effects[seq] = effects
+            while len(self._effects) > self._effects_memory:
+                self._effects.popitem(last=False)
         return effects
 
     @staticmethod

@@ -272,3 +272,24 @@ def test_a_secrets_coverage_follows_certchecks_created_and_deleted_beside_it() -
     assert view.coverage("ns", "a") == core.Coverage(("one", "two"), 60)
     fold(view, ObjectDeleted(subjects.KIND_CERTCHECK, "ns", "two", "uid-two", "2"))
     assert view.coverage("ns", "a") == core.Coverage(("one",), 30)
+
+
+def test_effects_are_kept_until_acted_on_and_only_for_messages_not_yet_acknowledged() -> None:
+    view = View()
+    view.effects_after = 2  # the work consumer acknowledged up to 2: nobody asks for those again
+    view.apply(1, certcheck("a", {"app": "x"}), NOW)
+    view.apply(2, secret("old", {"app": "x"}), NOW)
+    view.apply(3, secret("new", {"app": "x"}), NOW)
+    assert view.effects_of(1) is None and view.effects_of(2) is None
+    found = view.effects_of(3)
+    assert found is not None and found.evaluate == {("ns", "a")}
+    view.forget_effects([3])
+    assert view.effects_of(3) is None
+
+
+def test_a_view_nobody_evaluates_from_keeps_no_effects() -> None:
+    view = View(effects_memory=0)
+    view.apply(1, certcheck("a", {"app": "x"}), NOW)
+    effects = view.apply(2, secret("s", {"app": "x"}), NOW)
+    assert effects.evaluate == {("ns", "a")}
+    assert view.effects_of(2) is None
