@@ -30,6 +30,7 @@ unit: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check services schemas devcluster tests benchmarks
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports  # .importlinter: no service imports another
 
 ## Workload shapes against the API server's own floor, in one run (python -m benchmarks.shapes --help;
 ## python -m benchmarks.startup still runs the older single-shape benchmark).

@@ -19,8 +19,8 @@ from devcluster.certs import make_cert
 from schemas.messages import CertCheckObserved, CertSource, LabelSelector, SecretObserved
 from services.domain.certs import to_wire
 from services.domain.pem import parse_pem_certificate
+from services.domain.view import View
 from services.evaluator import core
-from services.evaluator.view import View
 
 NOW = datetime.now(UTC)
 
@@ -78,11 +78,11 @@ def main() -> None:
         selector=LabelSelector(match_labels={"app": "bench"}),
     )
     seq = 1
-    view.apply(seq, certcheck, NOW)
+    view.apply(seq, certcheck)
     started = time.perf_counter()
     for i in range(args.secrets):
         seq += 1
-        view.apply(seq, _secret(i, pems[i % len(pems)], {}), NOW)
+        view.apply(seq, _secret(i, pems[i % len(pems)], {}))
     fold = time.perf_counter() - started
     key = ("ns", "check")
     entry = view.certcheck(key)
@@ -98,7 +98,7 @@ def main() -> None:
         i = int(patch.name[1:])
         seq += 1
         written = {k: v for k, v in patch.annotations.items() if v is not None}
-        view.apply(seq, _secret(i, pems[i % len(pems)], written, 2), NOW)
+        view.apply(seq, _secret(i, pems[i % len(pems)], written, 2))
     entry.set_status(msgspec.Raw(msgspec.json.encode(first.status)))  # and the status written, watched back
     settled = _timed(evaluate, args.repeat)
     n = args.secrets

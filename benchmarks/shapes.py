@@ -894,7 +894,11 @@ def measure_floor(workdir: Path, certificates: int, args: argparse.Namespace) ->
         api = Api(stack)
         plan = floor_plan(certificates, datetime.now(UTC))
         create_objects(api, plan)
-        writer, concurrency, machine = KubeWriter(api.client), Settings().write_concurrency, Machine(stack)
+        writer, concurrency, machine = (
+            KubeWriter(api.client, "recorder"),
+            Settings().write_concurrency,
+            Machine(stack),
+        )
         seconds = floor_burst(writer, plan, concurrency)
         changes = floor_changes(api, writer, plan, args)
         seen = effect_latency(changes, "annotation")

@@ -41,7 +41,9 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
         parts = {
             "watcher": watcher.serve(bus, api, settings, health.part("watcher"), stop),
             "evaluator": evaluator.serve(evaluating, health.part("evaluator"), stop),
-            "recorder": recorder.serve(bus, KubeWriter(api), settings, health.part("recorder"), stop),
+            "recorder": recorder.serve(
+                bus, KubeWriter(api, "recorder"), settings, health.part("recorder"), stop
+            ),
             "notifier": notifier.serve(bus, api, settings, health.part("notifier"), stop),
             "exporter": exporter.serve(
                 evaluating.views, lambda: evaluating.ready, health.part("exporter"), stop

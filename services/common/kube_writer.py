@@ -19,7 +19,6 @@ JSON_PATCH = "application/json-patch+json"
 
 log = logging.getLogger(__name__)
 
-COMPONENT = "certcheck-recorder"
 OCCURRENCE = "certcheck.dev/occurrence"
 writes = Counter("certcheck_kubernetes_writes_total", "Writes to the Kubernetes API", ["kind", "outcome"])
 
@@ -43,9 +42,11 @@ class KubeWriter:
     (patches, Event creation) send pre-encoded bytes and read only the status code: the generated
     models cost about 1 ms of CPU per request, which at ten thousand writes is the bottleneck."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, component: str) -> None:
+        """``component``: the service writing (``recorder``, ``notifier``), named as its Events' source."""
         self.api = api
         self.core = client.CoreV1Api(api)
+        self.component = component
 
     def _send(self, method: str, path: str, body: object, content_type: str) -> tuple[int, bytes]:
         headers = {"Content-Type": content_type, "Accept": "application/json"}
@@ -185,9 +186,9 @@ class KubeWriter:
             "count": 1,
             "firstTimestamp": stamp,
             "lastTimestamp": stamp,
-            "source": {"component": COMPONENT},
-            "reportingComponent": "certcheck.dev/recorder",
-            "reportingInstance": COMPONENT,
+            "source": {"component": f"certcheck-{self.component}"},
+            "reportingComponent": f"certcheck.dev/{self.component}",
+            "reportingInstance": f"certcheck-{self.component}",
         }
         status, _ = self._send(
             "POST", f"/api/v1/namespaces/{intent.namespace}/events", event, "application/json"

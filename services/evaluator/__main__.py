@@ -11,7 +11,7 @@ from services.common.health import Health
 from services.common.partitions import PartitionOwner
 from services.common.runtime import run_service, supervise
 from services.common.settings import Settings
-from services.evaluator.follow import report_view_sizes
+from services.domain.follow import report_view_sizes
 from services.evaluator.replica import EvaluatorReplica
 
 log = logging.getLogger("certcheck.evaluator")

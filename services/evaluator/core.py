@@ -5,12 +5,10 @@ No I/O and no clock: every function takes ``now``. This is where the expiry logi
 
 from __future__ import annotations
 
-import fnmatch
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from operator import attrgetter
 
 import msgspec
@@ -26,11 +24,19 @@ from schemas.messages import (
 )
 from services.domain.certs import CertError, CertFacts
 from services.domain.events import certcheck_warning
+from services.domain.model import (
+    KIND_SECRET,
+    CertCheckSpec,
+    CertEntry,
+    Coverage,
+    SecretView,
+    entry_label,
+    selected_entries,
+)
+from services.domain.states import classify, next_due
 from services.domain.times import days, parse_rfc3339, rfc3339, shift
 from services.evaluator import events as ev
 
-KIND_SECRET = "Secret"
-KIND_CONFIGMAP = "ConfigMap"
 # Urgency: what an operator must look at first comes first.
 _RANK = {State.EXPIRED: 0, State.EXPIRING_SOON: 1, State.INVALID: 2, State.NOT_YET_VALID: 3, State.VALID: 4}
 _FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
@@ -39,87 +45,6 @@ STATUS_DNS_NAMES = 10  # per certificate in the status: a SAN list of thousands 
 # The status must fit a bus message and an etcd object with room to spare, whatever the status cap says.
 STATUS_MAX_BYTES = 256 << 10
 _MESSAGE_EXAMPLES = 3
-
-
-def classify(facts: CertFacts, threshold_days: int, now: datetime) -> State:
-    """A certificate's state. Validity is inclusive of both ends, as RFC 5280 says."""
-    if now > facts.not_after:
-        return State.EXPIRED
-    if now < facts.not_before:
-        return State.NOT_YET_VALID
-    if facts.not_after - now <= days(threshold_days):
-        return State.EXPIRING_SOON
-    return State.VALID
-
-
-def boundaries(facts: CertFacts, threshold_days: int) -> list[datetime]:
-    """The moments at which ``classify`` changes its answer: becomes valid, expiring, expired. A moment
-    outside year 1 to 9999 never comes (a notAfter of 9999-12-31T23:59:59Z never expires)."""
-    moments = (
-        facts.not_before,
-        shift(facts.not_after, -days(threshold_days)),
-        shift(facts.not_after, timedelta(seconds=1)),
-    )
-    return [moment for moment in moments if moment is not None]
-
-
-def next_due(facts_list: Iterable[CertFacts], threshold_days: int, now: datetime) -> datetime | None:
-    """The earliest moment after ``now`` at which any certificate's state changes, or None."""
-    upcoming = [b for facts in facts_list for b in boundaries(facts, threshold_days) if b > now]
-    if not upcoming:
-        return None
-    due = min(upcoming)
-    # Schedules are second-granular: round up so the evaluation never runs before the boundary.
-    return shift(due.replace(microsecond=0), timedelta(seconds=1)) if due.microsecond else due
-
-
-@dataclass(frozen=True, slots=True)
-class CertEntry:
-    """One certificate (or one unreadable key) of a Secret."""
-
-    key: str
-    index: int
-    parsed: CertFacts | CertError
-
-
-@dataclass(frozen=True, slots=True)
-class SecretView:
-    namespace: str
-    name: str
-    uid: str
-    labels: dict[str, str]
-    annotations: dict[str, str]  # certcheck-owned only
-    entries: tuple[CertEntry, ...]
-    resource_version: str = ""
-    type: str = "kubernetes.io/tls"
-    other_keys: tuple[str, ...] = ()  # keys without any certificate
-    kind: str = "Secret"  # or "ConfigMap": read only, certcheck never writes to a ConfigMap
-    edited_annotations: tuple[str, ...] = ()  # certcheck's annotations someone else wrote last
-    # What evaluations worked out from this view and may reuse while it holds (see ``_memoised``): a
-    # CertCheck over thousands of Secrets re-rates only the one that changed. Not copied by replace().
-    memo: dict[object, tuple[datetime, datetime, object]] = field(
-        default_factory=dict, init=False, compare=False, repr=False
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class CertCheckSpec:
-    namespace: str
-    name: str
-    uid: str
-    generation: int
-    threshold_days: int
-    selector_error: str | None = None
-    resource_version: str = ""
-    keys: tuple[str, ...] = ()  # data keys to read (names or glob patterns); () = the defaults
-
-
-@dataclass(frozen=True, slots=True)
-class Coverage:
-    """Which CertChecks select a Secret, and the largest threshold among them."""
-
-    certchecks: tuple[str, ...]
-    max_threshold_days: int
 
 
 @dataclass
@@ -151,40 +76,6 @@ class _Rated:
     @property
     def label(self) -> str:
         return entry_label(self.secret.kind, self.secret.name, self.entry.key, self.entry.index)
-
-
-def entry_label(kind: str, name: str, key: str, index: int) -> str:
-    """How a certificate entry is named in messages: ``secret/key[0]``, ``ConfigMap/bundle/key[0]``."""
-    prefix = "" if kind == KIND_SECRET else f"{kind}/"
-    return f"{prefix}{name}/{key}[{index}]"
-
-
-TLS_DEFAULT_KEYS = ("tls.crt", "ca.crt")
-OTHER_DEFAULT_KEYS = ("*",)  # every key in which a certificate was found
-
-
-@lru_cache(maxsize=1024)
-def _key_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
-    """Whether a key matches any of ``patterns``: names are looked up, only globs go through fnmatch."""
-    if "*" in patterns:
-        return lambda key: True
-    globs = tuple(p for p in patterns if any(c in p for c in "*?["))
-    names = frozenset(patterns) - frozenset(globs)
-    if not globs:
-        return names.__contains__
-    return lambda key: key in names or any(fnmatch.fnmatchcase(key, g) for g in globs)
-
-
-def selected_entries(secret: SecretView, patterns: Sequence[str]) -> list[CertEntry]:
-    """The entries of the keys a CertCheck reads; an exact key name that holds no certificate is Invalid."""
-    if not patterns or secret.kind == KIND_CONFIGMAP:  # spec.keys speaks of Secrets' keys
-        patterns = TLS_DEFAULT_KEYS if secret.type == "kubernetes.io/tls" else OTHER_DEFAULT_KEYS
-    selected = _key_matcher(tuple(patterns))
-    entries = [e for e in secret.entries if selected(e.key)]
-    for name in patterns:
-        if name in secret.other_keys:
-            entries.append(CertEntry(name, 0, CertError(f"no certificate in key {name}")))
-    return entries
 
 
 _BY_URGENCY = attrgetter("sort_key")

@@ -10,8 +10,8 @@ import logging
 from services.common.bus import Bus
 from services.common.runtime import cancel_and_wait, report_failure, resilient
 from services.common.settings import Settings
+from services.domain.view import View
 from services.evaluator.service import Evaluator
-from services.evaluator.view import View
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -54,10 +54,10 @@ from services.common.bus import (
 from services.common.runtime import backoff
 from services.common.settings import Settings
 from services.domain.certs import describe
+from services.domain.follow import ViewFollower
 from services.domain.times import parse_rfc3339, rfc3339
+from services.domain.view import CertCheckKey, Effects, SecretKey, View
 from services.evaluator import core
-from services.evaluator.follow import ViewFollower
-from services.evaluator.view import CertCheckKey, Effects, View
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +191,22 @@ class Evaluator:
                 if found is None:  # too old to remember: re-evaluate the whole namespace
                     found = Effects(evaluate=set(self._namespace_of(msg.subject)))
                 effects.merge(found)
+            effects.evaluate |= self._annotations_to_put_back(effects.annotated, utcnow())
             if await self._settle(settled, self.act(effects, "change")):
                 self.view.forget_effects(msg.metadata.sequence.stream for msg in settled)
+
+    def _annotations_to_put_back(self, annotated: Iterable[SecretKey], now: datetime) -> set[CertCheckKey]:
+        """The CertChecks to evaluate again because a Secret's annotations no longer say what they
+        should (someone edited them by hand); certcheck's own writes coming back call for nothing."""
+        wanted: set[CertCheckKey] = set()
+        for namespace, name in annotated:
+            entry = self.view.secret((namespace, name))
+            if entry is None or not entry.covered_by:
+                continue
+            desired = core.desired_annotations(entry.view, self.view.coverage(namespace, name), now)
+            if core.annotation_patch(entry.view, desired):
+                wanted |= {(namespace, certcheck) for certcheck in entry.covered_by}
+        return wanted
 
     def _namespace_of(self, subject: str) -> list[CertCheckKey]:
         """Every CertCheck of the namespace an object subject names (none for a subject that names none)."""

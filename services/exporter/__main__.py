@@ -14,8 +14,8 @@ from services.common.health import Health
 from services.common.partitions import PartitionOwner
 from services.common.runtime import cancel_and_wait, report_failure, resilient, run_service, supervise
 from services.common.settings import Settings
-from services.evaluator.follow import ViewFollower
-from services.evaluator.view import View
+from services.domain.follow import ViewFollower
+from services.domain.view import View
 from services.exporter.collector import ViewCollector
 
 GROUP = "exporter"

@@ -11,9 +11,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from schemas.messages import State
+from services.domain import model, states
 from services.domain.certs import CertFacts
-from services.evaluator import core
-from services.evaluator.view import View
+from services.domain.view import View
 
 CERT_LABELS = [
     "secret_namespace",
@@ -29,8 +29,8 @@ ERROR_LABELS = ["secret_namespace", "secret_name", "secret_key", "chain_index", 
 CERTCHECK_LABELS = ["certcheck_namespace", "certcheck"]
 # A ConfigMap's certificates carry configmap_* instead of secret_* labels (as x509-certificate-exporter's).
 _OBJECT_LABELS = {
-    core.KIND_SECRET: ("secret_namespace", "secret_name", "secret_key"),
-    core.KIND_CONFIGMAP: ("configmap_namespace", "configmap_name", "configmap_key"),
+    model.KIND_SECRET: ("secret_namespace", "secret_name", "secret_key"),
+    model.KIND_CONFIGMAP: ("configmap_namespace", "configmap_name", "configmap_key"),
 }
 
 
@@ -82,14 +82,14 @@ def families(views: Iterable[View], now: datetime) -> list[Metric]:
         secrets, _ = view.inputs(key)
         counts = dict.fromkeys(State, 0)
         for secret in secrets:
-            for cert in secret.entries:
+            for cert in model.selected_entries(secret, entry.spec.keys):  # what the status counts
                 where = [namespace, secret.name, cert.key, str(cert.index), name]
                 parsed = cert.parsed
                 if not isinstance(parsed, CertFacts):
                     _add(error, ERROR_LABELS, secret.kind, [*where, parsed.reason[:200]], 1)
                     counts[State.INVALID] += 1
                     continue
-                state = core.classify(parsed, days, now)
+                state = states.classify(parsed, days, now)
                 counts[state] += 1
                 labels = [*where, parsed.subject_cn or "", parsed.issuer_cn or "", parsed.serial_number]
                 _add(not_after, CERT_LABELS, secret.kind, labels, parsed.not_after.timestamp())

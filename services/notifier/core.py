@@ -21,6 +21,7 @@ from schemas.messages import (
     NotificationFailure,
     NotificationTarget,
 )
+from services.domain.model import entry_label
 from services.domain.times import parse_rfc3339, rfc3339
 
 _DURATION = re.compile(r"(\d+)([smhd])")
@@ -69,8 +70,7 @@ class NotifyState(msgspec.Struct):
 
 
 def entry_id(entry: CertificateStatus) -> str:
-    prefix = "" if entry.kind == "Secret" else f"{entry.kind}/"
-    return f"{prefix}{entry.name}/{entry.key}[{entry.index}]"
+    return entry_label(entry.kind, entry.name, entry.key, entry.index)
 
 
 def plan(

@@ -17,7 +17,7 @@ from services.recorder.service import Recorder
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     bus = await bus_mod.open_bus(settings, "recorder")
     try:
-        writer = KubeWriter(api_client(settings.kubeconfig, pool_size=settings.write_concurrency))
+        writer = KubeWriter(api_client(settings.kubeconfig, pool_size=settings.write_concurrency), "recorder")
         await serve(bus, writer, settings, health, stop)
     finally:
         await bus.close()

@@ -304,24 +304,7 @@ Observed = SecretObserved | ConfigMapObserved | CertCheckObserved
 
 
 def digest(observed: Observed) -> str:
-    """A fingerprint of everything that matters downstream (the resourceVersion excluded)."""
-    if isinstance(observed, SecretObserved):
-        content = _encoder.encode(
-            (observed.uid, observed.type, observed.labels, observed.annotations, observed.sources)
-        )
-    elif isinstance(observed, ConfigMapObserved):
-        content = _encoder.encode((observed.uid, observed.labels, observed.sources, observed.other_keys))
-    else:
-        content = _encoder.encode(
-            (
-                observed.uid,
-                observed.generation,
-                observed.threshold_days,
-                observed.selector,
-                observed.notification,
-                observed.keys,
-                observed.configmap_selector,
-                observed.status,
-            )
-        )
+    """A fingerprint of all a message says but its resourceVersion (which also changes with writes that
+    change nothing certcheck reads). Every field counts, so a field added later cannot be left out."""
+    content = _encoder.encode(msgspec.structs.replace(observed, resource_version=""))
     return hashlib.sha256(content).hexdigest()[:32]

@@ -16,7 +16,7 @@ from kubernetes import client
 from devcluster.certs import expiring_in, tls_secret_data
 from devcluster.stack import ALL_IN_ONE, Stack, api_client
 from tests.conftest import Cluster, running, wait_for
-from tests.e2e.test_triggers import metric
+from tests.e2e.helpers import metric
 
 NAMESPACE = "small"
 

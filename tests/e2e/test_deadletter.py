@@ -13,7 +13,7 @@ from schemas import subjects
 from schemas.streams import DEADLETTER, HDR_DEAD_REASON
 from tests import subjects as test_subjects
 from tests.conftest import Cluster, wait_for
-from tests.e2e.test_triggers import metric
+from tests.e2e.helpers import metric
 
 
 async def publish(url: str, subject: str, data: bytes) -> None:

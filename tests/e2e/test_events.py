@@ -110,6 +110,9 @@ def test_a_state_that_comes_back_aggregates_into_the_same_event(cluster: Cluster
         what="the same ExpiringSoon Event counted twice",
     )
     assert len(cluster.events(namespace, "Secret", "s")) == 2  # ExpiringSoon (count 2) and Recovered
+    assert {e.reporting_component for e in cluster.events(namespace, "Secret", "s")} == {
+        "certcheck.dev/recorder"
+    }
 
 
 def test_an_unreadable_certificate_is_invalid_with_the_reason(cluster: Cluster, namespace: str) -> None:

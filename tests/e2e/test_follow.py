@@ -4,15 +4,14 @@ view is, neither from the start nor past anything."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from typing import Any
 
 from schemas import subjects
 from schemas.messages import ObjectDeleted, encoder
 from schemas.streams import OBJECTS
 from services.common import bus as bus_mod
-from services.evaluator.follow import ViewFollower
-from services.evaluator.view import View
+from services.domain.follow import ViewFollower
+from services.domain.view import View
 from tests import subjects as test_subjects
 
 
@@ -21,9 +20,9 @@ class _RecordingView(View):
         super().__init__()
         self.applied: list[int] = []
 
-    def apply(self, seq: int, event: Any, now: datetime) -> Any:
+    def apply(self, seq: int, event: Any) -> Any:
         self.applied.append(seq)
-        return super().apply(seq, event, now)
+        return super().apply(seq, event)
 
 
 async def _publish(bus: bus_mod.Bus, names: list[str]) -> None:

@@ -13,7 +13,7 @@ from kubernetes import client
 from devcluster.certs import expiring_in, tls_secret_data
 from devcluster.stack import Stack
 from tests.conftest import Cluster, wait_for
-from tests.e2e.test_triggers import metric
+from tests.e2e.helpers import metric
 
 
 def b64(value: bytes) -> str:

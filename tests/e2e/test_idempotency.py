@@ -13,7 +13,7 @@ from schemas.messages import Due, encoder
 from schemas.streams import HDR_MSG_ID, OBJECTS, RECORDER_CONSUMER, RESULTS, TRIGGERS
 from tests import subjects as test_subjects
 from tests.conftest import RECORDER_USER, AuditLog, Cluster, wait_for, wait_idle, wait_settled
-from tests.e2e.test_triggers import metric
+from tests.e2e.helpers import metric
 
 
 async def replay_namespace_objects(url: str, namespace: str) -> int:

@@ -181,6 +181,9 @@ def test_a_receiver_down_for_good_is_reported_and_does_not_block_other_targets(
             what="the Event",
         )
         assert events[0].type == "Warning" and "hook" in events[0].message
+        # Named after the service that wrote it, not the recorder.
+        assert events[0].reporting_component == "certcheck.dev/notifier"
+        assert events[0].source.component == "certcheck-notifier"
         assert len(down.requests) == 4  # CERTCHECK_NOTIFY_MAX_ATTEMPTS in the test stack
     finally:
         down.close()

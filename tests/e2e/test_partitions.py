@@ -17,7 +17,7 @@ from devcluster.stack import Stack, api_client
 from schemas import subjects
 from schemas.streams import DEFAULT_PARTITIONS
 from tests.conftest import Cluster, running, wait_for
-from tests.e2e.test_triggers import metric
+from tests.e2e.helpers import metric
 
 LEASE_SECONDS = 3.0
 EVALUATORS = ("evaluator-a", "evaluator-b", "evaluator-c")

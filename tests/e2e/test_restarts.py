@@ -20,8 +20,7 @@ from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VE
 from services.domain.times import parse_rfc3339
 from tests import subjects as test_subjects
 from tests.conftest import Cluster, last_message, published_version, running, wait_for, watcher_progress
-from tests.e2e.test_time import state_of
-from tests.e2e.test_triggers import metric
+from tests.e2e.helpers import metric, state_of
 
 TLS_SCOPE = f"{subjects.KIND_SECRET}.kubernetes.io/tls"  # the watch of kubernetes.io/tls Secrets
 
@@ -112,7 +111,7 @@ def test_watcher_restart_notices_changes_and_deletions_made_while_it_was_down(
 def test_watcher_resumes_from_its_resource_version_after_a_restart(
     cluster: Cluster, namespace: str, stack: Stack
 ) -> None:
-    from tests.e2e.test_triggers import metric
+    from tests.e2e.helpers import metric
 
     cert, key = expiring_in(100)
     created = [
@@ -153,7 +152,7 @@ def test_watcher_relists_on_410_gone_and_notices_deletions_made_while_it_was_dow
     uncached_stack: Stack,
 ) -> None:
     from tests.conftest import Cluster as ClusterHelper
-    from tests.e2e.test_triggers import metric
+    from tests.e2e.helpers import metric
 
     stack = uncached_stack
     api = api_client(stack.control_plane.kubeconfig)

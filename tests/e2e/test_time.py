@@ -6,10 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from devcluster.certs import make_cert
 from tests.conftest import Cluster, wait_for
-
-
-def state_of(cluster: Cluster, namespace: str, secret: str) -> str | None:
-    return cluster.annotations(namespace, secret).get("certcheck.dev/state")
+from tests.e2e.helpers import state_of
 
 
 def test_certificate_enters_the_threshold_window_on_time_with_nobody_touching_anything(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.request
-
 from devcluster.certs import expiring_in, tls_secret_data
 from devcluster.stack import Stack
 from schemas.subjects import KIND_SECRET
@@ -17,6 +15,7 @@ from tests.conftest import (
     wait_idle,
     wait_settled,
 )
+from tests.e2e.helpers import metric
 
 
 def names_in_status(cluster: Cluster, namespace: str, certcheck: str) -> list[str]:
@@ -25,23 +24,6 @@ def names_in_status(cluster: Cluster, namespace: str, certcheck: str) -> list[st
 
 def owned(annotations: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in annotations.items() if k.startswith("certcheck.dev/")}
-
-
-def metric(stack: Stack, service: str, name: str, labels: str = "", present: bool = False) -> float:
-    """The sum of a metric's matching series (0 when there is none; with ``present``, a missing series
-    fails instead, so that "is 0" cannot pass on a series that is not there)."""
-    url = f"http://127.0.0.1:{stack.http_ports[service]}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        lines = response.read().decode().splitlines()
-    wanted = [fragment for fragment in labels.split(",") if fragment]  # label order in the output is sorted
-    values = [
-        float(line.rsplit(" ", 1)[1])
-        for line in lines
-        if line.startswith(name + "{") or line.startswith(name + " ")
-        if all(fragment in line for fragment in wanted)
-    ]
-    assert values or not present, f"no series {name}{{{labels}}} on {service}"
-    return sum(values)
 
 
 def test_threshold_change_reevaluates_the_certcheck(cluster: Cluster, namespace: str) -> None:

@@ -16,7 +16,7 @@ from tests.conftest import Cluster, wait_for
 def test_a_result_for_a_deleted_object_never_lands_on_its_recreated_namesake(
     cluster: Cluster, namespace: str, api: client.ApiClient
 ) -> None:
-    writer = KubeWriter(api)
+    writer = KubeWriter(api, "recorder")
     old_check = cluster.create_certcheck(namespace, "c", {"matchLabels": {"x": "y"}})
     cert, key = expiring_in(10)
     old_secret = cluster.create_tls_secret(namespace, "s", cert, key)
@@ -49,7 +49,7 @@ def test_a_status_write_after_the_first_is_one_request_that_still_refuses_a_name
             sent.append(content_type)
             return super()._send(method, path, body, content_type)
 
-    writer = CountingWriter(api)
+    writer = CountingWriter(api, "recorder")
     # The CertCheck selects nothing, so the pipeline writes its status once and then leaves it alone.
     old_check = cluster.create_certcheck(namespace, "c", {"matchLabels": {"nothing": "here"}})
     wait_for(lambda: cluster.status(namespace, "c").get("observedGeneration"), what="a first status")

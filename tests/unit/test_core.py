@@ -10,6 +10,7 @@ import pytest
 
 from schemas import annotations as ann
 from schemas.messages import State
+from services.domain import model, states
 from services.domain.certs import CertError, CertFacts
 from services.evaluator import core
 
@@ -32,81 +33,81 @@ def secret(
     *parsed: CertFacts | CertError,
     annotations: dict[str, str] | None = None,
     labels: dict[str, str] | None = None,
-) -> core.SecretView:
-    return core.SecretView(
+) -> model.SecretView:
+    return model.SecretView(
         namespace="ns",
         name=name,
         uid=f"uid-{name}",
         labels=labels or {"app": "x"},
         annotations=annotations or {},
-        entries=tuple(core.CertEntry("tls.crt", i, p) for i, p in enumerate(parsed)),
+        entries=tuple(model.CertEntry("tls.crt", i, p) for i, p in enumerate(parsed)),
     )
 
 
-SPEC = core.CertCheckSpec(namespace="ns", name="check", uid="uid-check", generation=3, threshold_days=30)
+SPEC = model.CertCheckSpec(namespace="ns", name="check", uid="uid-check", generation=3, threshold_days=30)
 
 
 class TestClassify:
     def test_exactly_at_threshold_is_expiring_soon(self) -> None:
         cert = facts(NOW + timedelta(days=30))
-        assert core.classify(cert, 30, NOW) == State.EXPIRING_SOON
+        assert states.classify(cert, 30, NOW) == State.EXPIRING_SOON
 
     def test_one_second_before_threshold_is_valid(self) -> None:
         cert = facts(NOW + timedelta(days=30, seconds=1))
-        assert core.classify(cert, 30, NOW) == State.VALID
+        assert states.classify(cert, 30, NOW) == State.VALID
 
     def test_exactly_at_not_after_is_still_valid_time_so_expiring_soon(self) -> None:
         # RFC 5280: the validity period includes notAfter itself.
-        assert core.classify(facts(NOW), 30, NOW) == State.EXPIRING_SOON
+        assert states.classify(facts(NOW), 30, NOW) == State.EXPIRING_SOON
 
     def test_just_after_not_after_is_expired(self) -> None:
-        assert core.classify(facts(NOW - timedelta(microseconds=1)), 30, NOW) == State.EXPIRED
+        assert states.classify(facts(NOW - timedelta(microseconds=1)), 30, NOW) == State.EXPIRED
 
     def test_before_not_before_is_not_yet_valid(self) -> None:
         cert = facts(NOW + timedelta(days=400), not_before=NOW + timedelta(seconds=1))
-        assert core.classify(cert, 30, NOW) == State.NOT_YET_VALID
+        assert states.classify(cert, 30, NOW) == State.NOT_YET_VALID
 
     def test_exactly_at_not_before_is_valid(self) -> None:
         cert = facts(NOW + timedelta(days=400), not_before=NOW)
-        assert core.classify(cert, 30, NOW) == State.VALID
+        assert states.classify(cert, 30, NOW) == State.VALID
 
     def test_zero_threshold_is_expiring_only_at_not_after(self) -> None:
-        assert core.classify(facts(NOW + timedelta(seconds=1)), 0, NOW) == State.VALID
-        assert core.classify(facts(NOW), 0, NOW) == State.EXPIRING_SOON
+        assert states.classify(facts(NOW + timedelta(seconds=1)), 0, NOW) == State.VALID
+        assert states.classify(facts(NOW), 0, NOW) == State.EXPIRING_SOON
 
 
 class TestNextDue:
     def test_next_due_is_the_threshold_crossing_when_valid(self) -> None:
         cert = facts(NOW + timedelta(days=40))
-        assert core.next_due([cert], 30, NOW) == NOW + timedelta(days=10)
+        assert states.next_due([cert], 30, NOW) == NOW + timedelta(days=10)
 
     def test_next_due_is_just_after_not_after_when_expiring(self) -> None:
         cert = facts(NOW + timedelta(days=5))
-        assert core.next_due([cert], 30, NOW) == NOW + timedelta(days=5, seconds=1)
+        assert states.next_due([cert], 30, NOW) == NOW + timedelta(days=5, seconds=1)
 
     def test_next_due_is_not_before_for_a_future_certificate(self) -> None:
         cert = facts(NOW + timedelta(days=400), not_before=NOW + timedelta(hours=2))
-        assert core.next_due([cert], 30, NOW) == NOW + timedelta(hours=2)
+        assert states.next_due([cert], 30, NOW) == NOW + timedelta(hours=2)
 
     def test_next_due_takes_the_earliest_over_all_certificates(self) -> None:
         certs = [facts(NOW + timedelta(days=90)), facts(NOW + timedelta(days=31))]
-        assert core.next_due(certs, 30, NOW) == NOW + timedelta(days=1)
+        assert states.next_due(certs, 30, NOW) == NOW + timedelta(days=1)
 
     def test_nothing_due_once_everything_expired(self) -> None:
-        assert core.next_due([facts(NOW - timedelta(days=1))], 30, NOW) is None
+        assert states.next_due([facts(NOW - timedelta(days=1))], 30, NOW) is None
 
     def test_due_times_round_up_to_whole_seconds(self) -> None:
         cert = facts(NOW + timedelta(days=40, microseconds=250_000))
-        assert core.next_due([cert], 30, NOW) == NOW + timedelta(days=10, seconds=1)
+        assert states.next_due([cert], 30, NOW) == NOW + timedelta(days=10, seconds=1)
 
     def test_evaluating_at_the_due_time_gives_the_new_state(self) -> None:
         cert = facts(NOW + timedelta(days=40, seconds=7))
-        due = core.next_due([cert], 30, NOW)
+        due = states.next_due([cert], 30, NOW)
         assert due is not None
-        assert core.classify(cert, 30, due) == State.EXPIRING_SOON
-        expired_due = core.next_due([cert], 30, due)
+        assert states.classify(cert, 30, due) == State.EXPIRING_SOON
+        expired_due = states.next_due([cert], 30, due)
         assert expired_due is not None
-        assert core.classify(cert, 30, expired_due) == State.EXPIRED
+        assert states.classify(cert, 30, expired_due) == State.EXPIRED
 
 
 class TestEvaluate:
@@ -159,7 +160,7 @@ class TestEvaluate:
         assert (expiring.status, expiring.last_transition_time) == ("True", core.rfc3339(later))
 
     def test_invalid_selector_makes_ready_false_with_the_reason(self) -> None:
-        spec = core.CertCheckSpec("ns", "check", "uid", 1, 30, selector_error="bad operator 'Foo'")
+        spec = model.CertCheckSpec("ns", "check", "uid", 1, 30, selector_error="bad operator 'Foo'")
         result = core.evaluate(spec, [], {}, None, NOW)
         ready = next(c for c in result.status.conditions if c.type == "Ready")
         assert (ready.status, ready.reason, ready.message) == (
@@ -197,16 +198,16 @@ class TestEvaluate:
 class TestAnnotations:
     def test_annotations_name_the_urgent_certificate_and_the_covering_certchecks(self) -> None:
         view = secret("chain", facts(NOW + timedelta(days=300)), facts(NOW + timedelta(days=20)))
-        desired = core.desired_annotations(view, core.Coverage(("a", "b"), 30), NOW)
+        desired = core.desired_annotations(view, model.Coverage(("a", "b"), 30), NOW)
         assert desired[ann.STATE] == "ExpiringSoon"
         assert desired[ann.NOT_AFTER] == core.rfc3339(NOW + timedelta(days=20))
         assert desired[ann.CHECKED_BY] == "a,b"
 
     def test_two_certchecks_with_different_thresholds_agree_on_the_annotations(self) -> None:
         view = secret("s", facts(NOW + timedelta(days=20)))
-        coverage = {"s": core.Coverage(("long", "short"), 30)}
-        long_spec = core.CertCheckSpec("ns", "long", "u1", 1, 30)
-        short_spec = core.CertCheckSpec("ns", "short", "u2", 1, 7)
+        coverage = {"s": model.Coverage(("long", "short"), 30)}
+        long_spec = model.CertCheckSpec("ns", "long", "u1", 1, 30)
+        short_spec = model.CertCheckSpec("ns", "short", "u2", 1, 7)
         long_result = core.evaluate(long_spec, [view], coverage, None, NOW)
         short_result = core.evaluate(short_spec, [view], coverage, None, NOW)
         assert long_result.annotation_patches == short_result.annotation_patches
@@ -218,7 +219,7 @@ class TestAnnotations:
             facts(NOW + timedelta(days=200)),
             annotations={ann.STATE: "Valid", ann.CHECKED_BY: "check", "certcheck.dev/stale": "x"},
         )
-        desired = core.desired_annotations(view, core.Coverage(("check",), 30), NOW)
+        desired = core.desired_annotations(view, model.Coverage(("check",), 30), NOW)
         patch = core.annotation_patch(view, desired)
         assert patch is not None
         assert set(patch.annotations) == {ann.NOT_AFTER, ann.NOT_BEFORE}
@@ -242,15 +243,15 @@ def test_certificate_status_entry_carries_dates_and_remaining_days(days: int, st
 
 
 def test_configmap_certificates_are_in_the_status_with_their_kind_but_never_annotated() -> None:
-    bundle = core.SecretView(
+    bundle = model.SecretView(
         namespace="ns",
         name="web",
         uid="uid-cm",
         labels={},
         annotations={},
-        entries=(core.CertEntry("ca.crt", 0, facts(NOW + timedelta(days=5))),),
+        entries=(model.CertEntry("ca.crt", 0, facts(NOW + timedelta(days=5))),),
         type="",
-        kind=core.KIND_CONFIGMAP,
+        kind=model.KIND_CONFIGMAP,
     )
     same_name_secret = secret("web", facts(NOW + timedelta(days=300)))
     evaluation = core.evaluate(SPEC, [same_name_secret, bundle], {}, None, NOW)
@@ -263,20 +264,20 @@ def test_configmap_certificates_are_in_the_status_with_their_kind_but_never_anno
 
 
 def test_spec_keys_do_not_filter_configmap_keys() -> None:
-    bundle = core.SecretView(
+    bundle = model.SecretView(
         namespace="ns",
         name="trust",
         uid="uid-cm",
         labels={},
         annotations={},
-        entries=(core.CertEntry("bundle.pem", 0, facts(NOW + timedelta(days=90))),),
+        entries=(model.CertEntry("bundle.pem", 0, facts(NOW + timedelta(days=90))),),
         type="",
-        kind=core.KIND_CONFIGMAP,
+        kind=model.KIND_CONFIGMAP,
     )
-    assert len(core.selected_entries(bundle, ["tls.crt"])) == 1
+    assert len(model.selected_entries(bundle, ["tls.crt"])) == 1
 
 
-def _fresh(view: core.SecretView) -> core.SecretView:
+def _fresh(view: model.SecretView) -> model.SecretView:
     """The same Secret as a new view: nothing worked out from the old one is reused."""
     return dataclasses.replace(view)
 
@@ -313,14 +314,14 @@ class TestReuseAcrossEvaluations:
 
     def test_a_second_certcheck_with_another_threshold_rates_the_same_view_by_its_own(self) -> None:
         view = secret("a", facts(NOW + timedelta(days=20)))
-        strict = core.CertCheckSpec(namespace="ns", name="strict", uid="u2", generation=1, threshold_days=7)
+        strict = model.CertCheckSpec(namespace="ns", name="strict", uid="u2", generation=1, threshold_days=7)
         assert core.evaluate(SPEC, [view], {}, None, NOW).status.expiring_soon_count == 1
         assert core.evaluate(strict, [view], {}, None, NOW).status.valid_count == 1
 
     def test_annotations_follow_the_coverage_the_secret_is_evaluated_with(self) -> None:
         view = secret("a", facts(NOW + timedelta(days=20)))
-        alone = core.evaluate(SPEC, [view], {"a": core.Coverage(("check",), 7)}, None, NOW)
-        shared = core.evaluate(SPEC, [view], {"a": core.Coverage(("check", "wide"), 30)}, None, NOW)
+        alone = core.evaluate(SPEC, [view], {"a": model.Coverage(("check",), 7)}, None, NOW)
+        shared = core.evaluate(SPEC, [view], {"a": model.Coverage(("check", "wide"), 30)}, None, NOW)
         assert alone.annotation_patches[0].annotations[ann.STATE] == State.VALID
         assert shared.annotation_patches[0].annotations[ann.STATE] == State.EXPIRING_SOON
         assert shared.annotation_patches[0].annotations[ann.CHECKED_BY] == "check,wide"
@@ -343,4 +344,4 @@ class TestReuseAcrossEvaluations:
             spec = dataclasses.replace(SPEC, threshold_days=threshold)
             views = [secret(f"s{i}", cert) for i, cert in enumerate(certs)]
             evaluation = core.evaluate(spec, views, {}, None, NOW)
-            assert evaluation.next_due == core.next_due(certs, threshold, NOW)
+            assert evaluation.next_due == states.next_due(certs, threshold, NOW)

@@ -28,9 +28,10 @@ from schemas.messages import (
 from schemas.streams import HDR_EXPECTED_LAST_SUBJECT_SEQ, HDR_SCHEDULE
 from services.common.bus import Bus
 from services.common.settings import Settings
+from services.domain import model
+from services.domain.view import Effects
 from services.evaluator import core, service
 from services.evaluator.service import Evaluator, PublishFailed
-from services.evaluator.view import Effects
 from tests import subjects as test_subjects
 from tests.sources import facts_source
 
@@ -107,7 +108,6 @@ class FakeJetStream:
 def evaluator_with_three() -> tuple[Evaluator, FakeJetStream]:
     js = FakeJetStream()
     evaluator = Evaluator(Bus(nc=FakeNats(), js=js), Settings(), test_subjects.partition("ns"))  # type: ignore[arg-type]
-    now = datetime.now(UTC)
     seq = 0
     for name in ("alpha", "broken", "gamma"):
         seq += 1
@@ -122,7 +122,6 @@ def evaluator_with_three() -> tuple[Evaluator, FakeJetStream]:
                 threshold_days=30,
                 selector=LabelSelector(match_labels={"app": name}),
             ),
-            now,
         )
         seq += 1
         evaluator.view.apply(
@@ -136,7 +135,6 @@ def evaluator_with_three() -> tuple[Evaluator, FakeJetStream]:
                 labels={"app": name},
                 sources=[facts_source("tls.crt", CERT)],
             ),
-            now,
         )
     return evaluator, js
 
@@ -145,7 +143,7 @@ def evaluator_with_three() -> tuple[Evaluator, FakeJetStream]:
 def broken_core(monkeypatch: pytest.MonkeyPatch) -> None:
     real = core.evaluate
 
-    def evaluate(spec: core.CertCheckSpec, *args: Any, **kwargs: Any) -> core.Evaluation:
+    def evaluate(spec: model.CertCheckSpec, *args: Any, **kwargs: Any) -> core.Evaluation:
         if spec.name == "broken":
             raise KeyError("a bug met by this CertCheck only")
         return real(spec, *args, **kwargs)

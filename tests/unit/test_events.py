@@ -7,12 +7,13 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from schemas.messages import CertCheckStatus, CertificateStatus, State
+from services.domain import model
 from services.domain.certs import CertError, CertFacts
 from services.evaluator import core
 from services.evaluator import events as ev
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
-SPEC = core.CertCheckSpec("ns", "check", "uid-check", 1, 30, resource_version="40")
+SPEC = model.CertCheckSpec("ns", "check", "uid-check", 1, 30, resource_version="40")
 
 
 def facts(days: float, fingerprint: str = "f1") -> CertFacts:
@@ -22,24 +23,24 @@ def facts(days: float, fingerprint: str = "f1") -> CertFacts:
 
 def secret(
     parsed: CertFacts | CertError, annotations: dict[str, str] | None = None, rv: str = "7"
-) -> core.SecretView:
-    return core.SecretView(
+) -> model.SecretView:
+    return model.SecretView(
         "ns",
         "s",
         "uid-s",
         {"app": "x"},
         annotations or {},
-        (core.CertEntry("tls.crt", 0, parsed),),
+        (model.CertEntry("tls.crt", 0, parsed),),
         resource_version=rv,
     )
 
 
-def recorded(view: core.SecretView) -> dict[str, str]:
-    desired = core.desired_annotations(view, core.Coverage(("check",), 30), NOW)
+def recorded(view: model.SecretView) -> dict[str, str]:
+    desired = core.desired_annotations(view, model.Coverage(("check",), 30), NOW)
     return {k: v for k, v in desired.items() if v is not None}
 
 
-def secret_events(view: core.SecretView) -> list[tuple[str, str]]:
+def secret_events(view: model.SecretView) -> list[tuple[str, str]]:
     return [
         (e.type, e.reason)
         for e in core.evaluate(SPEC, [view], {}, None, NOW).events
@@ -76,9 +77,13 @@ def test_a_certificate_becoming_unreadable_gives_a_warning_invalid_event() -> No
 def test_leaving_the_window_without_renewal_gives_recovered() -> None:
     expiring = secret(facts(20))
     annotations = recorded(expiring)
-    relaxed = core.CertCheckSpec("ns", "check", "uid-check", 2, 10)
+    relaxed = model.CertCheckSpec("ns", "check", "uid-check", 2, 10)
     result = core.evaluate(
-        relaxed, [secret(facts(20), annotations=annotations)], {"s": core.Coverage(("check",), 10)}, None, NOW
+        relaxed,
+        [secret(facts(20), annotations=annotations)],
+        {"s": model.Coverage(("check",), 10)},
+        None,
+        NOW,
     )
     assert [(e.type, e.reason) for e in result.events if e.involved_kind == "Secret"] == [
         ("Normal", "Recovered")

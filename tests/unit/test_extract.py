@@ -141,6 +141,27 @@ def test_configmap_key_named_as_a_certificate_but_holding_none_is_reported() -> 
     assert source.error == "key ca.crt holds a truncated or corrupt PEM certificate"
 
 
+def test_a_secret_gaining_a_key_without_a_certificate_is_published_again() -> None:
+    # A CertCheck whose spec.keys names that key says "key missing" until it learns the key exists.
+    cert, _ = expiring_in(10)
+    before = secret_observed(raw_secret({"tls.crt": b64(cert)}))
+    after = secret_observed(raw_secret({"tls.crt": b64(cert), "config.yaml": b64(b"a: 1")}))
+    assert after.other_keys == ["config.yaml"]
+    assert digest(before) != digest(after)
+
+
+def test_every_field_of_a_message_but_the_resource_version_counts_in_its_digest() -> None:
+    cert, _ = expiring_in(10)
+    base = secret_observed(raw_secret({"tls.crt": b64(cert)}))
+    ignored = {"resource_version"}
+    for name in base.__struct_fields__:
+        if name in ignored:
+            continue
+        value = getattr(base, name)
+        changed = ["x"] if isinstance(value, list) else {"x": "y"} if isinstance(value, dict) else "other"
+        assert digest(msgspec.structs.replace(base, **{name: changed})) != digest(base), name
+
+
 def test_configmap_digest_follows_its_certificates_not_its_resource_version() -> None:
     cert, _ = expiring_in(10)
     other, _ = expiring_in(11)

@@ -8,8 +8,8 @@ from typing import Any
 
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
-from services.evaluator.follow import ViewFollower
-from services.evaluator.view import View
+from services.domain.follow import ViewFollower
+from services.domain.view import View
 
 
 @dataclass

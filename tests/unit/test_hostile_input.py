@@ -19,6 +19,7 @@ from schemas.messages import (
     State,
     object_decoder,
 )
+from services.domain import model, states
 from services.domain.certs import CertError, CertFacts, from_wire, to_wire
 from services.domain.pem import parse_pem_certificate
 from services.evaluator import core
@@ -31,13 +32,13 @@ MALFORMED = hostile.malformed()
 ODD = hostile.odd_but_readable()
 
 
-def spec(threshold: int = 30) -> core.CertCheckSpec:
-    return core.CertCheckSpec("ns", "check", "uid-check", 1, threshold, resource_version="7")
+def spec(threshold: int = 30) -> model.CertCheckSpec:
+    return model.CertCheckSpec("ns", "check", "uid-check", 1, threshold, resource_version="7")
 
 
-def secret_view(*parsed: CertFacts | CertError) -> core.SecretView:
-    entries = tuple(core.CertEntry("tls.crt", i, p) for i, p in enumerate(parsed))
-    return core.SecretView("ns", "app", "uid-app", {"app": "x"}, {}, entries, resource_version="5")
+def secret_view(*parsed: CertFacts | CertError) -> model.SecretView:
+    entries = tuple(model.CertEntry("tls.crt", i, p) for i, p in enumerate(parsed))
+    return model.SecretView("ns", "app", "uid-app", {"app": "x"}, {}, entries, resource_version="5")
 
 
 def evaluate(*parsed: CertFacts | CertError, threshold: int = 30) -> core.Evaluation:
@@ -240,4 +241,4 @@ def test_the_core_never_raises_whatever_the_facts_threshold_status_and_clock(
     assert evaluation.next_due is None or evaluation.next_due > now
     for facts in parsed:
         if isinstance(facts, CertFacts):
-            assert core.classify(facts, threshold, now) in set(State)
+            assert states.classify(facts, threshold, now) in set(State)

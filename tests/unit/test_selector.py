@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from schemas.messages import LabelSelector, SelectorRequirement
-from services.evaluator.selector import matches, selector_error
+from services.domain.selector import matches, selector_error
 
 
 def req(key: str, operator: str, *values: str) -> SelectorRequirement:

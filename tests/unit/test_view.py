@@ -17,8 +17,9 @@ from schemas.messages import (
     ObjectDeleted,
     SecretObserved,
 )
+from services.domain import model
+from services.domain.view import View
 from services.evaluator import core
-from services.evaluator.view import View
 from tests.sources import facts_source
 
 NOW = datetime.now(UTC)
@@ -65,7 +66,7 @@ def certcheck(
 
 
 def fold(view: View, *events: object) -> list[object]:
-    return [view.apply(i + 1 + view.seq, e, NOW) for i, e in enumerate(events)]  # type: ignore[arg-type]
+    return [view.apply(i + 1 + view.seq, e) for i, e in enumerate(events)]  # type: ignore[arg-type]
 
 
 def test_secret_change_maps_to_every_certcheck_that_selects_it_and_no_other() -> None:
@@ -101,7 +102,6 @@ def test_only_our_annotations_changing_back_triggers_nothing() -> None:
     view = View()
     fold(view, certcheck("a", {"app": "x"}), secret("s", {"app": "x"}))
     inputs, coverage = view.inputs(("ns", "a"))
-    from services.evaluator import core
 
     desired = core.desired_annotations(inputs[0], coverage["s"], NOW)
     written = {k: v for k, v in desired.items() if v is not None}
@@ -269,17 +269,17 @@ def test_a_secrets_coverage_follows_certchecks_created_and_deleted_beside_it() -
     fold(view, certcheck("one", {"app": "x"}), secret("a", {"app": "x"}))
     assert view.coverage("ns", "a").certchecks == ("one",)
     fold(view, certcheck("two", {"app": "x"}, threshold=60))
-    assert view.coverage("ns", "a") == core.Coverage(("one", "two"), 60)
+    assert view.coverage("ns", "a") == model.Coverage(("one", "two"), 60)
     fold(view, ObjectDeleted(subjects.KIND_CERTCHECK, "ns", "two", "uid-two", "2"))
-    assert view.coverage("ns", "a") == core.Coverage(("one",), 30)
+    assert view.coverage("ns", "a") == model.Coverage(("one",), 30)
 
 
 def test_effects_are_kept_until_acted_on_and_only_for_messages_not_yet_acknowledged() -> None:
     view = View()
     view.effects_after = 2  # the work consumer acknowledged up to 2: nobody asks for those again
-    view.apply(1, certcheck("a", {"app": "x"}), NOW)
-    view.apply(2, secret("old", {"app": "x"}), NOW)
-    view.apply(3, secret("new", {"app": "x"}), NOW)
+    view.apply(1, certcheck("a", {"app": "x"}))
+    view.apply(2, secret("old", {"app": "x"}))
+    view.apply(3, secret("new", {"app": "x"}))
     assert view.effects_of(1) is None and view.effects_of(2) is None
     found = view.effects_of(3)
     assert found is not None and found.evaluate == {("ns", "a")}
@@ -289,7 +289,7 @@ def test_effects_are_kept_until_acted_on_and_only_for_messages_not_yet_acknowled
 
 def test_a_view_nobody_evaluates_from_keeps_no_effects() -> None:
     view = View(effects_memory=0)
-    view.apply(1, certcheck("a", {"app": "x"}), NOW)
-    effects = view.apply(2, secret("s", {"app": "x"}), NOW)
+    view.apply(1, certcheck("a", {"app": "x"}))
+    effects = view.apply(2, secret("s", {"app": "x"}))
     assert effects.evaluate == {("ns", "a")}
     assert view.effects_of(2) is None

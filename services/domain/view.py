@@ -7,10 +7,10 @@ CertChecks it affects, so a Secret change is mapped to exactly the CertChecks th
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import msgspec
 
@@ -27,9 +27,9 @@ from schemas.messages import (
     SecretObserved,
     status_decoder,
 )
+from services.domain import model
 from services.domain.certs import CertError, Parsed, from_wire
-from services.evaluator import core
-from services.evaluator.selector import matches, selector_error
+from services.domain.selector import matches, selector_error
 
 CertCheckKey = tuple[str, str]  # (namespace, name)
 SecretKey = tuple[str, str]
@@ -37,7 +37,7 @@ SecretKey = tuple[str, str]
 
 @dataclass
 class CertCheckEntry:
-    spec: core.CertCheckSpec
+    spec: model.CertCheckSpec
     selector: LabelSelector | None
     resource_version: str
     # The status as written, undecoded until an evaluation needs it (``observed``): most statuses
@@ -62,10 +62,10 @@ class CertCheckEntry:
 
 @dataclass(slots=True)
 class SecretEntry:
-    view: core.SecretView
+    view: model.SecretView
     resource_version: str
     covered_by: set[str] = field(default_factory=set)  # CertCheck names that select it
-    coverage_at: tuple[int, core.Coverage] | None = None  # (the namespace's coverage epoch, coverage)
+    coverage_at: tuple[int, model.Coverage] | None = None  # (the namespace's coverage epoch, coverage)
 
 
 @dataclass
@@ -75,11 +75,15 @@ class Effects:
     evaluate: set[CertCheckKey] = field(default_factory=set)
     removed: list[tuple[str, str, str]] = field(default_factory=list)  # (namespace, name, uid)
     released: set[SecretKey] = field(default_factory=set)  # Secrets no CertCheck covers any more
+    # Covered Secrets that changed in nothing but their annotations (certcheck's own writes coming back,
+    # or someone's edit): whoever evaluates checks they still say what they should.
+    annotated: set[SecretKey] = field(default_factory=set)
 
     def merge(self, other: Effects) -> None:
         self.evaluate |= other.evaluate
         self.removed.extend(other.removed)
         self.released |= other.released
+        self.annotated |= other.annotated
 
 
 def _newer(incoming: str, current: str) -> bool:
@@ -128,24 +132,19 @@ def _failures(raw: msgspec.Raw) -> object:
     return status.notification_failures if status else None
 
 
-def _same_spec(a: core.CertCheckSpec, b: core.CertCheckSpec) -> bool:
-    return (a.uid, a.generation, a.threshold_days, a.selector_error, a.keys) == (
-        b.uid,
-        b.generation,
-        b.threshold_days,
-        b.selector_error,
-        b.keys,
-    )
+def _same_spec(a: model.CertCheckSpec, b: model.CertCheckSpec) -> bool:
+    """Whether two specs ask for the same evaluation: equal in every field but the resourceVersion."""
+    return dataclasses.replace(a, resource_version=b.resource_version) == b
 
 
-def _entries(observed: SecretObserved | ConfigMapObserved) -> tuple[core.CertEntry, ...]:
-    entries: list[core.CertEntry] = []
+def _entries(observed: SecretObserved | ConfigMapObserved) -> tuple[model.CertEntry, ...]:
+    entries: list[model.CertEntry] = []
     for source in observed.sources:
         if source.error is not None:
-            entries.append(core.CertEntry(source.key, 0, CertError(source.error)))
+            entries.append(model.CertEntry(source.key, 0, CertError(source.error)))
             continue
         parsed = [from_wire(cert) for cert in source.certs] if source.certs else _legacy(source.pem)
-        entries.extend(core.CertEntry(source.key, index, facts) for index, facts in enumerate(parsed))
+        entries.extend(model.CertEntry(source.key, index, facts) for index, facts in enumerate(parsed))
     return tuple(entries)
 
 
@@ -158,8 +157,8 @@ def _legacy(pem: list[str]) -> list[Parsed]:
     return [parse_pem_certificate(block) for block in pem]
 
 
-def secret_view(observed: SecretObserved) -> core.SecretView:
-    return core.SecretView(
+def secret_view(observed: SecretObserved) -> model.SecretView:
+    return model.SecretView(
         namespace=observed.namespace,
         name=observed.name,
         uid=observed.uid,
@@ -173,8 +172,8 @@ def secret_view(observed: SecretObserved) -> core.SecretView:
     )
 
 
-def configmap_view(observed: ConfigMapObserved) -> core.SecretView:
-    return core.SecretView(
+def configmap_view(observed: ConfigMapObserved) -> model.SecretView:
+    return model.SecretView(
         namespace=observed.namespace,
         name=observed.name,
         uid=observed.uid,
@@ -184,7 +183,7 @@ def configmap_view(observed: ConfigMapObserved) -> core.SecretView:
         resource_version=observed.resource_version,
         type="",
         other_keys=tuple(observed.other_keys),
-        kind=core.KIND_CONFIGMAP,
+        kind=model.KIND_CONFIGMAP,
     )
 
 
@@ -252,19 +251,19 @@ class View:
         for seq in seqs:
             self._effects.pop(seq, None)
 
-    def coverage(self, namespace: str, secret_name: str) -> core.Coverage:
+    def coverage(self, namespace: str, secret_name: str) -> model.Coverage:
         entry = self.secrets[namespace][secret_name]
         epoch = self._coverage_epochs.get(namespace, 0)
         if entry.coverage_at is not None and entry.coverage_at[0] == epoch:
             return entry.coverage_at[1]
         names = tuple(sorted(entry.covered_by))
         thresholds = [self.certchecks[namespace][n].spec.threshold_days for n in names]
-        coverage = core.Coverage(names, max(thresholds, default=0))
+        coverage = model.Coverage(names, max(thresholds, default=0))
         entry.coverage_at = (epoch, coverage)
         return coverage
 
-    def inputs(self, key: CertCheckKey) -> tuple[list[core.SecretView], dict[str, core.Coverage]]:
-        """The selected Secrets of a CertCheck and each one's coverage: what ``core.evaluate`` takes."""
+    def inputs(self, key: CertCheckKey) -> tuple[list[model.SecretView], dict[str, model.Coverage]]:
+        """The selected Secrets of a CertCheck and each one's coverage: what an evaluation takes."""
         entry = self.certchecks[key[0]][key[1]]
         namespace_secrets = self.secrets.get(key[0], {})
         selected = [namespace_secrets[name].view for name in sorted(entry.covered)]
@@ -275,9 +274,9 @@ class View:
 
     # --- folding the stream in ----------------------------------------------------------------------
 
-    def apply(self, seq: int, event: ObjectEvent, now: datetime) -> Effects:
+    def apply(self, seq: int, event: ObjectEvent) -> Effects:
         if isinstance(event, SecretObserved):
-            effects = self._apply_secret(event, now)
+            effects = self._apply_secret(event)
         elif isinstance(event, ConfigMapObserved):
             effects = self._apply_configmap(event)
         elif isinstance(event, CertCheckObserved):
@@ -327,7 +326,7 @@ class View:
             certchecks[name].covered_configmaps.discard(event.name)
         return Effects(evaluate={(event.namespace, n) for n in previous.covered_by})
 
-    def _apply_secret(self, event: SecretObserved, now: datetime) -> Effects:
+    def _apply_secret(self, event: SecretObserved) -> Effects:
         namespace_secrets = self.secrets.setdefault(event.namespace, {})
         previous = namespace_secrets.get(event.name)
         if _stale(previous, event.uid, event.resource_version):
@@ -347,11 +346,8 @@ class View:
         ) != (view.uid, view.labels, view.entries)
         if content_changed:
             effects.evaluate = {(event.namespace, n) for n in covered_by | old_covered_by}
-        elif covered_by and core.annotation_patch(
-            view, core.desired_annotations(view, self.coverage(event.namespace, event.name), now)
-        ):
-            # Someone changed certcheck's annotations by hand: put them back.
-            effects.evaluate = {(event.namespace, n) for n in covered_by}
+        elif covered_by:
+            effects.annotated.add((event.namespace, event.name))
         if not covered_by and view.annotations:
             effects.released.add((event.namespace, event.name))
         return effects
@@ -374,7 +370,7 @@ class View:
             and not _newer(event.resource_version, previous.resource_version)
         ):
             return Effects()
-        spec = core.CertCheckSpec(
+        spec = model.CertCheckSpec(
             namespace=event.namespace,
             name=event.name,
             uid=event.uid,

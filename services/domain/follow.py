@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -16,7 +15,7 @@ from schemas.messages import object_decoder
 from schemas.streams import OBJECTS
 from services.common.bus import Bus
 from services.common.runtime import backoff
-from services.evaluator.view import View
+from services.domain.view import View
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ class ViewFollower:
             try:
                 event = object_decoder.decode(msg.data)
                 problem = "unusable"
-                self.view.apply(seq, event, datetime.now(UTC))
+                self.view.apply(seq, event)
             except Exception as exc:  # whatever a message holds, the view moves on past it
                 log.error("%s object message %s at seq %d: %r", problem, msg.subject, seq, exc)
                 bad_objects.inc()

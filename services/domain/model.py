@@ -1,0 +1,100 @@
+"""What certcheck knows of the objects it watches, as every service reads it: a Secret's (or
+ConfigMap's) certificate entries, a CertCheck's spec, which CertChecks cover a Secret, and which of a
+Secret's keys a CertCheck reads. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+
+from services.domain.certs import CertError, CertFacts
+
+KIND_SECRET = "Secret"
+KIND_CONFIGMAP = "ConfigMap"
+
+
+@dataclass(frozen=True, slots=True)
+class CertEntry:
+    """One certificate (or one unreadable key) of a Secret."""
+
+    key: str
+    index: int
+    parsed: CertFacts | CertError
+
+
+@dataclass(frozen=True, slots=True)
+class SecretView:
+    namespace: str
+    name: str
+    uid: str
+    labels: dict[str, str]
+    annotations: dict[str, str]  # certcheck-owned only
+    entries: tuple[CertEntry, ...]
+    resource_version: str = ""
+    type: str = "kubernetes.io/tls"
+    other_keys: tuple[str, ...] = ()  # keys without any certificate
+    kind: str = "Secret"  # or "ConfigMap": read only, certcheck never writes to a ConfigMap
+    edited_annotations: tuple[str, ...] = ()  # certcheck's annotations someone else wrote last
+    # What evaluations worked out from this view and may reuse while it holds (see ``_memoised``): a
+    # CertCheck over thousands of Secrets re-rates only the one that changed. Not copied by replace().
+    memo: dict[object, tuple[datetime, datetime, object]] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CertCheckSpec:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    threshold_days: int
+    selector_error: str | None = None
+    resource_version: str = ""
+    keys: tuple[str, ...] = ()  # data keys to read (names or glob patterns); () = the defaults
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """Which CertChecks select a Secret, and the largest threshold among them."""
+
+    certchecks: tuple[str, ...]
+    max_threshold_days: int
+
+
+def entry_label(kind: str, name: str, key: str, index: int) -> str:
+    """How a certificate entry is named in messages: ``secret/key[0]``, ``ConfigMap/bundle/key[0]``."""
+    prefix = "" if kind == KIND_SECRET else f"{kind}/"
+    return f"{prefix}{name}/{key}[{index}]"
+
+
+TLS_DEFAULT_KEYS = ("tls.crt", "ca.crt")
+OTHER_DEFAULT_KEYS = ("*",)  # every key in which a certificate was found
+
+
+@lru_cache(maxsize=1024)
+def _key_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a key matches any of ``patterns``: names are looked up, only globs go through fnmatch."""
+    if "*" in patterns:
+        return lambda key: True
+    globs = tuple(p for p in patterns if any(c in p for c in "*?["))
+    names = frozenset(patterns) - frozenset(globs)
+    if not globs:
+        return names.__contains__
+    return lambda key: key in names or any(fnmatch.fnmatchcase(key, g) for g in globs)
+
+
+def selected_entries(secret: SecretView, patterns: Sequence[str]) -> list[CertEntry]:
+    """The entries of the keys a CertCheck reads; an exact key name that holds no certificate is Invalid."""
+    if not patterns or secret.kind == KIND_CONFIGMAP:  # spec.keys speaks of Secrets' keys
+        patterns = TLS_DEFAULT_KEYS if secret.type == "kubernetes.io/tls" else OTHER_DEFAULT_KEYS
+    selected = _key_matcher(tuple(patterns))
+    entries = [e for e in secret.entries if selected(e.key)]
+    for name in patterns:
+        if name in secret.other_keys:
+            entries.append(CertEntry(name, 0, CertError(f"no certificate in key {name}")))
+    return entries
