@@ -290,7 +290,10 @@ def audit_writes(stack: Stack, offset: int) -> Counter[tuple[str, str]]:
     with stack.control_plane.audit_log.open("rb") as log:
         log.seek(offset)
         for line in log:
-            entry = json.loads(line)
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a line the API server is still writing (or rotated mid-way): not counted
+                continue
             user = entry.get("user", {}).get("username", "")
             if user.startswith(SERVICE_USER) and entry.get("stage") == "ResponseComplete":
                 ref = entry.get("objectRef") or {}

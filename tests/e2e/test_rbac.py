@@ -83,6 +83,24 @@ def test_the_recorder_cannot_read_secret_data_or_change_specs(
     )
 
 
+def test_the_notifier_reads_credentials_but_writes_no_secret_and_changes_no_spec(
+    stack: Stack, cluster: Cluster, namespace: str, secret: str
+) -> None:
+    core, custom = as_service(stack, "notifier")
+    assert not denied(lambda: core.read_namespaced_secret(secret, namespace))  # credentials it may read
+    assert denied(
+        lambda: core.patch_namespaced_secret(secret, namespace, {"metadata": {"labels": {"a": "b"}}})
+    )
+    assert denied(lambda: core.delete_namespaced_secret(secret, namespace))
+    assert denied(lambda: core.patch_namespaced_config_map("any", namespace, {"metadata": {"labels": {}}}))
+    cluster.create_certcheck(namespace, "n", {"matchLabels": {"a": "b"}})
+    assert denied(
+        lambda: custom.patch_namespaced_custom_object(
+            "certcheck.dev", "v1alpha1", namespace, "certchecks", "n", {"spec": {"threshold": 1}}
+        )
+    )
+
+
 def test_the_evaluator_and_the_exporter_have_no_kubernetes_access(stack: Stack, namespace: str) -> None:
     for service in ("evaluator", "exporter"):
         core, custom = as_service(stack, service)
