@@ -151,6 +151,13 @@ def report_failure(task: asyncio.Task[Any]) -> None:
         log.error("task %s ended with a failure", task.get_name(), exc_info=task.exception())
 
 
+def spawn(work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    """A task that runs until cancelled, its failure logged when it happens (``report_failure``)."""
+    task = asyncio.create_task(work, name=name)
+    task.add_done_callback(report_failure)
+    return task
+
+
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     """Cancel a task and return once it has stopped, whatever it ended with."""
     if task is None:

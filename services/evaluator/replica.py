@@ -8,7 +8,7 @@ import asyncio
 import logging
 
 from services.common.bus import Bus
-from services.common.runtime import cancel_and_wait, report_failure, resilient
+from services.common.runtime import cancel_and_wait, resilient, spawn
 from services.common.settings import Settings
 from services.domain.view import View
 from services.evaluator.service import Evaluator
@@ -35,9 +35,7 @@ class EvaluatorReplica:
     async def claim(self, partition: int) -> None:
         evaluator = Evaluator(self.bus, self.settings, partition)
         self.evaluators[partition] = evaluator
-        task = asyncio.create_task(self._serve(evaluator), name=f"partition-{partition}")
-        task.add_done_callback(report_failure)
-        self._tasks[partition] = task
+        self._tasks[partition] = spawn(self._serve(evaluator), f"partition-{partition}")
 
     async def release(self, partition: int) -> None:
         """Stop evaluating the partition. What its consumers delivered and it did not acknowledge is

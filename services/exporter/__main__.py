@@ -12,7 +12,7 @@ from schemas.streams import PARTITIONS_BUCKET
 from services.common import bus as bus_mod
 from services.common.health import Health
 from services.common.partitions import PartitionOwner
-from services.common.runtime import cancel_and_wait, report_failure, resilient, run_service, supervise
+from services.common.runtime import cancel_and_wait, resilient, run_service, spawn, supervise
 from services.common.settings import Settings
 from services.domain.follow import ViewFollower
 from services.domain.view import View
@@ -37,9 +37,7 @@ class ExporterReplica:
     async def claim(self, partition: int) -> None:
         follower = ViewFollower(self.bus, View(effects_memory=0), subjects.objects_of(partition))
         self.followers[partition] = follower
-        task = asyncio.create_task(self._follow(partition, follower), name=f"partition-{partition}")
-        task.add_done_callback(report_failure)
-        self._tasks[partition] = task
+        self._tasks[partition] = spawn(self._follow(partition, follower), f"partition-{partition}")
 
     async def _follow(self, partition: int, follower: ViewFollower) -> None:
         following = asyncio.create_task(resilient(f"partition {partition} follow", follower.run))

@@ -39,11 +39,7 @@ def test_objects_published_in_the_older_layout_are_replaced_and_published_again(
     stack: Stack, cluster: Cluster, objects: ObjectsStream, ns: str
 ) -> None:
     instance = "watcher-layout"
-    watcher = start_watcher(stack, instance, {})
-    version = int(create_secret(cluster, ns, "other", "kubernetes.io/tls").metadata.resource_version)
-    objects.wait_published(ns, (SECRET, "other"))
-    wait_for(lambda: watcher_progress(stack).get(SCOPE, 0) >= version, what="the watch progress saved")
-    watcher.stop()
+    _publish_other_and_stop(stack, cluster, objects, ns, instance)
 
     # What a release before partitions left behind: "web" published under the older subject only, and
     # the watch progress saved past it (started again, the watcher would resume there, listing nothing).
@@ -74,6 +70,17 @@ def test_objects_published_in_the_older_layout_are_replaced_and_published_again(
         watcher.stop()
 
 
+def _publish_other_and_stop(
+    stack: Stack, cluster: Cluster, objects: ObjectsStream, ns: str, instance: str
+) -> None:
+    """A watcher has published Secret "other" and saved its progress past it, then stopped."""
+    watcher = start_watcher(stack, instance, {})
+    version = int(create_secret(cluster, ns, "other", "kubernetes.io/tls").metadata.resource_version)
+    objects.wait_published(ns, (SECRET, "other"))
+    wait_for(lambda: watcher_progress(stack).get(SCOPE, 0) >= version, what="the watch progress saved")
+    watcher.stop()
+
+
 async def _save_progress(objects: ObjectsStream, resource_version: str) -> None:
     kv = await objects.js.key_value(WATCHER_STATE_BUCKET)
     await kv.put(f"rv.{SCOPE}", resource_version.encode())
@@ -83,11 +90,7 @@ def test_objects_published_as_pem_by_an_older_watcher_are_published_again_as_fac
     stack: Stack, cluster: Cluster, objects: ObjectsStream, ns: str
 ) -> None:
     instance = "watcher-format"
-    watcher = start_watcher(stack, instance, {})
-    version = int(create_secret(cluster, ns, "other", "kubernetes.io/tls").metadata.resource_version)
-    objects.wait_published(ns, (SECRET, "other"))
-    wait_for(lambda: watcher_progress(stack).get(SCOPE, 0) >= version, what="the watch progress saved")
-    watcher.stop()
+    _publish_other_and_stop(stack, cluster, objects, ns, instance)
 
     # What a watcher before facts left: "web" published as PEM, the progress saved past it under the
     # older format (started again without looking at the format, the watcher would list nothing).
