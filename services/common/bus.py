@@ -5,19 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import nats
-import nats.errors
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
     KeyValueConfig,
     RetentionPolicy,
     StorageType,
@@ -26,19 +20,16 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
-from prometheus_client import Counter, Gauge
+from prometheus_client import Gauge
 
 from schemas.permissions import inbox_prefix
 from schemas.streams import (
     ALL_STREAMS,
     DEFAULT_PARTITIONS,
-    HDR_DEAD_REASON,
-    HDR_DEAD_STREAM_SEQ,
     OBJECTS,
     PARTITIONS_METADATA,
     StreamSpec,
 )
-from schemas.subjects import deadletter_subject
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -224,34 +215,6 @@ def partitions_of(info: StreamInfo) -> int:
     return int(held) if held.isdigit() and int(held) > 0 else DEFAULT_PARTITIONS
 
 
-# How long a pull request waits for messages. Short: a request outlives the process that made it (the
-# server delivers to it while anything has interest in its inbox, a `nats sub '>'` say), and what it
-# receives then waits for the consumer's ack wait before it is delivered again.
-FETCH_WAIT_SECONDS = 2.0
-
-
-async def fetch_batch(sub: JetStreamContext.PullSubscription, max_batch: int, wait: float) -> list[Msg]:
-    """Up to ``max_batch`` messages: waits up to ``wait`` seconds for the first one, then takes whatever
-    else is already available without waiting (nats-py's fetch would linger for a full batch)."""
-    try:
-        first = await sub.fetch(1, timeout=wait)
-    except TimeoutError:
-        return []
-    except nats.errors.Error as exc:  # disconnected: the client reconnects on its own
-        log.debug("fetch failed: %s", exc)
-        await asyncio.sleep(min(wait, 1.0))
-        return []
-    # The consumer says how many more are waiting: ask for exactly those, so the fetch returns at once.
-    pending = int(first[0].metadata.num_pending or 0)
-    if max_batch <= 1 or pending == 0:
-        return first
-    try:
-        rest = await sub.fetch(min(pending, max_batch - 1), timeout=0.05)
-    except (TimeoutError, nats.errors.Error):
-        rest = []
-    return first + rest
-
-
 class TooLargeError(Exception):
     """A message larger than the server accepts: publishing it again cannot succeed."""
 
@@ -282,82 +245,3 @@ async def publish_pipelined(
         for token in set(bus.js._publish_async_futures) - registered:
             bus.js._publish_async_futures[token].cancel()
         raise
-
-
-dead_letters = Counter("certcheck_dead_letters_total", "Messages sent to the dead-letter stream", ["reason"])
-
-
-async def dead_letter(bus: Bus, msg: Msg, reason: str, kind: str) -> None:
-    """Park a message that cannot be processed (with why) and take it off its consumer for good."""
-    await park(bus, msg.subject, msg.data, reason, kind, msg.metadata.sequence.stream)
-    await msg.term()
-
-
-async def park(bus: Bus, subject: str, data: bytes, reason: str, kind: str, stream_seq: int = 0) -> None:
-    """Record, in the dead-letter stream, work on ``subject`` that was given up (with why)."""
-    headers = {HDR_DEAD_REASON: reason[:500], HDR_DEAD_STREAM_SEQ: str(stream_seq)}
-    await bus.js.publish(deadletter_subject(subject), data, headers=headers)
-    dead_letters.labels(kind).inc()
-    log.error("dead-lettered %s (seq %d): %s", subject, stream_seq, reason)
-
-
-# How long a delivered message may go unacknowledged before JetStream delivers it again: what a
-# message handed to a process that then died waits before another replica gets it. Work that takes
-# longer keeps its messages with ``held``.
-ACK_WAIT_SECONDS = 10.0
-
-
-async def durable_consumer(
-    bus: Bus,
-    stream: str,
-    durable: str,
-    filter_subject: str = ">",
-    *,
-    new_only: bool = False,
-    ack_wait: float = ACK_WAIT_SECONDS,
-    max_ack_pending: int = 5_000,
-) -> JetStreamContext.PullSubscription:
-    """Bind to (creating on first use) a durable pull consumer shared by every replica of a service.
-    Acks are explicit: a message is acknowledged only once its effect is applied. A consumer an earlier
-    release created with other limits is updated to these."""
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.NEW if new_only else DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ack_wait,
-        max_ack_pending=max_ack_pending,
-        filter_subject=None if filter_subject == ">" else filter_subject,
-    )
-    with contextlib.suppress(NotFoundError):
-        existing = (await bus.js.consumer_info(stream, durable)).config
-        if (existing.ack_wait, existing.max_ack_pending) != (ack_wait, max_ack_pending):
-            existing.ack_wait, existing.max_ack_pending = ack_wait, max_ack_pending
-            await bus.js.add_consumer(stream, config=existing)
-    return await bus.js.pull_subscribe(filter_subject, durable=durable, stream=stream, config=config)
-
-
-@contextlib.asynccontextmanager
-async def held(msgs: Sequence[Msg], every: float = ACK_WAIT_SECONDS / 4) -> AsyncIterator[None]:
-    """Tell JetStream, while the block runs, that ``msgs`` are still being worked on, so that a short
-    ack wait redelivers quickly what a dead process held without redelivering slow work."""
-
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(every)
-            for msg in msgs:
-                if not msg.is_acked:
-                    with contextlib.suppress(Exception):
-                        await msg.in_progress()
-
-    beating = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        beating.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beating
-
-
-def redelivery_delay(msg: Msg, base: float = 0.5, cap: float = 60.0) -> float:
-    """Exponential back-off for a nak, from how often the message was delivered already."""
-    attempts = int(msg.metadata.num_delivered or 1)
-    return float(min(cap, base * 2 ** min(attempts - 1, 10)))

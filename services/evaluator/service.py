@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import msgspec
-from nats.aio.msg import Msg
 from nats.js.errors import APIError, NotFoundError
 from prometheus_client import Counter, Histogram
 
@@ -40,16 +39,16 @@ from schemas.streams import (
     evaluator_due_consumer,
     evaluator_objects_consumer,
 )
-from services.common.bus import (
+from services.common.bus import Bus, publish_pipelined
+from services.common.consume import (
     FETCH_WAIT_SECONDS,
-    Bus,
+    Policy,
     dead_letter,
+    decoded,
     durable_consumer,
     fetch_batch,
-    held,
     park,
-    publish_pipelined,
-    redelivery_delay,
+    settle,
 )
 from services.common.runtime import backoff
 from services.common.settings import Settings
@@ -68,6 +67,10 @@ RETRY_CAP_SECONDS = 300.0
 PUBLISH_TIMEOUT_SECONDS = 10.0
 CANCEL_MARKER_TTL_SECONDS = 7 * 24 * 3600  # the marker of a cancelled schedule, kept for the compare-and-set
 RESULT_HEADROOM_BYTES = 64 << 10  # under the server's max_payload: headers, and room to spare
+# The work of a batch is never given up: evaluating one CertCheck cannot fail it (a failure becomes its
+# EvaluationFailed status), so only publishing can, which retrying cures and giving up would not.
+OBJECTS_POLICY = Policy("object changes", max_deliveries=None)
+DUE_POLICY = Policy("due evaluations", max_deliveries=None)
 
 
 evaluations = Counter("certcheck_evaluations_total", "CertCheck evaluations", ["trigger"])
@@ -192,7 +195,10 @@ class Evaluator:
                     found = Effects(evaluate=set(self._namespace_of(msg.subject)))
                 effects.merge(found)
             effects.evaluate |= self._annotations_to_put_back(effects.annotated, utcnow())
-            if await self._settle(settled, self.act(effects, "change")):
+            if (
+                settled
+                and await settle(self.bus, settled, self.act(effects, "change"), OBJECTS_POLICY) == "ok"
+            ):
                 self.view.forget_effects(msg.metadata.sequence.stream for msg in settled)
 
     def _annotations_to_put_back(self, annotated: Iterable[SecretKey], now: datetime) -> set[CertCheckKey]:
@@ -225,11 +231,9 @@ class Evaluator:
             due: dict[CertCheckKey, int] = {}
             settled = []
             for msg in msgs:
-                try:
-                    fired = due_decoder.decode(msg.data)
-                except Exception as exc:
+                fired = await decoded(self.bus, msg, due_decoder.decode, DUE_POLICY)
+                if fired is None:
                     bad_messages.labels(TRIGGERS.name).inc()
-                    await dead_letter(self.bus, msg, f"undecodable due message: {exc}", "undecodable")
                     continue
                 settled.append(msg)
                 due_at = parse_rfc3339(fired.due_at)
@@ -238,25 +242,7 @@ class Evaluator:
                 key = (fired.namespace, fired.name)
                 due[key] = max(due.get(key, 0), fired.attempt)
             if settled:
-                await self._settle(settled, self.act(Effects(evaluate=set(due)), "due", due))
-
-    async def _settle(self, msgs: list[Msg], work: Awaitable[None]) -> bool:
-        """Ack the batch once its work is done (True); on failure nak it, so JetStream redelivers it
-        later (False)."""
-        try:
-            async with held(msgs):
-                await work
-        except Exception as exc:
-            if not msgs:
-                raise
-            delay = redelivery_delay(msgs[0])
-            log.warning("evaluation failed, redelivering %d messages in %.1fs: %s", len(msgs), delay, exc)
-            for msg in msgs:
-                await msg.nak(delay=delay)
-            return False
-        for msg in msgs:
-            await msg.ack()
-        return True
+                await settle(self.bus, settled, self.act(Effects(evaluate=set(due)), "due", due), DUE_POLICY)
 
     async def start(self) -> None:
         """The start-up sweep, retried until it went through: a bus failure delays it, never ends it."""

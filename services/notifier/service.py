@@ -34,19 +34,13 @@ from schemas.messages import (
     ExpiryNotification,
     NotificationFailure,
     NotificationTarget,
+    ResultMessage,
     encoder,
     result_decoder,
 )
 from schemas.streams import NOTIFIER_CONSUMER, RESULTS
-from services.common.bus import (
-    FETCH_WAIT_SECONDS,
-    Bus,
-    dead_letter,
-    durable_consumer,
-    fetch_batch,
-    held,
-    redelivery_delay,
-)
+from services.common.bus import Bus
+from services.common.consume import Later, Policy, consume, durable_consumer
 from services.common.kube_writer import Gone, KubeWriter
 from services.common.runtime import backoff as retry_backoff
 from services.common.settings import Settings
@@ -64,6 +58,11 @@ state_decoder = msgspec.json.Decoder(core.NotifyState)
 MAX_ROUNDS = 3  # plan, send, settle; again if a delivery that blocked planning went out meanwhile
 CLAIM_SECONDS = 60.0  # a replica's claim on a pending delivery; another takes it over after that
 CLAIM_POLL_SECONDS = 2.0  # how soon a replica that found another's claim looks again
+# A result whose handling keeps failing (the KV or the API server out of reach) is dead-lettered once
+# it was delivered this often, the looks again at a delivery in flight or waiting out a Retry-After
+# included (each a delivery: a minute's claim polled every 2 s is 30). What it left pending in the
+# durable state is sent with the next result of its CertCheck.
+POLICY = Policy("result", max_deliveries=100)
 
 
 def _now() -> datetime:
@@ -112,40 +111,15 @@ class Notifier:
 
     async def run(self) -> None:
         sub = await durable_consumer(self.bus, RESULTS.name, NOTIFIER_CONSUMER, subjects.RESULTS_ALL)
-        while True:
-            msgs = await fetch_batch(sub, 50, wait=FETCH_WAIT_SECONDS)
-            newest: dict[str, Msg] = {}
-            for msg in msgs:
-                older = newest.get(msg.subject)
-                if older is not None:
-                    # superseded within the batch: never two results of one CertCheck at once
-                    await older.ack()
-                newest[msg.subject] = msg
-            async with held(list(newest.values())):
-                await asyncio.gather(*(self._handle(msg) for msg in newest.values()))
+        # Of several results of one CertCheck in a batch only the newest is handled: never two at once.
+        await consume(self.bus, sub, result_decoder.decode, self._handle, POLICY, batch=50, latest_only=True)
 
-    async def _handle(self, msg: Msg) -> None:
-        try:
-            result = result_decoder.decode(msg.data)
-        except Exception as exc:
-            await dead_letter(self.bus, msg, f"undecodable result: {exc}", "undecodable")
-            return
-        try:
-            if isinstance(result, EvaluationResult):
-                retry_in = await self.process(result)
-            else:
-                retry_in = None
-                if isinstance(result, CertCheckRemoved):
-                    await self._forget(result.namespace, result.name)
-        except Exception as exc:
-            delay = redelivery_delay(msg)
-            log.warning("notifying for %s failed, retrying in %.1fs: %s", msg.subject, delay, exc)
-            await msg.nak(delay=delay)
-            return
-        if retry_in is None:
-            await msg.ack()
-        else:
-            await msg.nak(delay=retry_in)
+    async def _handle(self, result: ResultMessage, msg: Msg) -> Later:
+        if isinstance(result, EvaluationResult):
+            return await self.process(result)
+        if isinstance(result, CertCheckRemoved):
+            await self._forget(result.namespace, result.name)
+        return None
 
     # --- durable state ----------------------------------------------------------------------------
 

@@ -29,20 +29,23 @@ from schemas.messages import (
     AnnotationPatch,
     CertCheckRemoved,
     EvaluationResult,
+    EventIntent,
     ResultMessage,
     encoder,
     kube_event_decoder,
     result_decoder,
 )
 from schemas.streams import KUBE_EVENTS, RECORDER_CONSUMER, RECORDER_EVENTS_CONSUMER, RESULTS
-from services.common.bus import (
+from services.common.bus import Bus
+from services.common.consume import (
     FETCH_WAIT_SECONDS,
-    Bus,
+    Outcome,
+    Policy,
+    consume,
     dead_letter,
     durable_consumer,
     fetch_batch,
-    held,
-    redelivery_delay,
+    settle,
 )
 from services.common.kube_writer import Gone, KubeWriter
 from services.common.settings import Settings
@@ -56,10 +59,18 @@ MAX_DELIVERIES = 20  # then the result goes to the dead-letter stream (a newer o
 applied = Counter("certcheck_recorder_results_total", "Results handled", ["kind", "outcome"])
 event_writes = Counter(
     "certcheck_recorder_events_total", "Kubernetes Events handled", ["outcome"]
-)  # created, aggregated, duplicate, retry, held_back (a mass rotation's routine Events, see budget.py)
+)  # created, aggregated, duplicate, retry, failing, undecodable, held_back (a mass rotation's routine
+# Events, see budget.py)
 # An Event whose write keeps failing is retried every EVENT_RETRY_CAP_SECONDS for about a day, then parked.
 EVENT_RETRY_CAP_SECONDS = 300.0
 MAX_EVENT_DELIVERIES = 300
+RESULTS_POLICY = Policy("result", max_deliveries=MAX_DELIVERIES)
+EVENTS_POLICY = Policy("Event", max_deliveries=MAX_EVENT_DELIVERIES, retry_cap=EVENT_RETRY_CAP_SECONDS)
+
+
+def _count_event(outcome: Outcome) -> None:
+    if outcome not in ("ok", "later"):  # a written Event is counted by what the API server made of it
+        event_writes.labels(outcome).inc()
 
 
 class _Lru(OrderedDict[Any, Any]):
@@ -178,8 +189,7 @@ class Recorder:
         """Apply the results of one subject in turn until none waits."""
         try:
             while taken is not None:
-                async with held([taken.msg]):
-                    await self._handle(taken)
+                await self._handle(taken)
                 taken = self._waiting.pop(subject, None)
                 if taken is not None:
                     await self._done()
@@ -198,68 +208,45 @@ class Recorder:
             applied.labels("unknown", "undecodable").inc()
             await dead_letter(self.bus, msg, f"undecodable result: {taken.error}", "undecodable")
             return
-        kind = taken.kind
+        outcome = await settle(self.bus, [msg], self._apply_once(msg, result, taken.kind), RESULTS_POLICY)
+        if outcome != "ok":
+            applied.labels(taken.kind, outcome).inc()
+
+    async def _apply_once(self, msg: Msg, result: ResultMessage, kind: str) -> None:
+        """Apply a result unless the durable mark says it was, and move the mark past it."""
         seq = msg.metadata.sequence.stream
         mark = msg.subject.removeprefix("certcheck.v1.")
-        try:
-            if await self._applied_up_to(mark) >= seq:  # a redelivery of what was already applied
-                applied.labels(kind, "duplicate").inc()
-                await msg.ack()
-                return
-            await self.apply(result)
-            await self.applied.put(mark, str(seq).encode())
-        except Exception as exc:
-            if (msg.metadata.num_delivered or 0) >= MAX_DELIVERIES:
-                await dead_letter(
-                    self.bus, msg, f"still failing after {MAX_DELIVERIES} attempts: {exc}", "failing"
-                )
-                return
-            delay = redelivery_delay(msg)
-            log.warning("applying %s failed, retrying in %.1fs: %s", msg.subject, delay, exc)
-            applied.labels(kind, "retry").inc()
-            await msg.nak(delay=delay)
+        if await self._applied_up_to(mark) >= seq:  # a redelivery of what was already applied
+            applied.labels(kind, "duplicate").inc()
             return
+        await self.apply(result)
+        await self.applied.put(mark, str(seq).encode())
         applied.labels(kind, "ok").inc()
-        await msg.ack()
 
     # --- Events ------------------------------------------------------------------------------------
 
     async def run_events(self) -> None:
         """Write the Events the evaluator queued, each on its own: one that fails is retried with
-        backoff for as long as EVENT_RETRY_HOURS, whatever happens to the results meanwhile."""
+        backoff for about a day (MAX_EVENT_DELIVERIES), whatever happens to the results meanwhile."""
         sub = await durable_consumer(
             self.bus, KUBE_EVENTS.name, RECORDER_EVENTS_CONSUMER, subjects.KUBE_EVENTS_ALL
         )
-        while True:
-            msgs = await fetch_batch(sub, BATCH, wait=FETCH_WAIT_SECONDS)
-            async with held(msgs):
-                await asyncio.gather(*(self._write_event(msg) for msg in msgs))
+        await consume(
+            self.bus,
+            sub,
+            kube_event_decoder.decode,
+            self._write_event,
+            EVENTS_POLICY,
+            batch=BATCH,
+            counted=_count_event,
+        )
 
-    async def _write_event(self, msg: Msg) -> None:
-        try:
-            intent = kube_event_decoder.decode(msg.data)
-        except Exception as exc:
-            await dead_letter(self.bus, msg, f"undecodable Event: {exc}", "undecodable")
-            return
+    async def _write_event(self, intent: EventIntent, msg: Msg) -> None:
         if not self._event_budget.allows(intent, time.monotonic()):
             event_writes.labels("held_back").inc()  # the CertCheck's summary Event counts it
-            await msg.ack()
             return
-        try:
-            outcome = await self._call(self.writer.emit_event, intent)
-        except Exception as exc:
-            deliveries = msg.metadata.num_delivered or 1
-            if deliveries >= MAX_EVENT_DELIVERIES:
-                reason = f"Event not written after {deliveries} attempts: {exc}"
-                await dead_letter(self.bus, msg, reason, "failing")
-                return
-            delay = redelivery_delay(msg, cap=EVENT_RETRY_CAP_SECONDS)
-            log.warning("writing Event %s failed, retrying in %.0fs: %s", msg.subject, delay, exc)
-            event_writes.labels("retry").inc()
-            await msg.nak(delay=delay)
-            return
+        outcome = await self._call(self.writer.emit_event, intent)
         event_writes.labels(outcome).inc()
-        await msg.ack()
 
     async def _applied_up_to(self, mark: str) -> int:
         try:

@@ -31,7 +31,8 @@ from prometheus_client import Counter, Gauge
 from schemas import subjects
 from schemas.messages import CertCheckObserved, CertSource, ObjectDeleted, encoder
 from schemas.streams import HDR_DIGEST, HDR_MSG_ID, HDR_RESOURCE_VERSION, HDR_SCOPE, OBJECTS
-from services.common.bus import Bus, TooLargeError, park, publish_pipelined
+from services.common.bus import Bus, TooLargeError, publish_pipelined
+from services.common.consume import park
 from services.watcher.extract import Observed, digest
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ import uuid
 from nats.js.api import ConsumerConfig, StreamConfig
 
 from services.common import bus as bus_mod
+from services.common import consume
 
 
 async def _bus_with_stream(url: str) -> tuple[bus_mod.Bus, str]:
@@ -25,7 +26,7 @@ def test_an_existing_consumer_takes_the_ack_wait_of_this_release(plain_nats_url:
                 stream, ConsumerConfig(durable_name="old", ack_wait=120, max_ack_pending=100)
             )
             before = (await bus.js.consumer_info(stream, "old")).config.ack_wait
-            await bus_mod.durable_consumer(bus, stream, "old")
+            await consume.durable_consumer(bus, stream, "old")
             after = (await bus.js.consumer_info(stream, "old")).config
             return before, after.ack_wait, after.max_ack_pending
         finally:
@@ -33,7 +34,7 @@ def test_an_existing_consumer_takes_the_ack_wait_of_this_release(plain_nats_url:
 
     before, after, max_ack_pending = asyncio.run(scenario())
     assert before == 120
-    assert after == bus_mod.ACK_WAIT_SECONDS
+    assert after == consume.ACK_WAIT_SECONDS
     assert max_ack_pending == 5_000
 
 
@@ -43,14 +44,14 @@ def test_held_messages_are_not_redelivered_past_the_ack_wait_and_are_once_let_go
     async def scenario() -> tuple[int, int, int]:
         bus, stream = await _bus_with_stream(plain_nats_url)
         try:
-            sub = await bus_mod.durable_consumer(bus, stream, "work", ack_wait=1.0)
+            sub = await consume.durable_consumer(bus, stream, "work", ack_wait=1.0)
             await bus.js.publish(f"{stream}.a", b"x")
-            [msg] = await bus_mod.fetch_batch(sub, 10, wait=2)
-            async with bus_mod.held([msg], every=0.25):
+            [msg] = await consume.fetch_batch(sub, 10, wait=2)
+            async with consume.held([msg], every=0.25):
                 await asyncio.sleep(2.5)  # the work: 2.5 ack waits long
-                while_held = len(await bus_mod.fetch_batch(sub, 10, wait=0.5))
+                while_held = len(await consume.fetch_batch(sub, 10, wait=0.5))
             # Let go unacknowledged (the process died, say): delivered again after one ack wait.
-            again = await bus_mod.fetch_batch(sub, 10, wait=3)
+            again = await consume.fetch_batch(sub, 10, wait=3)
             return while_held, len(again), int(again[0].metadata.num_delivered or 0) if again else 0
         finally:
             await bus.close()

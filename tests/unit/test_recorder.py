@@ -12,38 +12,21 @@ from typing import Any
 
 from nats.js.errors import KeyNotFoundError
 
-from schemas.messages import AnnotationPatch, CertCheckStatus, EvaluationResult, EventIntent, encoder
+from schemas.messages import (
+    AnnotationPatch,
+    CertCheckStatus,
+    EvaluationResult,
+    EventIntent,
+    encoder,
+    kube_event_decoder,
+)
+from services.common.consume import handle_one
 from services.common.settings import Settings
-from services.recorder.service import KeyedLock, Recorder
+from services.recorder.service import EVENTS_POLICY, KeyedLock, Recorder
+from tests.unit.fake_bus import FakeBus, FakeMsg
 
 STATE = "certcheck.dev/state"
 SUBJECT = "certcheck.v1.results.ns.check"
-
-
-@dataclass
-class FakeMsg:
-    subject: str
-    data: bytes
-    seq: int
-    acked: bool = False
-    naked: bool = False
-
-    @property
-    def metadata(self) -> Any:
-        return SimpleNamespace(sequence=SimpleNamespace(stream=self.seq), num_delivered=1)
-
-    @property
-    def is_acked(self) -> bool:
-        return self.acked
-
-    async def ack(self) -> None:
-        self.acked = True
-
-    async def nak(self, delay: float = 0) -> None:
-        self.naked = True
-
-    async def in_progress(self) -> None:
-        pass
 
 
 @dataclass
@@ -171,7 +154,7 @@ async def test_a_mass_rotation_writes_a_burst_of_renewed_events_and_every_warnin
     warnings = [event_message(100 + i, "Warning") for i in range(20)]
     summaries = [event_message(200 + i, "Normal", kind="CertCheck") for i in range(3)]
     for msg in [*renewed, *warnings, *summaries]:
-        await recorder._write_event(msg)
+        await handle_one(FakeBus(), msg, kube_event_decoder.decode, recorder._write_event, EVENTS_POLICY)  # type: ignore[arg-type]
     written = [(e.type, e.involved_kind) for e in writer.events]
     assert written.count(("Normal", "Secret")) == 5
     assert written.count(("Warning", "Secret")) == 20
