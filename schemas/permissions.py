@@ -116,7 +116,7 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
     "watcher": Permissions(
         publish=(
             *_stream_setup(),
-            *_subjects(subjects.OBJECTS_ALL),
+            *_subjects(subjects.OBJECTS_ALL, subjects.DEADLETTER_ALL),  # an object too large to publish
             *_ordered(OBJECTS.name),
             *_bucket(WATCHER_STATE_BUCKET),
             *_bucket(LEASE_BUCKET),

@@ -68,8 +68,9 @@ def test_a_service_cannot_read_another_services_replies(stack: Stack) -> None:
     assert any("permissions violation for subscription" in e.lower() for e in refused), refused
 
 
-def test_the_subjects_a_service_needs_are_allowed(stack: Stack) -> None:
-    subject = subjects.deadletter_subject("permission-probe.x")
+@pytest.mark.parametrize("user", ["watcher", "evaluator", "recorder", "notifier"])
+def test_every_service_that_gives_up_on_work_may_record_it_in_the_dead_letters(stack: Stack, user: str) -> None:
+    subject = subjects.deadletter_subject(f"permission-probe.{user}")
 
     async def delivered() -> tuple[list[str], int]:
         admin = await nats.connect(stack.nats.url)
@@ -81,7 +82,7 @@ def test_the_subjects_a_service_needs_are_allowed(stack: Stack) -> None:
         await admin.subscribe(subject, cb=record)
         await admin.flush()
         try:
-            refused = await violations(stack, "evaluator", "publish", subject)
+            refused = await violations(stack, user, "publish", subject)
             for _ in range(100):  # the publish must arrive: an allowed one does
                 if received:
                     break
