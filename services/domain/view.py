@@ -221,7 +221,9 @@ SECRETS = SourceKind(
     SecretObserved,
     secret_view,
     selector_of=lambda certcheck: certcheck.selector,
-    content=lambda view: (view.uid, view.labels, view.entries),
+    # type and keys without a certificate too: they decide what spec.keys reads (an exact key holding
+    # no certificate is Invalid).
+    content=lambda view: (view.uid, view.labels, view.entries, view.type, view.other_keys),
     annotated=True,
 )
 CONFIGMAPS = SourceKind(

@@ -388,3 +388,12 @@ def test_a_certcheck_whose_configmap_selector_changes_recovers_configmaps_only()
     ca, other = configmaps.get("ns", "ca"), configmaps.get("ns", "other")
     assert ca is not None and ca.covered_by == set()
     assert other is not None and other.covered_by == {"both"}
+
+
+def test_a_secret_gaining_a_key_without_a_certificate_reevaluates_a_certcheck_that_names_it() -> None:
+    view = View()
+    fold(
+        view, msgspec.structs.replace(certcheck("a", {"app": "x"}), keys=["extra"]), secret("s", {"app": "x"})
+    )
+    [effects] = fold(view, msgspec.structs.replace(secret("s", {"app": "x"}, rv="2"), other_keys=["extra"]))
+    assert effects.evaluate == {("ns", "a")}
