@@ -1,7 +1,8 @@
 """The evaluator's view of the cluster, rebuilt from the objects stream. Pure: no I/O.
 
 Every evaluator replica holds the whole view (it is a cache of the durable stream, not state of its own)
-and keeps the CertCheck-to-Secret index. ``apply`` folds one stream message in and says which
+and keeps the index between CertChecks and the objects their certificates are read from (Secrets,
+ConfigMaps: one ``SourceIndex`` a kind). ``apply`` folds one stream message in and says which
 CertChecks it affects, so a Secret change is mapped to exactly the CertChecks that select it (or did).
 """
 
@@ -11,6 +12,7 @@ import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -33,20 +35,37 @@ from services.domain.selector import matches, selector_error
 
 CertCheckKey = tuple[str, str]  # (namespace, name)
 SecretKey = tuple[str, str]
+SourceObserved = SecretObserved | ConfigMapObserved
+Observed = TypeVar("Observed", SecretObserved, ConfigMapObserved)
+
+
+@dataclass(frozen=True)
+class SourceKind(Generic[Observed]):
+    """A kind of object certificates are read from, and what sets it apart from the others."""
+
+    name: str  # as the stream names it (subjects.KIND_SECRET, ...)
+    message: type[Observed]
+    view_of: Callable[[Observed], model.SecretView]
+    selector_of: Callable[[CertCheckObserved], LabelSelector | None]  # which of them a CertCheck selects
+    # What of a view calls for evaluating again the CertChecks that select it (coverage aside, which
+    # is followed on its own): a change in anything else (annotations, say) calls for nothing.
+    content: Callable[[model.SecretView], tuple[object, ...]]
+    # Whether certcheck writes its annotations onto objects of this kind (Secrets only: Effects.annotated
+    # and released name Secrets): their coverage by CertChecks (the largest threshold) is then part of
+    # what an evaluation writes, so a change of coverage re-evaluates the neighbours that share them.
+    annotated: bool = False
 
 
 @dataclass
 class CertCheckEntry:
     spec: model.CertCheckSpec
-    selector: LabelSelector | None
+    selectors: dict[str, LabelSelector | None]  # source kind -> which of its objects it selects
     resource_version: str
     # The status as written, undecoded until an evaluation needs it (``observed``): most statuses
     # that come in are certcheck's own writes coming back, and an exporter never reads them.
     status_raw: msgspec.Raw
-    covered: set[str] = field(default_factory=set)  # Secret names it selects
+    covered: dict[str, set[str]] = field(default_factory=dict)  # source kind -> names it selects
     notification: NotificationSpec | None = None
-    configmap_selector: LabelSelector | None = None
-    covered_configmaps: set[str] = field(default_factory=set)
     _decoded: tuple[CertCheckStatus | None] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -59,9 +78,17 @@ class CertCheckEntry:
     def set_status(self, raw: msgspec.Raw) -> None:
         self.status_raw, self._decoded = raw, None
 
+    def selects(self, kind: str, labels: dict[str, str]) -> bool:
+        """Whether it selects an object of this kind with these labels."""
+        selector = self.selectors.get(kind)
+        return selector is not None and self.spec.selector_error is None and matches(selector, labels)
+
+    def covered_of(self, kind: str) -> set[str]:
+        return self.covered.setdefault(kind, set())
+
 
 @dataclass(slots=True)
-class SecretEntry:
+class SourceEntry:
     view: model.SecretView
     resource_version: str
     covered_by: set[str] = field(default_factory=set)  # CertCheck names that select it
@@ -93,7 +120,7 @@ def _newer(incoming: str, current: str) -> bool:
     return True
 
 
-def _stale(previous: SecretEntry | None, uid: str, resource_version: str) -> bool:
+def _stale(previous: SourceEntry | None, uid: str, resource_version: str) -> bool:
     """The incoming version of an object is older than the one held (out-of-order delivery)."""
     return (
         previous is not None
@@ -102,18 +129,13 @@ def _stale(previous: SecretEntry | None, uid: str, resource_version: str) -> boo
     )
 
 
-def _recover(
-    certchecks: dict[str, CertCheckEntry],
-    object_name: str,
-    old_covered_by: set[str],
-    covered_by: set[str],
-    covered: Callable[[CertCheckEntry], set[str]],
-) -> None:
-    """Update the other side of the index: each CertCheck's set of the objects it covers."""
-    for name in old_covered_by - covered_by:
-        covered(certchecks[name]).discard(object_name)
-    for name in covered_by - old_covered_by:
-        covered(certchecks[name]).add(object_name)
+def _relink(member: str, old: set[str], new: set[str], links_of: Callable[[str], set[str]]) -> None:
+    """Keep the other side of the index in step: ``member`` was linked to the names in ``old`` and is
+    now to those in ``new`` (each name's set of links is ``links_of(name)``)."""
+    for name in old - new:
+        links_of(name).discard(member)
+    for name in new - old:
+        links_of(name).add(member)
 
 
 class _FailuresOnly(msgspec.Struct, frozen=True, rename="camel"):
@@ -137,7 +159,7 @@ def _same_spec(a: model.CertCheckSpec, b: model.CertCheckSpec) -> bool:
     return dataclasses.replace(a, resource_version=b.resource_version) == b
 
 
-def _entries(observed: SecretObserved | ConfigMapObserved) -> tuple[model.CertEntry, ...]:
+def _entries(observed: SourceObserved) -> tuple[model.CertEntry, ...]:
     entries: list[model.CertEntry] = []
     for source in observed.sources:
         if source.error is not None:
@@ -158,33 +180,60 @@ def _legacy(pem: list[str]) -> list[Parsed]:
 
 
 def secret_view(observed: SecretObserved) -> model.SecretView:
-    return model.SecretView(
-        namespace=observed.namespace,
-        name=observed.name,
-        uid=observed.uid,
-        labels=dict(observed.labels),
+    return _source_view(
+        observed,
         annotations=dict(observed.annotations),
         edited_annotations=tuple(observed.edited_annotations),
-        entries=_entries(observed),
-        resource_version=observed.resource_version,
-        type=observed.type,
-        other_keys=tuple(observed.other_keys),
+        secret_type=observed.type,
     )
 
 
 def configmap_view(observed: ConfigMapObserved) -> model.SecretView:
+    return _source_view(observed, annotations={}, secret_type="", kind=model.KIND_CONFIGMAP)
+
+
+def _source_view(
+    observed: SourceObserved,
+    *,
+    annotations: dict[str, str],
+    secret_type: str,
+    kind: str = model.KIND_SECRET,
+    edited_annotations: tuple[str, ...] = (),
+) -> model.SecretView:
+    """The view of an object of any source kind: what every kind's message holds, and the rest as given."""
     return model.SecretView(
         namespace=observed.namespace,
         name=observed.name,
         uid=observed.uid,
         labels=dict(observed.labels),
-        annotations={},
+        annotations=annotations,
+        edited_annotations=edited_annotations,
         entries=_entries(observed),
         resource_version=observed.resource_version,
-        type="",
+        type=secret_type,
         other_keys=tuple(observed.other_keys),
-        kind=model.KIND_CONFIGMAP,
+        kind=kind,
     )
+
+
+SECRETS = SourceKind(
+    subjects.KIND_SECRET,
+    SecretObserved,
+    secret_view,
+    selector_of=lambda certcheck: certcheck.selector,
+    # type and keys without a certificate too: they decide what spec.keys reads (an exact key holding
+    # no certificate is Invalid).
+    content=lambda view: (view.uid, view.labels, view.entries, view.type, view.other_keys),
+    annotated=True,
+)
+CONFIGMAPS = SourceKind(
+    subjects.KIND_CONFIGMAP,
+    ConfigMapObserved,
+    configmap_view,
+    selector_of=lambda certcheck: certcheck.configmap_selector,
+    content=lambda view: (view.uid, view.entries),  # its labels matter only to who selects it
+)
+SOURCE_KINDS: tuple[SourceKind[Any], ...] = (SECRETS, CONFIGMAPS)  # in this order in ``inputs``
 
 
 def decode_status(raw: msgspec.Raw) -> CertCheckStatus | None:
@@ -198,6 +247,83 @@ def decode_status(raw: msgspec.Raw) -> CertCheckStatus | None:
         return None
 
 
+@dataclass
+class SourceIndex:
+    """The objects of one source kind the view holds (namespace -> name -> entry), each knowing the
+    CertChecks that select it; each CertCheck knows them back (``CertCheckEntry.covered``)."""
+
+    kind: SourceKind[Any]
+    namespaces: dict[str, dict[str, SourceEntry]] = field(default_factory=dict)
+
+    def get(self, namespace: str, name: str) -> SourceEntry | None:
+        return self.namespaces.get(namespace, {}).get(name)
+
+    def of(self, namespace: str) -> dict[str, SourceEntry]:
+        return self.namespaces.get(namespace, {})
+
+    def size(self) -> int:
+        return sum(len(entries) for entries in self.namespaces.values())
+
+    def apply(self, event: SourceObserved, certchecks: dict[str, CertCheckEntry]) -> Effects:
+        """Fold in a new version of an object; ``certchecks``: those of its namespace."""
+        kind = self.kind
+        namespace_entries = self.namespaces.setdefault(event.namespace, {})
+        previous = namespace_entries.get(event.name)
+        if _stale(previous, event.uid, event.resource_version):
+            return Effects()
+        view = kind.view_of(event)
+        covered_by = {name for name, entry in certchecks.items() if entry.selects(kind.name, view.labels)}
+        old_covered_by = previous.covered_by if previous else set()
+        _relink(event.name, old_covered_by, covered_by, lambda name: certchecks[name].covered_of(kind.name))
+        namespace_entries[event.name] = SourceEntry(view, event.resource_version, covered_by)
+        unchanged = previous is not None and kind.content(previous.view) == kind.content(view)
+        # Unchanged, it concerns only the CertChecks that came to select it or stopped.
+        concerned = covered_by ^ old_covered_by if unchanged else covered_by | old_covered_by
+        effects = Effects(evaluate={(event.namespace, name) for name in concerned})
+        if kind.annotated and unchanged and covered_by:
+            effects.annotated.add((event.namespace, event.name))
+        if kind.annotated and not covered_by and view.annotations:
+            effects.released.add((event.namespace, event.name))
+        return effects
+
+    def delete(self, event: ObjectDeleted, certchecks: dict[str, CertCheckEntry]) -> Effects:
+        """Fold in an object's deletion; ``certchecks``: those of its namespace."""
+        previous = self.namespaces.get(event.namespace, {}).pop(event.name, None)
+        if previous is None:
+            return Effects()
+        kind = self.kind.name
+        _relink(event.name, previous.covered_by, set(), lambda name: certchecks[name].covered_of(kind))
+        return Effects(evaluate={(event.namespace, name) for name in previous.covered_by})
+
+    def cover(self, certcheck: CertCheckEntry, old: set[str]) -> set[str]:
+        """Which objects of its namespace the CertCheck covers now (it covered ``old``), on both sides
+        of the index."""
+        kind, namespace = self.kind.name, certcheck.spec.namespace
+        entries = self.of(namespace)
+        covered = {name for name, entry in entries.items() if certcheck.selects(kind, entry.view.labels)}
+        certcheck.covered[kind] = covered
+        _relink(certcheck.spec.name, old, covered, lambda name: entries[name].covered_by)
+        return covered
+
+    def uncover(self, namespace: str, certcheck: str, covered: set[str]) -> None:
+        """A CertCheck that covered these objects is gone."""
+        entries = self.of(namespace)
+        _relink(certcheck, covered, set(), lambda name: entries[name].covered_by)
+
+    def neighbours(self, namespace: str, touched: set[str], effects: Effects) -> None:
+        """Objects whose coverage changed: re-evaluate their other CertChecks, or release them (certcheck's
+        annotations left on an object nobody covers)."""
+        entries = self.of(namespace)
+        for name in touched:
+            entry = entries.get(name)
+            if entry is None:
+                continue
+            if entry.covered_by:
+                effects.evaluate |= {(namespace, n) for n in entry.covered_by}
+            elif entry.view.annotations:
+                effects.released.add((namespace, name))
+
+
 class View:
     def __init__(self, effects_memory: int = 100_000) -> None:
         """``effects_memory``: how many messages' effects are kept for the work consumer to take (0: none,
@@ -207,8 +333,9 @@ class View:
         # (the start-up evaluation covers them), and would be kept for nobody.
         self.effects_after = 0
         self.certchecks: dict[str, dict[str, CertCheckEntry]] = {}
-        self.secrets: dict[str, dict[str, SecretEntry]] = {}
-        self.configmaps: dict[str, dict[str, SecretEntry]] = {}  # read-only sources, never annotated
+        self.sources: dict[str, SourceIndex] = {kind.name: SourceIndex(kind) for kind in SOURCE_KINDS}
+        self.secrets = self.sources[SECRETS.name]  # the kind certcheck annotates
+        self._index_of_message = {index.kind.message: index for index in self.sources.values()}
         self._effects: OrderedDict[int, Effects] = OrderedDict()
         # Bumped whenever a CertCheck of the namespace changes which Secrets it covers, or its
         # threshold: a Secret's coverage, computed once, holds until then (or until the Secret changes).
@@ -222,14 +349,11 @@ class View:
 
     def size(self) -> dict[str, int]:
         """How many objects of each kind the view holds."""
-        return {
-            subjects.KIND_CERTCHECK: sum(len(entries) for entries in self.certchecks.values()),
-            subjects.KIND_SECRET: sum(len(entries) for entries in self.secrets.values()),
-            subjects.KIND_CONFIGMAP: sum(len(entries) for entries in self.configmaps.values()),
-        }
+        certchecks = sum(len(entries) for entries in self.certchecks.values())
+        return {subjects.KIND_CERTCHECK: certchecks} | {k: i.size() for k, i in self.sources.items()}
 
-    def secret(self, key: SecretKey) -> SecretEntry | None:
-        return self.secrets.get(key[0], {}).get(key[1])
+    def secret(self, key: SecretKey) -> SourceEntry | None:
+        return self.secrets.get(*key)
 
     def all_certchecks(self) -> Iterator[CertCheckKey]:
         for namespace, entries in self.certchecks.items():
@@ -238,7 +362,7 @@ class View:
 
     def uncovered_annotated(self) -> Iterator[SecretKey]:
         """Secrets that carry certcheck's annotations although no CertCheck covers them."""
-        for namespace, entries in self.secrets.items():
+        for namespace, entries in self.secrets.namespaces.items():
             for name, entry in entries.items():
                 if not entry.covered_by and entry.view.annotations:
                     yield (namespace, name)
@@ -252,7 +376,7 @@ class View:
             self._effects.pop(seq, None)
 
     def coverage(self, namespace: str, secret_name: str) -> model.Coverage:
-        entry = self.secrets[namespace][secret_name]
+        entry = self.secrets.namespaces[namespace][secret_name]
         epoch = self._coverage_epochs.get(namespace, 0)
         if entry.coverage_at is not None and entry.coverage_at[0] == epoch:
             return entry.coverage_at[1]
@@ -263,28 +387,31 @@ class View:
         return coverage
 
     def inputs(self, key: CertCheckKey) -> tuple[list[model.SecretView], dict[str, model.Coverage]]:
-        """The selected Secrets of a CertCheck and each one's coverage: what an evaluation takes."""
-        entry = self.certchecks[key[0]][key[1]]
-        namespace_secrets = self.secrets.get(key[0], {})
-        selected = [namespace_secrets[name].view for name in sorted(entry.covered)]
-        coverage = {view.name: self.coverage(key[0], view.name) for view in selected}
-        namespace_configmaps = self.configmaps.get(key[0], {})
-        selected += [namespace_configmaps[name].view for name in sorted(entry.covered_configmaps)]
+        """The selected sources of a CertCheck (Secrets, then ConfigMaps) and each Secret's coverage:
+        what an evaluation takes."""
+        namespace, name = key
+        entry = self.certchecks[namespace][name]
+        selected: list[model.SecretView] = []
+        coverage: dict[str, model.Coverage] = {}
+        for index in self.sources.values():
+            entries = index.of(namespace)
+            views = [entries[source].view for source in sorted(entry.covered_of(index.kind.name))]
+            selected += views
+            if index.kind.annotated:
+                coverage |= {view.name: self.coverage(namespace, view.name) for view in views}
         return selected, coverage
 
     # --- folding the stream in ----------------------------------------------------------------------
 
     def apply(self, seq: int, event: ObjectEvent) -> Effects:
-        if isinstance(event, SecretObserved):
-            effects = self._apply_secret(event)
-        elif isinstance(event, ConfigMapObserved):
-            effects = self._apply_configmap(event)
+        if isinstance(event, SecretObserved | ConfigMapObserved):
+            certchecks = self.certchecks.get(event.namespace, {})
+            effects = self._index_of_message[type(event)].apply(event, certchecks)
         elif isinstance(event, CertCheckObserved):
             effects = self._apply_certcheck(event)
-        elif event.object_kind == subjects.KIND_SECRET:
-            effects = self._delete_secret(event)
-        elif event.object_kind == subjects.KIND_CONFIGMAP:
-            effects = self._delete_configmap(event)
+        elif event.object_kind in self.sources:
+            certchecks = self.certchecks.get(event.namespace, {})
+            effects = self.sources[event.object_kind].delete(event, certchecks)
         else:
             effects = self._delete_certcheck(event)
         self.seq = max(self.seq, seq)
@@ -293,73 +420,6 @@ class View:
             while len(self._effects) > self._effects_memory:
                 self._effects.popitem(last=False)
         return effects
-
-    @staticmethod
-    def _selects(entry: CertCheckEntry, labels: dict[str, str], configmap: bool = False) -> bool:
-        """Whether the CertCheck selects an object with these labels (a ConfigMap by its own selector)."""
-        selector = entry.configmap_selector if configmap else entry.selector
-        return selector is not None and entry.spec.selector_error is None and matches(selector, labels)
-
-    def _apply_configmap(self, event: ConfigMapObserved) -> Effects:
-        namespace_configmaps = self.configmaps.setdefault(event.namespace, {})
-        previous = namespace_configmaps.get(event.name)
-        if _stale(previous, event.uid, event.resource_version):
-            return Effects()
-        view = configmap_view(event)
-        certchecks = self.certchecks.get(event.namespace, {})
-        covered_by = {
-            n for n, entry in certchecks.items() if self._selects(entry, view.labels, configmap=True)
-        }
-        old_covered_by = previous.covered_by if previous else set()
-        _recover(certchecks, event.name, old_covered_by, covered_by, lambda c: c.covered_configmaps)
-        namespace_configmaps[event.name] = SecretEntry(view, event.resource_version, covered_by)
-        if previous and (previous.view.uid, previous.view.entries) == (view.uid, view.entries):
-            return Effects(evaluate={(event.namespace, n) for n in covered_by ^ old_covered_by})
-        return Effects(evaluate={(event.namespace, n) for n in covered_by | old_covered_by})
-
-    def _delete_configmap(self, event: ObjectDeleted) -> Effects:
-        previous = self.configmaps.get(event.namespace, {}).pop(event.name, None)
-        if previous is None:
-            return Effects()
-        certchecks = self.certchecks.get(event.namespace, {})
-        for name in previous.covered_by:
-            certchecks[name].covered_configmaps.discard(event.name)
-        return Effects(evaluate={(event.namespace, n) for n in previous.covered_by})
-
-    def _apply_secret(self, event: SecretObserved) -> Effects:
-        namespace_secrets = self.secrets.setdefault(event.namespace, {})
-        previous = namespace_secrets.get(event.name)
-        if _stale(previous, event.uid, event.resource_version):
-            return Effects()
-        view = secret_view(event)
-        certchecks = self.certchecks.get(event.namespace, {})
-        covered_by = {name for name, entry in certchecks.items() if self._selects(entry, view.labels)}
-        old_covered_by = previous.covered_by if previous else set()
-        _recover(certchecks, event.name, old_covered_by, covered_by, lambda c: c.covered)
-        entry = SecretEntry(view, event.resource_version, covered_by)
-        namespace_secrets[event.name] = entry
-        effects = Effects()
-        content_changed = previous is None or (
-            previous.view.uid,
-            previous.view.labels,
-            previous.view.entries,
-        ) != (view.uid, view.labels, view.entries)
-        if content_changed:
-            effects.evaluate = {(event.namespace, n) for n in covered_by | old_covered_by}
-        elif covered_by:
-            effects.annotated.add((event.namespace, event.name))
-        if not covered_by and view.annotations:
-            effects.released.add((event.namespace, event.name))
-        return effects
-
-    def _delete_secret(self, event: ObjectDeleted) -> Effects:
-        previous = self.secrets.get(event.namespace, {}).pop(event.name, None)
-        if previous is None:
-            return Effects()
-        certchecks = self.certchecks.get(event.namespace, {})
-        for name in previous.covered_by:
-            certchecks[name].covered.discard(event.name)
-        return Effects(evaluate={(event.namespace, n) for n in previous.covered_by})
 
     def _apply_certcheck(self, event: CertCheckObserved) -> Effects:
         namespace_certchecks = self.certchecks.setdefault(event.namespace, {})
@@ -380,12 +440,9 @@ class View:
             resource_version=event.resource_version,
             keys=tuple(event.keys or ()),
         )
+        selectors = {index.kind.name: index.kind.selector_of(event) for index in self.sources.values()}
         status_raw = event.status.copy()  # not a view of the whole message: that is not kept
-        if (
-            previous
-            and _same_spec(previous.spec, spec)
-            and (previous.selector, previous.configmap_selector) == (event.selector, event.configmap_selector)
-        ):
+        if previous and _same_spec(previous.spec, spec) and previous.selectors == selectors:
             # Only the status changed (our own write coming back): nothing to re-evaluate, unless the
             # notifier recorded a change in its failures (the NotificationFailed condition follows them).
             failures_changed = _failures(previous.status_raw) != _failures(status_raw)
@@ -408,67 +465,32 @@ class View:
             )
         self._coverage_changed(event.namespace)
         entry = CertCheckEntry(
-            spec,
-            event.selector,
-            event.resource_version,
-            status_raw,
-            notification=event.notification,
-            configmap_selector=event.configmap_selector,
+            spec, selectors, event.resource_version, status_raw, notification=event.notification
         )
         namespace_certchecks[event.name] = entry
-        old_covered = previous.covered if previous and previous.spec.uid == event.uid else set()
-        namespace_secrets = self.secrets.get(event.namespace, {})
-        entry.covered = {n for n, s in namespace_secrets.items() if self._selects(entry, s.view.labels)}
-        effects = Effects(evaluate={(event.namespace, event.name)})
+        same_object = previous is not None and previous.spec.uid == event.uid
         threshold_changed = previous is not None and previous.spec.threshold_days != spec.threshold_days
-        touched = (entry.covered ^ old_covered) | (entry.covered if threshold_changed else set())
-        for secret_name in old_covered - entry.covered:
-            namespace_secrets[secret_name].covered_by.discard(event.name)
-        for secret_name in entry.covered - old_covered:
-            namespace_secrets[secret_name].covered_by.add(event.name)
-        self._neighbours(event.namespace, touched, effects)
-        self._cover_configmaps(event.namespace, event.name, entry, previous)
+        effects = Effects(evaluate={(event.namespace, event.name)})
+        for index in self.sources.values():
+            old_covered = previous.covered_of(index.kind.name) if previous and same_object else set()
+            covered = index.cover(entry, old_covered)
+            if index.kind.annotated:
+                touched = (covered ^ old_covered) | (covered if threshold_changed else set())
+                index.neighbours(event.namespace, touched, effects)
         return effects
-
-    def _cover_configmaps(
-        self, namespace: str, name: str, entry: CertCheckEntry, previous: CertCheckEntry | None
-    ) -> None:
-        namespace_configmaps = self.configmaps.get(namespace, {})
-        old = previous.covered_configmaps if previous and previous.spec.uid == entry.spec.uid else set()
-        entry.covered_configmaps = {
-            n for n, c in namespace_configmaps.items() if self._selects(entry, c.view.labels, configmap=True)
-        }
-        for configmap_name in old - entry.covered_configmaps:
-            namespace_configmaps[configmap_name].covered_by.discard(name)
-        for configmap_name in entry.covered_configmaps - old:
-            namespace_configmaps[configmap_name].covered_by.add(name)
 
     def _delete_certcheck(self, event: ObjectDeleted) -> Effects:
         previous = self.certchecks.get(event.namespace, {}).pop(event.name, None)
         if previous is None:
             return Effects()
         self._coverage_changed(event.namespace)
-        namespace_secrets = self.secrets.get(event.namespace, {})
-        for secret_name in previous.covered:
-            namespace_secrets[secret_name].covered_by.discard(event.name)
-        namespace_configmaps = self.configmaps.get(event.namespace, {})
-        for configmap_name in previous.covered_configmaps:
-            namespace_configmaps[configmap_name].covered_by.discard(event.name)
         effects = Effects(removed=[(event.namespace, event.name, previous.spec.uid)])
-        self._neighbours(event.namespace, previous.covered, effects)
+        for index in self.sources.values():
+            covered = previous.covered_of(index.kind.name)
+            index.uncover(event.namespace, event.name, covered)
+            if index.kind.annotated:
+                index.neighbours(event.namespace, covered, effects)
         return effects
 
     def _coverage_changed(self, namespace: str) -> None:
         self._coverage_epochs[namespace] = self._coverage_epochs.get(namespace, 0) + 1
-
-    def _neighbours(self, namespace: str, touched: set[str], effects: Effects) -> None:
-        """Secrets whose coverage changed: re-evaluate their other CertChecks, or release them."""
-        namespace_secrets = self.secrets.get(namespace, {})
-        for secret_name in touched:
-            secret = namespace_secrets.get(secret_name)
-            if secret is None:
-                continue
-            if secret.covered_by:
-                effects.evaluate |= {(namespace, n) for n in secret.covered_by}
-            elif secret.view.annotations:
-                effects.released.add((namespace, secret_name))

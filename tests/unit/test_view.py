@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import msgspec
+import pytest
 
 from devcluster.certs import expiring_in
 from schemas import subjects
@@ -18,7 +20,7 @@ from schemas.messages import (
     SecretObserved,
 )
 from services.domain import model
-from services.domain.view import View
+from services.domain.view import Effects, View
 from services.evaluator import core
 from tests.sources import facts_source
 
@@ -293,3 +295,105 @@ def test_a_view_nobody_evaluates_from_keeps_no_effects() -> None:
     effects = view.apply(2, secret("s", {"app": "x"}))
     assert effects.evaluate == {("ns", "a")}
     assert view.effects_of(2) is None
+
+
+SourceMaker = Callable[..., SecretObserved | ConfigMapObserved]
+CheckMaker = Callable[[str, dict[str, str]], CertCheckObserved]
+EITHER_KIND = pytest.mark.parametrize(
+    ("kind", "source", "check"),
+    [(subjects.KIND_SECRET, secret, certcheck), (subjects.KIND_CONFIGMAP, configmap, bundle_check)],
+)
+
+
+@EITHER_KIND
+def test_either_kind_is_covered_relabelled_and_deleted_through_the_same_index(
+    kind: str, source: SourceMaker, check: CheckMaker
+) -> None:
+    view = View()
+    fold(view, source("s", {"app": "x"}), check("c", {"app": "x"}))
+    index = view.sources[kind]
+    entry = index.get("ns", "s")
+    assert entry is not None and entry.covered_by == {"c"}
+    assert [v.name for v in view.inputs(("ns", "c"))[0]] == ["s"]
+
+    [effects] = fold(view, source("s", {"app": "y"}, rv="2"))
+    assert effects.evaluate == {("ns", "c")}
+    assert view.inputs(("ns", "c"))[0] == []
+
+    fold(view, source("s", {"app": "x"}, rv="3"))
+    [effects] = fold(view, ObjectDeleted(kind, "ns", "s", "uid", "4"))
+    assert effects.evaluate == {("ns", "c")}
+    assert view.inputs(("ns", "c"))[0] == [] and view.size()[kind] == 0
+
+
+def test_a_configmap_is_never_annotated_nor_released_where_a_secret_would_be() -> None:
+    view = View()
+    fold(
+        view,
+        bundle_check("bundles", {"trust": "yes"}, secrets={"trust": "yes"}),
+        configmap("ca", {"trust": "yes"}),
+        secret("ca", {"trust": "yes"}),
+    )
+    [configmap_again, secret_again] = fold(
+        view, configmap("ca", {"trust": "yes"}, rv="2"), secret("ca", {"trust": "yes"}, rv="2")
+    )
+    assert configmap_again == Effects()
+    assert secret_again.annotated == {("ns", "ca")}
+
+    fold(view, secret("ca", {"trust": "yes"}, rv="3", annotations={"certcheck.dev/state": "Valid"}))
+    [deleted] = fold(view, ObjectDeleted(subjects.KIND_CERTCHECK, "ns", "bundles", "uid-bundles", "9"))
+    assert deleted.released == {("ns", "ca")}  # the Secret only: annotations are the Secret's
+    assert list(view.uncovered_annotated()) == [("ns", "ca")]
+    [relabelled] = fold(view, configmap("ca", {"trust": "no"}, rv="3"))
+    assert relabelled == Effects()
+
+
+def test_a_configmaps_labels_count_only_for_who_selects_it_and_a_secrets_for_its_certchecks_too() -> None:
+    view = View()
+    fold(
+        view,
+        bundle_check("bundles", {"trust": "yes"}, secrets={"app": "x"}),
+        configmap("ca", {"trust": "yes"}),
+        secret("s", {"app": "x"}),
+    )
+    [configmap_relabelled, secret_relabelled] = fold(
+        view,
+        configmap("ca", {"trust": "yes", "extra": "1"}, rv="2"),
+        secret("s", {"app": "x", "extra": "1"}, rv="2"),
+    )
+    assert configmap_relabelled.evaluate == set()
+    assert secret_relabelled.evaluate == {("ns", "bundles")}
+
+
+def test_a_certcheck_whose_configmap_selector_changes_recovers_configmaps_only() -> None:
+    view = View()
+    fold(
+        view,
+        bundle_check("both", {"trust": "yes"}, secrets={"app": "x"}),
+        certcheck("neighbour", {"app": "x"}),
+        secret("s", {"app": "x"}),
+        configmap("ca", {"trust": "yes"}),
+        configmap("other", {"trust": "other"}),
+    )
+    # The same spec but for the selector of ConfigMaps (and the resourceVersion): not a status update.
+    moved = bundle_check("both", {"trust": "other"}, secrets={"app": "x"})
+    [effects] = fold(view, msgspec.structs.replace(moved, resource_version="2"))
+
+    assert effects.evaluate == {("ns", "both")}  # the Secret's coverage is the same: not its neighbour
+    assert effects.released == set()
+    inputs, coverage = view.inputs(("ns", "both"))
+    assert [(v.kind, v.name) for v in inputs] == [("Secret", "s"), ("ConfigMap", "other")]
+    assert coverage == {"s": model.Coverage(("both", "neighbour"), 30)}
+    configmaps = view.sources[subjects.KIND_CONFIGMAP]
+    ca, other = configmaps.get("ns", "ca"), configmaps.get("ns", "other")
+    assert ca is not None and ca.covered_by == set()
+    assert other is not None and other.covered_by == {"both"}
+
+
+def test_a_secret_gaining_a_key_without_a_certificate_reevaluates_a_certcheck_that_names_it() -> None:
+    view = View()
+    fold(
+        view, msgspec.structs.replace(certcheck("a", {"app": "x"}), keys=["extra"]), secret("s", {"app": "x"})
+    )
+    [effects] = fold(view, msgspec.structs.replace(secret("s", {"app": "x"}, rv="2"), other_keys=["extra"]))
+    assert effects.evaluate == {("ns", "a")}
