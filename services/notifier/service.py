@@ -34,6 +34,8 @@ from schemas.messages import (
     ExpiryNotification,
     NotificationFailure,
     NotificationTarget,
+    SecretKeyRef,
+    SecretRef,
     encoder,
     result_decoder,
 )
@@ -52,9 +54,9 @@ from services.common.runtime import backoff as retry_backoff
 from services.common.settings import Settings
 from services.domain.events import certcheck_warning
 from services.domain.times import parse_rfc3339, rfc3339
-from services.notifier import core
+from services.notifier import channels, core
+from services.notifier.channels import CredentialRef, Credentials, DeliveryError
 from services.notifier.secrets import SecretReader
-from services.notifier.senders import DeliveryError, send_slack, send_webhook
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +100,20 @@ def _stamp(moment: datetime) -> str:
 
 class Notifier:
     def __init__(
-        self, bus: Bus, kv: KeyValue, secrets: SecretReader, writer: KubeWriter, settings: Settings
+        self,
+        bus: Bus,
+        kv: KeyValue,
+        secrets: SecretReader,
+        writer: KubeWriter,
+        settings: Settings,
+        channel_registry: channels.Registry | None = None,
     ) -> None:
         self.bus = bus
         self.kv = kv
         self.secrets = secrets
         self.writer = writer
         self.settings = settings
+        self.channels = channel_registry or channels.load(settings)
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="notify")
 
     async def _call(self, fn: Any, *args: Any) -> Any:
@@ -268,53 +277,19 @@ class Notifier:
     async def _deliver(
         self, result: EvaluationResult, target: NotificationTarget, pending: core.Pending
     ) -> DeliveryError | None:
-        kind = "slack" if target.slack else "webhook"
+        selected = self.channels.find(target)
+        if selected is None:
+            return self.channels.missing()
+        channel, config = selected.channel, selected.config
         try:
-            if target.slack:
-                token = await self._call(
-                    self.secrets.value,
-                    result.namespace,
-                    target.slack.token_secret_ref.name,
-                    target.slack.token_secret_ref.key,
-                )
-                await self._call(
-                    send_slack,
-                    self.settings.slack_api_url,
-                    token.decode().strip(),  # a trailing newline (echo > file) is no part of a token
-                    target.slack.channel,
-                    core.slack_text(pending.notification),
-                )
-            elif target.webhook:
-                hook = target.webhook
-                secret = None
-                if hook.signing_secret_ref:
-                    secret = await self._call(
-                        self.secrets.value,
-                        result.namespace,
-                        hook.signing_secret_ref.name,
-                        hook.signing_secret_ref.key,
-                    )
-                headers: dict[str, str] = {}
-                if hook.headers_secret_ref:
-                    values = await self._call(
-                        self.secrets.values, result.namespace, hook.headers_secret_ref.name
-                    )
-                    headers = {k: v.decode().strip() for k, v in values.items()}
-                await self._call(
-                    send_webhook,
-                    hook.url,
-                    encoder.encode(pending.notification),
-                    pending.delivery_id,
-                    secret,
-                    headers,
-                )
-            else:
-                return DeliveryError("target has neither slack nor webhook", False)
+            credentials = await self._credentials(result.namespace, channel.credentials(config))
+            body = channel.render(config, pending.notification)
+            await self._call(channel.send, config, body, pending.delivery_id, credentials)
         except Exception as exc:
             # Only a DeliveryError's text is certcheck's own; any other may quote a credential (urllib
             # rejecting a header quotes its value): its type alone is told.
             error = exc if isinstance(exc, DeliveryError) else _unexpected(exc)
-            deliveries.labels(kind, "retryable" if error.retryable else "failed").inc()
+            deliveries.labels(channel.name, "retryable" if error.retryable else "failed").inc()
             log.warning(
                 "delivery %s to %s/%s target %s failed: %s",
                 pending.delivery_id,
@@ -324,8 +299,19 @@ class Notifier:
                 error,
             )
             return error
-        deliveries.labels(kind, "ok").inc()
+        deliveries.labels(channel.name, "ok").inc()
         return None
+
+    async def _credentials(self, namespace: str, refs: list[CredentialRef]) -> Credentials:
+        """Read the Secret values a channel asked for (a reader's DeliveryError says what is missing)."""
+        keys: dict[SecretKeyRef, bytes] = {}
+        secrets: dict[SecretRef, dict[str, bytes]] = {}
+        for ref in refs:
+            if isinstance(ref, SecretKeyRef):
+                keys[ref] = await self._call(self.secrets.value, namespace, ref.name, ref.key)
+            else:
+                secrets[ref] = await self._call(self.secrets.values, namespace, ref.name)
+        return Credentials(keys, secrets)
 
     def _settle(
         self, target_state: core.TargetState, error: DeliveryError | None, now: datetime
