@@ -33,9 +33,15 @@ MAX_BACKOFF_SECONDS = 60.0
 @dataclass
 class Claim:
     state: core.NotifyState  # to be written (compare-and-set) before sending
-    mine: set[str] = field(default_factory=set)  # targets whose pending delivery this replica sends now
+    # The deliveries this replica sends now: target -> delivery id.
+    deliveries: dict[str, str] = field(default_factory=dict)
     blocked: set[str] = field(default_factory=set)  # had a delivery pending: not planned against this result
     elsewhere_until: float | None = None  # seconds until looking again at another replica's claim
+
+    @property
+    def mine(self) -> set[str]:
+        """The targets whose pending delivery this replica sends now."""
+        return set(self.deliveries)
 
     def unblocked(self) -> bool:
         """Whether a delivery that kept a target from being planned went out (or was given up) since:
@@ -77,13 +83,13 @@ def plan_claim(
             target_state.pending = msgspec.structs.replace(
                 target_state.pending, claimed_by=me, claimed_until=_claimed_until(now)
             )
-            claim.mine.add(name)
+            claim.deliveries[name] = target_state.pending.delivery_id
             continue
         notices, seen = core.plan(target, result.status.certificates, target_state.seen, now)
         target_state.seen = seen
         if notices:
             target_state.pending = _pending(result, name, notices, me, now)
-            claim.mine.add(name)
+            claim.deliveries[name] = target_state.pending.delivery_id
     for gone in set(state.targets) - set(targets):
         del state.targets[gone]
     return claim
@@ -137,15 +143,15 @@ def settle(
     return None
 
 
-def merge_outcomes(current: core.NotifyState, settled: core.NotifyState) -> core.NotifyState:
-    """Our settled outcomes over the state another replica wrote since our claim (it can only have added
-    pending work of its own): a target we finished without failure while the other replica left a
-    delivery pending keeps that delivery; every other target of ours takes our outcome."""
-    for name, ours in settled.targets.items():
+def merge_outcomes(current: core.NotifyState, claim: Claim) -> core.NotifyState:
+    """The outcomes of the deliveries this replica claimed, settled in `claim.state`, written into the
+    state another replica wrote since the claim. That replica may only have looked (our delivery still
+    pending under our claim): our outcome stands. Or our claim ran out, it settled our delivery itself and
+    may have planned new work: its state stands. Targets this replica did not claim are the writer's."""
+    for name, delivery in claim.deliveries.items():
         theirs = current.targets.get(name)
-        if theirs is None:
-            continue
-        if ours.pending is None and theirs.pending is not None and ours.failure is None:
-            continue
+        if theirs is None or theirs.pending is None or theirs.pending.delivery_id != delivery:
+            continue  # dropped, or settled elsewhere (then perhaps followed by a new delivery)
+        ours = claim.state.targets[name]
         theirs.pending, theirs.failure, theirs.failing_since = ours.pending, ours.failure, ours.failing_since
     return current

@@ -181,7 +181,7 @@ class Notifier:
                 outcome = await self._deliver(result, targets[name], target_state.pending)
                 delay = claims.settle(target_state, outcome, _now(), self.settings.notify_max_attempts)
                 retry_in = claims.earliest(retry_in, delay)
-            await self._store_outcomes(key, state, revision)
+            await self._store_outcomes(key, claim, revision)
             # A target that had an earlier delivery pending was not planned against this result: now
             # that it went out (or was given up), plan it again, so a change seen meanwhile is sent too.
             if not claim.unblocked():
@@ -242,13 +242,13 @@ class Notifier:
                 secrets[ref] = await self._call(self.secrets.values, namespace, ref.name)
         return Credentials(keys, secrets)
 
-    async def _store_outcomes(self, key: str, state: core.NotifyState, revision: int) -> None:
+    async def _store_outcomes(self, key: str, claim: claims.Claim, revision: int) -> None:
         try:
-            await self._save(key, state, revision)
+            await self._save(key, claim.state, revision)
         except KeyWrongLastSequenceError:
-            # Another replica wrote in between (it can only have added pending work of its own): merge ours.
+            # Another replica wrote in between: merge our outcomes into what it wrote.
             current, current_revision = await self._load(key)
-            await self._save(key, claims.merge_outcomes(current, state), current_revision)
+            await self._save(key, claims.merge_outcomes(current, claim), current_revision)
 
     @staticmethod
     def _failures(state: core.NotifyState) -> list[NotificationFailure]:

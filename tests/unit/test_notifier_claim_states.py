@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+
 from schemas.messages import (
     CertCheckStatus,
     CertificateStatus,
@@ -159,30 +161,58 @@ def test_giving_up_after_the_last_attempt_keeps_when_the_failing_began() -> None
     assert target.failing_since == "2026-05-01T00:00:00Z"
 
 
-def test_merging_keeps_the_other_replicas_new_pending_work_behind_a_sent_delivery() -> None:
-    theirs = pending(OTHER, NOW + timedelta(seconds=60))
-    current = core.NotifyState(uid="uid-1", targets={"hook": core.TargetState(pending=theirs)})
-    settled = state_with(core.TargetState())
-    merged = claims.merge_outcomes(current, settled)
-    assert merged.targets["hook"].pending == theirs
+def settled_claim(**targets: core.TargetState) -> claims.Claim:
+    """What this replica claimed (the delivery "earlier" of each target) and how each went."""
+    return claims.Claim(core.NotifyState(uid="uid-1", targets=targets), {name: "earlier" for name in targets})
 
 
-def test_merging_records_our_failure_and_our_retry_over_what_the_other_replica_wrote() -> None:
-    theirs = pending(OTHER, NOW + timedelta(seconds=60))
-    ours_retry = pending(ME, NOW, attempts=1)
+def test_merging_into_a_state_the_other_replica_only_looked_at_records_our_outcome() -> None:
+    # It found our live claim and saved its look: our delivery is still the pending one.
+    current = state_with(core.TargetState(pending=pending(ME, NOW + timedelta(seconds=60))))
+    merged = claims.merge_outcomes(current, settled_claim(hook=core.TargetState()))
+    assert merged.targets["hook"].pending is None  # sent: not left to be sent again
+
+
+def test_merging_keeps_the_other_replicas_new_pending_work() -> None:
+    # Our claim ran out; the other replica settled our delivery and planned a new one.
+    newer = msgspec.structs.replace(pending(OTHER, NOW + timedelta(seconds=60)), delivery_id="newer")
+    current = state_with(core.TargetState(pending=newer))
+    sent = settled_claim(hook=core.TargetState())
+    gave_up = settled_claim(hook=core.TargetState(failure="refused", failing_since="2026-06-01T00:00:00Z"))
+    assert claims.merge_outcomes(current, sent).targets["hook"].pending == newer
+    merged = claims.merge_outcomes(current, gave_up).targets["hook"]
+    assert (merged.pending, merged.failure) == (newer, None)
+
+
+def test_merging_leaves_a_delivery_settled_elsewhere_settled() -> None:
+    current = state_with(core.TargetState())  # the other replica took our delivery over and sent it
+    retrying = settled_claim(hook=core.TargetState(pending=pending(ME, NOW, attempts=1)))
+    assert claims.merge_outcomes(current, retrying).targets["hook"].pending is None
+
+
+def test_merging_records_our_retry_and_our_failure_of_the_delivery_still_pending() -> None:
+    ours = pending(ME, NOW + timedelta(seconds=60))
     current = core.NotifyState(
         uid="uid-1",
-        targets={"hook": core.TargetState(pending=theirs), "pager": core.TargetState(pending=theirs)},
+        targets={"hook": core.TargetState(pending=ours), "pager": core.TargetState(pending=ours)},
     )
-    settled = core.NotifyState(
-        uid="uid-1",
-        targets={
-            "hook": core.TargetState(failure="refused", failing_since="2026-06-01T00:00:00Z"),
-            "pager": core.TargetState(pending=ours_retry),
-            "removed": core.TargetState(pending=ours_retry),
-        },
+    retry = pending(ME, NOW, attempts=1)
+    settled = settled_claim(
+        hook=core.TargetState(failure="refused", failing_since="2026-06-01T00:00:00Z"),
+        pager=core.TargetState(pending=retry),
+        removed=core.TargetState(pending=retry),
     )
     merged = claims.merge_outcomes(current, settled)
     assert (merged.targets["hook"].pending, merged.targets["hook"].failure) == (None, "refused")
-    assert merged.targets["pager"].pending == ours_retry
+    assert merged.targets["hook"].failing_since == "2026-06-01T00:00:00Z"
+    assert merged.targets["pager"].pending == retry
     assert "removed" not in merged.targets  # the other replica dropped it: it stays dropped
+
+
+def test_merging_leaves_targets_this_replica_did_not_claim_to_the_writer() -> None:
+    # We left "pager" to the other replica's claim; it has sent it since.
+    theirs = pending(OTHER, NOW + timedelta(seconds=60))
+    current = core.NotifyState(uid="uid-1", targets={"hook": core.TargetState(), "pager": core.TargetState()})
+    as_loaded = {"hook": core.TargetState(), "pager": core.TargetState(pending=theirs)}
+    settled = claims.Claim(core.NotifyState(uid="uid-1", targets=as_loaded), {"hook": "earlier"})
+    assert claims.merge_outcomes(current, settled).targets["pager"].pending is None
