@@ -1,4 +1,4 @@
-"""What to notify, and how it reads. Pure: no I/O, no clock.
+"""What to notify, and how a webhook receiver checks it came from certcheck. Pure: no I/O, no clock.
 
 The notifier's durable state per CertCheck (kept in a KV bucket) says, per target, which state each
 certificate was last seen in and when it was last notified, plus at most one pending delivery.
@@ -129,40 +129,6 @@ def delivery_id(
 ) -> str:
     content = msgspec.json.encode([namespace, certcheck, target, at, list(notices)])
     return hashlib.sha256(content).hexdigest()[:24]
-
-
-_ICONS = {
-    "Expired": ":red_circle:",
-    "ExpiringSoon": ":warning:",
-    "Invalid": ":x:",
-    "resolved": ":white_check_mark:",
-}
-
-
-def slack_text(notification: ExpiryNotification) -> str:
-    """A message readable at a glance: what, where, how long is left."""
-    count = len(notification.certificates)
-    lines = [
-        f"*certcheck*: {count} certificate{'s' if count != 1 else ''} in namespace "
-        f"`{notification.namespace}` (CertCheck `{notification.certcheck}`)"
-    ]
-    for notice in notification.certificates[:20]:
-        icon = _ICONS.get("resolved" if notice.change == "resolved" else notice.state, ":information_source:")
-        what = "recovered" if notice.change == "resolved" else notice.state
-        when = ""
-        if notice.not_after:
-            left = notice.days_remaining
-            when = f", notAfter {notice.not_after}" + (
-                f" ({left} days left)" if left is not None and left >= 0 else ""
-            )
-        who = f" CN={notice.subject}" if notice.subject else ""
-        issuer = f" issued by {notice.issuer}" if notice.issuer else ""
-        reason = f": {notice.reason}" if notice.reason else ""
-        where = f"{notice.kind} `{notice.secret}` key `{notice.key}`[{notice.index}]"
-        lines.append(f"{icon} *{what}* {where}{who}{issuer}{when}{reason}")
-    if count > 20:
-        lines.append(f"… and {count - 20} more")
-    return "\n".join(lines)
 
 
 SIGNATURE_HEADER = "X-Certcheck-Signature"

@@ -8,7 +8,7 @@ import time
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from services.notifier.senders import DeliveryError
+from services.notifier.channels import DeliveryError
 
 
 class SecretReader:

@@ -5,7 +5,9 @@ by writing the new state with the delivery pending, send, then clear the pending
 loses the compare-and-set re-plans and finds nothing left to send, so replicas never double-send. A
 failed send keeps the delivery pending and the result is nak'ed with a delay (Retry-After when given):
 JetStream redelivers it and the same delivery (same id) is sent again. After too many attempts the
-target is recorded as failing (status, Event, metric) and the delivery is dropped.
+target is recorded as failing (status, Event, metric) and the delivery is dropped. The state machine
+(planning a claim, settling an outcome, merging into another replica's write) is pure, in claims.py;
+this module loads, compare-and-sets, sends and reports.
 
 The guarantee: each change is notified once. The one exception is a notifier that dies after a
 receiver accepted a message and before the KV write that records it; then that delivery is sent again
@@ -17,8 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -31,10 +32,11 @@ from schemas import subjects
 from schemas.messages import (
     CertCheckRemoved,
     EvaluationResult,
-    ExpiryNotification,
     NotificationFailure,
     NotificationTarget,
     ResultMessage,
+    SecretKeyRef,
+    SecretRef,
     encoder,
     result_decoder,
 )
@@ -42,13 +44,11 @@ from schemas.streams import NOTIFIER_CONSUMER, RESULTS
 from services.common.bus import Bus
 from services.common.consume import Later, Policy, consume, durable_consumer
 from services.common.kube_writer import Gone, KubeWriter
-from services.common.runtime import backoff as retry_backoff
 from services.common.settings import Settings
 from services.domain.events import certcheck_warning
-from services.domain.times import parse_rfc3339, rfc3339
-from services.notifier import core
+from services.notifier import channels, claims, core
+from services.notifier.channels import CredentialRef, Credentials, DeliveryError
 from services.notifier.secrets import SecretReader
-from services.notifier.senders import DeliveryError, send_slack, send_webhook
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,6 @@ deliveries = Counter("certcheck_notifications_total", "Notification deliveries",
 state_decoder = msgspec.json.Decoder(core.NotifyState)
 
 MAX_ROUNDS = 3  # plan, send, settle; again if a delivery that blocked planning went out meanwhile
-CLAIM_SECONDS = 60.0  # a replica's claim on a pending delivery; another takes it over after that
-CLAIM_POLL_SECONDS = 2.0  # how soon a replica that found another's claim looks again
 # A result whose handling keeps failing (the KV or the API server out of reach) is dead-lettered once
 # it was delivered this often, the looks again at a delivery in flight or waiting out a Retry-After
 # included (each a delivery: a minute's claim polled every 2 s is 30). What it left pending in the
@@ -69,12 +67,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _earliest(current: float | None, delay: float | None) -> float | None:
-    if delay is None:
-        return current
-    return delay if current is None else min(current, delay)
-
-
 def _unexpected(exc: Exception) -> DeliveryError:
     retryable = isinstance(exc, OSError)  # a connection problem may pass; a bad value does not
     return DeliveryError(
@@ -82,28 +74,22 @@ def _unexpected(exc: Exception) -> DeliveryError:
     )
 
 
-@dataclass
-class _Claim:
-    state: core.NotifyState
-    revision: int
-    mine: set[str]  # targets whose pending delivery this replica sends now
-    blocked: set[str]  # targets that had a delivery pending, so were not planned against this result
-    elsewhere_until: float | None  # seconds until looking again at another replica's claim
-
-
-def _stamp(moment: datetime) -> str:
-    return rfc3339(moment)
-
-
 class Notifier:
     def __init__(
-        self, bus: Bus, kv: KeyValue, secrets: SecretReader, writer: KubeWriter, settings: Settings
+        self,
+        bus: Bus,
+        kv: KeyValue,
+        secrets: SecretReader,
+        writer: KubeWriter,
+        settings: Settings,
+        channel_registry: channels.Registry | None = None,
     ) -> None:
         self.bus = bus
         self.kv = kv
         self.secrets = secrets
         self.writer = writer
         self.settings = settings
+        self.channels = channel_registry or channels.load(settings)
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="notify")
 
     async def _call(self, fn: Any, *args: Any) -> Any:
@@ -160,135 +146,53 @@ class Notifier:
             return None
         retry_in: float | None = None
         for _ in range(MAX_ROUNDS):
-            claim = await self._claim(key, result, targets)
+            claim, revision = await self._claim(key, result, targets)
             state = claim.state
-            if claim.elsewhere_until is not None:  # another replica is sending: look again soon
-                retry_in = _earliest(retry_in, claim.elsewhere_until)
+            retry_in = claims.earliest(retry_in, claim.elsewhere_until)  # another replica's claim: look again
             for name in sorted(claim.mine):
                 target_state = state.targets[name]
                 assert target_state.pending is not None
                 outcome = await self._deliver(result, targets[name], target_state.pending)
-                retry_in = _earliest(retry_in, self._settle(target_state, outcome, _now()))
-            await self._store_outcomes(key, state, claim.revision)
+                delay = claims.settle(target_state, outcome, _now(), self.settings.notify_max_attempts)
+                retry_in = claims.earliest(retry_in, delay)
+            await self._store_outcomes(key, claim, revision)
             # A target that had an earlier delivery pending was not planned against this result: now
             # that it went out (or was given up), plan it again, so a change seen meanwhile is sent too.
-            if not any(state.targets[name].pending is None for name in claim.blocked & claim.mine):
+            if not claim.unblocked():
                 break
         await self._reconcile_reports(key, result)
         return retry_in
 
     async def _claim(
         self, key: str, result: EvaluationResult, targets: dict[str, NotificationTarget]
-    ) -> _Claim:
+    ) -> tuple[claims.Claim, int]:
         """Plan each target's notices and record them as pending, and claim the pending deliveries for
-        this replica for CLAIM_SECONDS (one compare-and-set), before sending."""
-        me = self.settings.instance_id
+        this replica (one compare-and-set), before sending."""
         while True:
-            state, revision = await self._load(key)
-            if state.uid != result.uid:
-                state = core.NotifyState(uid=result.uid)
-            now = _now()
-            mine: set[str] = set()
-            blocked: set[str] = set()
-            elsewhere_until: float | None = None
-            for name, target in targets.items():
-                target_state = state.targets.setdefault(name, core.TargetState())
-                if target_state.pending is not None:
-                    blocked.add(name)  # an earlier delivery first
-                    pending = target_state.pending
-                    claimed_until = parse_rfc3339(pending.claimed_until)
-                    if (
-                        pending.claimed_by not in ("", me)
-                        and claimed_until is not None
-                        and claimed_until > now
-                    ):
-                        # Look again soon: the claimant settles in a moment, normally; then what
-                        # this result changed is planned without waiting out the whole claim.
-                        wait = min((claimed_until - now).total_seconds() + 1, CLAIM_POLL_SECONDS)
-                        elsewhere_until = wait if elsewhere_until is None else min(elsewhere_until, wait)
-                        continue
-                    target_state.pending = msgspec.structs.replace(
-                        pending, claimed_by=me, claimed_until=_stamp(now + timedelta(seconds=CLAIM_SECONDS))
-                    )
-                    mine.add(name)
-                    continue
-                notices, seen = core.plan(target, result.status.certificates, target_state.seen, now)
-                target_state.seen = seen
-                if notices:
-                    stamp = _stamp(now)
-                    delivery = core.delivery_id(result.namespace, result.name, name, notices, stamp)
-                    target_state.pending = core.Pending(
-                        delivery,
-                        ExpiryNotification(
-                            delivery_id=delivery,
-                            namespace=result.namespace,
-                            certcheck=result.name,
-                            target=name,
-                            threshold_days=result.threshold_days,
-                            certificates=notices,
-                        ),
-                        claimed_by=me,
-                        claimed_until=_stamp(now + timedelta(seconds=CLAIM_SECONDS)),
-                    )
-                    mine.add(name)
-            for gone in set(state.targets) - set(targets):
-                del state.targets[gone]
+            loaded, revision = await self._load(key)
+            claim = claims.plan_claim(loaded, result, targets, self.settings.instance_id, _now())
             try:
-                revision = await self._save(key, state, revision)
+                revision = await self._save(key, claim.state, revision)
             except KeyWrongLastSequenceError:
                 continue  # another replica got there first: plan again from what it recorded
-            return _Claim(state, revision, mine, blocked, elsewhere_until)
+            return claim, revision
 
     async def _deliver(
         self, result: EvaluationResult, target: NotificationTarget, pending: core.Pending
     ) -> DeliveryError | None:
-        kind = "slack" if target.slack else "webhook"
+        selected = self.channels.find(target)
+        if selected is None:
+            return self.channels.missing()
+        channel, config = selected.channel, selected.config
         try:
-            if target.slack:
-                token = await self._call(
-                    self.secrets.value,
-                    result.namespace,
-                    target.slack.token_secret_ref.name,
-                    target.slack.token_secret_ref.key,
-                )
-                await self._call(
-                    send_slack,
-                    self.settings.slack_api_url,
-                    token.decode().strip(),  # a trailing newline (echo > file) is no part of a token
-                    target.slack.channel,
-                    core.slack_text(pending.notification),
-                )
-            elif target.webhook:
-                hook = target.webhook
-                secret = None
-                if hook.signing_secret_ref:
-                    secret = await self._call(
-                        self.secrets.value,
-                        result.namespace,
-                        hook.signing_secret_ref.name,
-                        hook.signing_secret_ref.key,
-                    )
-                headers: dict[str, str] = {}
-                if hook.headers_secret_ref:
-                    values = await self._call(
-                        self.secrets.values, result.namespace, hook.headers_secret_ref.name
-                    )
-                    headers = {k: v.decode().strip() for k, v in values.items()}
-                await self._call(
-                    send_webhook,
-                    hook.url,
-                    encoder.encode(pending.notification),
-                    pending.delivery_id,
-                    secret,
-                    headers,
-                )
-            else:
-                return DeliveryError("target has neither slack nor webhook", False)
+            credentials = await self._credentials(result.namespace, channel.credentials(config))
+            body = channel.render(config, pending.notification)
+            await self._call(channel.send, config, body, pending.delivery_id, credentials)
         except Exception as exc:
             # Only a DeliveryError's text is certcheck's own; any other may quote a credential (urllib
             # rejecting a header quotes its value): its type alone is told.
             error = exc if isinstance(exc, DeliveryError) else _unexpected(exc)
-            deliveries.labels(kind, "retryable" if error.retryable else "failed").inc()
+            deliveries.labels(channel.name, "retryable" if error.retryable else "failed").inc()
             log.warning(
                 "delivery %s to %s/%s target %s failed: %s",
                 pending.delivery_id,
@@ -298,46 +202,27 @@ class Notifier:
                 error,
             )
             return error
-        deliveries.labels(kind, "ok").inc()
+        deliveries.labels(channel.name, "ok").inc()
         return None
 
-    def _settle(
-        self, target_state: core.TargetState, error: DeliveryError | None, now: datetime
-    ) -> float | None:
-        pending = target_state.pending
-        assert pending is not None
-        if error is None:
-            target_state.pending = None
-            target_state.failure = target_state.failing_since = None
-            return None
-        attempts = pending.attempts + 1
-        if error.retryable and attempts < self.settings.notify_max_attempts:
-            target_state.pending = msgspec.structs.replace(pending, attempts=attempts)
-            backoff = retry_backoff(attempts - 1, 60.0)
-            return float(max(error.retry_after or 0.0, backoff))
-        target_state.pending = None
-        target_state.failure = f"{error} (after {attempts} attempts)"
-        target_state.failing_since = target_state.failing_since or _stamp(now)
-        return None
+    async def _credentials(self, namespace: str, refs: list[CredentialRef]) -> Credentials:
+        """Read the Secret values a channel asked for (a reader's DeliveryError says what is missing)."""
+        keys: dict[SecretKeyRef, bytes] = {}
+        secrets: dict[SecretRef, dict[str, bytes]] = {}
+        for ref in refs:
+            if isinstance(ref, SecretKeyRef):
+                keys[ref] = await self._call(self.secrets.value, namespace, ref.name, ref.key)
+            else:
+                secrets[ref] = await self._call(self.secrets.values, namespace, ref.name)
+        return Credentials(keys, secrets)
 
-    async def _store_outcomes(self, key: str, state: core.NotifyState, revision: int) -> None:
+    async def _store_outcomes(self, key: str, claim: claims.Claim, revision: int) -> None:
         try:
-            await self._save(key, state, revision)
+            await self._save(key, claim.state, revision)
         except KeyWrongLastSequenceError:
-            # Another replica wrote in between (it can only have added pending work of its own): merge ours.
+            # Another replica wrote in between: merge our outcomes into what it wrote.
             current, current_revision = await self._load(key)
-            for name, mine in state.targets.items():
-                theirs = current.targets.get(name)
-                if theirs is None:
-                    continue
-                if mine.pending is None and theirs.pending is not None and mine.failure is None:
-                    continue
-                theirs.pending, theirs.failure, theirs.failing_since = (
-                    mine.pending,
-                    mine.failure,
-                    mine.failing_since,
-                )
-            await self._save(key, current, current_revision)
+            await self._save(key, claims.merge_outcomes(current, claim), current_revision)
 
     @staticmethod
     def _failures(state: core.NotifyState) -> list[NotificationFailure]:

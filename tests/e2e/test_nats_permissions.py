@@ -69,7 +69,9 @@ def test_a_service_cannot_read_another_services_replies(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("user", ["watcher", "evaluator", "recorder", "notifier"])
-def test_every_service_that_gives_up_on_work_may_record_it_in_the_dead_letters(stack: Stack, user: str) -> None:
+def test_every_service_that_gives_up_on_work_may_record_it_in_the_dead_letters(
+    stack: Stack, user: str
+) -> None:
     subject = subjects.deadletter_subject(f"permission-probe.{user}")
 
     async def delivered() -> tuple[list[str], int]:

@@ -10,7 +10,6 @@ import pytest
 
 from schemas.messages import (
     CertificateStatus,
-    ExpiryNotification,
     NotificationTarget,
     SecretKeyRef,
     SlackTarget,
@@ -85,13 +84,6 @@ def test_bad_duration_is_rejected() -> None:
 def test_signature_is_hmac_sha256_over_timestamp_and_body() -> None:
     expected = hmac.new(b"k", b"123.{}", hashlib.sha256).hexdigest()
     assert core.signature(b"k", "123", b"{}") == f"sha256={expected}"
-
-
-def test_slack_text_is_readable() -> None:
-    notices, _ = core.plan(TARGET, [entry("ExpiringSoon")], {}, NOW)
-    text = core.slack_text(ExpiryNotification("d", "shop", "web", "t", 30, notices))
-    assert "1 certificate in namespace `shop` (CertCheck `web`)" in text
-    assert "*ExpiringSoon* Secret `web` key `tls.crt`[0] CN=web.test" in text and "9 days left" in text
 
 
 def test_a_configmap_entry_is_its_own_identity_and_says_its_kind() -> None:

@@ -1,0 +1,52 @@
+"""Webhooks: the ExpiryNotification as JSON, with a delivery id stable across retries, optionally signed
+(HMAC-SHA256 over "<timestamp>.<body>") and with extra headers from a Secret."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from schemas.messages import ExpiryNotification, WebhookTarget, encoder
+from services.common.settings import Settings
+from services.notifier.channels import CredentialRef, Credentials
+from services.notifier.channels._http import post
+from services.notifier.core import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
+
+
+@dataclass(frozen=True)
+class Webhook:
+    name: str = "webhook"
+    field: str = "webhook"
+
+    def credentials(self, config: WebhookTarget) -> list[CredentialRef]:
+        refs: list[CredentialRef] = []
+        if config.signing_secret_ref:
+            refs.append(config.signing_secret_ref)
+        if config.headers_secret_ref:
+            refs.append(config.headers_secret_ref)
+        return refs
+
+    def render(self, config: WebhookTarget, notification: ExpiryNotification) -> bytes:
+        return encoder.encode(notification)
+
+    def send(self, config: WebhookTarget, body: bytes, delivery_id: str, credentials: Credentials) -> None:
+        extra: dict[str, str] = {}
+        if config.headers_secret_ref:
+            values = credentials.values(config.headers_secret_ref)
+            extra = {k: v.decode().strip() for k, v in values.items()}
+        timestamp = str(int(time.time()))
+        headers = {
+            **extra,
+            "Content-Type": "application/json",
+            DELIVERY_HEADER: delivery_id,
+            TIMESTAMP_HEADER: timestamp,
+            "User-Agent": "certcheck-notifier",
+        }
+        if config.signing_secret_ref:
+            secret = credentials.value(config.signing_secret_ref)
+            headers[SIGNATURE_HEADER] = signature(secret, timestamp, body)
+        post(config.url, body, headers)
+
+
+def channel(settings: Settings) -> Webhook:
+    return Webhook()
