@@ -12,8 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from schemas import annotations as ann
-from schemas.messages import CertCheckStatus, EventIntent, State
+from schemas.messages import AnnotationPatch, CertCheckStatus, EventIntent, State
 from services.domain.events import CERTCHECK_API_VERSION, dedup_key
+from services.domain.model import CertCheckSpec
+from services.domain.times import rfc3339
+from services.evaluator.annotations import SecretOutcome, overlaid
+from services.evaluator.rating import Rated
 
 WARNING_STATES = (State.EXPIRING_SOON, State.EXPIRED, State.INVALID)
 RENEWED = "Renewed"
@@ -87,6 +91,36 @@ def _transition(old_state: str | None, old_not_after: str | None, new_state: str
     return f"{old_state or '-'}@{old_not_after or '-'}>{new_state}"
 
 
+def secret_events(
+    outcomes: Sequence[SecretOutcome], told_patches: Sequence[AnnotationPatch] = ()
+) -> list[EventIntent]:
+    """The Events on the Secrets whose state changed. ``told_patches``: the annotation patches of the
+    evaluation before, which laid over what each Secret carries are the base of its Events (a change
+    that comes before what that evaluation said was written and watched back still gets its Event)."""
+    pending = {(p.name, p.uid): p.annotations for p in told_patches}
+    events = []
+    for outcome in outcomes:
+        secret = outcome.secret
+        if outcome.patch is None:
+            continue
+        if {ann.STATE, ann.NOT_AFTER} & set(secret.edited_annotations):
+            continue  # a hand edit, not a state certcheck recorded: put back without an Event
+        event = secret_event(
+            SecretChange(
+                namespace=secret.namespace,
+                name=secret.name,
+                uid=secret.uid,
+                observed=overlaid(secret.annotations, pending.get((secret.name, secret.uid))),
+                desired=outcome.desired,
+                threshold_days=outcome.coverage.max_threshold_days,
+                certchecks=outcome.coverage.certchecks,
+            )
+        )
+        if event:
+            events.append(event)
+    return events
+
+
 @dataclass(frozen=True, slots=True)
 class EntryChange:
     """One certificate entry of a CertCheck's status: what it is now, and its identity."""
@@ -154,3 +188,37 @@ def certcheck_events(
             )
         )
     return events
+
+
+def _entry_change(rated: Rated) -> EntryChange:
+    facts = rated.facts
+    return EntryChange(
+        label=rated.label,
+        kind=rated.secret.kind,
+        secret=rated.secret.name,
+        key=rated.entry.key,
+        index=rated.entry.index,
+        state=str(rated.state),
+        not_after=rfc3339(facts.not_after) if facts else None,
+        fingerprint=facts.fingerprint if facts else "",
+    )
+
+
+def summary_events(
+    spec: CertCheckSpec, rated: Sequence[Rated], base: CertCheckStatus | None
+) -> list[EventIntent]:
+    """The CertCheck's summary Events for the certificates that changed since ``base``, the status the
+    last evaluation told (or, without one, the status written)."""
+    if base is not None and base.certificates_omitted:
+        # Compare with the entries the status listed: only those can have changed state.
+        listed = {(c.kind, c.name, c.key, c.index) for c in base.certificates}
+        rated = [r for r in rated if r.identity in listed]
+    return certcheck_events(
+        spec.namespace,
+        spec.name,
+        spec.uid,
+        spec.resource_version,
+        spec.threshold_days,
+        [_entry_change(r) for r in rated],
+        base,
+    )
