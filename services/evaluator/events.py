@@ -16,8 +16,8 @@ from schemas.messages import AnnotationPatch, CertCheckStatus, EventIntent, Stat
 from services.domain.events import CERTCHECK_API_VERSION, dedup_key
 from services.domain.model import CertCheckSpec
 from services.domain.times import rfc3339
-from services.evaluator.annotations import SecretOutcome, overlaid
-from services.evaluator.rating import Rated
+from services.evaluator.annotations import SecretOutcome, overlaid, recorded_state
+from services.evaluator.rating import Rated, SecretState
 
 WARNING_STATES = (State.EXPIRING_SOON, State.EXPIRED, State.INVALID)
 RENEWED = "Renewed"
@@ -41,19 +41,22 @@ def transition_reason(
 
 
 @dataclass(frozen=True, slots=True)
-class SecretChange:
+class SecretTransition:
+    """A Secret going from the state its annotations record to the state its certificates are in now."""
+
     namespace: str
     name: str
     uid: str
-    observed: dict[str, str]  # the annotations as the Secret carries them
-    desired: dict[str, str | None]
+    before: SecretState  # as recorded (its annotations, with what the evaluation before told)
+    after: SecretState  # as rated now, at the largest threshold of the CertChecks covering it
     threshold_days: int
     certchecks: tuple[str, ...]
 
 
-def secret_event(change: SecretChange) -> EventIntent | None:
-    old_state, new_state = change.observed.get(ann.STATE), change.desired.get(ann.STATE)
-    old_not_after, new_not_after = change.observed.get(ann.NOT_AFTER), change.desired.get(ann.NOT_AFTER)
+def secret_event(change: SecretTransition) -> EventIntent | None:
+    """The Event a Secret's transition deserves, or None."""
+    old_state, new_state = change.before.state, change.after.state
+    old_not_after, new_not_after = change.before.not_after, change.after.not_after
     if new_state is None:
         return None
     reason = transition_reason(old_state, new_state, old_not_after, new_not_after)
@@ -94,24 +97,29 @@ def _transition(old_state: str | None, old_not_after: str | None, new_state: str
 def secret_events(
     outcomes: Sequence[SecretOutcome], told_patches: Sequence[AnnotationPatch] = ()
 ) -> list[EventIntent]:
-    """The Events on the Secrets whose state changed. ``told_patches``: the annotation patches of the
-    evaluation before, which laid over what each Secret carries are the base of its Events (a change
-    that comes before what that evaluation said was written and watched back still gets its Event)."""
+    """The Events on the Secrets whose state changed since their annotations recorded it.
+
+    What certcheck writes in the annotations (which, how formatted, whether a patch is due) does not
+    enter: only the recorded state and the state now. ``told_patches``: the annotation patches of the
+    evaluation before, which laid over what each Secret carries are its record too (a change that comes
+    before what that evaluation said was written and watched back still gets its Event).
+    """
     pending = {(p.name, p.uid): p.annotations for p in told_patches}
     events = []
     for outcome in outcomes:
         secret = outcome.secret
-        if outcome.patch is None:
-            continue
-        if {ann.STATE, ann.NOT_AFTER} & set(secret.edited_annotations):
+        if secret.edited_annotations and {ann.STATE, ann.NOT_AFTER} & set(secret.edited_annotations):
             continue  # a hand edit, not a state certcheck recorded: put back without an Event
+        before = recorded_state(overlaid(secret.annotations, pending.get((secret.name, secret.uid))))
+        if before == outcome.state:
+            continue  # nothing happened (most Secrets, most of the time)
         event = secret_event(
-            SecretChange(
+            SecretTransition(
                 namespace=secret.namespace,
                 name=secret.name,
                 uid=secret.uid,
-                observed=overlaid(secret.annotations, pending.get((secret.name, secret.uid))),
-                desired=outcome.desired,
+                before=before,
+                after=outcome.state,
                 threshold_days=outcome.coverage.max_threshold_days,
                 certchecks=outcome.coverage.certchecks,
             )

@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 
+import msgspec
+
 from schemas.messages import State
 from services.domain.certs import CertFacts
 from services.domain.model import CertCheckSpec, CertEntry, SecretView, entry_label, selected_entries
 from services.domain.states import classify, next_due
-from services.domain.times import days, shift
+from services.domain.times import days, rfc3339, shift
 
 # Urgency: what an operator must look at first comes first.
 _RANK = {State.EXPIRED: 0, State.EXPIRING_SOON: 1, State.INVALID: 2, State.NOT_YET_VALID: 3, State.VALID: 4}
@@ -117,6 +119,23 @@ def rate_certificates(spec: CertCheckSpec, secrets: Sequence[SecretView], now: d
 
 def most_urgent(rated: Sequence[Rated]) -> Rated | None:
     return min(rated, key=BY_URGENCY) if rated else None
+
+
+class SecretState(msgspec.Struct, frozen=True, gc=False):  # compared for every Secret at every evaluation
+    """A Secret's state as a whole, as its annotations record it and its Events speak of it: the state
+    of its most urgent certificate and that certificate's notAfter in RFC 3339 (None without one)."""
+
+    state: str | None  # None: nothing recorded yet
+    not_after: str | None
+
+
+def secret_state(rated: Sequence[Rated]) -> SecretState:
+    """The state of a Secret whose certificates are ``rated``: Invalid when it has none."""
+    urgent = most_urgent(rated)
+    if urgent is None:
+        return SecretState(State.INVALID.value, None)
+    facts = urgent.facts
+    return SecretState(urgent.state.value, rfc3339(facts.not_after) if facts is not None else None)
 
 
 def next_due_time(rating: Rating, threshold_days: int, now: datetime) -> datetime | None:
