@@ -50,14 +50,14 @@ def _examples(rated: Sequence[Rated]) -> str:
 
 
 def state_conditions(
-    spec: CertCheckSpec, rating: Rating, secrets: int, observed: dict[str, Condition], now: datetime
+    spec: CertCheckSpec, rating: Rating, objects: int, observed: dict[str, Condition], now: datetime
 ) -> list[Condition]:
     """Ready (or why not), then one condition per bad state: whether any certificate is in it."""
     gen = spec.generation
     if spec.selector_error:
         ready = condition("Ready", False, "InvalidSelector", spec.selector_error, gen, observed, now)
     else:
-        message = f"{len(rating.ordered)} certificates in {secrets} objects evaluated"
+        message = f"{len(rating.ordered)} certificates in {objects} objects evaluated"
         ready = condition("Ready", True, "Evaluated", message, gen, observed, now)
     conditions = [ready]
     for type_, state, what in (
@@ -91,10 +91,10 @@ def notification_conditions(
 
 
 def certcheck_conditions(
-    spec: CertCheckSpec, rating: Rating, secrets: int, observed: CertCheckStatus | None, now: datetime
+    spec: CertCheckSpec, rating: Rating, objects: int, observed: CertCheckStatus | None, now: datetime
 ) -> list[Condition]:
     """Every condition of the CertCheck's status, each keeping its transition time from ``observed``."""
     observed_conditions = by_type(observed)
-    return state_conditions(spec, rating, secrets, observed_conditions, now) + notification_conditions(
+    return state_conditions(spec, rating, objects, observed_conditions, now) + notification_conditions(
         spec, observed, observed_conditions, now
     )

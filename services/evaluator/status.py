@@ -69,7 +69,7 @@ def within_budget(entries: list[CertificateStatus]) -> list[CertificateStatus]:
 
 def certcheck_status(
     spec: CertCheckSpec,
-    secrets: int,
+    objects: int,  # the Secrets and ConfigMaps selected
     rating: Rating,
     conditions: list[Condition],
     observed: CertCheckStatus | None,
@@ -83,7 +83,7 @@ def certcheck_status(
     shown = within_budget([certificate_status(r, now) for r in rating.ordered[:status_cap]])
     return CertCheckStatus(
         observed_generation=spec.generation,
-        target_secrets_count=secrets,
+        target_secrets_count=objects,
         target_certs_count=len(rating.ordered),
         valid_count=rating.count(State.VALID),
         expiring_soon_count=rating.count(State.EXPIRING_SOON),
