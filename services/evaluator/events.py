@@ -12,8 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from schemas import annotations as ann
-from schemas.messages import CertCheckStatus, EventIntent, State
+from schemas.messages import AnnotationPatch, CertCheckStatus, EventIntent, State
 from services.domain.events import CERTCHECK_API_VERSION, dedup_key
+from services.domain.model import CertCheckSpec
+from services.domain.times import rfc3339
+from services.evaluator.annotations import SecretOutcome, overlaid, recorded_state
+from services.evaluator.rating import Rated, SecretState
 
 WARNING_STATES = (State.EXPIRING_SOON, State.EXPIRED, State.INVALID)
 RENEWED = "Renewed"
@@ -37,19 +41,22 @@ def transition_reason(
 
 
 @dataclass(frozen=True, slots=True)
-class SecretChange:
+class SecretTransition:
+    """A Secret going from the state its annotations record to the state its certificates are in now."""
+
     namespace: str
     name: str
     uid: str
-    observed: dict[str, str]  # the annotations as the Secret carries them
-    desired: dict[str, str | None]
+    before: SecretState  # as recorded (its annotations, with what the evaluation before told)
+    after: SecretState  # as rated now, at the largest threshold of the CertChecks covering it
     threshold_days: int
     certchecks: tuple[str, ...]
 
 
-def secret_event(change: SecretChange) -> EventIntent | None:
-    old_state, new_state = change.observed.get(ann.STATE), change.desired.get(ann.STATE)
-    old_not_after, new_not_after = change.observed.get(ann.NOT_AFTER), change.desired.get(ann.NOT_AFTER)
+def secret_event(change: SecretTransition) -> EventIntent | None:
+    """The Event a Secret's transition deserves, or None."""
+    old_state, new_state = change.before.state, change.after.state
+    old_not_after, new_not_after = change.before.not_after, change.after.not_after
     if new_state is None:
         return None
     reason = transition_reason(old_state, new_state, old_not_after, new_not_after)
@@ -85,6 +92,41 @@ def _transition(old_state: str | None, old_not_after: str | None, new_state: str
     same transition derived again (certcheck's annotations deleted by hand, a redelivery) is the same
     occurrence, so it is not counted twice; coming back to a state by another way is a new one."""
     return f"{old_state or '-'}@{old_not_after or '-'}>{new_state}"
+
+
+def secret_events(
+    outcomes: Sequence[SecretOutcome], told_patches: Sequence[AnnotationPatch] = ()
+) -> list[EventIntent]:
+    """The Events on the Secrets whose state changed since their annotations recorded it.
+
+    What certcheck writes in the annotations (which, how formatted, whether a patch is due) does not
+    enter: only the recorded state and the state now. ``told_patches``: the annotation patches of the
+    evaluation before, which laid over what each Secret carries are its record too (a change that comes
+    before what that evaluation said was written and watched back still gets its Event).
+    """
+    pending = {(p.name, p.uid): p.annotations for p in told_patches}
+    events = []
+    for outcome in outcomes:
+        secret = outcome.secret
+        if secret.edited_annotations and {ann.STATE, ann.NOT_AFTER} & set(secret.edited_annotations):
+            continue  # a hand edit, not a state certcheck recorded: put back without an Event
+        before = recorded_state(overlaid(secret.annotations, pending.get((secret.name, secret.uid))))
+        if before == outcome.state:
+            continue  # nothing happened (most Secrets, most of the time)
+        event = secret_event(
+            SecretTransition(
+                namespace=secret.namespace,
+                name=secret.name,
+                uid=secret.uid,
+                before=before,
+                after=outcome.state,
+                threshold_days=outcome.coverage.max_threshold_days,
+                certchecks=outcome.coverage.certchecks,
+            )
+        )
+        if event:
+            events.append(event)
+    return events
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,3 +196,37 @@ def certcheck_events(
             )
         )
     return events
+
+
+def _entry_change(rated: Rated) -> EntryChange:
+    facts = rated.facts
+    return EntryChange(
+        label=rated.label,
+        kind=rated.secret.kind,
+        secret=rated.secret.name,
+        key=rated.entry.key,
+        index=rated.entry.index,
+        state=str(rated.state),
+        not_after=rfc3339(facts.not_after) if facts else None,
+        fingerprint=facts.fingerprint if facts else "",
+    )
+
+
+def summary_events(
+    spec: CertCheckSpec, rated: Sequence[Rated], base: CertCheckStatus | None
+) -> list[EventIntent]:
+    """The CertCheck's summary Events for the certificates that changed since ``base``, the status the
+    last evaluation told (or, without one, the status written)."""
+    if base is not None and base.certificates_omitted:
+        # Compare with the entries the status listed: only those can have changed state.
+        listed = {(c.kind, c.name, c.key, c.index) for c in base.certificates}
+        rated = [r for r in rated if r.identity in listed]
+    return certcheck_events(
+        spec.namespace,
+        spec.name,
+        spec.uid,
+        spec.resource_version,
+        spec.threshold_days,
+        [_entry_change(r) for r in rated],
+        base,
+    )

@@ -1,0 +1,134 @@
+"""certcheck's annotations on Secrets: what they should say, and the patch that makes them say it. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from functools import lru_cache
+
+import msgspec
+
+from schemas import annotations as ann
+from schemas.messages import AnnotationPatch
+from services.domain.model import KIND_SECRET, CertCheckSpec, Coverage, SecretView
+from services.domain.times import parse_rfc3339, rfc3339
+from services.evaluator.rating import (
+    Rated,
+    Rating,
+    SecretState,
+    most_urgent,
+    rate,
+    secret_state,
+    unchanged_until,
+)
+
+
+def desired_annotations(
+    secret: SecretView, coverage: Coverage, now: datetime, rated: Sequence[Rated] | None = None
+) -> dict[str, str | None]:
+    """What certcheck's annotations on a Secret should be, given every CertCheck that covers it.
+
+    The state uses the largest threshold among the covering CertChecks, so two CertChecks with different
+    thresholds compute the same annotations and never fight over them. ``rated``: the Secret's entries
+    already rated at that threshold with the default keys, if the caller has them.
+    """
+    if rated is None:
+        rated = rate(secret, coverage.max_threshold_days, now)
+    state = secret_state(rated)
+    urgent = most_urgent(rated)
+    facts = urgent.facts if urgent is not None else None
+    desired: dict[str, str | None] = dict.fromkeys(ann.ALL)  # what is not set here is removed
+    desired[ann.STATE] = state.state
+    desired[ann.NOT_AFTER] = state.not_after
+    desired[ann.NOT_BEFORE] = rfc3339(facts.not_before) if facts is not None else None
+    desired[ann.CHECKED_BY] = ",".join(coverage.certchecks)
+    return desired
+
+
+def annotation_patch(secret: SecretView, desired: dict[str, str | None]) -> AnnotationPatch | None:
+    """The smallest patch that brings the Secret's annotations to ``desired``, or None."""
+    changes = {k: v for k, v in desired.items() if secret.annotations.get(k) != v}
+    if not changes:
+        return None
+    return AnnotationPatch(secret.namespace, secret.name, secret.uid, changes, secret.resource_version)
+
+
+def cleanup_patch(secret: SecretView) -> AnnotationPatch | None:
+    """Remove everything certcheck wrote on a Secret no CertCheck covers."""
+    if not secret.annotations:
+        return None
+    return AnnotationPatch(
+        secret.namespace, secret.name, secret.uid, dict.fromkeys(secret.annotations), secret.resource_version
+    )
+
+
+def overlaid(annotations: dict[str, str], patch: dict[str, str | None] | None) -> dict[str, str]:
+    """The annotations once ``patch`` is applied (None removes a key)."""
+    if not patch:
+        return annotations
+    merged = {**annotations, **patch}
+    return {k: v for k, v in merged.items() if v is not None}
+
+
+def recorded_state(annotations: dict[str, str]) -> SecretState:
+    """The state a Secret's annotations record, the durable record of its last state."""
+    return _recorded(annotations.get(ann.STATE), annotations.get(ann.NOT_AFTER))
+
+
+@lru_cache(maxsize=1 << 17)  # few distinct values, read again for every Secret at every evaluation
+def _recorded(state: str | None, not_after: str | None) -> SecretState:
+    """The notAfter is read as a moment and written as a rating writes it, so that how the annotation
+    is formatted says nothing (text that names no moment stays as it is)."""
+    moment = parse_rfc3339(not_after)
+    return SecretState(state, rfc3339(moment) if moment is not None else not_after)
+
+
+class SecretOutcome(msgspec.Struct, frozen=True, gc=False):  # one per Secret at every evaluation
+    """What one evaluation works out for one Secret it selects: the CertChecks covering it, its state
+    at the largest of their thresholds, and the patch to its annotations (None when they say it)."""
+
+    secret: SecretView
+    coverage: Coverage
+    state: SecretState
+    patch: AnnotationPatch | None
+
+
+def _annotation_change(
+    secret: SecretView, coverage: Coverage, now: datetime, rated: Sequence[Rated] | None
+) -> tuple[SecretState, AnnotationPatch | None]:
+    """A Secret's state and the patch to its annotations, reused like the rating they rest on."""
+    memo_key = ("annotations", coverage)
+    held = secret.memo.get(memo_key)
+    if held is not None and held[0] <= now < held[1]:
+        return held[2]  # type: ignore[return-value]
+    if rated is None:
+        rated = rate(secret, coverage.max_threshold_days, now)
+    change = (
+        secret_state(rated),
+        annotation_patch(secret, desired_annotations(secret, coverage, now, rated)),
+    )
+    secret.memo[memo_key] = (now, unchanged_until(rated, coverage.max_threshold_days, now), change)
+    return change
+
+
+def secret_outcomes(
+    spec: CertCheckSpec,
+    secrets: Sequence[SecretView],
+    coverage: dict[str, Coverage],
+    rating: Rating,
+    now: datetime,
+) -> list[SecretOutcome]:
+    """Each selected Secret's annotation change (ConfigMaps are read, never annotated). A Secret missing
+    from ``coverage`` is taken as covered by this CertCheck alone."""
+    alone = Coverage((spec.name,), spec.threshold_days)
+    outcomes = []
+    for secret in secrets:
+        if secret.kind != KIND_SECRET:
+            continue
+        secret_coverage = coverage.get(secret.name, alone)
+        # The CertCheck's own rating is the Secret's when it reads the default keys at the same threshold.
+        same_rating = not spec.keys and secret_coverage.max_threshold_days == spec.threshold_days
+        rated = rating.of_object.get((secret.kind, secret.name)) if same_rating else None
+        state, patch = _annotation_change(secret, secret_coverage, now, rated)
+        outcomes.append(SecretOutcome(secret, secret_coverage, state, patch))
+    return outcomes

@@ -1,0 +1,100 @@
+"""A CertCheck's conditions: Ready, ExpiringSoon, Expired, Invalid, and NotificationFailed. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from schemas.messages import CertCheckStatus, Condition, State
+from services.domain.model import CertCheckSpec
+from services.domain.times import rfc3339
+from services.evaluator.rating import FAR_FUTURE, Rated, Rating
+
+_MESSAGE_EXAMPLES = 3
+
+
+def condition(
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    observed: dict[str, Condition],
+    now: datetime,
+) -> Condition:
+    """A condition that keeps its lastTransitionTime from ``observed`` while its status stays."""
+    status_text = "True" if status else "False"
+    previous = observed.get(type_)
+    since = previous.last_transition_time if previous and previous.status == status_text else rfc3339(now)
+    return Condition(
+        type=type_,
+        status=status_text,
+        reason=reason,
+        message=message,
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+
+
+def by_type(status: CertCheckStatus | None) -> dict[str, Condition]:
+    return {c.type: c for c in status.conditions} if status is not None else {}
+
+
+def _examples(rated: Sequence[Rated]) -> str:
+    shown = ", ".join(
+        f"{r.label} (notAfter {rfc3339(r.not_after)})" if r.not_after != FAR_FUTURE else r.label
+        for r in rated[:_MESSAGE_EXAMPLES]
+    )
+    more = len(rated) - _MESSAGE_EXAMPLES
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def state_conditions(
+    spec: CertCheckSpec, rating: Rating, objects: int, observed: dict[str, Condition], now: datetime
+) -> list[Condition]:
+    """Ready (or why not), then one condition per bad state: whether any certificate is in it."""
+    gen = spec.generation
+    if spec.selector_error:
+        ready = condition("Ready", False, "InvalidSelector", spec.selector_error, gen, observed, now)
+    else:
+        message = f"{len(rating.ordered)} certificates in {objects} objects evaluated"
+        ready = condition("Ready", True, "Evaluated", message, gen, observed, now)
+    conditions = [ready]
+    for type_, state, what in (
+        ("ExpiringSoon", State.EXPIRING_SOON, f"expiring within {spec.threshold_days} days"),
+        ("Expired", State.EXPIRED, "expired"),
+        ("Invalid", State.INVALID, "unreadable"),
+    ):
+        hits = rating.by_state.get(state, [])
+        if hits:
+            reason, message = f"Certificates{type_}", f"{len(hits)} certificates {what}: {_examples(hits)}"
+        else:
+            reason, message = f"No{type_}", f"no certificate {what}"
+        conditions.append(condition(type_, bool(hits), reason, message, gen, observed, now))
+    return conditions
+
+
+def notification_conditions(
+    spec: CertCheckSpec, observed: CertCheckStatus | None, conditions: dict[str, Condition], now: datetime
+) -> list[Condition]:
+    """``NotificationFailed`` mirrors the failures the notifier recorded in the status; it is absent
+    until a notification first fails."""
+    failures = (observed.notification_failures if observed else None) or []
+    if not failures and "NotificationFailed" not in conditions:
+        return []
+    gen = spec.generation
+    if failures:
+        message = "; ".join(f"{f.target}: {f.reason}" for f in failures)[:1000]
+        return [condition("NotificationFailed", True, "DeliveryFailed", message, gen, conditions, now)]
+    message = "every notification target accepts messages again"
+    return [condition("NotificationFailed", False, "Delivered", message, gen, conditions, now)]
+
+
+def certcheck_conditions(
+    spec: CertCheckSpec, rating: Rating, objects: int, observed: CertCheckStatus | None, now: datetime
+) -> list[Condition]:
+    """Every condition of the CertCheck's status, each keeping its transition time from ``observed``."""
+    observed_conditions = by_type(observed)
+    return state_conditions(spec, rating, objects, observed_conditions, now) + notification_conditions(
+        spec, observed, observed_conditions, now
+    )
