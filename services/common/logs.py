@@ -44,3 +44,16 @@ def setup_logging(service: str, level: str) -> None:
     # The Kubernetes client logs request bodies at DEBUG: keep it quiet whatever our level is.
     for noisy in ("kubernetes", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def object_ref(namespace: str, name: str, resource_version: str = "") -> str:
+    """How every stage names an object in its debug lines: ``namespace/name@resourceVersion``."""
+    return f"{namespace}/{name}@{resource_version}" if resource_version else f"{namespace}/{name}"
+
+
+def trace(logger: logging.Logger, stage: str, ref: str, what: str, *args: object) -> None:
+    """One debug line of an object's path through the pipeline (``CERTCHECK_LOG_LEVEL=debug``), keyed by
+    ``object_ref`` in the text and in the ``object`` field, so grepping for one object shows every
+    stage it passed. Costs one level check when debug is off."""
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(f"{stage}: {ref} {what}", *args, extra={"object": ref, "stage": stage})

@@ -14,6 +14,7 @@ from schemas import subjects
 from schemas.messages import object_decoder
 from schemas.streams import OBJECTS
 from services.common.bus import Bus
+from services.common.logs import object_ref, trace
 from services.common.runtime import backoff
 from services.domain.view import View
 
@@ -69,7 +70,11 @@ class ViewFollower:
             try:
                 event = object_decoder.decode(msg.data)
                 problem = "unusable"
-                self.view.apply(seq, event)
+                effects = self.view.apply(seq, event)
+                if log.isEnabledFor(logging.DEBUG):
+                    ref = object_ref(event.namespace, event.name, event.resource_version)
+                    kind = msg.subject.split(".")[4] if msg.subject.count(".") >= 6 else "object"
+                    trace(log, "view", ref, "%s message %d applied: %s", kind, seq, effects.describe())
             except Exception as exc:  # whatever a message holds, the view moves on past it
                 log.error("%s object message %s at seq %d: %r", problem, msg.subject, seq, exc)
                 bad_objects.inc()

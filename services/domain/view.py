@@ -106,6 +106,20 @@ class Effects:
     # or someone's edit): whoever evaluates checks they still say what they should.
     annotated: set[SecretKey] = field(default_factory=set)
 
+    def describe(self) -> str:
+        """For a debug line: which CertChecks to evaluate, remove, which Secrets to release or check."""
+        parts = [
+            f"evaluate {', '.join(sorted(f'{ns}/{name}' for ns, name in self.evaluate))}"
+            if self.evaluate
+            else "",
+            f"removed {', '.join(f'{ns}/{name}' for ns, name, _ in self.removed)}" if self.removed else "",
+            f"release {', '.join(sorted(f'{ns}/{name}' for ns, name in self.released))}"
+            if self.released
+            else "",
+            "annotations to check" if self.annotated else "",
+        ]
+        return "; ".join(part for part in parts if part) or "nothing to do"
+
     def merge(self, other: Effects) -> None:
         self.evaluate |= other.evaluate
         self.removed.extend(other.removed)

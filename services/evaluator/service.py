@@ -50,6 +50,7 @@ from services.common.consume import (
     park,
     settle,
 )
+from services.common.logs import object_ref, trace
 from services.common.runtime import backoff
 from services.common.settings import Settings
 from services.domain.certs import describe
@@ -373,7 +374,10 @@ class Evaluator:
         await self.publish_events(evaluation.events)
         result = await self._fit(result)
         if not await self.publish_result(subject, encoder.encode(result), view_seq, last):
+            trace(log, "evaluator", object_ref(*key, entry.spec.resource_version), "a newer result is there")
             return  # a newer evaluation owns the schedule
+        if log.isEnabledFor(logging.DEBUG):
+            self._trace(result, len(evaluation.events), trigger)
         if error is None:
             await self.schedule(key, evaluation.next_due, view_seq=view_seq)
         elif attempt + 1 < MAX_EVALUATION_ATTEMPTS:
@@ -383,6 +387,31 @@ class Evaluator:
             reason = f"evaluation failed {MAX_EVALUATION_ATTEMPTS} times, last: {error}"
             await park(self.bus, subjects.result_subject(*key), b"", reason, "evaluation-failed")
             await self.schedule(key, None, view_seq=view_seq)  # the next change or resync tries again
+
+    @staticmethod
+    def _trace(result: EvaluationResult, events: int, trigger: str) -> None:
+        ref = object_ref(result.namespace, result.name, result.resource_version)
+        trace(
+            log,
+            "evaluator",
+            ref,
+            "evaluated (%s, view message %d): status %s, %d Events, next due %s",
+            trigger,
+            result.view_seq,
+            "to write" if result.status_changed else "unchanged",
+            events,
+            result.next_due,
+        )
+        for patch in result.annotation_patches:
+            secret = object_ref(patch.namespace, patch.name, patch.resource_version)
+            trace(
+                log,
+                "evaluator",
+                secret,
+                "Secret to annotate (in the result of %s): %s",
+                ref,
+                patch.annotations,
+            )
 
     async def _fit(self, result: EvaluationResult) -> EvaluationResult:
         """The result, within what the bus carries: the annotation patches that do not fit (a CertCheck

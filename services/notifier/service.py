@@ -44,6 +44,7 @@ from schemas.streams import NOTIFIER_CONSUMER, RESULTS
 from services.common.bus import Bus
 from services.common.consume import Later, Policy, consume, durable_consumer
 from services.common.kube_writer import Gone, KubeWriter
+from services.common.logs import object_ref, trace
 from services.common.settings import Settings
 from services.domain.events import certcheck_warning
 from services.notifier import channels, claims, core
@@ -203,6 +204,16 @@ class Notifier:
             )
             return error
         deliveries.labels(channel.name, "ok").inc()
+        trace(
+            log,
+            "notifier",
+            object_ref(result.namespace, result.name, result.resource_version),
+            "delivery %s sent to target %s (%s): %d certificates",
+            pending.delivery_id,
+            target.name,
+            channel.name,
+            len(pending.notification.certificates),
+        )
         return None
 
     async def _credentials(self, namespace: str, refs: list[CredentialRef]) -> Credentials:

@@ -48,6 +48,7 @@ from services.common.consume import (
     settle,
 )
 from services.common.kube_writer import Gone, KubeWriter
+from services.common.logs import object_ref, trace
 from services.common.settings import Settings
 from services.recorder.budget import EventBudget
 
@@ -247,6 +248,8 @@ class Recorder:
             return
         outcome = await self._call(self.writer.emit_event, intent)
         event_writes.labels(outcome).inc()
+        ref = object_ref(intent.namespace, intent.involved_name)
+        trace(log, "recorder", ref, "%s Event %s: %s", intent.involved_kind, intent.reason, outcome)
 
     async def _applied_up_to(self, mark: str) -> int:
         try:
@@ -292,6 +295,10 @@ class Recorder:
             else:
                 self._written_status.put(status_key, fingerprint)
                 self._status_fields.put(status_key, (result.uid, holds))
+                ref = object_ref(result.namespace, result.name, result.resource_version)
+                trace(
+                    log, "recorder", ref, "status written (evaluated from view message %d)", result.view_seq
+                )
 
     async def _annotate(self, patch: AnnotationPatch) -> None:
         """Write the patch, unless this recorder wrote these values already from the same observed
@@ -305,12 +312,16 @@ class Recorder:
         seen_at, written = self._written_annotations.get(key, ("", {}))
         if seen_at != patch.resource_version:
             written = {}
+        ref = object_ref(patch.namespace, patch.name, patch.resource_version)
         if patch.resource_version and all(
             written.get(k, "<unknown>") == v for k, v in patch.annotations.items()
         ):
+            trace(log, "recorder", ref, "annotations written already")
             return
         try:
             await self._call(self.writer.patch_annotations, patch)
         except Gone:
+            trace(log, "recorder", ref, "gone: not annotated")
             return
+        trace(log, "recorder", ref, "annotated: %s", patch.annotations)
         self._written_annotations.put(key, (patch.resource_version, {**written, **patch.annotations}))

@@ -33,6 +33,7 @@ from schemas.messages import CertCheckObserved, CertSource, ObjectDeleted, encod
 from schemas.streams import HDR_DIGEST, HDR_MSG_ID, HDR_RESOURCE_VERSION, HDR_SCOPE, OBJECTS
 from services.common.bus import Bus, TooLargeError, publish_pipelined
 from services.common.consume import park
+from services.common.logs import object_ref, trace
 from services.watcher.extract import Observed, digest
 
 log = logging.getLogger(__name__)
@@ -320,8 +321,11 @@ class Publisher:
         key = (change.kind, observed.namespace, observed.name)
         content_digest = digest(observed)
         last = self._known.get(key)
+        ref = object_ref(observed.namespace, observed.name, observed.resource_version)
         if last is not None and last.digest == content_digest and last.scope == change.scope:
+            trace(log, "watcher", ref, "%s unchanged since the last publish: not published", change.kind)
             return  # (one published by a watch of another scope is published again, under this one)
+        trace(log, "watcher", ref, "%s changed: publishing", change.kind)
         payload = self._fit(change.kind, observed)
         headers = {
             # Identical publishes from several watcher replicas collapse into one message.
@@ -353,6 +357,7 @@ class Publisher:
             HDR_SCOPE: scope,
         }
         self._known[key] = Published(TOMBSTONE, scope, resource_version or "relist")
+        trace(log, "watcher", object_ref(namespace, name, resource_version), "%s deleted: publishing", kind)
         send = self._new_send(key, scope, encoder.encode(message), headers, TOMBSTONE_TTL_SECONDS)
         await self._send(send, 0)
         published.labels(kind, "delete").inc()
@@ -429,6 +434,9 @@ class Publisher:
             self._failed(send, attempt, future.exception())
         else:
             self._settle(send)
+            if log.isEnabledFor(logging.DEBUG):
+                ref = object_ref(send.key[1], send.key[2], send.headers.get(HDR_RESOURCE_VERSION, ""))
+                trace(log, "watcher", ref, "published as message %s", getattr(future.result(), "seq", "?"))
 
     def _expire(self, now: float) -> None:
         for ticket, (send, attempt, future, deadline) in list(self._inflight.items()):

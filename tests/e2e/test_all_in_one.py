@@ -4,6 +4,7 @@ as the split services: annotations, status, Events, metrics, a change, and a cle
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 import urllib.request
@@ -23,7 +24,9 @@ NAMESPACE = "small"
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running(Stack(Path(tmp_path_factory.mktemp("all-in-one")), all_in_one=True), {}) as stack:
+    # At debug level: every stage logs one line per object it handles (the life of one change).
+    debug = {"watcher": {"CERTCHECK_LOG_LEVEL": "debug"}}
+    with running(Stack(Path(tmp_path_factory.mktemp("all-in-one")), all_in_one=True), debug) as stack:
         yield stack
 
 
@@ -73,6 +76,27 @@ def test_a_certificate_is_annotated_reported_and_exported_and_its_renewal_follow
         lambda: metric(small, ALL_IN_ONE, "certcheck_certificate_expiring", expiring, present=True) == 0,
         what="the series renewed",
     )
+
+
+def test_at_debug_level_every_stage_logs_a_line_keyed_by_the_objects_namespace_name_and_version(
+    small: Stack, small_cluster: Cluster
+) -> None:
+    cert, key = expiring_in(90, "traced.test")
+    created = small_cluster.create_tls_secret(NAMESPACE, "traced", cert, key, labels={"app": "traced"})
+    small_cluster.create_certcheck(NAMESPACE, "tracer", {"matchLabels": {"app": "traced"}})
+    wait_for(
+        lambda: small_cluster.annotations(NAMESPACE, "traced").get("certcheck.dev/state") == "Valid",
+        what="the traced Secret annotated",
+    )
+    ref = f"{NAMESPACE}/traced@{created.metadata.resource_version}"
+    log = small.workdir / "logs" / f"{ALL_IN_ONE}.log"
+
+    def stages() -> set[str]:
+        lines = [json.loads(line) for line in log.read_text().splitlines() if ref in line]
+        return {line["stage"] for line in lines if line.get("object") == ref}
+
+    # The recorder's line may follow the annotation by a moment (it logs after the write returned).
+    wait_for(lambda: stages() >= {"watcher", "view", "evaluator", "recorder"}, what=f"every stage of {ref}")
 
 
 def test_the_process_exits_0_within_5_seconds_of_sigterm(small: Stack) -> None:
