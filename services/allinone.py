@@ -34,8 +34,7 @@ WATCH_CONNECTIONS = 8
 
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
-    bus = await bus_mod.open_bus(settings, ALL_IN_ONE_USER)
-    try:
+    async with bus_mod.service_bus(settings, ALL_IN_ONE_USER) as bus:
         api = api_client(settings.kubeconfig, pool_size=settings.write_concurrency + WATCH_CONNECTIONS)
         evaluating = EvaluatorReplica(bus, settings)
         parts = {
@@ -50,8 +49,6 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
             ),
         }
         await supervise(stop, *(asyncio.create_task(part, name=name) for name, part in parts.items()))
-    finally:
-        await bus.close()
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +130,16 @@ async def open_bus(settings: Settings, service: str) -> Bus:
         await bus.close()
         raise
     return bus
+
+
+@contextlib.asynccontextmanager
+async def service_bus(settings: Settings, service: str) -> AsyncIterator[Bus]:
+    """``open_bus`` for the life of a service's main: closed however the main ends."""
+    bus = await open_bus(settings, service)
+    try:
+        yield bus
+    finally:
+        await bus.close()
 
 
 async def key_value(bus: Bus, bucket: str, description: str = "") -> KeyValue:

@@ -13,8 +13,8 @@ from functools import lru_cache
 
 from services.domain.certs import CertError, CertFacts
 
-KIND_SECRET = "Secret"
-KIND_CONFIGMAP = "ConfigMap"
+KUBERNETES_KIND_SECRET = "Secret"
+KUBERNETES_KIND_CONFIGMAP = "ConfigMap"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,7 @@ class Coverage:
 
 def entry_label(kind: str, name: str, key: str, index: int) -> str:
     """How a certificate entry is named in messages: ``secret/key[0]``, ``ConfigMap/bundle/key[0]``."""
-    prefix = "" if kind == KIND_SECRET else f"{kind}/"
+    prefix = "" if kind == KUBERNETES_KIND_SECRET else f"{kind}/"
     return f"{prefix}{name}/{key}[{index}]"
 
 
@@ -90,7 +90,7 @@ def _key_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
 
 def selected_entries(secret: SecretView, patterns: Sequence[str]) -> list[CertEntry]:
     """The entries of the keys a CertCheck reads; an exact key name that holds no certificate is Invalid."""
-    if not patterns or secret.kind == KIND_CONFIGMAP:  # spec.keys speaks of Secrets' keys
+    if not patterns or secret.kind == KUBERNETES_KIND_CONFIGMAP:  # spec.keys speaks of Secrets' keys
         patterns = TLS_DEFAULT_KEYS if secret.type == "kubernetes.io/tls" else OTHER_DEFAULT_KEYS
     selected = _key_matcher(tuple(patterns))
     entries = [e for e in secret.entries if selected(e.key)]

@@ -203,7 +203,7 @@ def secret_view(observed: SecretObserved) -> model.SecretView:
 
 
 def configmap_view(observed: ConfigMapObserved) -> model.SecretView:
-    return _source_view(observed, annotations={}, secret_type="", kind=model.KIND_CONFIGMAP)
+    return _source_view(observed, annotations={}, secret_type="", kind=model.KUBERNETES_KIND_CONFIGMAP)
 
 
 def _source_view(
@@ -211,7 +211,7 @@ def _source_view(
     *,
     annotations: dict[str, str],
     secret_type: str,
-    kind: str = model.KIND_SECRET,
+    kind: str = model.KUBERNETES_KIND_SECRET,
     edited_annotations: tuple[str, ...] = (),
 ) -> model.SecretView:
     """The view of an object of any source kind: what every kind's message holds, and the rest as given."""

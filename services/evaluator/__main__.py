@@ -21,11 +21,8 @@ GROUP = "evaluator"
 
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
-    bus = await bus_mod.open_bus(settings, "evaluator")
-    try:
+    async with bus_mod.service_bus(settings, "evaluator") as bus:
         await serve(EvaluatorReplica(bus, settings), health, stop)
-    finally:
-        await bus.close()
 
 
 async def serve(replica: EvaluatorReplica, health: Health, stop: asyncio.Event) -> None:

@@ -10,7 +10,7 @@ import msgspec
 
 from schemas import annotations as ann
 from schemas.messages import AnnotationPatch
-from services.domain.model import KIND_SECRET, CertCheckSpec, Coverage, SecretView
+from services.domain.model import KUBERNETES_KIND_SECRET, CertCheckSpec, Coverage, SecretView
 from services.domain.times import parse_rfc3339, rfc3339
 from services.evaluator.rating import (
     Rated,
@@ -123,7 +123,7 @@ def secret_outcomes(
     alone = Coverage((spec.name,), spec.threshold_days)
     outcomes = []
     for secret in secrets:
-        if secret.kind != KIND_SECRET:
+        if secret.kind != KUBERNETES_KIND_SECRET:
             continue
         secret_coverage = coverage.get(secret.name, alone)
         # The CertCheck's own rating is the Secret's when it reads the default keys at the same threshold.

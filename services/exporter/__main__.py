@@ -59,8 +59,7 @@ class ExporterReplica:
 
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
-    bus = await bus_mod.open_bus(settings, "exporter")
-    try:
+    async with bus_mod.service_bus(settings, "exporter") as bus:
         replica = ExporterReplica(bus)
         kv = await bus_mod.key_value(bus, PARTITIONS_BUCKET, "which replica holds which partition")
         owner = PartitionOwner(
@@ -76,8 +75,6 @@ async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
         )
         owning = asyncio.create_task(owner.run(stop), name="partitions")
         await serve(replica.views, lambda: owner.settled.is_set() and replica.ready, health, stop, owning)
-    finally:
-        await bus.close()
 
 
 async def serve(

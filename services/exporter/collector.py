@@ -29,8 +29,8 @@ ERROR_LABELS = ["secret_namespace", "secret_name", "secret_key", "chain_index", 
 CERTCHECK_LABELS = ["certcheck_namespace", "certcheck"]
 # A ConfigMap's certificates carry configmap_* instead of secret_* labels (as x509-certificate-exporter's).
 _OBJECT_LABELS = {
-    model.KIND_SECRET: ("secret_namespace", "secret_name", "secret_key"),
-    model.KIND_CONFIGMAP: ("configmap_namespace", "configmap_name", "configmap_key"),
+    model.KUBERNETES_KIND_SECRET: ("secret_namespace", "secret_name", "secret_key"),
+    model.KUBERNETES_KIND_CONFIGMAP: ("configmap_namespace", "configmap_name", "configmap_key"),
 }
 
 

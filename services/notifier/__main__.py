@@ -18,11 +18,8 @@ from services.notifier.service import Notifier
 
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
-    bus = await bus_mod.open_bus(settings, "notifier")
-    try:
+    async with bus_mod.service_bus(settings, "notifier") as bus:
         await serve(bus, api_client(settings.kubeconfig), settings, health, stop)
-    finally:
-        await bus.close()
 
 
 async def serve(

@@ -15,12 +15,9 @@ from services.recorder.service import Recorder
 
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
-    bus = await bus_mod.open_bus(settings, "recorder")
-    try:
+    async with bus_mod.service_bus(settings, "recorder") as bus:
         writer = KubeWriter(api_client(settings.kubeconfig, pool_size=settings.write_concurrency), "recorder")
         await serve(bus, writer, settings, health, stop)
-    finally:
-        await bus.close()
 
 
 async def serve(

@@ -135,11 +135,8 @@ def build_watches(
 
 
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
-    bus = await bus_mod.open_bus(settings, "watcher")
-    try:
+    async with bus_mod.service_bus(settings, "watcher") as bus:
         await serve(bus, api_client(settings.kubeconfig), settings, health, stop)
-    finally:
-        await bus.close()
 
 
 async def serve(

@@ -251,7 +251,7 @@ def test_configmap_certificates_are_in_the_status_with_their_kind_but_never_anno
         annotations={},
         entries=(model.CertEntry("ca.crt", 0, facts(NOW + timedelta(days=5))),),
         type="",
-        kind=model.KIND_CONFIGMAP,
+        kind=model.KUBERNETES_KIND_CONFIGMAP,
     )
     same_name_secret = secret("web", facts(NOW + timedelta(days=300)))
     evaluation = core.evaluate(SPEC, [same_name_secret, bundle], {}, None, NOW)
@@ -272,7 +272,7 @@ def test_spec_keys_do_not_filter_configmap_keys() -> None:
         annotations={},
         entries=(model.CertEntry("bundle.pem", 0, facts(NOW + timedelta(days=90))),),
         type="",
-        kind=model.KIND_CONFIGMAP,
+        kind=model.KUBERNETES_KIND_CONFIGMAP,
     )
     assert len(model.selected_entries(bundle, ["tls.crt"])) == 1
 

@@ -26,7 +26,7 @@ def secret(
     name: str,
     *parsed: CertFacts | CertError,
     annotations: dict[str, str] | None = None,
-    kind: str = model.KIND_SECRET,
+    kind: str = model.KUBERNETES_KIND_SECRET,
 ) -> model.SecretView:
     return model.SecretView(
         namespace="ns",
@@ -35,7 +35,7 @@ def secret(
         labels={},
         annotations=annotations or {},
         entries=tuple(model.CertEntry("tls.crt", i, p) for i, p in enumerate(parsed)),
-        type="kubernetes.io/tls" if kind == model.KIND_SECRET else "",
+        type="kubernetes.io/tls" if kind == model.KUBERNETES_KIND_SECRET else "",
         kind=kind,
     )
 
@@ -63,9 +63,13 @@ class TestRating:
         assert (result.count(State.EXPIRING_SOON), result.count(State.NOT_YET_VALID)) == (2, 0)
 
     def test_each_object_keeps_its_own_entries_by_kind_and_name(self) -> None:
-        result = rated(secret("web", facts(200)), secret("web", facts(5), kind=model.KIND_CONFIGMAP))
-        assert [r.state for r in result.of_object[(model.KIND_SECRET, "web")]] == [State.VALID]
-        assert [r.state for r in result.of_object[(model.KIND_CONFIGMAP, "web")]] == [State.EXPIRING_SOON]
+        result = rated(
+            secret("web", facts(200)), secret("web", facts(5), kind=model.KUBERNETES_KIND_CONFIGMAP)
+        )
+        assert [r.state for r in result.of_object[(model.KUBERNETES_KIND_SECRET, "web")]] == [State.VALID]
+        assert [r.state for r in result.of_object[(model.KUBERNETES_KIND_CONFIGMAP, "web")]] == [
+            State.EXPIRING_SOON
+        ]
 
     def test_the_earliest_is_the_first_notafter_among_readable_certificates(self) -> None:
         result = rated(secret("late", facts(-1)), secret("broken", CertError("x")), secret("soon", facts(-3)))
@@ -173,9 +177,9 @@ class TestStatus:
 
 class TestAnnotationChanges:
     def test_configmaps_are_never_annotated(self) -> None:
-        views = [secret("web", facts(5), kind=model.KIND_CONFIGMAP), secret("web", facts(200))]
+        views = [secret("web", facts(5), kind=model.KUBERNETES_KIND_CONFIGMAP), secret("web", facts(200))]
         outcomes = annotations.secret_outcomes(SPEC, views, {}, rated(*views), NOW)
-        assert [(o.secret.kind, o.secret.name) for o in outcomes] == [(model.KIND_SECRET, "web")]
+        assert [(o.secret.kind, o.secret.name) for o in outcomes] == [(model.KUBERNETES_KIND_SECRET, "web")]
 
     def test_a_secret_without_coverage_is_covered_by_the_certcheck_alone(self) -> None:
         view = secret("a", facts(20))
