@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -106,27 +107,31 @@ class SecretRef(msgspec.Struct, frozen=True):
     name: str
 
 
-class SlackTarget(msgspec.Struct, frozen=True, rename="camel"):
-    channel: str
-    token_secret_ref: SecretKeyRef
-
-
-class WebhookTarget(msgspec.Struct, frozen=True, rename="camel"):
-    url: str
-    signing_secret_ref: SecretKeyRef | None = None
-    headers_secret_ref: SecretRef | None = None  # every key of that Secret becomes a header
-
-
 DEFAULT_NOTIFY_STATES = ("ExpiringSoon", "Expired", "Invalid")
+# The fields of a notification target every channel shares; each other field of a target names a channel.
+TARGET_FIELDS = ("name", "states", "repeatInterval", "sendResolved")
 
 
-class NotificationTarget(msgspec.Struct, frozen=True, rename="camel"):
+class NotificationTarget(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
     name: str
-    slack: SlackTarget | None = None
-    webhook: WebhookTarget | None = None
+    # Each channel's settings as the CertCheck gives them (JSON objects), by the field that names the
+    # channel (``slack``, ``webhook``, ...). The channel's module in the notifier reads and checks them
+    # (services/notifier/channels/), so this contract names no channel and a new one changes nothing here.
+    channels: dict[str, dict[str, Any]] = {}
     states: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_NOTIFY_STATES))
     repeat_interval: str | None = None  # e.g. "24h"; default: notify on state change only
     send_resolved: bool = False
+    # Read, never written: where messages of earlier releases held the two channels there were. They
+    # are moved into ``channels`` as such a message is decoded.
+    slack: dict[str, Any] | None = None
+    webhook: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        legacy = {name: value for name, value in (("slack", self.slack), ("webhook", self.webhook)) if value}
+        if legacy:
+            msgspec.structs.force_setattr(self, "channels", {**legacy, **self.channels})
+            msgspec.structs.force_setattr(self, "slack", None)
+            msgspec.structs.force_setattr(self, "webhook", None)
 
 
 class NotificationSpec(msgspec.Struct, frozen=True):

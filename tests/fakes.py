@@ -18,10 +18,10 @@ from schemas.messages import (
     ExpiryNotification,
     NotificationFailure,
     SecretKeyRef,
-    WebhookTarget,
     encoder,
 )
 from services.notifier.channels import CredentialRef, Credentials, DeliveryError
+from services.notifier.channels.webhook import WebhookTarget
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,7 @@ class RecordingChannel:
 
     name = "recording"
     field = "webhook"
+    settings_type = WebhookTarget
 
     def __init__(self, *failures: DeliveryError) -> None:
         self.failures: deque[DeliveryError] = deque(failures)

@@ -182,8 +182,8 @@ class Notifier:
         self, result: EvaluationResult, target: NotificationTarget, pending: core.Pending
     ) -> DeliveryError | None:
         selected = self.channels.find(target)
-        if selected is None:
-            return self.channels.missing()
+        if isinstance(selected, DeliveryError):
+            return selected
         channel, config = selected.channel, selected.config
         try:
             credentials = await self._credentials(result.namespace, channel.credentials(config))

@@ -11,17 +11,20 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import msgspec
 
 from schemas import annotations as ann
 from schemas.messages import (
+    TARGET_FIELDS,
     CertCheckObserved,
     Certificate,
     CertSource,
     ConfigMapObserved,
     LabelSelector,
     NotificationSpec,
+    NotificationTarget,
     SecretObserved,
 )
 from services.domain.certs import to_wire
@@ -269,13 +272,27 @@ def secret_observed(secret: RawSecret, referenced: ReferencedPassword | None = N
     )
 
 
-_notification_decoder = msgspec.json.Decoder(NotificationSpec | None)
+class _RawNotification(msgspec.Struct):
+    targets: list[dict[str, Any]] = []
+
+
+_notification_decoder = msgspec.json.Decoder(_RawNotification | None)
+
+
+def _target(raw: dict[str, Any]) -> NotificationTarget:
+    """A target as the CertCheck gives it: its shared fields, and every other field (an object) the
+    settings of the channel it names, for that channel's module in the notifier to read."""
+    channels = {
+        name: value for name, value in raw.items() if name not in TARGET_FIELDS and isinstance(value, dict)
+    }
+    shared = {name: value for name, value in raw.items() if name in TARGET_FIELDS}
+    return msgspec.convert({**shared, "channels": channels}, NotificationTarget)
 
 
 def _notification(raw: msgspec.Raw) -> NotificationSpec | None:
     try:
-        spec: NotificationSpec | None = _notification_decoder.decode(raw)
-        return spec
+        spec = _notification_decoder.decode(raw)
+        return None if spec is None else NotificationSpec([_target(target) for target in spec.targets])
     except msgspec.ValidationError:
         return None  # the CRD schema rejects such specs; an older object must not stop the watch
 

@@ -8,6 +8,7 @@ import hmac
 import json
 from collections.abc import Iterator
 
+import msgspec
 import pytest
 
 from schemas.messages import (
@@ -16,15 +17,13 @@ from schemas.messages import (
     NotificationTarget,
     SecretKeyRef,
     SecretRef,
-    SlackTarget,
-    WebhookTarget,
     encoder,
 )
 from services.common.settings import Settings
 from services.notifier import channels
 from services.notifier.channels import Credentials, DeliveryError
-from services.notifier.channels.slack import Slack, slack_text
-from services.notifier.channels.webhook import Webhook
+from services.notifier.channels.slack import Slack, SlackTarget, slack_text
+from services.notifier.channels.webhook import Webhook, WebhookTarget
 from services.notifier.core import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 from tests.receivers import Receiver, Reply, slack_ok
 
@@ -54,18 +53,48 @@ def receiver() -> Iterator[Receiver]:
 def test_the_registry_finds_every_channel_module_by_its_target_field() -> None:
     registry = channels.load(Settings(slack_api_url="http://slack.invalid/api"))
     assert list(registry.by_field) == ["slack", "webhook"]
-    slack = registry.find(NotificationTarget("t", slack=SlackTarget("#c", TOKEN_REF)))
-    hook = registry.find(NotificationTarget("t", webhook=WebhookTarget("http://hook.invalid")))
-    assert slack is not None and isinstance(slack.channel, Slack) and slack.config.channel == "#c"
-    assert hook is not None and isinstance(hook.channel, Webhook)
+    slack_settings = {"channel": "#c", "tokenSecretRef": {"name": "alerting", "key": "slack-token"}}
+    slack = registry.find(NotificationTarget("t", channels={"slack": slack_settings}))
+    hook = registry.find(NotificationTarget("t", channels={"webhook": {"url": "http://hook.invalid"}}))
+    assert isinstance(slack, channels.Selected) and isinstance(slack.channel, Slack)
+    assert slack.config == SlackTarget("#c", TOKEN_REF)
+    assert isinstance(hook, channels.Selected) and isinstance(hook.channel, Webhook)
     assert slack.channel.api_url == "http://slack.invalid/api"
 
 
 def test_a_target_without_a_channel_fails_for_good() -> None:
-    registry = channels.load(Settings())
-    assert registry.find(NotificationTarget("t")) is None
-    missing = registry.missing()
+    missing = channels.load(Settings()).find(NotificationTarget("t"))
+    assert isinstance(missing, DeliveryError)
     assert (str(missing), missing.retryable) == ("target has neither slack nor webhook", False)
+
+
+def test_a_target_whose_channel_settings_are_not_valid_fails_for_good_saying_why() -> None:
+    target = NotificationTarget("t", channels={"webhook": {"url": 42}})
+    refused = channels.load(Settings()).find(target)
+    assert isinstance(refused, DeliveryError) and not refused.retryable
+    assert str(refused).startswith("the webhook settings of target t are not valid: Expected `str`")
+
+
+def test_a_new_channel_needs_no_change_to_the_wire_contract() -> None:
+    """A target field the contract does not know is carried to the notifier as that channel's settings."""
+    from services.watcher.extract import _notification
+
+    spec = _notification(
+        msgspec.Raw(b'{"targets": [{"name": "t", "pagerduty": {"routingKey": "x"}, "states": ["Expired"]}]}')
+    )
+    assert spec is not None
+    [target] = spec.targets
+    assert target.channels == {"pagerduty": {"routingKey": "x"}} and target.states == ["Expired"]
+    assert msgspec.json.decode(encoder.encode(target), type=NotificationTarget) == target
+
+
+def test_a_target_written_by_an_earlier_release_is_read_into_channels() -> None:
+    legacy = b'{"name": "t", "webhook": {"url": "http://hook.invalid"}, "slack": null}'
+    target = msgspec.json.decode(legacy, type=NotificationTarget)
+    assert target.channels == {"webhook": {"url": "http://hook.invalid"}}
+    assert b"slack" not in encoder.encode(target) and b'"webhook"' not in encoder.encode(target).replace(
+        b'"channels":{"webhook"', b""
+    )
 
 
 def test_slack_text_is_readable() -> None:

@@ -16,7 +16,6 @@ from schemas.messages import (
     NotificationTarget,
     SecretKeyRef,
     State,
-    WebhookTarget,
 )
 from services.common.settings import Settings
 from services.notifier import core
@@ -25,7 +24,15 @@ from services.notifier.service import Notifier, state_decoder
 from tests.fakes import FakeKeyValue, FakeSecretReader, RecordingChannel, RecordingWriter
 
 SIGNING = SecretKeyRef("alerting", "signing")
-HOOK = NotificationTarget("hook", webhook=WebhookTarget("http://hook.invalid/certcheck", SIGNING))
+HOOK = NotificationTarget(
+    "hook",
+    channels={
+        "webhook": {
+            "url": "http://hook.invalid/certcheck",
+            "signingSecretRef": {"name": "alerting", "key": "signing"},
+        }
+    },
+)
 KEY = "shop.web"
 
 

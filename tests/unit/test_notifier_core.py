@@ -11,14 +11,14 @@ import pytest
 from schemas.messages import (
     CertificateStatus,
     NotificationTarget,
-    SecretKeyRef,
-    SlackTarget,
     State,
 )
 from services.notifier import core
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
-TARGET = NotificationTarget(name="t", slack=SlackTarget("#c", SecretKeyRef("s", "k")))
+TARGET = NotificationTarget(
+    name="t", channels={"slack": {"channel": "#c", "tokenSecretRef": {"name": "s", "key": "k"}}}
+)
 
 
 def entry(state: str, name: str = "web") -> CertificateStatus:

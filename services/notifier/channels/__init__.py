@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from schemas.messages import ExpiryNotification, NotificationTarget, SecretKeyRef, SecretRef
+import msgspec
+
+from schemas.messages import TARGET_FIELDS, ExpiryNotification, NotificationTarget, SecretKeyRef, SecretRef
 from services.common.settings import Settings
 
 # A channel's settings on a target (SlackTarget, WebhookTarget, ...).
@@ -61,7 +63,12 @@ class Channel(Protocol[ConfigT_contra]):
 
     @property
     def field(self) -> str:
-        """The NotificationTarget field that selects this channel and holds its settings."""
+        """The field of a target in the CertCheck that selects this channel and holds its settings."""
+        ...
+
+    @property
+    def settings_type(self) -> type[Any]:
+        """What its settings are read into (a msgspec struct, camelCase as in the CRD)."""
         ...
 
     def credentials(self, config: ConfigT_contra) -> list[CredentialRef]:
@@ -87,15 +94,19 @@ class Selected:
 class Registry:
     by_field: Mapping[str, Channel[Any]]  # NotificationTarget field -> the channel it selects
 
-    def find(self, target: NotificationTarget) -> Selected | None:
+    def find(self, target: NotificationTarget) -> Selected | DeliveryError:
+        """The channel a target names, with its settings read; or why it cannot be sent (a retry
+        cannot fix that)."""
         for name, channel in self.by_field.items():
-            config = getattr(target, name, None)
-            if config is not None:
-                return Selected(channel, config)
-        return None
-
-    def missing(self) -> DeliveryError:
-        """What a target that selects no channel gets: a retry cannot fix it."""
+            settings = target.channels.get(name)
+            if settings is None:
+                continue
+            try:
+                return Selected(channel, msgspec.convert(settings, channel.settings_type))
+            except msgspec.ValidationError as exc:
+                return DeliveryError(
+                    f"the {name} settings of target {target.name} are not valid: {exc}", False
+                )
         return DeliveryError("target has neither " + " nor ".join(self.by_field), False)
 
 
@@ -106,7 +117,7 @@ def load(settings: Settings) -> Registry:
         if module.name.startswith("_"):
             continue  # helpers shared by channels, not channels
         made: Channel[Any] = importlib.import_module(f"{__name__}.{module.name}").channel(settings)
-        if made.field in channels or made.field not in NotificationTarget.__struct_fields__:
-            raise ValueError(f"channel {module.name}: {made.field!r} is no NotificationTarget field or taken")
+        if made.field in channels or made.field in TARGET_FIELDS:
+            raise ValueError(f"channel {module.name}: field {made.field!r} is taken")
         channels[made.field] = made
     return Registry(channels)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from schemas.messages import ExpiryNotification, SlackTarget
+import msgspec
+
+from schemas.messages import ExpiryNotification, SecretKeyRef
 from services.common.settings import Settings
 from services.notifier.channels import CredentialRef, Credentials, DeliveryError
 from services.notifier.channels._http import post
@@ -47,11 +49,19 @@ def slack_text(notification: ExpiryNotification) -> str:
     return "\n".join(lines)
 
 
+class SlackTarget(msgspec.Struct, frozen=True, rename="camel"):
+    """A target's ``slack`` settings: the channel to post in, and the bot token's Secret key."""
+
+    channel: str
+    token_secret_ref: SecretKeyRef
+
+
 @dataclass(frozen=True)
 class Slack:
     api_url: str  # CERTCHECK_SLACK_API_URL, e.g. https://slack.com/api
     name: str = "slack"
     field: str = "slack"
+    settings_type: type[SlackTarget] = SlackTarget
 
     def credentials(self, config: SlackTarget) -> list[CredentialRef]:
         return [config.token_secret_ref]

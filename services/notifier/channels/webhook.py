@@ -6,17 +6,28 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from schemas.messages import ExpiryNotification, WebhookTarget, encoder
+import msgspec
+
+from schemas.messages import ExpiryNotification, SecretKeyRef, SecretRef, encoder
 from services.common.settings import Settings
 from services.notifier.channels import CredentialRef, Credentials
 from services.notifier.channels._http import post
 from services.notifier.core import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 
 
+class WebhookTarget(msgspec.Struct, frozen=True, rename="camel"):
+    """A target's ``webhook`` settings: where to POST, how to sign, which headers to add."""
+
+    url: str
+    signing_secret_ref: SecretKeyRef | None = None
+    headers_secret_ref: SecretRef | None = None  # every key of that Secret becomes a header
+
+
 @dataclass(frozen=True)
 class Webhook:
     name: str = "webhook"
     field: str = "webhook"
+    settings_type: type[WebhookTarget] = WebhookTarget
 
     def credentials(self, config: WebhookTarget) -> list[CredentialRef]:
         refs: list[CredentialRef] = []
