@@ -18,7 +18,7 @@ from services.evaluator.rating import (
     SecretState,
     most_urgent,
     rate,
-    secret_state,
+    state_of,
     unchanged_until,
 )
 
@@ -34,15 +34,19 @@ def desired_annotations(
     """
     if rated is None:
         rated = rate(secret, coverage.max_threshold_days, now)
-    state = secret_state(rated)
-    urgent = most_urgent(rated)
+    return _desired(coverage, most_urgent(rated))[1]
+
+
+def _desired(coverage: Coverage, urgent: Rated | None) -> tuple[SecretState, dict[str, str | None]]:
+    """The Secret's state, from its most urgent certificate, and the annotations that record it."""
+    state = state_of(urgent)
     facts = urgent.facts if urgent is not None else None
     desired: dict[str, str | None] = dict.fromkeys(ann.ALL)  # what is not set here is removed
     desired[ann.STATE] = state.state
     desired[ann.NOT_AFTER] = state.not_after
     desired[ann.NOT_BEFORE] = rfc3339(facts.not_before) if facts is not None else None
     desired[ann.CHECKED_BY] = ",".join(coverage.certchecks)
-    return desired
+    return state, desired
 
 
 def annotation_patch(secret: SecretView, desired: dict[str, str | None]) -> AnnotationPatch | None:
@@ -103,10 +107,8 @@ def _annotation_change(
         return held[2]  # type: ignore[return-value]
     if rated is None:
         rated = rate(secret, coverage.max_threshold_days, now)
-    change = (
-        secret_state(rated),
-        annotation_patch(secret, desired_annotations(secret, coverage, now, rated)),
-    )
+    state, desired = _desired(coverage, most_urgent(rated))
+    change = (state, annotation_patch(secret, desired))
     secret.memo[memo_key] = (now, unchanged_until(rated, coverage.max_threshold_days, now), change)
     return change
 

@@ -129,9 +129,8 @@ class SecretState(msgspec.Struct, frozen=True, gc=False):  # compared for every 
     not_after: str | None
 
 
-def secret_state(rated: Sequence[Rated]) -> SecretState:
-    """The state of a Secret whose certificates are ``rated``: Invalid when it has none."""
-    urgent = most_urgent(rated)
+def state_of(urgent: Rated | None) -> SecretState:
+    """The state of a Secret whose most urgent certificate is ``urgent``: Invalid when it has none."""
     if urgent is None:
         return SecretState(State.INVALID.value, None)
     facts = urgent.facts
