@@ -1,6 +1,7 @@
-"""In-memory stand-ins for the notifier's adapters: a JetStream KV bucket with revisions and
-compare-and-set, notification channels that record what they were asked to send, a Secret reader and a
-Kubernetes writer that record what they were asked to do."""
+"""In-memory stand-ins for the adapters' collaborators: JetStream messages, a pull subscription and
+the dead-letter publish (the consume loop's), a KV bucket with revisions and compare-and-set,
+notification channels that record what they were asked to send, a Secret reader and a Kubernetes writer
+that record what they were asked to do."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
 
 import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -62,6 +65,10 @@ class FakeKeyValue:
         if current is None or current.revision != last:
             self.conflicts += 1
             raise KeyWrongLastSequenceError
+        return self._put(key, value)
+
+    async def put(self, key: str, value: bytes) -> int:
+        await self._before_write()
         return self._put(key, value)
 
     async def purge(self, key: str) -> None:
@@ -154,3 +161,76 @@ class RecordingWriter:
     def emit_event(self, intent: EventIntent) -> str:
         self.events.append(intent)
         return intent.dedup_key
+
+
+@dataclass
+class FakeMsg:
+    subject: str
+    data: bytes
+    seq: int = 1
+    delivered: int = 1  # how often JetStream delivered it, this time included
+    acked: bool = False
+    naked: bool = False
+    nak_delay: float | None = None
+    termed: bool = False
+    progress: int = 0  # in_progress calls
+    pending: int = 0  # how many more messages the consumer holds, as JetStream tells with a delivery
+
+    @property
+    def metadata(self) -> Any:
+        return SimpleNamespace(
+            sequence=SimpleNamespace(stream=self.seq), num_delivered=self.delivered, num_pending=self.pending
+        )
+
+    @property
+    def is_acked(self) -> bool:
+        return self.acked or self.naked or self.termed
+
+    async def ack(self) -> None:
+        self.acked = True
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.naked, self.nak_delay = True, delay
+
+    async def term(self) -> None:
+        self.termed = True
+
+    async def in_progress(self) -> None:
+        self.progress += 1
+
+
+@dataclass
+class FakeJetStream:
+    published: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
+
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+        self.published.append((subject, data, headers or {}))
+
+
+@dataclass
+class FakeBus:
+    js: FakeJetStream = field(default_factory=FakeJetStream)
+
+    def dead_letters(self) -> list[tuple[str, str]]:
+        """(subject, reason) of each message published to the dead-letter stream."""
+        return [(s, h.get("Certcheck-Dead-Reason", "")) for s, _, h in self.js.published]
+
+
+class FakeSubscription:
+    """Hands out the batches it was given: the first message of a batch tells how many follow, so
+    ``fetch_batch`` takes the rest at once; once all are handed out, a fetch waits for ever."""
+
+    def __init__(self, *batches: list[FakeMsg]) -> None:
+        self.batches = [list(batch) for batch in batches if batch]
+
+    async def fetch(self, batch: int = 1, timeout: float | None = None) -> list[FakeMsg]:
+        if not self.batches:
+            await asyncio.Event().wait()
+        current = self.batches[0]
+        taken, rest = current[:batch], current[batch:]
+        if rest:
+            self.batches[0] = rest
+            taken[-1].pending = len(rest)
+        else:
+            self.batches.pop(0)
+        return taken

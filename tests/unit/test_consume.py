@@ -9,7 +9,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from services.common.consume import Later, Outcome, Policy, consume, handle_one, settle
-from tests.unit.fake_bus import FakeBus, FakeMsg, FakeSubscription
+from tests.fakes import FakeBus, FakeMsg, FakeSubscription
 
 POLICY = Policy("thing", max_deliveries=3, retry_cap=10.0)
 

@@ -6,11 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
-
-from nats.js.errors import KeyNotFoundError
 
 from schemas.messages import (
     AnnotationPatch,
@@ -23,23 +20,10 @@ from schemas.messages import (
 from services.common.consume import handle_one
 from services.common.settings import Settings
 from services.recorder.service import EVENTS_POLICY, KeyedLock, Recorder
-from tests.unit.fake_bus import FakeBus, FakeMsg
+from tests.fakes import FakeBus, FakeKeyValue, FakeMsg
 
 STATE = "certcheck.dev/state"
 SUBJECT = "certcheck.v1.results.ns.check"
-
-
-@dataclass
-class FakeKeyValue:
-    values: dict[str, bytes] = field(default_factory=dict)
-
-    async def get(self, key: str) -> Any:
-        if key not in self.values:
-            raise KeyNotFoundError
-        return SimpleNamespace(value=self.values[key])
-
-    async def put(self, key: str, value: bytes) -> None:
-        self.values[key] = value
 
 
 class SlowStatusWriter:
