@@ -98,7 +98,10 @@ def slack() -> Iterator[Receiver]:
     receiver.close()
 
 
-NOTIFIER_TEST_ENV = {"CERTCHECK_NOTIFY_MAX_ATTEMPTS": "4"}
+# The test receivers listen on 127.0.0.1, which the default egress policy refuses; the rest of loopback
+# stays refused, for the tests that prove it.
+LOOPBACK_WEBHOOKS = {"CERTCHECK_WEBHOOK_ALLOWED_CIDRS": "127.0.0.1/32"}
+NOTIFIER_TEST_ENV = {"CERTCHECK_NOTIFY_MAX_ATTEMPTS": "4", **LOOPBACK_WEBHOOKS}
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ class Reply:
 
 
 class Receiver:
-    def __init__(self, default: Reply | None = None) -> None:
+    def __init__(self, default: Reply | None = None, host: str = "127.0.0.1") -> None:
         self.default = default or Reply()
         self.script: deque[Reply] = deque()
         self.requests: list[Received] = []
@@ -62,13 +62,18 @@ class Receiver:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = host
+        self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return f"http://{self.host}:{self.port}"
 
     def accepted(self) -> list[Received]:
         return [r for r in self.requests if 200 <= r.answered < 300]

@@ -52,6 +52,8 @@ class Settings:
     # notifier
     slack_api_url: str = field(default_factory=lambda: _env("slack_api_url", "https://slack.com/api"))
     notify_max_attempts: int = field(default_factory=lambda: int(_env("notify_max_attempts", "6")))
+    # CIDRs webhooks may reach besides public addresses (loopback, private... are refused by default).
+    webhook_allowed_cidrs: str = field(default_factory=lambda: _env("webhook_allowed_cidrs", ""))
 
     @property
     def configmaps_watched(self) -> bool:

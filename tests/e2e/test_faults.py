@@ -31,7 +31,7 @@ from kubernetes import client
 from devcluster.certs import make_cert, tls_secret_data
 from devcluster.stack import Stack, api_client
 from services.notifier.core import DELIVERY_HEADER
-from tests.conftest import Cluster, running, wait_for
+from tests.conftest import LOOPBACK_WEBHOOKS, Cluster, running, wait_for
 from tests.receivers import Receiver
 
 CERTCHECKS = 4
@@ -102,7 +102,7 @@ def hook() -> Iterator[Receiver]:
 def fault_stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
     # Every Renewed Event is counted: none may be held back as a mass rotation's would be.
     services = {
-        "notifier": {"CERTCHECK_NOTIFY_MAX_ATTEMPTS": "50"},
+        "notifier": {"CERTCHECK_NOTIFY_MAX_ATTEMPTS": "50", **LOOPBACK_WEBHOOKS},
         "recorder": {"CERTCHECK_EVENT_BURST": "0"},
     }
     with running(Stack(Path(tmp_path_factory.mktemp("faults")), nats_nodes=request.param), services) as stack:

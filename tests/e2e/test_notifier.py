@@ -212,6 +212,58 @@ def test_a_missing_credential_secret_is_a_condition_not_a_crash(
     assert stack.services["notifier"].running
 
 
+def one_webhook(url: str) -> dict[str, Any]:
+    return {"targets": [{"name": "hook", "webhook": {"url": url}}]}
+
+
+@pytest.mark.parametrize("where", ["metadata", "loopback outside the allow-list"])
+def test_a_webhook_to_an_internal_address_is_refused_with_a_reason_that_names_no_address(
+    cluster: Cluster, namespace: str, stack: Stack, where: str
+) -> None:
+    """The suite's notifier allows 127.0.0.1 only: 127.0.0.2 is as refused as cloud metadata."""
+    outside = Receiver(host="127.0.0.2")
+    try:
+        url = "http://169.254.169.254/latest/meta-data" if where == "metadata" else f"{outside.url}/hook"
+        cert, key = expiring_in(5)
+        cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "m"})
+        cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "m"}}, notification=one_webhook(url))
+        condition = notification_failed(cluster, namespace, "c", timeout=40)
+        assert "the destination is not allowed (egress policy)" in condition["message"]
+        assert "after 1 attempts" in condition["message"]  # no retry can change the answer
+        assert outside.requests == []
+    finally:
+        outside.close()
+
+
+def test_a_webhook_on_an_allowed_address_is_delivered(
+    cluster: Cluster, namespace: str, webhook: Receiver
+) -> None:
+    cert, key = expiring_in(5)
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "m"})
+    cluster.create_certcheck(
+        namespace, "c", {"matchLabels": {"app": "m"}}, notification=one_webhook(f"{webhook.url}/hook")
+    )
+    wait_for(lambda: webhook.accepted(), timeout=30, what="the webhook delivery")
+
+
+def test_a_redirect_to_an_internal_address_is_not_followed(
+    cluster: Cluster, namespace: str, webhook: Receiver
+) -> None:
+    internal = Receiver()
+    try:
+        webhook.default = Reply(307, headers={"Location": f"{internal.url}/internal"})
+        cert, key = expiring_in(5)
+        cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "m"})
+        cluster.create_certcheck(
+            namespace, "c", {"matchLabels": {"app": "m"}}, notification=one_webhook(f"{webhook.url}/hook")
+        )
+        condition = notification_failed(cluster, namespace, "c", timeout=40)
+        assert "HTTP 307: redirects are not followed" in condition["message"]
+        assert len(webhook.requests) == 1 and internal.requests == []
+    finally:
+        internal.close()
+
+
 def test_killing_the_notifier_mid_delivery_neither_loses_nor_doubles_the_notification(
     cluster: Cluster, namespace: str, stack: Stack, webhook: Receiver
 ) -> None:

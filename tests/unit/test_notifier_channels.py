@@ -22,6 +22,8 @@ from schemas.messages import (
 from services.common.settings import Settings
 from services.notifier import channels
 from services.notifier.channels import Credentials, DeliveryError
+from services.notifier.channels._egress import EgressPolicy, parse_networks
+from services.notifier.channels._http import Poster
 from services.notifier.channels.slack import Slack, SlackTarget, slack_text
 from services.notifier.channels.webhook import Webhook, WebhookTarget
 from services.notifier.core import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
@@ -41,6 +43,7 @@ NOTICE = CertificateNotice(
     subject="web.test",
 )
 NOTIFICATION = ExpiryNotification("d1", "shop", "web", "t", 30, [NOTICE])
+LOOPBACK = Poster(EgressPolicy(parse_networks("127.0.0.0/8")))  # the receivers listen on loopback
 
 
 @pytest.fixture
@@ -136,7 +139,7 @@ def test_slack_says_whether_a_refusal_is_worth_retrying(
 def test_a_webhook_gets_the_notification_signed_with_its_delivery_id_and_extra_headers(
     receiver: Receiver,
 ) -> None:
-    hook = Webhook()
+    hook = Webhook(LOOPBACK)
     target = WebhookTarget(receiver.url + "/hook", SIGNING_REF, HEADERS_REF)
     assert hook.credentials(target) == [SIGNING_REF, HEADERS_REF]
     body = hook.render(target, NOTIFICATION)
@@ -153,7 +156,7 @@ def test_a_webhook_gets_the_notification_signed_with_its_delivery_id_and_extra_h
 
 
 def test_an_unsigned_webhook_reads_no_secret_and_sends_no_signature(receiver: Receiver) -> None:
-    hook, target = Webhook(), WebhookTarget(receiver.url)
+    hook, target = Webhook(LOOPBACK), WebhookTarget(receiver.url)
     assert hook.credentials(target) == []
     hook.send(target, hook.render(target, NOTIFICATION), "d1", Credentials())
     assert SIGNATURE_HEADER not in receiver.requests[0].headers
@@ -171,7 +174,7 @@ def test_a_webhook_failure_says_whether_and_when_to_retry_without_the_query(
     receiver: Receiver, reply: Reply, reason: str, retryable: bool, retry_after: float | None
 ) -> None:
     receiver.default = reply
-    hook, target = Webhook(), WebhookTarget(receiver.url + "/hook?token=secret")
+    hook, target = Webhook(LOOPBACK), WebhookTarget(receiver.url + "/hook?token=secret")
     with pytest.raises(DeliveryError) as failed:
         hook.send(target, b"{}", "d1", Credentials())
     error = failed.value
@@ -179,8 +182,8 @@ def test_a_webhook_failure_says_whether_and_when_to_retry_without_the_query(
     assert (error.retryable, error.retry_after) == (retryable, retry_after)
 
 
-def test_an_unreachable_webhook_is_worth_retrying() -> None:
-    hook, target = Webhook(), WebhookTarget("http://127.0.0.1:9/hook")
+def test_an_unreachable_webhook_is_worth_retrying_and_its_reason_names_no_socket_error() -> None:
+    hook, target = Webhook(LOOPBACK), WebhookTarget("http://127.0.0.1:9/hook")
     with pytest.raises(DeliveryError) as failed:
         hook.send(target, b"{}", "d1", Credentials())
-    assert failed.value.retryable and str(failed.value).startswith("http://127.0.0.1:9/hook unreachable: ")
+    assert failed.value.retryable and str(failed.value) == "http://127.0.0.1:9/hook: could not connect"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 import msgspec
 
 from schemas.messages import ExpiryNotification, SecretKeyRef
 from services.common.settings import Settings
 from services.notifier.channels import CredentialRef, Credentials, DeliveryError
-from services.notifier.channels._http import post
+from services.notifier.channels._egress import EgressPolicy
+from services.notifier.channels._http import Poster
 
 # Slack errors worth retrying; every other `ok: false` is a configuration problem.
 SLACK_RETRYABLE = {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
@@ -59,6 +61,8 @@ class SlackTarget(msgspec.Struct, frozen=True, rename="camel"):
 @dataclass(frozen=True)
 class Slack:
     api_url: str  # CERTCHECK_SLACK_API_URL, e.g. https://slack.com/api
+    # The operator chose the API URL, so any address; redirects are still not followed.
+    poster: Poster = dataclass_field(default_factory=lambda: Poster(EgressPolicy(allow_all=True)))
     name: str = "slack"
     field: str = "slack"
     settings_type: type[SlackTarget] = SlackTarget
@@ -74,7 +78,7 @@ class Slack:
         # A trailing newline (echo > file) is no part of a token.
         token = credentials.value(config.token_secret_ref).decode().strip()
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=utf-8"}
-        answer = post(self.api_url.rstrip("/") + "/chat.postMessage", body, headers)
+        answer = self.poster.post(self.api_url.rstrip("/") + "/chat.postMessage", body, headers)
         try:
             reply = json.loads(answer)
         except ValueError:

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 import msgspec
 
 from schemas.messages import ExpiryNotification, SecretKeyRef, SecretRef, encoder
 from services.common.settings import Settings
 from services.notifier.channels import CredentialRef, Credentials
-from services.notifier.channels._http import post
+from services.notifier.channels._egress import EgressPolicy, parse_networks
+from services.notifier.channels._http import Poster
 from services.notifier.core import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 
 
@@ -25,6 +27,7 @@ class WebhookTarget(msgspec.Struct, frozen=True, rename="camel"):
 
 @dataclass(frozen=True)
 class Webhook:
+    poster: Poster = dataclass_field(default_factory=Poster)
     name: str = "webhook"
     field: str = "webhook"
     settings_type: type[WebhookTarget] = WebhookTarget
@@ -56,8 +59,9 @@ class Webhook:
         if config.signing_secret_ref:
             secret = credentials.value(config.signing_secret_ref)
             headers[SIGNATURE_HEADER] = signature(secret, timestamp, body)
-        post(config.url, body, headers)
+        self.poster.post(config.url, body, headers)
 
 
 def channel(settings: Settings) -> Webhook:
-    return Webhook()
+    """Webhook URLs are written by CertCheck authors: public addresses only, and the allowed networks."""
+    return Webhook(Poster(EgressPolicy(parse_networks(settings.webhook_allowed_cidrs))))
