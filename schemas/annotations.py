@@ -8,6 +8,20 @@ CHECKED_BY = PREFIX + "checked-by"
 
 ALL = (NOT_AFTER, NOT_BEFORE, STATE, CHECKED_BY)
 
+# The label a Secret must carry for certcheck to use it as a credential (a notification token, signing
+# secret or headers, a keystore password): whoever may create a CertCheck or annotate a keystore must not
+# make certcheck read, and send, a Secret its owner never meant for it.
+CREDENTIAL_LABEL = PREFIX + "credential"
+CREDENTIAL_LABEL_VALUE = "true"
+
+
+def is_credential(labels: dict[str, str] | None) -> bool:
+    return (labels or {}).get(CREDENTIAL_LABEL) == CREDENTIAL_LABEL_VALUE
+
+
+def not_a_credential(namespace: str, name: str) -> str:
+    return f"Secret {namespace}/{name} is not labelled {CREDENTIAL_LABEL}={CREDENTIAL_LABEL_VALUE}"
+
 
 # The field manager the recorder writes as; "python-urllib3" is what releases before 2026-12-03 wrote as.
 FIELD_MANAGER = "certcheck"

@@ -1,4 +1,5 @@
-"""Reading notification credentials from Secrets: on demand, cached briefly, never logged."""
+"""Reading notification credentials from Secrets of the CertCheck's namespace: only Secrets labelled
+certcheck.dev/credential=true, on demand, cached briefly, never logged."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from schemas.annotations import is_credential, not_a_credential
 from services.notifier.channels import DeliveryError
 
 
@@ -31,6 +33,10 @@ class SecretReader:
             raise DeliveryError(
                 f"reading Secret {namespace}/{name} failed: HTTP {exc.status}", True
             ) from None
+        if not is_credential(secret.metadata.labels):
+            # Not cached: labelling the Secret makes the next attempt use it. Not retried: only a
+            # person can fix it, and the CertCheck's condition tells them how.
+            raise DeliveryError(not_a_credential(namespace, name), False)
         values = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
         self._cache[(namespace, name)] = (time.monotonic(), values)
         return values

@@ -12,11 +12,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from schemas import subjects
+from schemas.annotations import is_credential, not_a_credential
 from schemas.messages import SecretObserved
 from services.common.settings import Settings
 from services.watcher.extract import RawSecret, decode_small_values, secret_observed
 from services.watcher.listwatch import RetryLater
-from services.watcher.passwords import PasswordIndex, password_ref
+from services.watcher.passwords import NotACredential, PasswordIndex, password_ref
 from services.watcher.publisher import Upsert
 
 log = logging.getLogger("certcheck.watcher")
@@ -69,7 +70,11 @@ class SecretObserver:
                 if is_transient(exc):  # the keystore is read again, not reported Invalid
                     raise RetryLater(f"reading Secret {namespace}/{name}: {exc}") from exc
                 raise
-            return None if secret is None else decode_small_values(secret.data or {})
+            if secret is None:
+                return None
+            if not is_credential(secret.metadata.labels):
+                raise NotACredential(not_a_credential(namespace, name))
+            return decode_small_values(secret.data or {})
 
         self.passwords = PasswordIndex(read_data)
 

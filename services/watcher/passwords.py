@@ -5,6 +5,9 @@ A keystore Secret says where its password is::
     keystore.certcheck.dev/password-secret: app-keystore-password   # a Secret in the same namespace
     keystore.certcheck.dev/password-key: password                    # optional, default "password"
 
+and the password Secret opts in with the label ``certcheck.dev/credential: "true"`` (else the keystore is
+reported Invalid, saying so): writing an annotation on one Secret must not make certcheck read another.
+
 The watcher reads that Secret when it reads the keystore, and remembers who points where, so that a
 change to the password Secret re-reads every keystore that uses it. The password never leaves the
 watcher. (The ``certcheck.dev/`` annotations are certcheck's own output; these are the user's input,
@@ -17,6 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from schemas.annotations import CREDENTIAL_LABEL, CREDENTIAL_LABEL_VALUE
 from services.watcher.listwatch import RetryLater
 
 PASSWORD_SECRET = "keystore.certcheck.dev/password-secret"
@@ -49,7 +53,12 @@ def password_ref(annotations: Mapping[str, str] | None) -> PasswordRef | None:
     return PasswordRef(secret, (annotations or {}).get(PASSWORD_KEY, "").strip() or DEFAULT_PASSWORD_KEY)
 
 
-# Reads one Secret's data (decoded), or None when there is no such Secret; raises on other failures.
+class NotACredential(Exception):
+    """The Secret exists but does not carry the credential label: certcheck may not use it."""
+
+
+# Reads one Secret's data (decoded), or None when there is no such Secret; raises NotACredential for a
+# Secret without the credential label, and on other failures.
 ReadSecret = Callable[[str, str], Mapping[str, bytes] | None]
 
 
@@ -71,6 +80,9 @@ class PasswordIndex:
             data = self._read(namespace, ref.secret)
         except RetryLater:
             raise  # a passing failure: the keystore is read again later, not reported unreadable
+        except NotACredential:
+            label = f"{CREDENTIAL_LABEL}={CREDENTIAL_LABEL_VALUE}"
+            return ReferencedPassword(ref, problem=f"is not labelled {label}")
         except Exception as exc:  # the API said something else than the Secret or 404 (a 403, say)
             return ReferencedPassword(ref, problem=f"could not be read ({type(exc).__name__})")
         if data is None:

@@ -12,6 +12,7 @@ from kubernetes import client
 
 from devcluster.certs import expiring_in, tls_secret_data
 from devcluster.stack import Stack
+from schemas.annotations import CREDENTIAL_LABEL
 from tests.conftest import Cluster, wait_for
 from tests.e2e.helpers import metric
 
@@ -155,8 +156,20 @@ def test_pkcs12_password_from_a_referenced_secret_follows_that_secret(
         ),
     )
     cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "ref"}})
-    [opened] = entries(cluster, namespace, "c", 1)
-    assert (opened["subject"], opened["state"]) == ("referenced.test", "ExpiringSoon")
+    # The password Secret has not opted in: annotating a keystore must not make certcheck read it.
+    [refused] = entries(cluster, namespace, "c", 1)
+    assert refused["state"] == "Invalid"
+    assert refused["reason"].endswith("is not labelled certcheck.dev/credential=true")
+
+    # Labelling it is the opt-in, and re-reads the keystore that points at it.
+    cluster.core.patch_namespaced_secret(
+        "store-password", namespace, {"metadata": {"labels": {CREDENTIAL_LABEL: "true"}}}
+    )
+    opened = wait_for(
+        lambda: (e := cluster.status(namespace, "c")["certificates"][0])["state"] == "ExpiringSoon" and e,
+        what="the keystore opened once its password Secret opted in",
+    )
+    assert opened["subject"] == "referenced.test"
 
     # Changing only the password Secret re-reads the keystore that points at it.
     cluster.core.patch_namespaced_secret("store-password", namespace, {"data": {"store-pass": b64(b"wrong")}})

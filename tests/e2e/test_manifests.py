@@ -197,3 +197,54 @@ def test_deployments_run_hardened_with_probes_and_limits() -> None:
         assert container["readinessProbe"]["httpGet"]["path"] in ("/readyz", "/healthz?js-server-only=true")
         assert container["livenessProbe"]["httpGet"]["path"].startswith("/healthz")
         assert container["resources"]["limits"]["memory"] and container["resources"]["requests"]["cpu"]
+
+
+def _as_test_identity(obj: dict[str, Any]) -> dict[str, Any]:
+    """An RBAC object of the namespaced-credentials overlay, renamed so that applying it for real leaves
+    the suite's own notifier role alone: its notifier becomes ServiceAccount ``certcheck:nsc-notifier``."""
+    text = yaml.safe_dump(obj).replace("certcheck-notifier", "nsc-notifier")
+    renamed = yaml.safe_load(text)
+    for subject in renamed.get("subjects", []):
+        subject["name"] = "nsc-notifier"
+    return renamed
+
+
+def test_namespaced_credentials_let_the_notifier_get_secrets_only_in_the_chosen_namespaces(
+    api: client.ApiClient, dyn: dynamic.DynamicClient
+) -> None:
+    objects = render("overlays/namespaced-credentials")
+    rbac = [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")]
+    notifier = [o for o in rbac if "certcheck-notifier" in o["metadata"]["name"]]
+    core = client.CoreV1Api(api)
+    for name in ("team-a", "team-b", "team-c"):
+        try:
+            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        except ApiException as exc:
+            assert exc.status == 409
+    for obj in map(_as_test_identity, notifier):
+        resource = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        dyn.server_side_apply(
+            resource,
+            body=obj,
+            name=obj["metadata"]["name"],
+            namespace=obj["metadata"].get("namespace"),
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        )
+
+    def may_get_secrets(namespace: str) -> bool:
+        review = client.V1SubjectAccessReview(
+            spec=client.V1SubjectAccessReviewSpec(
+                user="system:serviceaccount:certcheck:nsc-notifier",
+                groups=["system:serviceaccounts", "system:serviceaccounts:certcheck"],
+                resource_attributes=client.V1ResourceAttributes(
+                    namespace=namespace, verb="get", resource="secrets"
+                ),
+            )
+        )
+        answer = client.AuthorizationV1Api(api).create_subject_access_review(review)
+        return bool(answer.status.allowed)
+
+    assert may_get_secrets("team-a") and may_get_secrets("team-b")
+    assert not may_get_secrets("team-c")
+    assert not may_get_secrets("certcheck")

@@ -16,6 +16,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 
 from devcluster.certs import expiring_in
 from devcluster.stack import Stack
+from schemas.annotations import CREDENTIAL_LABEL
 from schemas.messages import ExpiryNotification, encoder
 from schemas.streams import NOTIFIER_STATE_BUCKET
 from services.domain.times import rfc3339
@@ -25,6 +26,7 @@ from tests.conftest import Cluster, wait_for, wait_settled
 from tests.receivers import Receiver, Reply
 
 TOKEN = "xoxb-certcheck-test-token-7f3a9c"
+CREDENTIAL = {CREDENTIAL_LABEL: "true"}  # the opt-in a Secret needs to be used as a credential
 SIGNING_SECRET = "whsec-certcheck-signing-4b1d"
 
 
@@ -39,14 +41,14 @@ def create_credentials(cluster: Cluster, namespace: str) -> None:
     cluster.core.create_namespaced_secret(
         namespace,
         client.V1Secret(
-            metadata=client.V1ObjectMeta(name="alerting"),
+            metadata=client.V1ObjectMeta(name="alerting", labels=CREDENTIAL),
             string_data={"slack-token": TOKEN, "signing": SIGNING_SECRET},
         ),
     )
     cluster.core.create_namespaced_secret(
         namespace,
         client.V1Secret(
-            metadata=client.V1ObjectMeta(name="hook-headers"),
+            metadata=client.V1ObjectMeta(name="hook-headers", labels=CREDENTIAL),
             string_data={"Authorization": "Bearer hook-auth"},
         ),
     )
@@ -262,6 +264,34 @@ def test_a_redirect_to_an_internal_address_is_not_followed(
         assert len(webhook.requests) == 1 and internal.requests == []
     finally:
         internal.close()
+
+
+def test_a_secret_without_the_credential_label_is_refused_and_nothing_is_sent(
+    cluster: Cluster, namespace: str, webhook: Receiver
+) -> None:
+    """A CertCheck author names a Secret they may not read: certcheck must not read it for them."""
+    cluster.core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="db-password"), string_data={"password": "hunter2-db"}
+        ),
+    )
+    cert, key = expiring_in(5)
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "m"})
+    hook = {"url": f"{webhook.url}/hook", "headersSecretRef": {"name": "db-password"}}
+    notification = {"targets": [{"name": "h", "webhook": hook}]}
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "m"}}, notification=notification)
+    condition = notification_failed(cluster, namespace, "c", timeout=40)
+    refusal = f"Secret {namespace}/db-password is not labelled certcheck.dev/credential=true"
+    assert refusal in condition["message"]
+    assert webhook.requests == []
+
+    # The Secret's owner opts in: the next notification sends, with the Secret's keys as headers.
+    cluster.core.patch_namespaced_secret("db-password", namespace, {"metadata": {"labels": CREDENTIAL}})
+    cert, key = expiring_in(4)
+    cluster.create_tls_secret(namespace, "s2", cert, key, labels={"app": "m"})
+    [sent] = wait_for(lambda: webhook.accepted(), timeout=30, what="the delivery once the Secret opted in")
+    assert sent.headers["password"] == "hunter2-db"
 
 
 def test_killing_the_notifier_mid_delivery_neither_loses_nor_doubles_the_notification(
@@ -490,7 +520,9 @@ def test_a_token_with_a_trailing_newline_is_sent_without_it(
 ) -> None:
     cluster.core.create_namespaced_secret(
         namespace,
-        client.V1Secret(metadata=client.V1ObjectMeta(name="alerting"), string_data={"token": TOKEN + "\n"}),
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="alerting", labels=CREDENTIAL), string_data={"token": TOKEN + "\n"}
+        ),
     )
     cert, key = expiring_in(5)
     cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "nl"})
@@ -515,7 +547,7 @@ def test_a_value_no_request_can_carry_is_a_reported_failure_that_never_quotes_it
     cluster.core.create_namespaced_secret(
         namespace,
         client.V1Secret(
-            metadata=client.V1ObjectMeta(name="hook-headers"),
+            metadata=client.V1ObjectMeta(name="hook-headers", labels=CREDENTIAL),
             string_data={"Authorization": f"Bearer {credential}\r\nX-Injected: 1"},
         ),
     )

@@ -10,7 +10,14 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from devcluster.certs import expiring_in
 from services.watcher.extract import ObjectMeta, RawSecret, secret_observed
-from services.watcher.passwords import PASSWORD_KEY, PASSWORD_SECRET, PasswordIndex, PasswordRef, password_ref
+from services.watcher.passwords import (
+    PASSWORD_KEY,
+    PASSWORD_SECRET,
+    NotACredential,
+    PasswordIndex,
+    PasswordRef,
+    password_ref,
+)
 
 
 def keystore(password: bytes) -> bytes:
@@ -67,6 +74,19 @@ def test_a_missing_password_secret_or_key_is_named_in_the_keystore_error() -> No
     secrets.data[("ns", "pw")] = {"other": b"x"}
     [no_key] = secret_observed(store, index.resolve("ns", "store", PasswordRef("pw", "password"))).sources
     assert no_key.error is not None and no_key.error.endswith("has no such key")
+
+
+def test_a_password_secret_without_the_credential_label_is_refused_and_named() -> None:
+    def read(namespace: str, name: str) -> dict[str, bytes] | None:
+        raise NotACredential(f"Secret {namespace}/{name} is not labelled")
+
+    store = store_secret(keystore(b"s3cret"))
+    referenced = PasswordIndex(read).resolve("ns", "store", PasswordRef("pw", "password"))
+    [refused] = secret_observed(store, referenced).sources
+    assert refused.error is not None and refused.error.endswith(
+        "password Secret pw key password is not labelled certcheck.dev/credential=true"
+    )
+    assert refused.certs == []
 
 
 def test_an_unreadable_password_secret_is_reported_without_the_exception_text() -> None:
