@@ -33,7 +33,7 @@ class SecretReader:
             raise DeliveryError(
                 f"reading Secret {namespace}/{name} failed: HTTP {exc.status}", True
             ) from None
-        if not is_credential(secret.metadata.labels):
+        if not is_credential(secret.metadata.labels if secret.metadata else None):
             # Not cached: labelling the Secret makes the next attempt use it. Not retried: only a
             # person can fix it, and the CertCheck's condition tells them how.
             raise DeliveryError(not_a_credential(namespace, name), False)

@@ -521,7 +521,8 @@ def test_a_token_with_a_trailing_newline_is_sent_without_it(
     cluster.core.create_namespaced_secret(
         namespace,
         client.V1Secret(
-            metadata=client.V1ObjectMeta(name="alerting", labels=CREDENTIAL), string_data={"token": TOKEN + "\n"}
+            metadata=client.V1ObjectMeta(name="alerting", labels=CREDENTIAL),
+            string_data={"token": TOKEN + "\n"},
         ),
     )
     cert, key = expiring_in(5)
