@@ -4,7 +4,8 @@ A message is decoded (one that cannot be goes to the dead-letter stream), its wo
 message is held (JetStream told it is in progress), then it is acknowledged. Work that fails is nak'ed
 with exponential backoff, and after ``Policy.max_deliveries`` attempts dead-lettered: nothing is retried
 for ever, nothing blocks the messages behind it. Work may also ask to be looked at again later (a
-notification's receiver said Retry-After): that is a nak with its delay, not a failure.
+notification's receiver said Retry-After): that is a nak with its delay, not a failure. A message whose
+body does not match its subject (``admit``) is dead-lettered as refused, unhandled and never retried.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ from services.common.bus import Bus
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Outcome = Literal["ok", "later", "retry", "failing", "undecodable"]
+Outcome = Literal["ok", "later", "retry", "failing", "undecodable", "refused"]
 # What a message's work returns: None once done (ack), or seconds after which to look again (nak).
 Later = float | None
+# Why a decoded message is refused (its body does not match its subject, services/domain/provenance.py),
+# or None to handle it.
+Admit = Callable[[str, T], str | None]
 
 # How long a pull request waits for messages. Short: a request outlives the process that made it (the
 # server delivers to it while anything has interest in its inbox, a `nats sub '>'` say), and what it
@@ -222,6 +226,7 @@ async def consume(
     batch: int,
     latest_only: bool = False,
     counted: Callable[[Outcome], None] | None = None,
+    admit: Admit[T] | None = None,
 ) -> None:
     """Take messages for ever, each settled on its own (one that fails holds up no other): a batch is
     worked on concurrently, and the next one fetched when it is done. ``latest_only``: of several
@@ -230,7 +235,9 @@ async def consume(
         msgs = await fetch_batch(sub, batch, wait=FETCH_WAIT_SECONDS)
         if latest_only:
             msgs = await newest_per_subject(msgs)
-        outcomes = await asyncio.gather(*(handle_one(bus, msg, decode, handle, policy) for msg in msgs))
+        outcomes = await asyncio.gather(
+            *(handle_one(bus, msg, decode, handle, policy, admit) for msg in msgs)
+        )
         if counted is not None:
             for outcome in outcomes:
                 counted(outcome)
@@ -242,9 +249,15 @@ async def handle_one(
     decode: Callable[[bytes], T],
     handle: Callable[[T, Msg], Awaitable[Later]],
     policy: Policy,
+    admit: Admit[T] | None = None,
 ) -> Outcome:
-    """Decode one message and settle it with its work (dead-lettered when it cannot be decoded)."""
+    """Decode one message and settle it with its work (dead-lettered when it cannot be decoded, or
+    when ``admit`` refuses it)."""
     item = await decoded(bus, msg, decode, policy)
     if item is None:
         return "undecodable"
+    refusal = admit(msg.subject, item) if admit is not None else None
+    if refusal is not None:
+        await dead_letter(bus, msg, f"refused {policy.what}: {refusal}", "refused")
+        return "refused"
     return await settle(bus, [msg], handle(item, msg), policy)

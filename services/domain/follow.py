@@ -16,6 +16,7 @@ from schemas.streams import OBJECTS
 from services.common.bus import Bus
 from services.common.logs import object_ref, trace
 from services.common.runtime import backoff
+from services.domain.provenance import object_refusal
 from services.domain.view import View
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,10 @@ class ViewFollower:
             problem = "undecodable"
             try:
                 event = object_decoder.decode(msg.data)
+                refusal = object_refusal(msg.subject, event)
+                if refusal is not None:
+                    problem = "refused"
+                    raise ValueError(refusal)
                 problem = "unusable"
                 effects = self.view.apply(seq, event)
                 if log.isEnabledFor(logging.DEBUG):

@@ -47,6 +47,7 @@ from services.common.kube_writer import Gone, KubeWriter
 from services.common.logs import object_ref, trace
 from services.common.settings import Settings
 from services.domain.events import certcheck_warning
+from services.domain.provenance import result_refusal
 from services.notifier import channels, claims, core
 from services.notifier.channels import CredentialRef, Credentials, DeliveryError
 from services.notifier.secrets import SecretReader
@@ -99,7 +100,16 @@ class Notifier:
     async def run(self) -> None:
         sub = await durable_consumer(self.bus, RESULTS.name, NOTIFIER_CONSUMER, subjects.RESULTS_ALL)
         # Of several results of one CertCheck in a batch only the newest is handled: never two at once.
-        await consume(self.bus, sub, result_decoder.decode, self._handle, POLICY, batch=50, latest_only=True)
+        await consume(
+            self.bus,
+            sub,
+            result_decoder.decode,
+            self._handle,
+            POLICY,
+            batch=50,
+            latest_only=True,
+            admit=result_refusal,  # credentials are then read in the subject's namespace only
+        )
 
     async def _handle(self, result: ResultMessage, msg: Msg) -> Later:
         if isinstance(result, EvaluationResult):

@@ -50,6 +50,7 @@ from services.common.consume import (
 from services.common.kube_writer import Gone, KubeWriter
 from services.common.logs import object_ref, trace
 from services.common.settings import Settings
+from services.domain.provenance import event_refusal, result_refusal
 from services.recorder.budget import EventBudget
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class _Taken:
     msg: Msg
     result: ResultMessage | None  # None: undecodable
     error: str = ""
+    refusal: str | None = None  # why the result does not match its subject (then nothing is applied)
 
     @property
     def kind(self) -> str:
@@ -105,9 +107,10 @@ class _Taken:
 
 def _decoded(msg: Msg) -> _Taken:
     try:
-        return _Taken(msg, result_decoder.decode(msg.data))
+        result = result_decoder.decode(msg.data)
     except Exception as exc:
         return _Taken(msg, None, str(exc))
+    return _Taken(msg, result, refusal=result_refusal(msg.subject, result))
 
 
 class KeyedLock:
@@ -170,7 +173,8 @@ class Recorder:
 
     async def _take(self, msg: Msg, tasks: asyncio.TaskGroup) -> None:
         taken = _decoded(msg)
-        if not taken.redelivered and isinstance(taken.result, EvaluationResult | AnnotationCleanup):
+        usable = taken.refusal is None and not taken.redelivered
+        if usable and isinstance(taken.result, EvaluationResult | AnnotationCleanup):
             tasks.create_task(self._annotate_all(taken.result))  # applied again in order: a no-op then
         subject = msg.subject
         if subject not in self._busy:
@@ -209,6 +213,10 @@ class Recorder:
             applied.labels("unknown", "undecodable").inc()
             await dead_letter(self.bus, msg, f"undecodable result: {taken.error}", "undecodable")
             return
+        if taken.refusal is not None:
+            applied.labels(taken.kind, "refused").inc()
+            await dead_letter(self.bus, msg, f"refused result: {taken.refusal}", "refused")
+            return
         outcome = await settle(self.bus, [msg], self._apply_once(msg, result, taken.kind), RESULTS_POLICY)
         if outcome != "ok":
             applied.labels(taken.kind, outcome).inc()
@@ -240,6 +248,7 @@ class Recorder:
             EVENTS_POLICY,
             batch=BATCH,
             counted=_count_event,
+            admit=event_refusal,
         )
 
     async def _write_event(self, intent: EventIntent, msg: Msg) -> None:

@@ -47,6 +47,25 @@ def test_an_undecodable_message_is_dead_lettered_with_why_and_never_redelivered(
     assert subject.endswith("s.a") and reason.startswith("undecodable thing: not a thing")
 
 
+def test_a_message_its_admission_refuses_is_dead_lettered_unhandled_and_never_retried() -> None:
+    handled: list[str] = []
+
+    async def work(item: str, msg: Msg) -> Later:
+        handled.append(item)
+        return None
+
+    def admit(subject: str, item: str) -> str | None:
+        return None if subject.endswith(item.removeprefix("ok-")) else f"{item} is not {subject}"
+
+    bus, forged, genuine = FakeBus(), FakeMsg("s.a", b"ok-b"), FakeMsg("s.a", b"ok-a")
+    assert run(handle_one(bus, forged, decode, work, POLICY, admit)) == "refused"  # type: ignore[arg-type]
+    assert run(handle_one(bus, genuine, decode, work, POLICY, admit)) == "ok"  # type: ignore[arg-type]
+    assert handled == ["ok-a"]
+    assert forged.termed and not forged.naked and genuine.acked
+    [(subject, reason)] = bus.dead_letters()
+    assert subject.endswith("s.a") and reason == "refused thing: ok-b is not s.a"
+
+
 def test_failing_work_is_naked_with_growing_backoff_up_to_the_cap() -> None:
     delays = []
     for delivered in (1, 2):
