@@ -42,12 +42,17 @@ class Permissions:
 
 
 def _stream_setup() -> tuple[str, ...]:
-    """Every service makes sure the streams exist as specified (whichever starts first creates them)."""
+    """The watcher creates the streams, and adds to them what a newer release needs."""
     names = [stream.name for stream in ALL_STREAMS]
     return (
         "$JS.API.INFO",
         *(f"$JS.API.STREAM.{verb}.{name}" for name in names for verb in ("INFO", "CREATE", "UPDATE")),
     )
+
+
+def _stream_lookup() -> tuple[str, ...]:
+    """A service that only reads the streams' configuration (and waits until they exist)."""
+    return ("$JS.API.INFO", *(f"$JS.API.STREAM.INFO.{stream.name}" for stream in ALL_STREAMS))
 
 
 def _durable(stream: str, consumer: str) -> tuple[str, ...]:
@@ -78,11 +83,12 @@ def _partitioned_durables(stream: str) -> tuple[str, ...]:
 
 
 def _ordered(stream: str) -> tuple[str, ...]:
-    """An ordered (ephemeral, push) consumer that reads a whole stream and is recreated on gaps."""
+    """An ordered (ephemeral, push) consumer that reads a whole stream and is recreated on gaps. No
+    CONSUMER.DELETE, for anyone: it would let a service delete another's durable consumer (the server
+    drops an ephemeral consumer of its own once it is unused)."""
     return (
         f"$JS.API.CONSUMER.CREATE.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}.>",
-        f"$JS.API.CONSUMER.DELETE.{stream}.>",
         f"$JS.FC.{stream}.>",
     )
 
@@ -124,7 +130,7 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
     ),
     "evaluator": Permissions(
         publish=(
-            *_stream_setup(),
+            *_stream_lookup(),
             *_subjects(
                 subjects.RESULTS_ALL,
                 subjects.CLEANUP_ALL,
@@ -147,7 +153,7 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
     ),
     "recorder": Permissions(
         publish=(
-            *_stream_setup(),
+            *_stream_lookup(),
             subjects.DEADLETTER_ALL,
             *_durable(RESULTS.name, RECORDER_CONSUMER),
             *_durable(KUBE_EVENTS.name, RECORDER_EVENTS_CONSUMER),
@@ -156,7 +162,7 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
     ),
     "notifier": Permissions(
         publish=(
-            *_stream_setup(),
+            *_stream_lookup(),
             subjects.DEADLETTER_ALL,
             *_durable(RESULTS.name, NOTIFIER_CONSUMER),
             *_bucket(NOTIFIER_STATE_BUCKET),
@@ -164,7 +170,7 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
     ),
     "exporter": Permissions(
         publish=(
-            *_stream_setup(),
+            *_stream_lookup(),
             *_ordered(OBJECTS.name),
             *_message_reads(OBJECTS.name),
             *_bucket(PARTITIONS_BUCKET),
@@ -174,6 +180,9 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
 
 
 ALL_IN_ONE_USER = "all"  # ``certcheck all``: every service in one process, over one connection
+# The users that create the streams and add what a newer release needs to them (never lowering
+# anything: see services/common/bus.py). Every other service only looks them up, and waits for them.
+STREAM_OWNERS = ("watcher", ALL_IN_ONE_USER)
 
 
 def _union(*permissions: Permissions) -> Permissions:

@@ -6,7 +6,8 @@ import sys
 
 USAGE = (
     "usage: certcheck {watcher,evaluator,recorder,notifier,exporter,all} [options]  (SERVICE --help)\n"
-    "  all: every service in one process (small clusters, make up)"
+    "  all: every service in one process (small clusters, make up)\n"
+    "       certcheck admin streams [--apply]: how the streams differ from what this release wants"
 )
 
 
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> None:
         from services.notifier.__main__ import run
     elif service == "all":
         from services.allinone import run
+    elif service == "admin":
+        from services.admin import run
     else:
         sys.exit(f"certcheck: unknown service {service!r}\n{USAGE}")
     run(rest)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Gauge
 
-from schemas.permissions import inbox_prefix
+from schemas.permissions import STREAM_OWNERS, inbox_prefix
 from schemas.streams import (
     ALL_STREAMS,
     DEFAULT_PARTITIONS,
@@ -121,11 +122,15 @@ async def check_server(bus: Bus) -> None:
 
 
 async def open_bus(settings: Settings, service: str) -> Bus:
-    """A service's connection: as its own NATS user, with the streams made sure of."""
+    """A service's connection: as its own NATS user, with the streams made sure of (created by the
+    stream owners, waited for by the others)."""
     bus = await connect(settings.nats_url, f"certcheck-{service}", settings.nats_user, settings.nats_password)
     bus.replicas = settings.stream_replicas
     try:
-        await ensure_streams(bus, partitions=settings.partitions)
+        if service in STREAM_OWNERS:
+            await ensure_streams(bus, partitions=settings.partitions)
+        else:
+            await wait_for_streams(bus)
     except BaseException:
         await bus.close()
         raise
@@ -177,47 +182,163 @@ def _stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
 STREAM_NAME_IN_USE = 10058
 
 
-async def _create_or_update(bus: Bus, spec: StreamSpec, partitions: int) -> StreamInfo:
-    """The stream as specified. The objects stream keeps the partition count it was created with (its
-    metadata), whatever ``partitions`` says: a count that changed would send a namespace's objects
-    to a partition its evaluator does not follow."""
-    config = _stream_config(spec, bus.replicas)
+async def _create_or_add(bus: Bus, spec: StreamSpec, partitions: int) -> StreamInfo:
+    """The stream created as specified if it is missing; else the running one with what may be added
+    (``with_additions``), and whatever else differs reported, not applied: a process started with
+    the default replicas=1 must not downgrade a production stream."""
     for _ in range(3):
         try:
             current: StreamInfo | None = await bus.js.stream_info(spec.name)
         except NotFoundError:
             current = None
-        if spec.name == OBJECTS.name:
-            held = ((current.config.metadata or {}) if current else {}).get(PARTITIONS_METADATA)
-            config.metadata = {PARTITIONS_METADATA: held or str(partitions)}
-            if held and held != str(partitions):
-                log.warning(
-                    "the objects stream was created with %s partitions: using those, not %d", held, partitions
-                )
-        if current is not None:
-            return await bus.js.update_stream(config)
-        try:
-            return await bus.js.add_stream(config)
-        except APIError as exc:  # another service created it meanwhile: update that one
-            if exc.err_code != STREAM_NAME_IN_USE:
-                raise
+        wanted = wanted_config(spec, bus.replicas, current, partitions)
+        if current is None:
+            try:
+                return await bus.js.add_stream(wanted)
+            except APIError as exc:  # another owner created it meanwhile: look again
+                if exc.err_code != STREAM_NAME_IN_USE:
+                    raise
+                continue
+        drift = stream_drift(wanted, current.config)
+        added = with_additions(current.config, drift)
+        if added is not None:
+            current = await bus.js.update_stream(added)
+            log.info("stream %s: added what this release needs (%s)", spec.name, "; ".join(map(str, drift)))
+            drift = stream_drift(wanted, current.config)
+        _report_drift(spec.name, drift)
+        return current
     raise UnsupportedServerError(f"stream {spec.name} could be neither created nor updated")
 
 
 async def ensure_streams(
     bus: Bus, specs: tuple[StreamSpec, ...] = ALL_STREAMS, partitions: int = DEFAULT_PARTITIONS
 ) -> None:
-    """Create or update every stream (with the bus's replicas), then verify the server really honours
-    what was asked. Sets ``bus.partitions`` from the objects stream."""
+    """Create every missing stream (with the bus's replicas) and add to the others what this release
+    needs, never lowering anything; then verify the server really honours what was asked. Sets
+    ``bus.partitions`` from the objects stream."""
     for spec in specs:
-        info = await _create_or_update(bus, spec, partitions)
-        if spec.name == OBJECTS.name:
-            bus.partitions = partitions_of(info)
-        if spec.allow_msg_schedules and not info.config.allow_msg_schedules:
-            raise UnsupportedServerError(
-                f"stream {spec.name}: the server did not enable message schedules (allow_msg_schedules); "
-                "use nats-server 2.12 or newer"
+        _accept(bus, spec, await _create_or_add(bus, spec, partitions))
+
+
+async def wait_for_streams(
+    bus: Bus, specs: tuple[StreamSpec, ...] = ALL_STREAMS, timeout: float = 300.0
+) -> None:
+    """For a service that may not create streams: wait until the stream owner (the watcher) has
+    created every one, saying so; then the same checks as ``ensure_streams``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    for spec in specs:
+        pause = 0.2
+        while True:
+            try:
+                info = await bus.js.stream_info(spec.name)
+                break
+            except NotFoundError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise UnsupportedServerError(
+                        f"stream {spec.name} does not exist after {timeout:.0f}s: the watcher creates "
+                        "the streams (or run `certcheck admin streams --apply`)"
+                    ) from None
+                log.info("waiting for stream %s (the watcher creates it)", spec.name)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+        _accept(bus, spec, info)
+
+
+def _accept(bus: Bus, spec: StreamSpec, info: StreamInfo) -> None:
+    if spec.name == OBJECTS.name:
+        bus.partitions = partitions_of(info)
+    if spec.allow_msg_schedules and not info.config.allow_msg_schedules:
+        raise UnsupportedServerError(
+            f"stream {spec.name}: the server did not enable message schedules (allow_msg_schedules); "
+            "use nats-server 2.12 or newer"
+        )
+
+
+stream_config_mismatch = Gauge(
+    "certcheck_stream_config_mismatch",
+    "1 while a stream's running configuration differs from what this release wants (see "
+    "`certcheck admin streams`)",
+    ["stream"],
+)
+
+# What ensure_streams compares, and how to read each field (the server leaves out what is unset).
+_COMPARED: dict[str, Any] = {
+    "description": lambda v: v or "",
+    "retention": lambda v: str(getattr(v, "value", v) or "limits"),
+    "storage": lambda v: str(getattr(v, "value", v) or "file"),
+    "num_replicas": lambda v: int(v or 1),
+    "max_msgs_per_subject": lambda v: int(v if v is not None else -1),
+    "duplicate_window": lambda v: round(float(v or 0), 3),
+    "max_age": lambda v: round(float(v or 0), 3),
+    "allow_msg_schedules": bool,
+    "allow_msg_ttl": bool,
+    "subjects": lambda v: sorted(v or []),
+}
+# What a client may add to a running stream on its own: nothing it adds takes anything away.
+_ADDABLE = ("description", "allow_msg_schedules", "allow_msg_ttl")
+
+
+@dataclass(frozen=True)
+class Drift:
+    field: str
+    running: Any
+    wanted: Any
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.running!r} -> {self.wanted!r}"
+
+
+def stream_drift(wanted: StreamConfig, running: StreamConfig) -> list[Drift]:
+    """Every compared field where the running stream differs from the wanted configuration."""
+    drift = []
+    for name, read in _COMPARED.items():
+        have, want = read(getattr(running, name)), read(getattr(wanted, name))
+        if name == "subjects" and set(want) <= set(have):
+            continue  # subjects a running stream has beyond ours take nothing from us
+        if have != want:
+            drift.append(Drift(name, have, want))
+    return drift
+
+
+def with_additions(running: StreamConfig, drift: list[Drift]) -> StreamConfig | None:
+    """The running configuration with what may be added without an admin (None: nothing to add):
+    missing subjects, features switched on, the description. A lower limit, fewer replicas, another
+    retention are left for ``certcheck admin streams --apply``."""
+    changes: dict[str, Any] = {}
+    for item in drift:
+        if item.field == "subjects":
+            changes["subjects"] = sorted(set(item.running) | set(item.wanted))
+        elif item.field in _ADDABLE and (item.wanted or item.field == "description"):
+            changes[item.field] = item.wanted
+    return dataclasses.replace(running, **changes) if changes else None
+
+
+def wanted_config(
+    spec: StreamSpec, replicas: int, current: StreamInfo | None, partitions: int = 0
+) -> StreamConfig:
+    """The configuration this release wants for a stream. The objects stream keeps the partition count
+    it was created with (its metadata), whatever ``partitions`` says: a count that changed would send a
+    namespace's objects to a partition its evaluator does not follow."""
+    config = _stream_config(spec, replicas)
+    if spec.name == OBJECTS.name:
+        held = ((current.config.metadata or {}) if current else {}).get(PARTITIONS_METADATA)
+        config.metadata = {PARTITIONS_METADATA: held or str(partitions or DEFAULT_PARTITIONS)}
+        if held and partitions and held != str(partitions):
+            log.warning(
+                "the objects stream was created with %s partitions: using those, not %d", held, partitions
             )
+    return config
+
+
+def _report_drift(stream: str, drift: list[Drift]) -> None:
+    stream_config_mismatch.labels(stream).set(1 if drift else 0)
+    if drift:
+        log.warning(
+            "stream %s differs from what this release wants (%s): left as it is; "
+            "`certcheck admin streams --apply` changes it",
+            stream,
+            "; ".join(map(str, drift)),
+        )
 
 
 def partitions_of(info: StreamInfo) -> int:

@@ -20,8 +20,8 @@ from typing import Literal, TypeVar
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 from prometheus_client import Counter
 
 from schemas.streams import HDR_DEAD_REASON, HDR_DEAD_STREAM_SEQ
@@ -44,7 +44,7 @@ Admit = Callable[[str, T], str | None]
 FETCH_WAIT_SECONDS = 2.0
 
 
-async def fetch_batch(sub: JetStreamContext.PullSubscription, max_batch: int, wait: float) -> list[Msg]:
+async def fetch_batch(sub: DurablePull, max_batch: int, wait: float) -> list[Msg]:
     """Up to ``max_batch`` messages: waits up to ``wait`` seconds for the first one, then takes whatever
     else is already available without waiting (nats-py's fetch would linger for a full batch)."""
     try:
@@ -89,6 +89,47 @@ async def park(bus: Bus, subject: str, data: bytes, reason: str, kind: str, stre
 ACK_WAIT_SECONDS = 10.0
 
 
+consumers_recreated = Counter(
+    "certcheck_consumer_recreated_total", "Durable consumers found deleted and created again", ["consumer"]
+)
+
+
+class DurablePull:
+    """A durable pull consumer that comes back when it was deleted (by an operator, a bad actor with
+    the admin's password, a stream recreated): fetching from a deleted consumer gets no responder, for
+    ever, which would stall the service without a word. It is created again, as configured, counted
+    and logged; what it delivers again is work the handlers do idempotently."""
+
+    def __init__(
+        self, bus: Bus, stream: str, config: ConsumerConfig, sub: JetStreamContext.PullSubscription
+    ) -> None:
+        self.bus, self.stream, self.config, self.sub = bus, stream, config, sub
+        self.durable = config.durable_name or ""
+
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+        try:
+            return await self.sub.fetch(batch, timeout=timeout)
+        except ServiceUnavailableError:
+            if not await self.recreated():
+                raise  # it exists: the server is passing through a leader change, say
+            return await self.sub.fetch(batch, timeout=timeout)
+
+    async def consumer_info(self) -> ConsumerInfo:
+        return await self.sub.consumer_info()
+
+    async def recreated(self) -> bool:
+        """Whether the consumer was gone, and is now created again."""
+        try:
+            await self.bus.js.consumer_info(self.stream, self.durable)
+            return False
+        except NotFoundError:
+            pass
+        await self.bus.js.add_consumer(self.stream, config=self.config)
+        consumers_recreated.labels(self.durable).inc()
+        log.error("durable consumer %s of stream %s was deleted: created again", self.durable, self.stream)
+        return True
+
+
 async def durable_consumer(
     bus: Bus,
     stream: str,
@@ -98,11 +139,12 @@ async def durable_consumer(
     new_only: bool = False,
     ack_wait: float = ACK_WAIT_SECONDS,
     max_ack_pending: int = 5_000,
-) -> JetStreamContext.PullSubscription:
-    """Bind to (creating on first use) a durable pull consumer shared by every replica of a service.
-    Acks are explicit: a message is acknowledged only once its effect is applied. A consumer an earlier
-    release created with other limits is updated to these."""
+) -> DurablePull:
+    """Bind to (creating on first use, and again if it is deleted) a durable pull consumer shared by
+    every replica of a service. Acks are explicit: a message is acknowledged only once its effect is
+    applied. A consumer an earlier release created with other limits is updated to these."""
     config = ConsumerConfig(
+        durable_name=durable,
         deliver_policy=DeliverPolicy.NEW if new_only else DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ack_wait,
@@ -114,7 +156,8 @@ async def durable_consumer(
         if (existing.ack_wait, existing.max_ack_pending) != (ack_wait, max_ack_pending):
             existing.ack_wait, existing.max_ack_pending = ack_wait, max_ack_pending
             await bus.js.add_consumer(stream, config=existing)
-    return await bus.js.pull_subscribe(filter_subject, durable=durable, stream=stream, config=config)
+    sub = await bus.js.pull_subscribe(filter_subject, durable=durable, stream=stream, config=config)
+    return DurablePull(bus, stream, config, sub)
 
 
 @contextlib.asynccontextmanager
@@ -218,7 +261,7 @@ async def newest_per_subject(msgs: Sequence[Msg]) -> list[Msg]:
 
 async def consume(
     bus: Bus,
-    sub: JetStreamContext.PullSubscription,
+    sub: DurablePull,
     decode: Callable[[bytes], T],
     handle: Callable[[T, Msg], Awaitable[Later]],
     policy: Policy,

@@ -42,6 +42,7 @@ from schemas.streams import (
 from services.common.bus import Bus, publish_pipelined
 from services.common.consume import (
     FETCH_WAIT_SECONDS,
+    DurablePull,
     Policy,
     dead_letter,
     decoded,
@@ -147,7 +148,13 @@ class Evaluator:
 
     async def consumers(self) -> None:
         """Create the durable work consumers before reading the view, so nothing falls between."""
-        work = await durable_consumer(
+        work = await self._objects_consumer()
+        acked = (await work.consumer_info()).ack_floor
+        self.view.effects_after = acked.stream_seq if acked else 0
+        await self._due_consumer()
+
+    async def _objects_consumer(self) -> DurablePull:
+        return await durable_consumer(
             self.bus,
             OBJECTS.name,
             evaluator_objects_consumer(self.partition),
@@ -155,9 +162,9 @@ class Evaluator:
             new_only=True,
             max_ack_pending=20_000,
         )
-        acked = (await work.consumer_info()).ack_floor
-        self.view.effects_after = acked.stream_seq if acked else 0
-        await durable_consumer(
+
+    async def _due_consumer(self) -> DurablePull:
+        return await durable_consumer(
             self.bus,
             TRIGGERS.name,
             evaluator_due_consumer(self.partition),
@@ -175,9 +182,7 @@ class Evaluator:
         sweeps.labels(trigger).inc()
 
     async def work_objects(self) -> None:
-        sub = await self.bus.js.pull_subscribe_bind(
-            evaluator_objects_consumer(self.partition), stream=OBJECTS.name
-        )
+        sub = await self._objects_consumer()
         while True:
             msgs = await fetch_batch(sub, BATCH, wait=FETCH_WAIT_SECONDS)
             if not msgs:
@@ -224,9 +229,7 @@ class Evaluator:
         return [key for key in self.view.all_certchecks() if key[0] == namespace]
 
     async def work_due(self) -> None:
-        sub = await self.bus.js.pull_subscribe_bind(
-            evaluator_due_consumer(self.partition), stream=TRIGGERS.name
-        )
+        sub = await self._due_consumer()
         while True:
             msgs = await fetch_batch(sub, BATCH, wait=FETCH_WAIT_SECONDS)
             due: dict[CertCheckKey, int] = {}
