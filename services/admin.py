@@ -23,9 +23,7 @@ USAGE = "usage: certcheck admin streams [--apply] [service settings: --nats-url,
 
 async def streams(settings: Settings, apply: bool) -> int:
     """Print each stream's difference; apply it with ``apply``. Returns how many streams differ(ed)."""
-    bus = await bus_mod.connect(
-        settings.nats_url, "certcheck-admin", settings.nats_user, settings.nats_password
-    )
+    bus = await bus_mod.connect_as(settings, "certcheck-admin")
     differing = 0
     try:
         for spec in ALL_STREAMS:

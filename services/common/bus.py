@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -65,10 +66,25 @@ class Bus:
             await asyncio.wait_for(self.nc.close(), timeout)
 
 
-async def connect(url: str, name: str, user: str = "", password: str = "") -> Bus:
-    """Connect as ``user`` (with its own inbox prefix, which its NATS permissions allow) or anonymously.
-    ``url`` may list several servers, comma-separated (the nodes of a cluster): any one that answers
-    will do, and the client moves to another when it goes."""
+def tls_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext | None:
+    """TLS to the server, verifying its certificate against ``ca`` (the system's CAs when only a client
+    certificate is given); None when nothing is set (a tls:// URL then uses the system's CAs)."""
+    if not (ca or cert):
+        return None
+    context = ssl.create_default_context(cafile=ca or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert:
+        context.load_cert_chain(cert, key or None)
+    return context
+
+
+async def connect(
+    url: str, name: str, user: str = "", password: str = "", tls: ssl.SSLContext | None = None
+) -> Bus:
+    """Connect as ``user`` (with its own inbox prefix, which its NATS permissions allow) or anonymously,
+    over TLS when ``tls`` is given or the server requires it. ``url`` may list several servers,
+    comma-separated (the nodes of a cluster): any one that answers will do, and the client moves to
+    another when it goes."""
 
     async def on_disconnect() -> None:
         nats_connected.set(0)
@@ -93,11 +109,18 @@ async def connect(url: str, name: str, user: str = "", password: str = "") -> Bu
         user=user or None,
         password=password or None,
         inbox_prefix=inbox_prefix(user) if user else "_INBOX",
+        tls=tls,
     )
     nats_connected.set(1)
     bus = Bus(nc, nc.jetstream(timeout=10))
     await check_server(bus)
     return bus
+
+
+async def connect_as(settings: Settings, name: str) -> Bus:
+    """``connect`` with the settings' server, user and TLS."""
+    tls = tls_context(settings.nats_ca, settings.nats_cert, settings.nats_key)
+    return await connect(settings.nats_url, name, settings.nats_user, settings.nats_password, tls)
 
 
 async def check_server(bus: Bus) -> None:
@@ -124,7 +147,7 @@ async def check_server(bus: Bus) -> None:
 async def open_bus(settings: Settings, service: str) -> Bus:
     """A service's connection: as its own NATS user, with the streams made sure of (created by the
     stream owners, waited for by the others)."""
-    bus = await connect(settings.nats_url, f"certcheck-{service}", settings.nats_user, settings.nats_password)
+    bus = await connect_as(settings, f"certcheck-{service}")
     bus.replicas = settings.stream_replicas
     try:
         if service in STREAM_OWNERS:

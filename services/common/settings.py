@@ -19,6 +19,11 @@ class Settings:
     # The service's NATS user (k8s/nats/auth.conf); the password comes from the environment only.
     nats_user: str = field(default_factory=lambda: _env("nats_user", ""))
     nats_password: str = field(default_factory=lambda: _env("nats_password", ""), repr=False)
+    # TLS to NATS: the CA bundle that signed the server's certificate (verification is never off), and
+    # a client certificate and key where the server asks for one.
+    nats_ca: str = field(default_factory=lambda: _env("nats_ca", ""))
+    nats_cert: str = field(default_factory=lambda: _env("nats_cert", ""))
+    nats_key: str = field(default_factory=lambda: _env("nats_key", ""))
     stream_replicas: int = field(default_factory=lambda: int(_env("stream_replicas", "1")))
     # Partitions the namespaces are spread over, for evaluator and exporter replicas to divide: read
     # when the objects stream is created, fixed from then on (the stream's own count rules after).

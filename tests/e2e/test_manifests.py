@@ -18,7 +18,9 @@ from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 
 from devcluster import binaries
+from devcluster.pki import write_pki
 from devcluster.stack import REPO, apply_crd
+from schemas.permissions import ADMIN_USER, NATS_USERS, password_variable
 
 K8S = REPO / "k8s"
 BASE = K8S / "base"
@@ -248,3 +250,101 @@ def test_namespaced_credentials_let_the_notifier_get_secrets_only_in_the_chosen_
     assert may_get_secrets("team-a") and may_get_secrets("team-b")
     assert not may_get_secrets("team-c")
     assert not may_get_secrets("certcheck")
+
+
+def _nats_config(overlay: str) -> dict[str, str]:
+    [config] = [
+        o
+        for o in render(overlay)
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("certcheck-nats")
+    ]
+    return dict(config["data"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_rendered_nats_configuration_is_accepted_by_nats_server(overlay: str, tmp_path: Path) -> None:
+    """nats-server -t reads every file as the pod would (paths moved to a scratch directory, with real
+    certificates where TLS is configured): a typo or a wrong TLS path fails here, not in a cluster."""
+    pki = write_pki(tmp_path / "pki")
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    for name, source in (("tls.crt", "server.crt"), ("tls.key", "server.key"), ("ca.crt", "ca.crt")):
+        (tls / name).write_bytes(pki[source].read_bytes())
+    for name, text in _nats_config(overlay).items():
+        text = text.replace("/etc/nats-tls", str(tls)).replace("/data/", f"{tmp_path}/data/")
+        (tmp_path / name).write_text(text.replace("/tmp/nats.pid", f"{tmp_path}/nats.pid"))
+    passwords = {password_variable(user): "pw-test" for user in (ADMIN_USER, *NATS_USERS)}
+    checked = subprocess.run(
+        [str(binaries.nats_server()), "-c", str(tmp_path / "nats.conf"), "-t"],
+        capture_output=True,
+        text=True,
+        env={**passwords, "POD_NAME": "nats-0", "PATH": "/usr/bin:/bin"},
+        check=False,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_prod_speaks_tls_to_clients_and_mutual_tls_between_servers_and_every_service_verifies_it() -> None:
+    config = _nats_config("overlays/prod")
+    assert "tls {" in config["tls.conf"] and "include ./tls.conf" in config["nats.conf"]
+    assert "verify: true" in config["cluster.conf"].split("tls {", 1)[1]
+    objects = render("overlays/prod")
+    [nats] = by_kind(objects, "StatefulSet").values()
+    assert {"name": "tls", "secret": {"secretName": "certcheck-nats-tls"}} in nats["spec"]["template"][
+        "spec"
+    ]["volumes"]
+    for name, deployment in by_kind(objects, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["CERTCHECK_NATS_CA"] == "/etc/nats-ca/ca.crt", name
+        [volume] = [v for v in pod["volumes"] if v["name"] == "nats-ca"]
+        assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}], name  # never the key
+
+
+def test_the_cert_manager_component_issues_the_certificate_nats_tls_mounts() -> None:
+    docs = documents(K8S / "components" / "nats-tls-cert-manager" / "certificates.yaml")
+    [server] = [
+        d for d in docs if d["kind"] == "Certificate" and d["metadata"]["name"] == "certcheck-nats-tls"
+    ]
+    assert server["spec"]["secretName"] == "certcheck-nats-tls"
+    assert {"server auth", "client auth"} <= set(server["spec"]["usages"])
+    assert {"nats.certcheck.svc", "*.nats-headless.certcheck.svc"} <= set(server["spec"]["dnsNames"])
+
+
+def _policy_allows(policy: dict[str, Any], direction: str, port: int | str) -> list[dict[str, Any]]:
+    """The rules of a policy that open ``port``, with their peers."""
+    return [
+        rule
+        for rule in policy["spec"].get(direction, [])
+        if any(p.get("port") == port for p in rule.get("ports", []))
+    ]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_admit_prometheus_only_to_metrics_and_let_the_notifier_out_to_dns_and_https(
+    overlay: str,
+) -> None:
+    policies = by_kind(render(overlay), "NetworkPolicy")
+    prometheus = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
+    [metrics] = _policy_allows(policies["certcheck-metrics"], "ingress", "http")
+    assert metrics["from"] == [prometheus]
+    assert policies["certcheck-metrics"]["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "certcheck"
+    }
+    [monitor] = _policy_allows(policies["nats"], "ingress", 8222)
+    assert monitor["from"] == [prometheus]
+    egress = policies["certcheck-notifier-egress"]
+    assert egress["spec"]["policyTypes"] == ["Egress"]
+    opened = {(p["port"], p.get("protocol")) for rule in egress["spec"]["egress"] for p in rule["ports"]}
+    assert opened == {(53, "UDP"), (53, "TCP"), (443, "TCP"), (6443, "TCP"), (4222, "TCP")}
+    notifying = "all" if overlay == "overlays/small" else "notifier"
+    selected = egress["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+    assert selected == notifying
+    assert any(
+        d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == notifying
+        for d in by_kind(render(overlay), "Deployment").values()
+    )
