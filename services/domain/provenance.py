@@ -16,6 +16,7 @@ from schemas.messages import (
     AnnotationPatch,
     CertCheckObserved,
     ConfigMapObserved,
+    Due,
     EvaluationResult,
     EventIntent,
     ObjectDeleted,
@@ -107,3 +108,13 @@ def object_refusal(subject: str, event: ObjectEvent) -> str | None:
     if kind != where.kind:
         return f"a {kind} on a {where.kind} subject"
     return _mismatch(f"a {kind}", (event.namespace, event.name), (where.namespace, where.name))
+
+
+def due_refusal(subject: str, fired: Due) -> str | None:
+    """A due evaluation names the CertCheck its subject (``due.<partition>.<namespace>.<name>``) names."""
+    prefix = f"{subjects.PREFIX}.due."
+    partition, _, rest = subject.removeprefix(prefix).partition(".")
+    where = _namespace_and_name(f"{prefix}{rest}", prefix) if subject.startswith(prefix) else None
+    if where is None or not partition.isdigit():
+        return f"a due evaluation on subject {subject}"
+    return _mismatch("a due evaluation of", (fired.namespace, fired.name), where)

@@ -56,6 +56,7 @@ from services.common.runtime import backoff
 from services.common.settings import Settings
 from services.domain.certs import describe
 from services.domain.follow import ViewFollower
+from services.domain.provenance import due_refusal
 from services.domain.times import parse_rfc3339, rfc3339
 from services.domain.view import CertCheckKey, Effects, SecretKey, View
 from services.evaluator import core
@@ -238,6 +239,11 @@ class Evaluator:
                 fired = await decoded(self.bus, msg, due_decoder.decode, DUE_POLICY)
                 if fired is None:
                     bad_messages.labels(TRIGGERS.name).inc()
+                    continue
+                refusal = due_refusal(msg.subject, fired)
+                if refusal is not None:
+                    bad_messages.labels(TRIGGERS.name).inc()
+                    await dead_letter(self.bus, msg, f"refused due evaluation: {refusal}", "refused")
                     continue
                 settled.append(msg)
                 due_at = parse_rfc3339(fired.due_at)

@@ -11,12 +11,13 @@ from schemas.messages import (
     AnnotationPatch,
     CertCheckRemoved,
     CertCheckStatus,
+    Due,
     EvaluationResult,
     EventIntent,
     ObjectDeleted,
     SecretObserved,
 )
-from services.domain.provenance import event_refusal, object_refusal, result_refusal
+from services.domain.provenance import due_refusal, event_refusal, object_refusal, result_refusal
 
 OURS = {"certcheck.dev/state": "Valid", "certcheck.dev/not-after": None}
 
@@ -86,3 +87,11 @@ def test_an_object_must_be_the_kind_namespace_and_name_its_subject_names() -> No
     assert object_refusal(subjects.object_subject(3, subjects.KIND_CONFIGMAP, "shop", "s"), deleted) is None
     assert object_refusal(subject, deleted) == "a configmap on a secret subject"
     assert object_refusal("certcheck.v1.objects.secret.shop.s", secret)  # an older layout
+
+
+def test_a_due_evaluation_must_name_the_certcheck_of_its_subject() -> None:
+    fired = Due("shop", "web.tls", "2026-12-05T00:00:00Z")
+    assert due_refusal(subjects.due_subject(3, "shop", "web.tls"), fired) is None
+    refusal = due_refusal(subjects.due_subject(3, "bank", "web.tls"), fired)
+    assert refusal == "a due evaluation of shop/web.tls does not match its subject's bank/web.tls"
+    assert due_refusal(subjects.result_subject("shop", "web.tls"), fired) is not None
