@@ -73,9 +73,9 @@ def dyn(api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> dyna
     return dynamic.DynamicClient(api)
 
 
-def dry_run_apply(dyn: dynamic.DynamicClient, obj: dict[str, Any]) -> None:
-    """Server-side apply with dryRun=All: the server validates the object (schema, defaults, admission)
-    as if it were created or updated, and stores nothing."""
+def apply(dyn: dynamic.DynamicClient, obj: dict[str, Any], dry_run: bool = False) -> None:
+    """Server-side apply; with ``dry_run`` the server validates the object (schema, defaults,
+    admission) as if it were created or updated, and stores nothing."""
     if obj["apiVersion"] == "policy/v1":  # 1.20 serves policy/v1beta1 only
         obj = {**obj, "apiVersion": "policy/v1beta1"}
     resource = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
@@ -86,8 +86,12 @@ def dry_run_apply(dyn: dynamic.DynamicClient, obj: dict[str, Any]) -> None:
         namespace=obj["metadata"].get("namespace"),
         field_manager=FIELD_MANAGER,
         force_conflicts=True,
-        dry_run="All",
+        **({"dry_run": "All"} if dry_run else {}),
     )
+
+
+def dry_run_apply(dyn: dynamic.DynamicClient, obj: dict[str, Any]) -> None:
+    apply(dyn, obj, dry_run=True)
 
 
 @pytest.mark.parametrize("kustomization", ["base", "nats", "monitoring", *OVERLAYS])
@@ -224,15 +228,7 @@ def test_namespaced_credentials_let_the_notifier_get_secrets_only_in_the_chosen_
         except ApiException as exc:
             assert exc.status == 409
     for obj in map(_as_test_identity, notifier):
-        resource = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-        dyn.server_side_apply(
-            resource,
-            body=obj,
-            name=obj["metadata"]["name"],
-            namespace=obj["metadata"].get("namespace"),
-            field_manager=FIELD_MANAGER,
-            force_conflicts=True,
-        )
+        apply(dyn, obj)
 
     def may_get_secrets(namespace: str) -> bool:
         review = client.V1SubjectAccessReview(
