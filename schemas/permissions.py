@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from schemas import subjects
 from schemas.streams import (
     ALL_STREAMS,
+    EVENTS,
     KUBE_EVENTS,
     LEASE_BUCKET,
     NOTIFIER_CONSUMER,
@@ -179,6 +180,20 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
 }
 
 
+# Other systems that subscribe to the public expiry events (docs/events.md): read the events stream
+# through consumers of their own, nothing else.
+SUBSCRIBER_USER = "subscriber"
+SUBSCRIBER_PERMISSIONS = Permissions(
+    publish=(
+        "$JS.API.INFO",
+        f"$JS.API.STREAM.INFO.{EVENTS.name}",
+        *_message_reads(EVENTS.name),
+        *_partitioned_durables(EVENTS.name),  # any durable name: every consumer of it is a subscriber's
+        f"$JS.API.CONSUMER.DELETE.{EVENTS.name}.*",
+        *_ordered(EVENTS.name),
+    )
+)
+
 ALL_IN_ONE_USER = "all"  # ``certcheck all``: every service in one process, over one connection
 # The users that create the streams and add what a newer release needs to them (never lowering
 # anything: see services/common/bus.py). Every other service only looks them up, and waits for them.
@@ -193,6 +208,7 @@ def _union(*permissions: Permissions) -> Permissions:
 NATS_USERS: dict[str, Permissions] = {
     **SERVICE_PERMISSIONS,
     ALL_IN_ONE_USER: _union(*SERVICE_PERMISSIONS.values()),
+    SUBSCRIBER_USER: SUBSCRIBER_PERMISSIONS,
 }
 
 

@@ -31,6 +31,7 @@ class StreamSpec:
     allow_msg_ttl: bool = False
     duplicate_window_seconds: float = 120.0
     max_age_seconds: float | None = None
+    max_bytes: int = -1  # -1: no size limit
     work_queue: bool = False  # a message is gone once acknowledged
 
 
@@ -86,7 +87,30 @@ DEADLETTER = StreamSpec(
     max_age_seconds=7 * 24 * 3600,
 )
 
-ALL_STREAMS = (OBJECTS, RESULTS, TRIGGERS, KUBE_EVENTS, DEADLETTER)
+# The public expiry events (schemas/events.py, docs/events.md): one CloudEvent per fact, kept for
+# replay by age and size (settings CERTCHECK_EVENTS_MAX_AGE_DAYS and CERTCHECK_EVENTS_MAX_BYTES). The
+# duplicate window is long, as a fact's id is its Nats-Msg-Id: a fact derived again after a crash, within
+# the hour, is kept once.
+EVENTS_DEFAULT_MAX_AGE_DAYS = 90
+EVENTS_DEFAULT_MAX_BYTES = 8 * 1024**3
+
+
+def events_stream(
+    max_age_days: float = EVENTS_DEFAULT_MAX_AGE_DAYS, max_bytes: int = EVENTS_DEFAULT_MAX_BYTES
+) -> StreamSpec:
+    return StreamSpec(
+        name="CERTCHECK_EVENTS",
+        subjects=(f"{subjects.PREFIX}.events.>",),
+        description="Certificate lifecycle events for other systems (CloudEvents 1.0, docs/events.md)",
+        duplicate_window_seconds=3600.0,
+        max_age_seconds=max_age_days * 24 * 3600,
+        max_bytes=max_bytes,
+    )
+
+
+EVENTS = events_stream()
+
+ALL_STREAMS = (OBJECTS, RESULTS, TRIGGERS, KUBE_EVENTS, DEADLETTER, EVENTS)
 
 # Key-value buckets (JetStream-backed, file storage).
 # The recorder's durable "applied up to" mark per results subject: a redelivered result is not re-applied.

@@ -14,7 +14,6 @@ import sys
 
 from nats.js.errors import NotFoundError
 
-from schemas.streams import ALL_STREAMS
 from services.common import bus as bus_mod
 from services.common.settings import Settings
 
@@ -26,7 +25,7 @@ async def streams(settings: Settings, apply: bool) -> int:
     bus = await bus_mod.connect_as(settings, "certcheck-admin")
     differing = 0
     try:
-        for spec in ALL_STREAMS:
+        for spec in bus_mod.streams_of(settings):
             try:
                 current = await bus.js.stream_info(spec.name)
             except NotFoundError:

@@ -29,9 +29,11 @@ from schemas.permissions import STREAM_OWNERS, inbox_prefix
 from schemas.streams import (
     ALL_STREAMS,
     DEFAULT_PARTITIONS,
+    EVENTS,
     OBJECTS,
     PARTITIONS_METADATA,
     StreamSpec,
+    events_stream,
 )
 from services.common.settings import Settings
 
@@ -117,6 +119,12 @@ async def connect(
     return bus
 
 
+def streams_of(settings: Settings) -> tuple[StreamSpec, ...]:
+    """Every stream, the events stream with the retention the settings give it."""
+    events = events_stream(settings.events_max_age_days, settings.events_max_bytes)
+    return tuple(events if spec.name == EVENTS.name else spec for spec in ALL_STREAMS)
+
+
 async def connect_as(settings: Settings, name: str) -> Bus:
     """``connect`` with the settings' server, user and TLS."""
     tls = tls_context(settings.nats_ca, settings.nats_cert, settings.nats_key)
@@ -151,7 +159,7 @@ async def open_bus(settings: Settings, service: str) -> Bus:
     bus.replicas = settings.stream_replicas
     try:
         if service in STREAM_OWNERS:
-            await ensure_streams(bus, partitions=settings.partitions)
+            await ensure_streams(bus, streams_of(settings), partitions=settings.partitions)
         else:
             await wait_for_streams(bus)
     except BaseException:
@@ -199,6 +207,7 @@ def _stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
         allow_msg_ttl=spec.allow_msg_ttl or None,
         duplicate_window=spec.duplicate_window_seconds,
         max_age=spec.max_age_seconds,
+        max_bytes=spec.max_bytes,
     )
 
 
@@ -293,6 +302,7 @@ _COMPARED: dict[str, Any] = {
     "max_msgs_per_subject": lambda v: int(v if v is not None else -1),
     "duplicate_window": lambda v: round(float(v or 0), 3),
     "max_age": lambda v: round(float(v or 0), 3),
+    "max_bytes": lambda v: int(v if v is not None else -1),
     "allow_msg_schedules": bool,
     "allow_msg_ttl": bool,
     "subjects": lambda v: sorted(v or []),

@@ -28,6 +28,10 @@ class Settings:
     # Partitions the namespaces are spread over, for evaluator and exporter replicas to divide: read
     # when the objects stream is created, fixed from then on (the stream's own count rules after).
     partitions: int = field(default_factory=lambda: int(_env("partitions", "16")))
+    # The cluster's name in the public events (a DNS label): one NATS system may carry many clusters'.
+    cluster_name: str = field(default_factory=lambda: _env("cluster_name", "default"))
+    events_max_age_days: float = field(default_factory=lambda: float(_env("events_max_age_days", "90")))
+    events_max_bytes: int = field(default_factory=lambda: int(_env("events_max_bytes", str(8 * 1024**3))))
     kubeconfig: str = field(default_factory=lambda: _env("kubeconfig", os.environ.get("KUBECONFIG", "")))
     http_host: str = field(default_factory=lambda: _env("http_host", "0.0.0.0"))
     http_port: int = field(default_factory=lambda: int(_env("http_port", "8080")))

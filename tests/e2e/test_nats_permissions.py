@@ -11,8 +11,9 @@ import pytest
 
 from devcluster.stack import Stack
 from schemas import subjects
-from schemas.permissions import inbox_prefix
+from schemas.permissions import SUBSCRIBER_USER, inbox_prefix
 from schemas.streams import (
+    EVENTS,
     NOTIFIER_CONSUMER,
     OBJECTS,
     RECORDER_CONSUMER,
@@ -124,3 +125,48 @@ def test_a_client_without_credentials_is_rejected(stack: Stack) -> None:
 
     with pytest.raises((nats.errors.Error, OSError)):
         asyncio.run(anonymous())
+
+
+SUBSCRIBER_FORBIDDEN = [
+    "certcheck.v1.events.default.ns.discovered.secret.s",  # forging an event
+    f"$JS.API.CONSUMER.CREATE.{OBJECTS.name}",  # reading the observed objects
+    f"$JS.API.CONSUMER.DURABLE.CREATE.{RESULTS.name}.mine",  # reading the results
+    f"$JS.API.STREAM.UPDATE.{EVENTS.name}",
+    f"$JS.API.STREAM.PURGE.{EVENTS.name}",
+    f"$JS.API.STREAM.INFO.{OBJECTS.name}",
+    "$KV.certcheck_notifier.ns.c",
+]
+
+
+@pytest.mark.parametrize("subject", SUBSCRIBER_FORBIDDEN)
+def test_an_outside_subscriber_may_do_nothing_but_read_the_events(stack: Stack, subject: str) -> None:
+    refused = asyncio.run(violations(stack, SUBSCRIBER_USER, "publish", subject))
+    assert any("permissions violation for publish" in e.lower() for e in refused), refused
+
+
+def test_an_outside_subscriber_reads_the_events_stream_through_a_durable_consumer_of_its_own(
+    stack: Stack,
+) -> None:
+    subject = "certcheck.v1.events.default.perm-probe.discovered.secret.s"
+
+    async def read() -> bytes:
+        admin = await nats.connect(stack.nats.url)
+        users = stack.nats.users or {}
+        outside = await nats.connect(
+            stack.nats.address,
+            user=SUBSCRIBER_USER,
+            password=users[SUBSCRIBER_USER],
+            inbox_prefix=inbox_prefix(SUBSCRIBER_USER),
+        )
+        try:
+            await admin.jetstream().publish(subject, b'{"probe": true}')
+            sub = await outside.jetstream().pull_subscribe(subject, durable="perm-probe", stream=EVENTS.name)
+            [msg] = await sub.fetch(1, timeout=5)
+            await msg.ack()
+            await outside.jetstream().delete_consumer(EVENTS.name, "perm-probe")
+            return bytes(msg.data)
+        finally:
+            await outside.close()
+            await admin.close()
+
+    assert asyncio.run(read()) == b'{"probe": true}'
