@@ -7,7 +7,8 @@ import sys
 USAGE = (
     "usage: certcheck {watcher,evaluator,recorder,notifier,exporter,all} [options]  (SERVICE --help)\n"
     "  all: every service in one process (small clusters, make up)\n"
-    "       certcheck admin streams [--apply]: how the streams differ from what this release wants"
+    "       certcheck admin streams [--apply]: how the streams differ from what this release wants\n"
+    "       certcheck events [...] | certcheck history NAMESPACE/NAME: the public expiry events"
 )
 
 
@@ -31,6 +32,11 @@ def main(argv: list[str] | None = None) -> None:
         from services.allinone import run
     elif service == "admin":
         from services.admin import run
+    elif service in ("events", "history"):
+        from services.eventlog import run
+
+        run(args)
+        return
     else:
         sys.exit(f"certcheck: unknown service {service!r}\n{USAGE}")
     run(rest)
