@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from schemas import subjects
 from schemas.streams import (
     ALL_STREAMS,
+    EVENT_SLOTS_BUCKET,
     EVENTS,
     KUBE_EVENTS,
     LEASE_BUCKET,
@@ -138,11 +139,13 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
                 subjects.SCHEDULE_ALL,
                 subjects.KUBE_EVENTS_ALL,
                 subjects.DEADLETTER_ALL,
+                f"{subjects.PREFIX}.events.>",  # the public expiry events (schemas/events.py)
             ),
             *_partitioned_durables(OBJECTS.name),
             *_partitioned_durables(TRIGGERS.name),
             *_ordered(OBJECTS.name),
             *_bucket(PARTITIONS_BUCKET),
+            *_bucket(EVENT_SLOTS_BUCKET),
             *_message_reads(OBJECTS.name),
             f"$JS.API.STREAM.MSG.GET.{RESULTS.name}",
             f"$JS.API.DIRECT.GET.{RESULTS.name}",

@@ -121,6 +121,9 @@ WATCHER_STATE_BUCKET = "certcheck_watcher"
 # Leader leases: one active replica of a service that must not run twice at once (the watcher).
 LEASE_BUCKET = "certcheck_leases"
 
+# What each CertCheck last told of its certificates in the public events (one entry per CertCheck).
+EVENT_SLOTS_BUCKET = "certcheck_event_slots"
+
 # The notifier's durable state per CertCheck: what each target was told, and any pending delivery.
 NOTIFIER_STATE_BUCKET = "certcheck_notifier"
 

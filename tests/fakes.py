@@ -75,6 +75,9 @@ class FakeKeyValue:
         await asyncio.sleep(0)
         self.entries.pop(key, None)
 
+    async def delete(self, key: str) -> None:
+        await self.purge(key)
+
     async def _before_write(self) -> None:
         await asyncio.sleep(0)
         hook, self.before_write = self.before_write, None

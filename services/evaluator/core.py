@@ -23,7 +23,7 @@ from services.evaluator.annotations import (
     secret_outcomes,
 )
 from services.evaluator.conditions import by_type, certcheck_conditions, condition
-from services.evaluator.rating import next_due_time, rate_certificates
+from services.evaluator.rating import Rated, next_due_time, rate_certificates
 from services.evaluator.status import (
     DEFAULT_STATUS_CAP,
     STATUS_DNS_NAMES,
@@ -53,6 +53,10 @@ class Evaluation:
     annotation_patches: list[AnnotationPatch] = field(default_factory=list)
     events: list[EventIntent] = field(default_factory=list)
     next_due: datetime | None = None
+    # Every certificate read, with its state, and the uids of the objects selected: the public events'
+    # inputs (empty for a failed evaluation, which says nothing of the certificates).
+    certificates: list[Rated] = field(default_factory=list)
+    selected_uids: set[str] = field(default_factory=set)
 
 
 def evaluate(
@@ -88,6 +92,8 @@ def evaluate(
         annotation_patches=[o.patch for o in outcomes if o.patch is not None],
         events=events,
         next_due=next_due_time(rating, spec.threshold_days, now),
+        certificates=rating.ordered,
+        selected_uids={secret.uid for secret in secrets},
     )
 
 

@@ -26,6 +26,7 @@ from schemas.messages import (
     result_decoder,
 )
 from schemas.streams import (
+    EVENT_SLOTS_BUCKET,
     HDR_EXPECTED_LAST_SUBJECT_SEQ,
     HDR_MSG_ID,
     HDR_MSG_TTL,
@@ -39,7 +40,7 @@ from schemas.streams import (
     evaluator_due_consumer,
     evaluator_objects_consumer,
 )
-from services.common.bus import Bus, publish_pipelined
+from services.common.bus import Bus, key_value, publish_pipelined
 from services.common.consume import (
     FETCH_WAIT_SECONDS,
     DurablePull,
@@ -56,10 +57,12 @@ from services.common.runtime import backoff
 from services.common.settings import Settings
 from services.domain.certs import describe
 from services.domain.follow import ViewFollower
+from services.domain.lifecycle import Slot
 from services.domain.provenance import due_refusal
 from services.domain.times import parse_rfc3339, rfc3339
 from services.domain.view import CertCheckKey, Effects, SecretKey, View
 from services.evaluator import core
+from services.evaluator.lifecycle import LifecycleEvents, found_slots, removal_reason
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +141,7 @@ class Evaluator:
         self.follower = ViewFollower(bus, self.view, subjects.objects_of(partition))
         # Per result subject, what this evaluator published there last: (seq, view seq, payload).
         self._published: dict[str, tuple[int, int, bytes]] = {}
+        self._lifecycle: LifecycleEvents | None = None
 
     async def follow_objects(self) -> None:
         await self.follower.run()
@@ -146,6 +150,13 @@ class Evaluator:
         await self.follower.catch_up()
 
     # --- work ------------------------------------------------------------------------------------
+
+    async def lifecycle(self) -> LifecycleEvents:
+        """The public expiry events of this partition's CertChecks (opened on first use)."""
+        if self._lifecycle is None:
+            bucket = await key_value(self.bus, EVENT_SLOTS_BUCKET, "what each CertCheck told in the events")
+            self._lifecycle = LifecycleEvents(self.bus, bucket, self.settings.cluster_name)
+        return self._lifecycle
 
     async def consumers(self) -> None:
         """Create the durable work consumers before reading the view, so nothing falls between."""
@@ -310,7 +321,21 @@ class Evaluator:
         if await self.publish_result(
             subjects.result_subject(namespace, name), encoder.encode(removed), view_seq
         ):
+            await (await self.lifecycle()).certcheck_removed(namespace, name, utcnow())
             await self.schedule((namespace, name), None, view_seq=view_seq)
+
+    async def _tell_lifecycle(
+        self, key: CertCheckKey, threshold_days: int, evaluation: core.Evaluation, now: datetime
+    ) -> None:
+        def exists(slot: Slot) -> bool:
+            index = self.view.sources.get(slot.object_kind.lower())
+            found = index.get(key[0], slot.object_name) if index else None
+            return found is not None and found.view.uid == slot.object_uid
+
+        gone = removal_reason(evaluation.selected_uids, exists)
+        found = found_slots(evaluation.certificates)
+        lifecycle = await self.lifecycle()
+        await lifecycle.after_evaluation(key[0], key[1], threshold_days, found, gone, now)
 
     async def _release(self, namespace: str, name: str, view_seq: int) -> None:
         secret = self.view.secret((namespace, name))
@@ -388,6 +413,9 @@ class Evaluator:
         if log.isEnabledFor(logging.DEBUG):
             self._trace(result, len(evaluation.events), trigger)
         if error is None:
+            # After the result: facts are told only from an evaluation that stood (not a stale one);
+            # a crash before this derives them again, under the same ids.
+            await self._tell_lifecycle(key, entry.spec.threshold_days, evaluation, now)
             await self.schedule(key, evaluation.next_due, view_seq=view_seq)
         elif attempt + 1 < MAX_EVALUATION_ATTEMPTS:
             retry_at = now + timedelta(seconds=min(RETRY_CAP_SECONDS, 2.0**attempt))

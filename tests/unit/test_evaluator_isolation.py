@@ -33,6 +33,7 @@ from services.domain.view import Effects
 from services.evaluator import core, service
 from services.evaluator.service import Evaluator, PublishFailed
 from tests import subjects as test_subjects
+from tests.fakes import FakeKeyValue
 from tests.sources import facts_source
 
 CERT, _ = expiring_in(10)
@@ -80,6 +81,11 @@ class FakeJetStream:
 
     async def purge_stream(self, stream: str, subject: str = "") -> None:
         self.purged.append(subject)
+
+    buckets: dict[str, FakeKeyValue] = field(default_factory=dict)
+
+    async def key_value(self, bucket: str) -> FakeKeyValue:
+        return self.buckets.setdefault(bucket, FakeKeyValue())
 
     def results(self) -> dict[str, EvaluationResult]:
         found = {}
@@ -257,3 +263,35 @@ def test_a_result_someone_else_published_since_is_read_and_built_on_not_overwrit
     asyncio.run(evaluator.act(Effects(evaluate={("ns", "alpha")}), "change"))
     assert js.reads.count(subject) == 2  # the compare-and-set failed: the subject was read again
     assert _published_on(js, subject) == 2 and js.last[subject][0] != seq + 100
+
+
+def lifecycle_events(js: FakeJetStream) -> list[tuple[str, dict[str, str]]]:
+    return [(s, h) for s, _, h in js.published if s.startswith("certcheck.v1.events.")]
+
+
+@pytest.mark.usefixtures("broken_core")
+def test_each_certificate_is_told_once_as_a_public_event_and_a_failed_evaluation_tells_nothing() -> None:
+    evaluator, js = evaluator_with_three()
+    asyncio.run(evaluator.act(Effects(evaluate=keys()), "change"))
+    told = lifecycle_events(js)
+    assert sorted(subject for subject, _ in told) == [
+        "certcheck.v1.events.default.ns.discovered.secret.alpha-tls",
+        "certcheck.v1.events.default.ns.discovered.secret.gamma-tls",
+    ]
+    assert all(h["ce-id"] == h["Nats-Msg-Id"] for _, h in told)
+    # Evaluated again, from memory and from the bucket alone (a restarted replica): nothing new to tell.
+    asyncio.run(evaluator.act(Effects(evaluate=keys()), "resync"))
+    restarted = Evaluator(evaluator.bus, Settings(), evaluator.partition)
+    restarted.view = evaluator.view
+    asyncio.run(restarted.act(Effects(evaluate=keys()), "start"))
+    assert lifecycle_events(js) == told
+
+
+def test_a_removed_certcheck_tells_every_certificate_removed() -> None:
+    evaluator, js = evaluator_with_three()
+    asyncio.run(evaluator.act(Effects(evaluate={("ns", "alpha")}), "change"))
+    asyncio.run(evaluator.act(Effects(removed={("ns", "alpha", "uid-alpha")}), "change"))
+    [_, (subject, _)] = lifecycle_events(js)
+    assert subject == "certcheck.v1.events.default.ns.removed.secret.alpha-tls"
+    data = next(p for s, p, _ in js.published if s == subject)
+    assert b'"removedBecause":"CertCheckDeleted"' in data and b'"thresholdDays":30' in data

@@ -1,0 +1,212 @@
+"""The public expiry events of one CertCheck's evaluation (schemas/events.py, docs/events.md).
+
+What each CertCheck last told of its certificate slots is kept in the key-value bucket
+``certcheck_event_slots`` (one entry per CertCheck, compressed) and in memory while the evaluator holds
+the partition. After an evaluation, the facts between what was told and what was found
+(services/domain/lifecycle.py) are published, each with its id as ``Nats-Msg-Id``; only then is the
+entry written. A crash in between derives the same facts again: same ids, kept once by the stream's
+duplicate window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import cast
+
+import msgspec
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+from prometheus_client import Counter
+
+from schemas.events import CertificateFacts, CertState, ObjectKind, RemovedBecause, cloud_event
+from services.common.bus import Bus, publish_pipelined
+from services.domain.certs import CertError, CertFacts
+from services.domain.lifecycle import Fact, Seen, Slot, Watcher, lifecycle_facts
+from services.domain.times import rfc3339
+from services.evaluator.rating import Rated
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_SECONDS = 30.0
+# An entry larger than this is not kept in the bucket (a CertCheck of many thousand certificates): its
+# facts are then derived against memory only, and a restart says again what it had said (counted).
+MAX_ENTRY_BYTES = 900 * 1024
+
+published_events = Counter("certcheck_lifecycle_events_total", "Public expiry events published", ["type"])
+untracked = Counter(
+    "certcheck_lifecycle_untracked_total", "CertChecks whose told slots were too large to keep durably"
+)
+
+
+class ToldSlot(msgspec.Struct, array_like=True, frozen=True):
+    object_kind: ObjectKind
+    object_name: str
+    object_uid: str
+    key: str
+    index: int
+    state: CertState
+    certificate: CertificateFacts | None = None
+    reason: str | None = None
+
+
+class Told(msgspec.Struct, frozen=True):
+    """What one CertCheck last told: at which threshold, of which slots."""
+
+    threshold_days: int = 0
+    slots: list[ToldSlot] = []
+
+    def seen(self) -> dict[Slot, Seen]:
+        return {
+            Slot(t.object_kind, t.object_name, t.object_uid, t.key, t.index): Seen(
+                t.state, t.certificate, t.reason
+            )
+            for t in self.slots
+        }
+
+
+_encode = msgspec.msgpack.Encoder()
+_decode = msgspec.msgpack.Decoder(Told)
+
+
+def encode_told(threshold_days: int, told: dict[Slot, Seen]) -> bytes:
+    slots = [
+        ToldSlot(s.object_kind, s.object_name, s.object_uid, s.key, s.index, v.state, v.certificate, v.reason)
+        for s, v in sorted(told.items())
+    ]
+    return zlib.compress(_encode.encode(Told(threshold_days, slots)), 6)
+
+
+def decode_told(data: bytes) -> Told:
+    return _decode.decode(zlib.decompress(data))
+
+
+def certificate_facts(facts: CertFacts) -> CertificateFacts:
+    return CertificateFacts(
+        fingerprint_sha256=facts.fingerprint,
+        serial_number=facts.serial_number,
+        subject=facts.subject_cn,
+        issuer=facts.issuer_cn,
+        dns_names=list(facts.dns_names),
+        not_before=rfc3339(facts.not_before),
+        not_after=rfc3339(facts.not_after),
+    )
+
+
+def found_slots(rated: Iterable[Rated]) -> dict[Slot, Seen]:
+    """What an evaluation found in each slot."""
+    found = {}
+    for r in rated:
+        kind = cast(ObjectKind, r.secret.kind)
+        slot = Slot(kind, r.secret.name, r.secret.uid, r.entry.key, r.entry.index)
+        parsed = r.entry.parsed
+        if isinstance(parsed, CertError):
+            found[slot] = Seen("Invalid", None, parsed.reason)
+        else:
+            found[slot] = Seen(r.state.value, certificate_facts(parsed))
+    return found
+
+
+def removal_reason(
+    selected_uids: set[str], exists: Callable[[Slot], bool]
+) -> Callable[[Slot], RemovedBecause]:
+    """Why a slot told before is gone: its key (the object is still selected), its selection (the
+    object is still there), or the object."""
+
+    def why(slot: Slot) -> RemovedBecause:
+        if slot.object_uid in selected_uids:
+            return "KeyRemoved"
+        return "NoLongerSelected" if exists(slot) else "ObjectDeleted"
+
+    return why
+
+
+class LifecycleEvents:
+    """Derives and publishes one evaluator replica's public events, and remembers what it told."""
+
+    def __init__(self, bus: Bus, bucket: KeyValue, cluster: str) -> None:
+        self.bus, self.bucket, self.cluster = bus, bucket, cluster
+        self._told: dict[tuple[str, str], tuple[int, dict[Slot, Seen]]] = {}
+
+    @staticmethod
+    def _key(namespace: str, certcheck: str) -> str:
+        return f"{namespace}.{certcheck}"
+
+    async def told(self, namespace: str, certcheck: str) -> tuple[int, dict[Slot, Seen]]:
+        """The threshold and the slots a CertCheck last told of (memory, else the bucket)."""
+        held = self._told.get((namespace, certcheck))
+        if held is not None:
+            return held
+        try:
+            entry = await self.bucket.get(self._key(namespace, certcheck))
+            told = decode_told(entry.value) if entry.value else Told()
+        except KeyNotFoundError:
+            told = Told()
+        held = (told.threshold_days, told.seen())
+        self._told[(namespace, certcheck)] = held
+        return held
+
+    async def after_evaluation(
+        self,
+        namespace: str,
+        certcheck: str,
+        threshold_days: int,
+        found: dict[Slot, Seen],
+        gone: Callable[[Slot], RemovedBecause],
+        now: datetime,
+    ) -> int:
+        """Publish the facts of this evaluation and remember what was told; how many were published."""
+        _, told = await self.told(namespace, certcheck)
+        watcher = Watcher(self.cluster, namespace, certcheck, threshold_days)
+        facts = lifecycle_facts(watcher, told, found, gone)
+        if not facts:
+            return 0
+        await self._publish(facts, now)
+        await self._remember(namespace, certcheck, threshold_days, found)
+        return len(facts)
+
+    async def certcheck_removed(self, namespace: str, certcheck: str, now: datetime) -> None:
+        """Every slot the CertCheck told of is removed with it."""
+        threshold_days, told = await self.told(namespace, certcheck)
+        watcher = Watcher(self.cluster, namespace, certcheck, threshold_days)
+        facts = lifecycle_facts(watcher, told, {}, lambda slot: "CertCheckDeleted")
+        if facts:
+            await self._publish(facts, now)
+        await self.bucket.delete(self._key(namespace, certcheck))
+        self._told.pop((namespace, certcheck), None)
+
+    def forget(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Drop what memory holds of CertChecks this replica no longer evaluates."""
+        for key in keys:
+            self._told.pop(key, None)
+
+    async def _publish(self, facts: list[Fact], now: datetime) -> None:
+        time = rfc3339(now)
+        acks = []
+        for token, event in facts:
+            message = cloud_event(token, event, time)
+            acks.append(await publish_pipelined(self.bus, message.subject, message.data, message.headers))
+            published_events.labels(token).inc()
+        async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+            await asyncio.gather(*acks)
+
+    async def _remember(
+        self, namespace: str, certcheck: str, threshold_days: int, found: dict[Slot, Seen]
+    ) -> None:
+        self._told[(namespace, certcheck)] = (threshold_days, found)
+        data = encode_told(threshold_days, found)
+        if len(data) > MAX_ENTRY_BYTES:
+            untracked.inc()
+            log.warning(
+                "CertCheck %s/%s: %d certificate slots are too many to keep durably (%d bytes): "
+                "a restart publishes its discoveries again",
+                namespace,
+                certcheck,
+                len(found),
+                len(data),
+            )
+            return
+        await self.bucket.put(self._key(namespace, certcheck), data)

@@ -1,0 +1,166 @@
+"""An outside system subscribes to the public expiry events and gets, for a scripted life of two
+certificates, exactly the facts it should, in order per certificate, each valid against its published
+JSON Schema, each once, even across an evaluator crash and a nats-server restart: the stream holds each
+fact once, and a delivery repeated because an ack was lost is known by its id, as docs/events.md tells
+subscribers.
+
+The subscriber below uses only nats-py, the committed schemas and the documented contract: it must keep
+working for any subscriber written against docs/events.md."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import nats
+import pytest
+
+from devcluster.certs import expiring_in, tls_secret_data
+from devcluster.stack import REPO, Stack
+from tests.conftest import Cluster, wait_for, wait_settled
+
+SCHEMAS = REPO / "schemas" / "events" / "v1"
+
+
+class OutsideSubscriber:
+    """Reads `certcheck.v1.events.<cluster>.<namespace>.>` as the NATS user `subscriber`, through a
+    durable consumer of its own, validating each event against the schema its `ce-dataschema` names."""
+
+    def __init__(self, stack: Stack, namespace: str) -> None:
+        self.stack, self.namespace = stack, namespace
+        self.received: list[dict[str, Any]] = []
+        self.ids: set[str] = set()
+        self.redelivered = 0
+        self.invalid: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread.start()
+
+    def _schema(self, uri: str) -> dict[str, Any]:
+        return json.loads((SCHEMAS / Path(uri).name).read_text())
+
+    async def _run(self) -> None:
+        users = self.stack.nats.users or {}
+        while not self._stop.is_set():
+            try:
+                nc = await nats.connect(
+                    self.stack.nats.address,
+                    user="subscriber",
+                    password=users["subscriber"],
+                    inbox_prefix="_INBOX_subscriber",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                )
+                js = nc.jetstream()
+                sub = await js.pull_subscribe(
+                    f"certcheck.v1.events.default.{self.namespace}.>",
+                    durable=f"outside-{self.namespace}",
+                    stream="CERTCHECK_EVENTS",
+                )
+                while not self._stop.is_set():
+                    try:
+                        msgs = await sub.fetch(50, timeout=1)
+                    except (TimeoutError, nats.errors.TimeoutError):
+                        continue
+                    for msg in msgs:
+                        headers = msg.headers or {}
+                        data = json.loads(msg.data)
+                        try:
+                            jsonschema.validate(data, self._schema(headers["ce-dataschema"]))
+                        except jsonschema.ValidationError as exc:
+                            self.invalid.append(str(exc))
+                        if headers["ce-id"] in self.ids:
+                            self.redelivered += 1  # an ack lost with the server: the id says it is a repeat
+                        else:
+                            self.ids.add(headers["ce-id"])
+                            self.received.append({"id": headers["ce-id"], "type": headers["ce-type"], **data})
+                        await msg.ack()
+                await nc.close()
+            except Exception:  # the server restarting: connect again, the durable consumer resumes
+                await asyncio.sleep(0.5)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def facts(self, secret: str) -> list[tuple[str, str]]:
+        """(type, state) of each event of one Secret, in order."""
+        return [(e["type"].split(".")[-2], e["state"]) for e in self.received if e["objectName"] == secret]
+
+
+@pytest.fixture
+def subscriber(stack: Stack, namespace: str) -> Any:
+    outside = OutsideSubscriber(stack, namespace)
+    yield outside
+    outside.close()
+
+
+async def stored(stack: Stack, namespace: str) -> int:
+    nc = await nats.connect(stack.nats.url)
+    try:
+        info = await nc.jetstream().stream_info(
+            "CERTCHECK_EVENTS", subjects_filter=f"certcheck.v1.events.default.{namespace}.>"
+        )
+        return sum((info.state.subjects or {}).values())
+    finally:
+        await nc.close()
+
+
+def relabel(cluster: Cluster, namespace: str, name: str, app: str) -> None:
+    cluster.core.patch_namespaced_secret(name, namespace, {"metadata": {"labels": {"app": app}}})
+
+
+@pytest.mark.parametrize("faults", [False, True], ids=["steady", "evaluator-and-nats-restarted"])
+def test_an_outside_subscriber_receives_each_fact_once_in_order(
+    cluster: Cluster, namespace: str, stack: Stack, subscriber: OutsideSubscriber, faults: bool
+) -> None:
+    cert, key = expiring_in(40)
+    cluster.create_tls_secret(namespace, "web", cert, key, labels={"app": "x"})
+    cluster.create_tls_secret(namespace, "api", cert, key, labels={"app": "x"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}}, threshold=30)
+    wait_for(lambda: len(subscriber.received) >= 2, timeout=30, what="both discovered")
+
+    if faults:
+        stack.restart_service("evaluator")  # SIGKILL
+    # The threshold moves past the notAfter: the state changes, for both.
+    cluster.custom.patch_namespaced_custom_object(
+        "certcheck.dev", "v1alpha1", namespace, "certchecks", "c", {"spec": {"threshold": 50}}
+    )
+    wait_for(lambda: len(subscriber.received) >= 4, timeout=30, what="both ExpiringSoon")
+
+    if faults:
+        stack.nats.kill()
+        stack.nats.start()
+    renewed, renewed_key = expiring_in(100)
+    cluster.core.patch_namespaced_secret("web", namespace, {"data": tls_secret_data(renewed, renewed_key)})
+    wait_for(lambda: len(subscriber.received) >= 6, timeout=40, what="web rotated and Valid")
+    relabel(cluster, namespace, "web", "other")
+    wait_for(lambda: len(subscriber.received) >= 7, timeout=30, what="web no longer selected")
+    cluster.custom.delete_namespaced_custom_object("certcheck.dev", "v1alpha1", namespace, "certchecks", "c")
+    wait_for(lambda: len(subscriber.received) >= 8, timeout=30, what="api removed with the CertCheck")
+
+    assert subscriber.facts("web") == [
+        ("discovered", "Valid"),
+        ("statechanged", "ExpiringSoon"),
+        ("rotated", "Valid"),
+        ("statechanged", "Valid"),
+        ("removed", "Valid"),
+    ]
+    assert subscriber.facts("api") == [
+        ("discovered", "Valid"),
+        ("statechanged", "ExpiringSoon"),
+        ("removed", "ExpiringSoon"),
+    ]
+    removed = {e["objectName"]: e["removedBecause"] for e in subscriber.received if e.get("removedBecause")}
+    assert removed == {"web": "NoLongerSelected", "api": "CertCheckDeleted"}
+    assert subscriber.invalid == []
+    assert len(subscriber.received) == 8
+    assert asyncio.run(stored(stack, namespace)) == 8  # each fact kept once, whatever was redelivered
+    # Nothing more comes: a restarted evaluator tells nothing it told before.
+    stack.restart_service("evaluator", kill=False)
+    wait_settled(stack, cluster, namespace)
+    assert len(subscriber.received) == 8
