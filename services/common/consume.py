@@ -101,10 +101,18 @@ class DurablePull:
     and logged; what it delivers again is work the handlers do idempotently."""
 
     def __init__(
-        self, bus: Bus, stream: str, config: ConsumerConfig, sub: JetStreamContext.PullSubscription
+        self,
+        bus: Bus,
+        stream: str,
+        config: ConsumerConfig,
+        sub: JetStreamContext.PullSubscription,
+        on_recreated: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.bus, self.stream, self.config, self.sub = bus, stream, config, sub
         self.durable = config.durable_name or ""
+        # What the consumer's owner does about what came while it was gone (a consumer of new
+        # messages only, created again, starts after them).
+        self.on_recreated = on_recreated
 
     async def fetch(self, batch: int, timeout: float) -> list[Msg]:
         try:
@@ -127,6 +135,8 @@ class DurablePull:
         await self.bus.js.add_consumer(self.stream, config=self.config)
         consumers_recreated.labels(self.durable).inc()
         log.error("durable consumer %s of stream %s was deleted: created again", self.durable, self.stream)
+        if self.on_recreated is not None:
+            await self.on_recreated()
         return True
 
 
@@ -139,6 +149,7 @@ async def durable_consumer(
     new_only: bool = False,
     ack_wait: float = ACK_WAIT_SECONDS,
     max_ack_pending: int = 5_000,
+    on_recreated: Callable[[], Awaitable[object]] | None = None,
 ) -> DurablePull:
     """Bind to (creating on first use, and again if it is deleted) a durable pull consumer shared by
     every replica of a service. Acks are explicit: a message is acknowledged only once its effect is
@@ -157,7 +168,7 @@ async def durable_consumer(
             existing.ack_wait, existing.max_ack_pending = ack_wait, max_ack_pending
             await bus.js.add_consumer(stream, config=existing)
     sub = await bus.js.pull_subscribe(filter_subject, durable=durable, stream=stream, config=config)
-    return DurablePull(bus, stream, config, sub)
+    return DurablePull(bus, stream, config, sub, on_recreated)
 
 
 @contextlib.asynccontextmanager

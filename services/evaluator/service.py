@@ -173,6 +173,7 @@ class Evaluator:
             subjects.objects_of(self.partition),
             new_only=True,
             max_ack_pending=20_000,
+            on_recreated=self._missed_while_gone,
         )
 
     async def _due_consumer(self) -> DurablePull:
@@ -182,7 +183,13 @@ class Evaluator:
             evaluator_due_consumer(self.partition),
             subjects.due_of(self.partition),
             new_only=True,
+            on_recreated=self._missed_while_gone,
         )
+
+    async def _missed_while_gone(self) -> None:
+        """A work consumer was deleted and is created again for new messages only: what came while it
+        was gone is caught by evaluating everything, as at start."""
+        await self.sweep("consumer-recreated")
 
     async def sweep(self, trigger: str) -> None:
         """Evaluate every CertCheck and release every Secret nobody covers (start-up and resync)."""

@@ -15,8 +15,16 @@ from prometheus_client import REGISTRY
 
 from devcluster.certs import expiring_in
 from devcluster.stack import REPO, Stack
-from schemas.streams import DEADLETTER, RECORDER_CONSUMER, RESULTS, StreamSpec
+from schemas.streams import (
+    DEADLETTER,
+    OBJECTS,
+    RECORDER_CONSUMER,
+    RESULTS,
+    StreamSpec,
+    evaluator_objects_consumer,
+)
 from services.common import bus as bus_mod
+from tests import subjects as test_subjects
 from tests.conftest import Cluster, wait_for
 from tests.e2e.helpers import metric
 
@@ -128,10 +136,49 @@ def test_a_deleted_durable_consumer_is_created_again_counted_and_work_goes_on(
     cluster.create_tls_secret(namespace, "after", cert, key, labels={"app": "gone"})
     cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "gone"}})
     wait_for(
-        lambda: (cluster.core.read_namespaced_secret("after", namespace).metadata.annotations or {}).get(
-            "certcheck.dev/state"
-        )
-        == "ExpiringSoon",
+        lambda: (
+            (cluster.core.read_namespaced_secret("after", namespace).metadata.annotations or {}).get(
+                "certcheck.dev/state"
+            )
+            == "ExpiringSoon"
+        ),
         timeout=30,
         what="a change recorded after the consumer came back",
     )
+
+
+def test_the_evaluators_deleted_work_consumer_comes_back_and_what_came_meanwhile_is_evaluated(
+    cluster: Cluster, namespace: str, stack: Stack
+) -> None:
+    """The evaluator's consumer takes new messages only: created again, it would start after a change
+    made while it was gone. The change is still evaluated: a recreation is followed by a full sweep."""
+    before = metric(stack, "evaluator", "certcheck_consumer_recreated_total")
+    consumer = evaluator_objects_consumer(test_subjects.partition(namespace))
+
+    async def delete() -> None:
+        nc = await nats.connect(stack.nats.url)
+        try:
+            await nc.jetstream().delete_consumer(OBJECTS.name, consumer)
+        finally:
+            await nc.close()
+
+    asyncio.run(delete())
+    cert, key = expiring_in(10)  # made while the consumer is gone, or just after it came back
+    cluster.create_tls_secret(namespace, "meanwhile", cert, key, labels={"app": "gone"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "gone"}})
+    wait_for(
+        lambda: metric(stack, "evaluator", "certcheck_consumer_recreated_total") > before,
+        timeout=30,
+        what="the evaluator's consumer created again",
+    )
+    wait_for(
+        lambda: (
+            (cluster.core.read_namespaced_secret("meanwhile", namespace).metadata.annotations or {}).get(
+                "certcheck.dev/state"
+            )
+            == "ExpiringSoon"
+        ),
+        timeout=30,
+        what="the change evaluated",
+    )
+    assert metric(stack, "evaluator", "certcheck_sweeps_total", 'trigger="consumer-recreated"') >= 1
