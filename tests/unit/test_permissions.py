@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from schemas import subjects
-from schemas.permissions import SERVICE_PERMISSIONS, nats_authorization
+from schemas.permissions import NATS_USERS, SERVICE_PERMISSIONS, STREAM_OWNERS, nats_authorization
+from schemas.streams import ALL_STREAMS
 
 AUTH_CONF = Path(__file__).resolve().parents[2] / "k8s" / "nats" / "auth.conf"
 
@@ -39,3 +40,16 @@ def test_no_service_may_publish_everywhere_or_manage_streams_beyond_creating_the
         for pattern in permissions.publish:
             assert pattern not in (">", "$JS.API.>", "$JS.>", "certcheck.>", "certcheck.v1.>"), user
             assert ".STREAM.DELETE." not in pattern and ".STREAM.MSG.DELETE." not in pattern, user
+
+
+def test_only_the_stream_owners_may_create_or_update_the_certcheck_streams() -> None:
+    for user, permissions in NATS_USERS.items():
+        for stream in ALL_STREAMS:
+            for verb in ("CREATE", "UPDATE"):
+                allowed = f"$JS.API.STREAM.{verb}.{stream.name}" in permissions.publish
+                assert allowed == (user in STREAM_OWNERS), (user, verb, stream.name)
+
+
+def test_no_service_may_delete_a_consumer() -> None:
+    for user, permissions in SERVICE_PERMISSIONS.items():
+        assert not [p for p in permissions.publish if ".CONSUMER.DELETE." in p], user
