@@ -11,6 +11,7 @@ duplicate window.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -74,7 +75,9 @@ _decode = msgspec.msgpack.Decoder(Told)
 
 def encode_told(threshold_days: int, told: dict[Slot, Seen]) -> bytes:
     slots = [
-        ToldSlot(s.object_kind, s.object_name, s.object_uid, s.key, s.index, v.state, v.certificate, v.reason)
+        ToldSlot(
+            s.object_kind, s.object_name, s.object_uid, s.key, s.chain_index, v.state, v.certificate, v.reason
+        )
         for s, v in sorted(told.items())
     ]
     return zlib.compress(_encode.encode(Told(threshold_days, slots)), 6)
@@ -84,6 +87,7 @@ def decode_told(data: bytes) -> Told:
     return _decode.decode(zlib.decompress(data))
 
 
+@functools.lru_cache(maxsize=65_536)  # per certificate, at every evaluation of every CertCheck reading it
 def certificate_facts(facts: CertFacts) -> CertificateFacts:
     return CertificateFacts(
         fingerprint_sha256=facts.fingerprint,
