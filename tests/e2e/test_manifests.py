@@ -344,3 +344,20 @@ def test_network_policies_admit_prometheus_only_to_metrics_and_let_the_notifier_
         d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == notifying
         for d in by_kind(render(overlay), "Deployment").values()
     )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_nats_admits_clients_only_from_certcheck_pods_and_routes_only_from_other_nats_pods(
+    overlay: str,
+) -> None:
+    nats_pods = {"app.kubernetes.io/name": "nats", "app.kubernetes.io/part-of": "certcheck"}
+    policy = by_kind(render(overlay), "NetworkPolicy")["nats"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == nats_pods
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    clients = [peer for rule in _policy_allows(policy, "ingress", 4222) for peer in rule["from"]]
+    assert clients == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "certcheck"}}},
+        {"podSelector": {"matchLabels": nats_pods}},
+    ]
+    routes = [peer for rule in _policy_allows(policy, "ingress", 6222) for peer in rule["from"]]
+    assert routes == [{"podSelector": {"matchLabels": nats_pods}}]

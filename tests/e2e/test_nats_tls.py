@@ -67,3 +67,25 @@ def test_a_server_whose_certificate_does_not_verify_is_never_connected_to(
     with pytest.raises(TimeoutError):
         asyncio.run(attempt())
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+
+
+def test_a_plaintext_client_is_refused_by_the_tls_server(tls_nats: tuple[NatsServer, Path]) -> None:
+    """A client that ignores tls_required and speaks the protocol in the clear never gets a PONG."""
+    server, _ = tls_nats
+
+    async def speak_plaintext() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            info = await asyncio.wait_for(reader.readline(), timeout=5)
+            assert b'"tls_required":true' in info
+            writer.write(b'CONNECT {"verbose":false,"pedantic":false,"tls_required":false}\r\nPING\r\n')
+            await writer.drain()
+            received = b""
+            while chunk := await asyncio.wait_for(reader.read(4096), timeout=5):
+                received += chunk
+            return received  # the server closed the connection
+        finally:
+            writer.close()
+
+    answer = asyncio.run(speak_plaintext())
+    assert b"PONG" not in answer
