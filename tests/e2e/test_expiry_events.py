@@ -14,6 +14,9 @@ import json
 import subprocess
 import sys
 import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,10 +24,11 @@ from typing import Any
 import jsonschema
 import nats
 import pytest
+from kubernetes import client
 
 from devcluster.certs import expiring_in, make_cert, tls_secret_data
-from devcluster.stack import REPO, Stack
-from tests.conftest import Cluster, wait_for, wait_settled
+from devcluster.stack import REPO, Stack, api_client
+from tests.conftest import Cluster, running, wait_for, wait_settled
 
 SCHEMAS = REPO / "schemas" / "events" / "v1"
 
@@ -95,9 +99,37 @@ class OutsideSubscriber:
         return [(e["type"].split(".")[-2], e["state"]) for e in self.received if e["objectName"] == secret]
 
 
+@pytest.fixture(scope="module")
+def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of its own for the variant that kills nats-server: a server killed mid-write may lose
+    what it had not flushed, which must not leak into the session's shared stack and its other tests."""
+    with running(Stack(Path(tmp_path_factory.mktemp("expiry-events"))), {}) as stack:
+        yield stack
+
+
+@dataclass
+class Setting:
+    stack: Stack
+    cluster: Cluster
+    namespace: str
+    faults: bool
+
+
+@pytest.fixture(params=[False, True], ids=["steady", "evaluator-and-nats-restarted"])
+def setting(request: pytest.FixtureRequest, stack: Stack, cluster: Cluster, namespace: str) -> Setting:
+    if not request.param:
+        return Setting(stack, cluster, namespace, False)
+    own: Stack = request.getfixturevalue("own_stack")
+    api = api_client(own.control_plane.kubeconfig)
+    own_cluster = Cluster(client.CoreV1Api(api), client.CustomObjectsApi(api))
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    own_cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    return Setting(own, own_cluster, name, True)
+
+
 @pytest.fixture
-def subscriber(stack: Stack, namespace: str) -> Any:
-    outside = OutsideSubscriber(stack, namespace)
+def subscriber(setting: Setting) -> Any:
+    outside = OutsideSubscriber(setting.stack, setting.namespace)
     yield outside
     outside.close()
 
@@ -117,13 +149,13 @@ def relabel(cluster: Cluster, namespace: str, name: str, app: str) -> None:
     cluster.core.patch_namespaced_secret(name, namespace, {"metadata": {"labels": {"app": app}}})
 
 
-@pytest.mark.parametrize("faults", [False, True], ids=["steady", "evaluator-and-nats-restarted"])
 def test_an_outside_subscriber_receives_each_fact_once_in_order(
-    cluster: Cluster, namespace: str, stack: Stack, subscriber: OutsideSubscriber, faults: bool
+    setting: Setting, subscriber: OutsideSubscriber
 ) -> None:
     """web: seen, nears its threshold, rotated, relabelled out. api: seen near expiry, expires (the
     scheduled evaluation at that very moment), deleted. db: seen, nears its threshold, its CertCheck
     deleted."""
+    stack, cluster, namespace, faults = setting.stack, setting.cluster, setting.namespace, setting.faults
     cert, key = expiring_in(40)
     expiry = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=20)
     soon, soon_key = make_cert("api.test", not_after=expiry)
