@@ -235,8 +235,10 @@ async def _create_or_add(bus: Bus, spec: StreamSpec, partitions: int) -> StreamI
         added = with_additions(current.config, drift)
         if added is not None:
             current = await bus.js.update_stream(added)
-            log.info("stream %s: added what this release needs (%s)", spec.name, "; ".join(map(str, drift)))
-            drift = stream_drift(wanted, current.config)
+            left = stream_drift(wanted, current.config)
+            done = "; ".join(str(item) for item in drift if item not in left)
+            log.info("stream %s: added what this release needs (%s)", spec.name, done)
+            drift = left
         _report_drift(spec.name, drift)
         return current
     raise UnsupportedServerError(f"stream {spec.name} could be neither created nor updated")

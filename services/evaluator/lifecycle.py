@@ -14,7 +14,7 @@ import asyncio
 import functools
 import logging
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import cast
 
@@ -181,11 +181,6 @@ class LifecycleEvents:
             await self._publish(facts, now)
         await self.bucket.delete(self._key(namespace, certcheck))
         self._told.pop((namespace, certcheck), None)
-
-    def forget(self, keys: Sequence[tuple[str, str]]) -> None:
-        """Drop what memory holds of CertChecks this replica no longer evaluates."""
-        for key in keys:
-            self._told.pop(key, None)
 
     async def _publish(self, facts: list[Fact], now: datetime) -> None:
         time = rfc3339(now)

@@ -114,19 +114,20 @@ def test_the_admin_command_shows_how_a_stream_differs_and_applies_it(stack: Stac
         asyncio.run(set_max_age(DEADLETTER.max_age_seconds or 0))
 
 
+async def delete_consumer(stack: Stack, stream: str, consumer: str) -> None:
+    nc = await nats.connect(stack.nats.url)  # the admin: no service may delete a consumer
+    try:
+        await nc.jetstream().delete_consumer(stream, consumer)
+    finally:
+        await nc.close()
+
+
 def test_a_deleted_durable_consumer_is_created_again_counted_and_work_goes_on(
     cluster: Cluster, namespace: str, stack: Stack
 ) -> None:
     before = metric(stack, "recorder", "certcheck_consumer_recreated_total")
 
-    async def delete() -> None:
-        nc = await nats.connect(stack.nats.url)  # the admin: no service may delete a consumer
-        try:
-            await nc.jetstream().delete_consumer(RESULTS.name, RECORDER_CONSUMER)
-        finally:
-            await nc.close()
-
-    asyncio.run(delete())
+    asyncio.run(delete_consumer(stack, RESULTS.name, RECORDER_CONSUMER))
     wait_for(
         lambda: metric(stack, "recorder", "certcheck_consumer_recreated_total") > before,
         timeout=30,
@@ -155,14 +156,7 @@ def test_the_evaluators_deleted_work_consumer_comes_back_and_what_came_meanwhile
     before = metric(stack, "evaluator", "certcheck_consumer_recreated_total")
     consumer = evaluator_objects_consumer(test_subjects.partition(namespace))
 
-    async def delete() -> None:
-        nc = await nats.connect(stack.nats.url)
-        try:
-            await nc.jetstream().delete_consumer(OBJECTS.name, consumer)
-        finally:
-            await nc.close()
-
-    asyncio.run(delete())
+    asyncio.run(delete_consumer(stack, OBJECTS.name, consumer))
     cert, key = expiring_in(10)  # made while the consumer is gone, or just after it came back
     cluster.create_tls_secret(namespace, "meanwhile", cert, key, labels={"app": "gone"})
     cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "gone"}})
