@@ -32,18 +32,22 @@ FORBIDDEN_PUBLISH = [
     ("recorder", "$JS.API.STREAM.DELETE.CERTCHECK_OBJECTS"),
     ("exporter", "$KV.certcheck_notifier.ns.c"),
     # Only the watcher creates and updates streams: a read-only exporter must not shrink one.
-    *((user, f"$JS.API.STREAM.{verb}.{stream.name}")
-      for user in ("evaluator", "recorder", "notifier", "exporter")
-      for verb in ("UPDATE", "CREATE", "DELETE", "PURGE")
-      for stream in (OBJECTS, RESULTS)),
+    *(
+        (user, f"$JS.API.STREAM.{verb}.{stream.name}")
+        for user in ("evaluator", "recorder", "notifier", "exporter")
+        for verb in ("UPDATE", "CREATE", "DELETE", "PURGE")
+        for stream in (OBJECTS, RESULTS)
+    ),
     # No service may delete a consumer, its own or another's.
-    *((user, f"$JS.API.CONSUMER.DELETE.{stream}.{consumer}")
-      for user in ("watcher", "evaluator", "recorder", "notifier", "exporter")
-      for stream, consumer in (
-          (OBJECTS.name, evaluator_objects_consumer(0)),
-          (RESULTS.name, RECORDER_CONSUMER),
-          (RESULTS.name, NOTIFIER_CONSUMER),
-      )),
+    *(
+        (user, f"$JS.API.CONSUMER.DELETE.{stream}.{consumer}")
+        for user in ("watcher", "evaluator", "recorder", "notifier", "exporter")
+        for stream, consumer in (
+            (OBJECTS.name, evaluator_objects_consumer(0)),
+            (RESULTS.name, RECORDER_CONSUMER),
+            (RESULTS.name, NOTIFIER_CONSUMER),
+        )
+    ),
 ]
 
 

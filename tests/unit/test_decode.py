@@ -118,7 +118,8 @@ def test_expired_dates_round_trip() -> None:
 
 def test_a_negative_serial_number_is_invalid_with_the_reason_and_still_says_when_it_expires() -> None:
     cert, _ = expiring_in(30)
-    serial = x509.load_pem_x509_certificate(cert).serial_number.to_bytes(20, "big").lstrip(b"\0")
+    number = x509.load_pem_x509_certificate(cert).serial_number
+    serial = number.to_bytes(number.bit_length() // 8 + 1, "big")  # as DER has it: a leading 0 when needed
     encoded_serial = bytes([0x02, len(serial)]) + serial
     # 0x80 first: negative, and minimally encoded whatever follows (0xFF before a byte with its high bit
     # set is not, and cryptography refuses to parse that at all: the random serial made this flaky).
