@@ -5,8 +5,11 @@ NOT_AFTER = PREFIX + "not-after"
 NOT_BEFORE = PREFIX + "not-before"
 STATE = PREFIX + "state"
 CHECKED_BY = PREFIX + "checked-by"
+# What the strictest policy of the covering CertChecks finds wrong besides the dates (weak key or
+# signature, broken chain), as text; absent when nothing is.
+PROBLEMS = PREFIX + "problems"
 
-ALL = (NOT_AFTER, NOT_BEFORE, STATE, CHECKED_BY)
+ALL = (NOT_AFTER, NOT_BEFORE, STATE, CHECKED_BY, PROBLEMS)
 
 # The label a Secret must carry for certcheck to use it as a credential (a notification token, signing
 # secret or headers, a keystore password): whoever may create a CertCheck or annotate a keystore must not

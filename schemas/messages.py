@@ -49,6 +49,12 @@ class Certificate(msgspec.Struct, frozen=True, rename="camel", omit_defaults=Tru
     fingerprint: str = ""  # sha256 of the DER, hex
     dns_names: list[str] = []
     error: str | None = None
+    key_algorithm: str | None = None  # RSA, EC, Ed25519, Ed448, DSA
+    key_size: int | None = None  # bits (an EC key: its curve's)
+    signature_algorithm: str | None = None  # e.g. sha256WithRSAEncryption
+    signature_hash: str | None = None  # e.g. sha256 (None: EdDSA, or an algorithm not known)
+    chain_problem: str | None = None  # what is wrong with the chain it is part of
+    origin: str | None = None  # where in the value it is (a kubeconfig's user or cluster), if anywhere
 
 
 class CertSource(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -66,8 +72,9 @@ class CertSource(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 # The format of object messages. A watcher that finds it changed since it saved its progress lists every
-# object again, so each is published in this format (2: certificates as facts, not PEM).
-OBJECT_FORMAT = 2
+# object again, so each is published in this format (2: certificates as facts, not PEM; 3: with their
+# keys, signatures and chains).
+OBJECT_FORMAT = 3
 
 
 class SecretObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="SecretObserved/v1"):
@@ -138,6 +145,15 @@ class NotificationSpec(msgspec.Struct, frozen=True):
     targets: list[NotificationTarget] = []
 
 
+class HygienePolicy(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What a CertCheck calls weak (``spec.policy``); every field unset takes the safe default."""
+
+    minimum_rsa_key_size: int | None = msgspec.field(default=None, name="minimumRSAKeySize")
+    minimum_ec_key_size: int | None = msgspec.field(default=None, name="minimumECKeySize")
+    weak_signature_hashes: list[str] | None = msgspec.field(default=None, name="weakSignatureHashes")
+    verify_chains: bool | None = msgspec.field(default=None, name="verifyChains")
+
+
 class CertCheckObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="CertCheckObserved/v1"):
     namespace: str
     name: str
@@ -149,6 +165,7 @@ class CertCheckObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="Cert
     notification: NotificationSpec | None = None
     keys: list[str] | None = None  # which data keys to read: names or glob patterns
     configmap_selector: LabelSelector | None = None  # ConfigMaps to read too (None: none)
+    policy: HygienePolicy | None = None  # None: the defaults
     # The status as last written, passed through untouched: the evaluator's diff base.
     status: msgspec.Raw = msgspec.Raw(b"null")
 
@@ -194,6 +211,11 @@ class CertificateStatus(msgspec.Struct, frozen=True, rename="camel", omit_defaul
     fingerprint: str | None = None
     dns_names: list[str] | None = None
     reason: str | None = None  # why the entry is Invalid
+    key_algorithm: str | None = None
+    key_size: int | None = None
+    signature_algorithm: str | None = None
+    problems: list[str] | None = None  # what the CertCheck's policy finds wrong (weak, broken chain)
+    origin: str | None = None  # where in the key's value (a kubeconfig's user or cluster)
 
 
 class NotificationFailure(msgspec.Struct, frozen=True, rename="camel"):
@@ -211,6 +233,8 @@ class CertCheckStatus(msgspec.Struct, frozen=True, rename="camel"):
     expired_count: int = 0
     not_yet_valid_count: int = 0
     invalid_count: int = 0
+    weak_count: int = 0  # certificates with a key or signature the policy calls weak
+    broken_chain_count: int = 0
     earliest_not_after: str | None = None
     earliest_certificate: str | None = None
     certificates: list[CertificateStatus] = []

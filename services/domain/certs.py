@@ -13,6 +13,8 @@ from services.domain.times import rfc3339
 
 MAX_TEXT = 256  # subject and issuer names beyond this are cut (RFC 5280 bounds a CN at 64)
 MAX_REASON = 300
+MAX_NAME = 64  # an algorithm's name
+MAX_KEY_BITS = 1 << 16
 MAX_DNS_NAMES = 100  # kept per certificate: the status shows fewer, the rest is counted, not stored
 
 
@@ -25,6 +27,14 @@ class CertFacts:
     serial_number: str
     fingerprint: str  # sha256 of the DER, hex
     dns_names: tuple[str, ...] = ()
+    # Hygiene (services/domain/hygiene.py): the public key, the signature, and what is wrong with the
+    # chain this certificate is part of (None: nothing, or not part of one).
+    key_algorithm: str | None = None  # RSA, EC, Ed25519, Ed448, DSA
+    key_size: int | None = None  # bits (an EC key: its curve's)
+    signature_algorithm: str | None = None  # e.g. sha256WithRSAEncryption
+    signature_hash: str | None = None  # e.g. sha256; None for EdDSA or an unknown algorithm
+    chain_problem: str | None = None
+    origin: str | None = None  # where in the key's value (a kubeconfig's user or cluster CA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +68,12 @@ def to_wire(parsed: Parsed) -> Certificate:
         serial_number=parsed.serial_number,
         fingerprint=parsed.fingerprint,
         dns_names=list(parsed.dns_names),
+        key_algorithm=parsed.key_algorithm,
+        key_size=parsed.key_size,
+        signature_algorithm=parsed.signature_algorithm,
+        signature_hash=parsed.signature_hash,
+        chain_problem=parsed.chain_problem,
+        origin=parsed.origin,
     )
 
 
@@ -81,4 +97,14 @@ def from_wire(cert: Certificate) -> Parsed:
         serial_number=cert.serial_number[:MAX_TEXT],
         fingerprint=cert.fingerprint[:MAX_TEXT],
         dns_names=tuple(name[:MAX_TEXT] for name in cert.dns_names[:MAX_DNS_NAMES]),
+        key_algorithm=_bounded(cert.key_algorithm, MAX_NAME),
+        key_size=cert.key_size if cert.key_size is not None and 0 < cert.key_size <= MAX_KEY_BITS else None,
+        signature_algorithm=_bounded(cert.signature_algorithm, MAX_NAME),
+        signature_hash=_bounded(cert.signature_hash, MAX_NAME),
+        chain_problem=_bounded(cert.chain_problem, MAX_REASON),
+        origin=_bounded(cert.origin, MAX_TEXT),
     )
+
+
+def _bounded(text: str | None, limit: int) -> str | None:
+    return text[:limit] if text is not None else None

@@ -12,6 +12,7 @@ from datetime import datetime
 from functools import lru_cache
 
 from services.domain.certs import CertError, CertFacts
+from services.domain.hygiene import DEFAULT_POLICY, Policy
 
 KUBERNETES_KIND_SECRET = "Secret"
 KUBERNETES_KIND_CONFIGMAP = "ConfigMap"
@@ -56,14 +57,16 @@ class CertCheckSpec:
     selector_error: str | None = None
     resource_version: str = ""
     keys: tuple[str, ...] = ()  # data keys to read (names or glob patterns); () = the defaults
+    policy: Policy = DEFAULT_POLICY  # what is weak
 
 
 @dataclass(frozen=True, slots=True)
 class Coverage:
-    """Which CertChecks select a Secret, and the largest threshold among them."""
+    """Which CertChecks select a Secret, the largest threshold among them and the strictest policy."""
 
     certchecks: tuple[str, ...]
     max_threshold_days: int
+    policy: Policy = DEFAULT_POLICY
 
 
 def entry_label(kind: str, name: str, key: str, index: int) -> str:

@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import TypeVar
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
@@ -79,6 +80,8 @@ def _facts(cert: x509.Certificate) -> Parsed:
     wrong = invalid_dates(not_before, not_after)
     if wrong is not None:
         return wrong
+    no_key: tuple[str | None, int | None] = (None, None)
+    key_algorithm, key_size = _optional(lambda: _public_key(cert), no_key)
     return CertFacts(
         not_before=not_before,
         not_after=not_after,
@@ -87,4 +90,34 @@ def _facts(cert: x509.Certificate) -> Parsed:
         serial_number=format(serial_number, "x"),
         fingerprint=hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
         dns_names=_optional(lambda: _dns_names(cert), ()),
+        key_algorithm=key_algorithm,
+        key_size=key_size,
+        signature_algorithm=_optional(lambda: _signature_algorithm(cert), None),
+        signature_hash=_optional(lambda: _signature_hash(cert), None),
     )
+
+
+def _public_key(cert: x509.Certificate) -> tuple[str | None, int | None]:
+    """The public key's algorithm and size in bits (an EC key's: its curve's)."""
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RSA", key.key_size
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "EC", key.curve.key_size
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "Ed25519", 256
+    if isinstance(key, ed448.Ed448PublicKey):
+        return "Ed448", 456
+    if isinstance(key, dsa.DSAPublicKey):
+        return "DSA", key.key_size
+    return type(key).__name__.removesuffix("PublicKey")[:MAX_TEXT], None
+
+
+def _signature_algorithm(cert: x509.Certificate) -> str:
+    oid = cert.signature_algorithm_oid
+    return str(getattr(oid, "_name", None) or oid.dotted_string)[:MAX_TEXT]
+
+
+def _signature_hash(cert: x509.Certificate) -> str | None:
+    algorithm = cert.signature_hash_algorithm
+    return algorithm.name if algorithm is not None else None

@@ -31,6 +31,7 @@ from schemas.messages import (
 )
 from services.domain import model
 from services.domain.certs import CertError, Parsed, from_wire
+from services.domain.hygiene import policy_of, strictest
 from services.domain.selector import matches, selector_error
 
 CertCheckKey = tuple[str, str]  # (namespace, name)
@@ -395,8 +396,10 @@ class View:
         if entry.coverage_at is not None and entry.coverage_at[0] == epoch:
             return entry.coverage_at[1]
         names = tuple(sorted(entry.covered_by))
-        thresholds = [self.certchecks[namespace][n].spec.threshold_days for n in names]
-        coverage = model.Coverage(names, max(thresholds, default=0))
+        specs = [self.certchecks[namespace][n].spec for n in names]
+        coverage = model.Coverage(
+            names, max((s.threshold_days for s in specs), default=0), strictest(s.policy for s in specs)
+        )
         entry.coverage_at = (epoch, coverage)
         return coverage
 
@@ -453,6 +456,7 @@ class View:
             selector_error=selector_error(event.selector, event.configmap_selector),
             resource_version=event.resource_version,
             keys=tuple(event.keys or ()),
+            policy=policy_of(event.policy),
         )
         selectors = {index.kind.name: index.kind.selector_of(event) for index in self.sources.values()}
         status_raw = event.status.copy()  # not a view of the whole message: that is not kept
@@ -483,7 +487,9 @@ class View:
         )
         namespace_certchecks[event.name] = entry
         same_object = previous is not None and previous.spec.uid == event.uid
-        threshold_changed = previous is not None and previous.spec.threshold_days != spec.threshold_days
+        threshold_changed = previous is not None and (
+            previous.spec.threshold_days != spec.threshold_days or previous.spec.policy != spec.policy
+        )  # what the annotations of the Secrets it covers say: theirs to say again
         effects = Effects(evaluate={(event.namespace, event.name)})
         for index in self.sources.values():
             old_covered = previous.covered_of(index.kind.name) if previous and same_object else set()

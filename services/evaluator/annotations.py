@@ -12,6 +12,7 @@ from schemas import annotations as ann
 from schemas.messages import AnnotationPatch
 from services.domain.model import KUBERNETES_KIND_SECRET, CertCheckSpec, Coverage, SecretView
 from services.domain.times import parse_rfc3339, rfc3339
+from services.evaluator.hygiene import NO_PROBLEMS, SecretProblems, secret_problems
 from services.evaluator.rating import (
     Rated,
     Rating,
@@ -34,19 +35,25 @@ def desired_annotations(
     """
     if rated is None:
         rated = rate(secret, coverage.max_threshold_days, now)
-    return _desired(coverage, most_urgent(rated))[1]
+    return _desired(coverage, rated)[1]
 
 
-def _desired(coverage: Coverage, urgent: Rated | None) -> tuple[SecretState, dict[str, str | None]]:
-    """The Secret's state, from its most urgent certificate, and the annotations that record it."""
+def _desired(
+    coverage: Coverage, rated: Sequence[Rated]
+) -> tuple[SecretState, dict[str, str | None], SecretProblems]:
+    """The Secret's state, from its most urgent certificate, and the annotations that record it and
+    what the strictest policy covering it finds wrong."""
+    urgent = most_urgent(rated)
     state = state_of(urgent)
+    found = secret_problems(rated, coverage.policy)
     facts = urgent.facts if urgent is not None else None
     desired: dict[str, str | None] = dict.fromkeys(ann.ALL)  # what is not set here is removed
     desired[ann.STATE] = state.state
     desired[ann.NOT_AFTER] = state.not_after
     desired[ann.NOT_BEFORE] = rfc3339(facts.not_before) if facts is not None else None
     desired[ann.CHECKED_BY] = ",".join(coverage.certchecks)
-    return state, desired
+    desired[ann.PROBLEMS] = found.text
+    return state, desired, found
 
 
 def annotation_patch(secret: SecretView, desired: dict[str, str | None]) -> AnnotationPatch | None:
@@ -95,11 +102,12 @@ class SecretOutcome(msgspec.Struct, frozen=True, gc=False):  # one per Secret at
     coverage: Coverage
     state: SecretState
     patch: AnnotationPatch | None
+    problems: SecretProblems = NO_PROBLEMS
 
 
 def _annotation_change(
     secret: SecretView, coverage: Coverage, now: datetime, rated: Sequence[Rated] | None
-) -> tuple[SecretState, AnnotationPatch | None]:
+) -> tuple[SecretState, AnnotationPatch | None, SecretProblems]:
     """A Secret's state and the patch to its annotations, reused like the rating they rest on."""
     memo_key = ("annotations", coverage)
     held = secret.memo.get(memo_key)
@@ -107,8 +115,8 @@ def _annotation_change(
         return held[2]  # type: ignore[return-value]
     if rated is None:
         rated = rate(secret, coverage.max_threshold_days, now)
-    state, desired = _desired(coverage, most_urgent(rated))
-    change = (state, annotation_patch(secret, desired))
+    state, desired, found = _desired(coverage, rated)
+    change = (state, annotation_patch(secret, desired), found)
     secret.memo[memo_key] = (now, unchanged_until(rated, coverage.max_threshold_days, now), change)
     return change
 
@@ -131,6 +139,6 @@ def secret_outcomes(
         # The CertCheck's own rating is the Secret's when it reads the default keys at the same threshold.
         same_rating = not spec.keys and secret_coverage.max_threshold_days == spec.threshold_days
         rated = rating.of_object.get((secret.kind, secret.name)) if same_rating else None
-        state, patch = _annotation_change(secret, secret_coverage, now, rated)
-        outcomes.append(SecretOutcome(secret, secret_coverage, state, patch))
+        state, patch, found = _annotation_change(secret, secret_coverage, now, rated)
+        outcomes.append(SecretOutcome(secret, secret_coverage, state, patch, found))
     return outcomes

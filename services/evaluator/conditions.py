@@ -1,4 +1,5 @@
-"""A CertCheck's conditions: Ready, ExpiringSoon, Expired, Invalid, and NotificationFailed. Pure."""
+"""A CertCheck's conditions: Ready, ExpiringSoon, Expired, Invalid, Weak, ChainInvalid and
+NotificationFailed. Pure."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from datetime import datetime
 from schemas.messages import CertCheckStatus, Condition, State
 from services.domain.model import CertCheckSpec
 from services.domain.times import rfc3339
+from services.evaluator.hygiene import Findings
 from services.evaluator.rating import FAR_FUTURE, Rated, Rating
 
 _MESSAGE_EXAMPLES = 3
@@ -74,6 +76,44 @@ def state_conditions(
     return conditions
 
 
+def hygiene_conditions(
+    spec: CertCheckSpec, found: Findings, observed: dict[str, Condition], now: datetime
+) -> list[Condition]:
+    """``Weak``: whether any certificate's key or signature is weak by the CertCheck's policy;
+    ``ChainInvalid``: whether any chain is broken, out of order, or not issued by its ca.crt."""
+    gen = spec.generation
+    policy = spec.policy
+    rules = (
+        f"RSA and DSA keys of at least {policy.minimum_rsa_key_size} bits, EC keys of at least "
+        f"{policy.minimum_ec_key_size}, no signature with {', '.join(sorted(policy.weak_signature_hashes))}"
+    )
+    conditions = []
+    for type_, hits, bad, good, what in (
+        ("Weak", found.weak, "WeakCertificates", "NoWeakCertificates", f"weak (policy: {rules})"),
+        ("ChainInvalid", found.broken_chains, "BrokenChains", "ChainsValid", "in a broken chain"),
+    ):
+        if hits:
+            message = f"{len(hits)} certificates {what}: {_problem_examples(hits, found)}"
+            conditions.append(condition(type_, True, bad, message[:1000], gen, observed, now))
+        else:
+            off = type_ == "ChainInvalid" and not policy.verify_chains
+            reason = "NotChecked" if off else good
+            message = (
+                "chains are not verified (spec.policy.verifyChains)" if off else f"no certificate {what}"
+            )
+            conditions.append(condition(type_, False, reason, message[:1000], gen, observed, now))
+    return conditions
+
+
+def _problem_examples(rated: Sequence[Rated], found: Findings) -> str:
+    shown = ", ".join(
+        f"{r.label} ({'; '.join(p.message for p in found.of.get(r.identity, ()))})"
+        for r in rated[:_MESSAGE_EXAMPLES]
+    )
+    more = len(rated) - _MESSAGE_EXAMPLES
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
 def notification_conditions(
     spec: CertCheckSpec, observed: CertCheckStatus | None, conditions: dict[str, Condition], now: datetime
 ) -> list[Condition]:
@@ -91,10 +131,17 @@ def notification_conditions(
 
 
 def certcheck_conditions(
-    spec: CertCheckSpec, rating: Rating, objects: int, observed: CertCheckStatus | None, now: datetime
+    spec: CertCheckSpec,
+    rating: Rating,
+    objects: int,
+    observed: CertCheckStatus | None,
+    now: datetime,
+    found: Findings | None = None,
 ) -> list[Condition]:
     """Every condition of the CertCheck's status, each keeping its transition time from ``observed``."""
     observed_conditions = by_type(observed)
-    return state_conditions(spec, rating, objects, observed_conditions, now) + notification_conditions(
-        spec, observed, observed_conditions, now
+    return (
+        state_conditions(spec, rating, objects, observed_conditions, now)
+        + hygiene_conditions(spec, found or Findings({}, [], []), observed_conditions, now)
+        + notification_conditions(spec, observed, observed_conditions, now)
     )

@@ -23,6 +23,7 @@ from services.evaluator.annotations import (
     secret_outcomes,
 )
 from services.evaluator.conditions import by_type, certcheck_conditions, condition
+from services.evaluator.hygiene import findings
 from services.evaluator.rating import Rated, next_due_time, rate_certificates
 from services.evaluator.status import (
     DEFAULT_STATUS_CAP,
@@ -80,8 +81,9 @@ def evaluate(
     before it said was written and watched back still gets its Event.
     """
     rating = rate_certificates(spec, secrets, now)
-    conditions = certcheck_conditions(spec, rating, len(secrets), observed, now)
-    status = certcheck_status(spec, len(secrets), rating, conditions, observed, now, status_cap)
+    found = findings(rating.ordered, spec.policy)
+    conditions = certcheck_conditions(spec, rating, len(secrets), observed, now, found)
+    status = certcheck_status(spec, len(secrets), rating, conditions, observed, now, status_cap, found)
     status, status_changed = stamped(status, observed, now, refresh_after)
     outcomes = secret_outcomes(spec, secrets, coverage, rating, now)
     events = ev.secret_events(outcomes, told_patches)

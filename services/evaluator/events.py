@@ -3,7 +3,9 @@
 One Event per state change per certificate, on the Secret, and one summary per reason on the CertCheck:
 - Warning ``ExpiringSoon``, ``Expired``, ``Invalid``: a certificate entered that state;
 - Normal ``Renewed``: the certificate was replaced by one with a later notAfter;
-- Normal ``Recovered``: a certificate left a bad state without being replaced (e.g. a threshold change).
+- Normal ``Recovered``: a certificate left a bad state without being replaced (e.g. a threshold change);
+- Warning ``Weak`` or ``ChainInvalid`` on the Secret: its certificates have problems its
+  ``certcheck.dev/problems`` annotation did not record yet.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ from dataclasses import dataclass
 from schemas import annotations as ann
 from schemas.messages import AnnotationPatch, CertCheckStatus, EventIntent, State
 from services.domain.events import CERTCHECK_API_VERSION, dedup_key
-from services.domain.model import CertCheckSpec
+from services.domain.hygiene import WEAK
+from services.domain.model import CertCheckSpec, SecretView
 from services.domain.times import rfc3339
 from services.evaluator.annotations import SecretOutcome, overlaid, recorded_state
+from services.evaluator.hygiene import SecretProblems
 from services.evaluator.rating import Rated, SecretState
 
 WARNING_STATES = (State.EXPIRING_SOON, State.EXPIRED, State.INVALID)
 RENEWED = "Renewed"
 RECOVERED = "Recovered"
+CHAIN_INVALID = "ChainInvalid"
 _EXAMPLES = 3
 
 
@@ -108,9 +113,15 @@ def secret_events(
     events = []
     for outcome in outcomes:
         secret = outcome.secret
-        if secret.edited_annotations and {ann.STATE, ann.NOT_AFTER} & set(secret.edited_annotations):
+        edited = set(secret.edited_annotations)
+        recorded = overlaid(secret.annotations, pending.get((secret.name, secret.uid)))
+        if outcome.problems.text is not None and ann.PROBLEMS not in edited:
+            found = problems_event(secret, recorded.get(ann.PROBLEMS), outcome.problems)
+            if found is not None:
+                events.append(found)
+        if edited and {ann.STATE, ann.NOT_AFTER} & edited:
             continue  # a hand edit, not a state certcheck recorded: put back without an Event
-        before = recorded_state(overlaid(secret.annotations, pending.get((secret.name, secret.uid))))
+        before = recorded_state(recorded)
         if before == outcome.state:
             continue  # nothing happened (most Secrets, most of the time)
         event = secret_event(
@@ -127,6 +138,26 @@ def secret_events(
         if event:
             events.append(event)
     return events
+
+
+def problems_event(secret: SecretView, recorded: str | None, now: SecretProblems) -> EventIntent | None:
+    """A Warning on a Secret whose certificates have problems its annotation did not record yet:
+    ``Weak`` (a key or signature the policy calls weak) or, for a broken chain only, ``ChainInvalid``."""
+    if now.text is None or now.text == recorded:
+        return None
+    reason = WEAK if WEAK in now.kinds else CHAIN_INVALID
+    return EventIntent(
+        namespace=secret.namespace,
+        involved_api_version="v1",
+        involved_kind="Secret",
+        involved_name=secret.name,
+        involved_uid=secret.uid,
+        type="Warning",
+        reason=reason,
+        message=f"Certificate in Secret {secret.namespace}/{secret.name}: {now.text}",
+        dedup_key=dedup_key(secret.uid, reason, now.text),
+        occurrence=dedup_key(recorded or "-", now.text),
+    )
 
 
 @dataclass(frozen=True, slots=True)

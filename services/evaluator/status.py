@@ -10,8 +10,10 @@ import msgspec
 
 from schemas.messages import CertCheckStatus, CertificateStatus, Condition, State
 from services.domain.certs import CertError
+from services.domain.hygiene import Problem
 from services.domain.model import CertCheckSpec
 from services.domain.times import parse_rfc3339, rfc3339
+from services.evaluator.hygiene import Findings
 from services.evaluator.rating import Rated, Rating
 
 DEFAULT_STATUS_CAP = 100
@@ -26,8 +28,8 @@ def _days_remaining(not_after: datetime, now: datetime) -> int:
     return math.floor((not_after - now).total_seconds() / 86400)
 
 
-def certificate_status(rated: Rated, now: datetime) -> CertificateStatus:
-    """One certificate as the status lists it."""
+def certificate_status(rated: Rated, now: datetime, problems: tuple[Problem, ...] = ()) -> CertificateStatus:
+    """One certificate as the status lists it, with what the policy finds wrong with it."""
     parsed = rated.entry.parsed
     if isinstance(parsed, CertError):
         return CertificateStatus(
@@ -54,6 +56,11 @@ def certificate_status(rated: Rated, now: datetime) -> CertificateStatus:
         serial_number=parsed.serial_number,
         fingerprint=parsed.fingerprint,
         dns_names=list(parsed.dns_names[:STATUS_DNS_NAMES]) or None,
+        key_algorithm=parsed.key_algorithm,
+        key_size=parsed.key_size,
+        signature_algorithm=parsed.signature_algorithm,
+        problems=[p.message for p in problems] or None,
+        origin=parsed.origin,
     )
 
 
@@ -75,12 +82,16 @@ def certcheck_status(
     observed: CertCheckStatus | None,
     now: datetime,
     status_cap: int = DEFAULT_STATUS_CAP,
+    found: Findings | None = None,
 ) -> CertCheckStatus:
     """The status of a CertCheck, without its lastEvaluationTime (see ``stamped``): the counts per
     state, the earliest notAfter, the ``status_cap`` most urgent certificates that fit
     STATUS_MAX_BYTES and how many are left out; the notification failures stay as recorded."""
     earliest = rating.earliest()
-    shown = within_budget([certificate_status(r, now) for r in rating.ordered[:status_cap]])
+    found = found or Findings({}, [], [])
+    shown = within_budget(
+        [certificate_status(r, now, found.of.get(r.identity, ())) for r in rating.ordered[:status_cap]]
+    )
     return CertCheckStatus(
         observed_generation=spec.generation,
         target_secrets_count=objects,
@@ -90,6 +101,8 @@ def certcheck_status(
         expired_count=rating.count(State.EXPIRED),
         not_yet_valid_count=rating.count(State.NOT_YET_VALID),
         invalid_count=rating.count(State.INVALID),
+        weak_count=len(found.weak),
+        broken_chain_count=len(found.broken_chains),
         earliest_not_after=rfc3339(earliest.not_after) if earliest else None,
         earliest_certificate=earliest.label if earliest else None,
         certificates=shown,

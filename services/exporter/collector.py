@@ -11,7 +11,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from schemas.messages import State
-from services.domain import model, states
+from services.domain import hygiene, model, states
 from services.domain.certs import CertFacts
 from services.domain.view import View
 
@@ -26,6 +26,15 @@ CERT_LABELS = [
     "serial_number",
 ]
 ERROR_LABELS = ["secret_namespace", "secret_name", "secret_key", "chain_index", "certcheck", "reason"]
+PROBLEM_LABELS = [
+    "secret_namespace",
+    "secret_name",
+    "secret_key",
+    "chain_index",
+    "certcheck",
+    "kind",
+    "reason",
+]
 CERTCHECK_LABELS = ["certcheck_namespace", "certcheck"]
 # A ConfigMap's certificates carry configmap_* instead of secret_* labels (as x509-certificate-exporter's).
 _OBJECT_LABELS = {
@@ -74,6 +83,17 @@ def families(views: Iterable[View], now: datetime) -> list[Metric]:
     by_state = GaugeMetricFamily(
         "certcheck_certcheck_certificates", "Certificates per state", labels=[*CERTCHECK_LABELS, "state"]
     )
+    problem = GaugeMetricFamily(
+        "certcheck_certificate_problem",
+        "1 for each problem the CertCheck's policy finds with a certificate: kind Weak (reason KeyTooSmall "
+        "or WeakSignature) or Chain (reason BrokenChain)",
+        labels=PROBLEM_LABELS,
+    )
+    with_problems = GaugeMetricFamily(
+        "certcheck_certcheck_certificates_with_problems",
+        "Certificates with a problem of this kind (Weak, Chain)",
+        labels=[*CERTCHECK_LABELS, "kind"],
+    )
     for view, key in sorted(((v, k) for v in views for k in v.all_certchecks()), key=lambda vk: vk[1]):
         entry = view.certcheck(key)
         assert entry is not None
@@ -81,6 +101,7 @@ def families(views: Iterable[View], now: datetime) -> list[Metric]:
         days = entry.spec.threshold_days
         secrets, _ = view.inputs(key)
         counts = dict.fromkeys(State, 0)
+        problem_counts = dict.fromkeys((hygiene.WEAK, hygiene.CHAIN), 0)
         for secret in secrets:
             for cert in model.selected_entries(secret, entry.spec.keys):  # what the status counts
                 where = [namespace, secret.name, cert.key, str(cert.index), name]
@@ -96,11 +117,29 @@ def families(views: Iterable[View], now: datetime) -> list[Metric]:
                 _add(not_before, CERT_LABELS, secret.kind, labels, parsed.not_before.timestamp())
                 _add(expired, CERT_LABELS, secret.kind, labels, 1 if state == State.EXPIRED else 0)
                 _add(expiring, CERT_LABELS, secret.kind, labels, 1 if state == State.EXPIRING_SOON else 0)
+                found = hygiene.problems(parsed, entry.spec.policy)
+                for kind in {p.kind for p in found}:
+                    problem_counts[kind] += 1
+                for reason in sorted({(p.kind, p.reason) for p in found}):
+                    _add(problem, PROBLEM_LABELS, secret.kind, [*where, *reason], 1)
         threshold.add_metric([namespace, name], days * 86400)
         targets.add_metric([namespace, name], sum(counts.values()))
         for state, count in counts.items():
             by_state.add_metric([namespace, name, str(state)], count)
-    return [not_after, not_before, expired, expiring, error, threshold, targets, by_state]
+        for kind, count in problem_counts.items():
+            with_problems.add_metric([namespace, name, kind], count)
+    return [
+        not_after,
+        not_before,
+        expired,
+        expiring,
+        error,
+        threshold,
+        targets,
+        by_state,
+        problem,
+        with_problems,
+    ]
 
 
 class ViewCollector(Collector):

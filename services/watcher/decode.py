@@ -1,9 +1,10 @@
 """Finding the certificates in one Secret value, whatever the layout. Pure: no I/O.
 
 Reads PEM (bundles and chains, anything else in the value ignored), DER, base64 applied twice (as
-some tools store it), and PKCS#12 keystores (the password from another Secret, a sibling key, else
-empty). JKS keystores are not read: no well-kept Python library reads them. Returns
-certificates only, as PEM text; private keys are never returned. Work per value is bounded.
+some tools store it), PKCS#12 keystores (the password from another Secret, a sibling key, else
+empty) and Java keystores (JKS, JCEKS: services/watcher/jks.py; their certificates need no password,
+one that is known is checked). Returns certificates only, as PEM text; private keys are never returned.
+Work per value is bounded.
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
 
+from services.watcher.jks import KeystoreError, is_java_keystore, read_java_keystore
+from services.watcher.kubeconfig import KubeconfigError, embedded_certificates, looks_like_kubeconfig
+
 MAX_VALUE_BYTES = 1 << 20  # a value larger than this is reported, not read
 MAX_CERTS_PER_VALUE = 1000
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n([A-Za-z0-9+/=\r\n\t ]+?)-----END CERTIFICATE-----")
 _BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/=\r\n]+$")
 KEYSTORE_SUFFIXES = (".p12", ".pfx")
+JAVA_KEYSTORE_SUFFIXES = (".jks", ".jceks")
 # Sibling keys that may hold a keystore's password, tried in this order (then the empty password).
 PASSWORD_KEYS = (
     "{key}.password",
@@ -43,6 +48,7 @@ PASSWORD_KEYS = (
 class Found:
     pem: tuple[str, ...] = ()
     error: str | None = None
+    origins: tuple[str, ...] = ()  # where in the value each certificate is (a kubeconfig's), or ()
 
 
 def _pem(body_base64: bytes) -> str:
@@ -69,8 +75,8 @@ def _der_to_pem(value: bytes) -> str | None:
 
 def is_keystore_key(key: str) -> bool:
     lowered = key.lower()
-    return lowered.endswith(KEYSTORE_SUFFIXES) or (
-        lowered.startswith("keystore") and not _is_password_key(lowered)
+    return lowered.endswith(KEYSTORE_SUFFIXES + JAVA_KEYSTORE_SUFFIXES) or (
+        lowered.startswith(("keystore", "truststore")) and not _is_password_key(lowered)
     )
 
 
@@ -121,6 +127,18 @@ def _open_keystore(value: bytes, passwords: tuple[bytes, ...]) -> Found:
     return Found(error="not a readable PKCS#12 keystore")
 
 
+def _kubeconfig(key: str, value: bytes) -> Found:
+    try:
+        found = list(embedded_certificates(value))[: MAX_CERTS_PER_VALUE + 1]
+    except KubeconfigError as exc:
+        return Found(error=f"key {key}: {exc}")
+    if len(found) > MAX_CERTS_PER_VALUE:
+        return Found(error=f"key {key} holds more than {MAX_CERTS_PER_VALUE} certificates")
+    if not found:
+        return Found(error=f"key {key}: a kubeconfig that embeds no certificate")
+    return Found(pem=tuple(e.pem for e in found), origins=tuple(e.origin for e in found))
+
+
 def find_certificates(
     key: str, value: bytes, data: Mapping[str, bytes], first_passwords: tuple[bytes, ...] = ()
 ) -> Found:
@@ -133,10 +151,33 @@ def find_certificates(
         return Found(error=f"key {key} is too large ({len(value)} bytes, limit {MAX_VALUE_BYTES})")
     if not value.strip():
         return Found(error=f"key {key} is empty")
+    if is_java_keystore(value) or key.lower().endswith(JAVA_KEYSTORE_SUFFIXES):
+        passwords = tuple(dict.fromkeys((*first_passwords, *keystore_passwords(key, data))))
+        return _open_java_keystore(value, passwords)
     if is_keystore_key(key):
         passwords = tuple(dict.fromkeys((*first_passwords, *keystore_passwords(key, data))))
         return _open_keystore_cached(value, passwords)
     return _certificates(key, value, depth=0)
+
+
+def _open_java_keystore(value: bytes, passwords: tuple[bytes, ...]) -> Found:
+    """A JKS or JCEKS keystore's certificates; a wrong password (every one known fails the keystore's
+    integrity check) is reported. Without any password the certificates are read unchecked."""
+    try:
+        keystore = read_java_keystore(value)
+    except KeystoreError as exc:
+        return Found(error=str(exc) if is_java_keystore(value) else "not a Java keystore (JKS or JCEKS)")
+    known = [p for p in passwords if p]
+    if known and not any(keystore.password_matches(p) for p in known):
+        return Found(
+            error=f"{keystore.kind} keystore: wrong password, or altered since it was written "
+            "(its integrity check fails with every password found)"
+        )
+    if not keystore.certificates:
+        return Found(error=f"{keystore.kind} keystore holds no certificate")
+    if len(keystore.certificates) > MAX_CERTS_PER_VALUE:
+        return Found(error=f"{keystore.kind} keystore holds more than {MAX_CERTS_PER_VALUE} certificates")
+    return Found(pem=tuple(_pem(base64.b64encode(der)) for _, der in keystore.certificates))
 
 
 def _certificates(key: str, value: bytes, depth: int) -> Found:
@@ -145,6 +186,8 @@ def _certificates(key: str, value: bytes, depth: int) -> Found:
         return Found(error=f"key {key} holds more than {MAX_CERTS_PER_VALUE} certificates")
     if blocks:
         return Found(pem=tuple(blocks))
+    if depth == 0 and looks_like_kubeconfig(value):
+        return _kubeconfig(key, value)
     der = _der_to_pem(value)
     if der:
         return Found(pem=(der,))

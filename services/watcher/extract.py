@@ -22,6 +22,7 @@ from schemas.messages import (
     Certificate,
     CertSource,
     ConfigMapObserved,
+    HygienePolicy,
     LabelSelector,
     NotificationSpec,
     NotificationTarget,
@@ -29,6 +30,7 @@ from schemas.messages import (
 )
 from services.domain.certs import to_wire
 from services.domain.pem import parse_pem_certificate
+from services.watcher.chains import ANCHOR_KEY, CHAIN_KEY, anchor_problem, chain_problems
 from services.watcher.decode import MAX_VALUE_BYTES, find_certificates, is_keystore_key
 from services.watcher.passwords import ReferencedPassword
 
@@ -103,6 +105,7 @@ class RawCertCheckSpec(msgspec.Struct):
     threshold: int = 30
     keys: list[str] | None = None
     notification: msgspec.Raw = msgspec.Raw(b"null")
+    policy: msgspec.Raw = msgspec.Raw(b"null")
 
 
 class RawCertCheck(msgspec.Struct):
@@ -127,32 +130,81 @@ def read_cert_source(
     referenced: ReferencedPassword | None = None,
 ) -> CertSource:
     """The certificates under one base64-encoded data key, or why there are none."""
+    return read_cert_value(key, encoded, decoded, referenced)[0]
+
+
+def read_cert_value(
+    key: str,
+    encoded: str | None,
+    decoded: dict[str, bytes] | None = None,
+    referenced: ReferencedPassword | None = None,
+) -> tuple[CertSource, tuple[str, ...]]:
+    """``read_cert_source``, and the certificates as PEM."""
     if encoded is None:
-        return CertSource(key, error=f"key {key} is missing")
+        return CertSource(key, error=f"key {key} is missing"), ()
     if len(encoded) > MAX_VALUE_BYTES * 4 // 3 + 4:
-        return CertSource(key, error=f"key {key} is too large ({len(encoded)} bytes encoded)")
+        return CertSource(key, error=f"key {key} is too large ({len(encoded)} bytes encoded)"), ()
     try:
         value = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        return CertSource(key, error=f"key {key} is not valid base64")
-    return _source(key, value, decoded or {}, referenced)
+        return CertSource(key, error=f"key {key} is not valid base64"), ()
+    return _read(key, value, decoded or {}, referenced)
 
 
 def _source(
     key: str, value: bytes, decoded: dict[str, bytes], referenced: ReferencedPassword | None = None
 ) -> CertSource:
+    return _read(key, value, decoded, referenced)[0]
+
+
+def _read(
+    key: str, value: bytes, decoded: dict[str, bytes], referenced: ReferencedPassword | None = None
+) -> tuple[CertSource, tuple[str, ...]]:
+    """The source of one key, and its certificates as PEM (for the checks across keys)."""
     first = (referenced.password,) if referenced and referenced.password is not None else ()
     found = find_certificates(key, value, decoded, first)
     if found.pem:
-        return CertSource(key, certs=[to_wire(parse_pem_certificate(block)) for block in found.pem])
+        certs = _chained(key, found.pem)
+        if found.origins:
+            certs = [msgspec.structs.replace(c, origin=o) for c, o in zip(certs, found.origins, strict=True)]
+        return CertSource(key, certs=certs), found.pem
     if referenced and referenced.problem and found.error and "password" in found.error:
-        return CertSource(key, error=f"{found.error}; {referenced.describe()} {referenced.problem}")
-    return CertSource(key, error=found.error)
+        return CertSource(key, error=f"{found.error}; {referenced.describe()} {referenced.problem}"), ()
+    return CertSource(key, error=found.error), ()
+
+
+def _with_problem(cert: Certificate, problem: str | None) -> Certificate:
+    if problem is None or cert.error is not None:
+        return cert
+    return msgspec.structs.replace(cert, chain_problem=problem)
+
+
+def _chained(key: str, pems: tuple[str, ...]) -> list[Certificate]:
+    """Each certificate's facts, with what is wrong with its link in the key's chain."""
+    certs = [to_wire(parse_pem_certificate(block)) for block in pems]
+    return [
+        _with_problem(cert, problem) for cert, problem in zip(certs, chain_problems(key, pems), strict=True)
+    ]
+
+
+def _anchored(sources: list[CertSource], pems: dict[str, tuple[str, ...]]) -> list[CertSource]:
+    """``tls.crt``'s last certificate, with what is wrong when ``ca.crt`` issues none of its chain."""
+    problem = anchor_problem(pems.get(CHAIN_KEY, ()), pems.get(ANCHOR_KEY, ()))
+    if problem is None:
+        return sources
+    anchored = []
+    for source in sources:
+        if source.key == CHAIN_KEY and source.certs:
+            last = source.certs[-1]
+            joined = f"{last.chain_problem}; {problem}" if last.chain_problem else problem
+            source = msgspec.structs.replace(source, certs=[*source.certs[:-1], _with_problem(last, joined)])
+        anchored.append(source)
+    return anchored
 
 
 def _wire_size(cert: Certificate) -> int:
     """About what ``cert`` takes in a message (an upper bound; encoding it to know costs more)."""
-    names = (cert.subject_cn, cert.issuer_cn, cert.error, *cert.dns_names)
+    names = (cert.subject_cn, cert.issuer_cn, cert.error, cert.chain_problem, cert.origin, *cert.dns_names)
     return 200 + sum(len(name) + 3 for name in names if name)
 
 
@@ -244,14 +296,21 @@ def _sources(
     """Sources for every key that holds (or is named as if it held) a certificate; other key names."""
     passwords = decode_small_values({k: v for k, v in data.items() if "password" in k.lower()})
 
+    pems: dict[str, tuple[str, ...]] = {}
+
     def read(key: str) -> CertSource | None:
-        return None if _is_private(key) else read_cert_source(key, data[key], passwords, referenced)
+        if _is_private(key):
+            return None
+        if key not in CERT_KEYS:
+            return read_cert_source(key, data[key], passwords, referenced)
+        source, pems[key] = read_cert_value(key, data[key], passwords, referenced)
+        return source
 
     ordered = sorted(data, key=lambda key: (key not in CERT_KEYS, key != "tls.crt", key))
     sources, other_keys = _collect("Secret", ordered, read)
     if secret_type == TLS_TYPE and "tls.crt" not in data:
         sources.insert(0, CertSource("tls.crt", error="key tls.crt is missing"))
-    return sources, other_keys
+    return _anchored(sources, pems), other_keys
 
 
 def secret_observed(secret: RawSecret, referenced: ReferencedPassword | None = None) -> SecretObserved:
@@ -297,6 +356,16 @@ def _notification(raw: msgspec.Raw) -> NotificationSpec | None:
         return None  # the CRD schema rejects such specs; an older object must not stop the watch
 
 
+_policy_decoder = msgspec.json.Decoder(HygienePolicy | None)
+
+
+def _policy(raw: msgspec.Raw) -> HygienePolicy | None:
+    try:
+        return _policy_decoder.decode(raw)
+    except msgspec.ValidationError:
+        return None  # the CRD schema rejects such specs; an older object must not stop the watch
+
+
 def certcheck_observed(certcheck: RawCertCheck) -> CertCheckObserved:
     meta = certcheck.metadata
     return CertCheckObserved(
@@ -310,6 +379,7 @@ def certcheck_observed(certcheck: RawCertCheck) -> CertCheckObserved:
         notification=_notification(certcheck.spec.notification),
         keys=certcheck.spec.keys,
         configmap_selector=certcheck.spec.configMapSelector,
+        policy=_policy(certcheck.spec.policy),
         status=certcheck.status,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 from cryptography import x509
@@ -15,6 +16,7 @@ from devcluster.stack import Stack
 from schemas.annotations import CREDENTIAL_LABEL
 from tests.conftest import Cluster, wait_for
 from tests.e2e.helpers import metric
+from tests.keystores import java_keystore, needs_keytool
 
 
 def b64(value: bytes) -> str:
@@ -126,6 +128,59 @@ def test_pkcs12_keystore_with_its_password_in_the_same_secret(cluster: Cluster, 
     locked, opened = entries(cluster, namespace, "c", 2)
     assert (opened["name"], opened["subject"], opened["state"]) == ("store", "keystore.test", "ExpiringSoon")
     assert locked["state"] == "Invalid" and "wrong or missing password" in locked["reason"]
+
+
+@needs_keytool
+def test_java_keystores_are_read_without_a_password_and_a_wrong_one_is_reported(
+    cluster: Cluster, namespace: str
+) -> None:
+    ca, _ = expiring_in(10, "truststore CA")
+    jks = java_keystore("JKS", "changeit", key_pair="jks.test", trusted={"ca": ca}, validity_days=400)
+    jceks = java_keystore("JCEKS", "changeit", trusted={"ca": ca})
+    opaque(cluster, namespace, "jks", {"truststore.jks": jks}, {"app": "jks"})
+    opaque(cluster, namespace, "checked", {"store.jceks": jceks, "password": b"changeit"}, {"app": "jks"})
+    opaque(cluster, namespace, "wrong", {"keystore.jks": jks, "keystore-password": b"nope"}, {"app": "jks"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "jks"}})
+    found = entries(cluster, namespace, "c", 4)
+    # A keystore's entries come in the order keytool wrote them (its own hash order): compared sorted.
+    assert sorted((e["name"], e["key"], e.get("subject") or "", e["state"]) for e in found) == [
+        ("checked", "store.jceks", "truststore CA", "ExpiringSoon"),
+        ("jks", "truststore.jks", "jks.test", "Valid"),
+        ("jks", "truststore.jks", "truststore CA", "ExpiringSoon"),
+        ("wrong", "keystore.jks", "", "Invalid"),
+    ]
+    assert "JKS keystore: wrong password" in found[3]["reason"]
+
+
+def test_a_kubeconfig_secret_reports_its_client_and_ca_certificates_by_origin(
+    cluster: Cluster, namespace: str
+) -> None:
+    client_cert, client_key = expiring_in(5, "kubernetes-admin")
+    ca, _ = expiring_in(3000, "kubernetes")
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "prod",
+                "cluster": {"server": "https://prod:6443", "certificate-authority-data": b64(ca)},
+            }
+        ],
+        "users": [
+            {
+                "name": "admin",
+                "user": {"client-certificate-data": b64(client_cert), "client-key-data": b64(client_key)},
+            }
+        ],
+        "contexts": [{"name": "admin@prod", "context": {"cluster": "prod", "user": "admin"}}],
+    }
+    opaque(cluster, namespace, "prod-kubeconfig", {"value": json.dumps(config).encode()}, {"app": "capi"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "capi"}})
+    found = entries(cluster, namespace, "c", 2)
+    assert [(e["key"], e["index"], e["subject"], e["state"], e["origin"]) for e in found] == [
+        ("value", 0, "kubernetes-admin", "ExpiringSoon", "user admin (context admin@prod)"),
+        ("value", 1, "kubernetes", "Valid", "cluster prod CA (context admin@prod)"),
+    ]
 
 
 def test_pkcs12_password_from_a_referenced_secret_follows_that_secret(
