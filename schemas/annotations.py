@@ -11,6 +11,9 @@ PROBLEMS = PREFIX + "problems"
 
 ALL = (NOT_AFTER, NOT_BEFORE, STATE, CHECKED_BY, PROBLEMS)
 
+# Set by cert-manager on the Secrets it writes: the Certificate that manages it.
+CERT_MANAGER_CERTIFICATE = "cert-manager.io/certificate-name"
+
 # The label a Secret must carry for certcheck to use it as a credential (a notification token, signing
 # secret or headers, a keystore password): whoever may create a CertCheck or annotate a keystore must not
 # make certcheck read, and send, a Secret its owner never meant for it.

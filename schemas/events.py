@@ -48,7 +48,7 @@ REQUIRED_BY_TYPE = {
 }
 
 ObjectKind = Literal["Secret", "ConfigMap"]
-CertState = Literal["Valid", "ExpiringSoon", "Expired", "NotYetValid", "Invalid"]
+CertState = Literal["Valid", "ExpiringSoon", "Expired", "NotYetValid", "Invalid", "RenewalOverdue"]
 RemovedBecause = Literal["ObjectDeleted", "KeyRemoved", "NoLongerSelected", "CertCheckDeleted"]
 
 

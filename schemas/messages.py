@@ -19,6 +19,9 @@ class State(enum.StrEnum):
     EXPIRED = "Expired"
     NOT_YET_VALID = "NotYetValid"
     INVALID = "Invalid"
+    # A certificate cert-manager manages (the Secret names its Certificate) still not replaced a while
+    # after its renewal point: a renewal that stalls, caught weeks before the threshold.
+    RENEWAL_OVERDUE = "RenewalOverdue"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -91,6 +94,9 @@ class SecretObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="SecretO
     # Those of certcheck's annotations someone else wrote last (kubectl, say): not a state certcheck
     # recorded, so no basis for an Event; they are put back.
     edited_annotations: list[str] = []
+    # The cert-manager Certificate that manages the Secret (its cert-manager.io/certificate-name
+    # annotation), whose renewal certcheck watches for.
+    certificate_name: str | None = None
 
 
 class ConfigMapObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="ConfigMapObserved/v1"):
@@ -114,7 +120,7 @@ class SecretRef(msgspec.Struct, frozen=True):
     name: str
 
 
-DEFAULT_NOTIFY_STATES = ("ExpiringSoon", "Expired", "Invalid")
+DEFAULT_NOTIFY_STATES = ("ExpiringSoon", "Expired", "Invalid", "RenewalOverdue")
 # The fields of a notification target every channel shares; each other field of a target names a channel.
 TARGET_FIELDS = ("name", "states", "repeatInterval", "sendResolved")
 
@@ -233,6 +239,7 @@ class CertCheckStatus(msgspec.Struct, frozen=True, rename="camel"):
     expired_count: int = 0
     not_yet_valid_count: int = 0
     invalid_count: int = 0
+    renewal_overdue_count: int = 0
     weak_count: int = 0  # certificates with a key or signature the policy calls weak
     broken_chain_count: int = 0
     earliest_not_after: str | None = None

@@ -13,6 +13,7 @@ from functools import lru_cache
 
 from services.domain.certs import CertError, CertFacts
 from services.domain.hygiene import DEFAULT_POLICY, Policy
+from services.domain.states import renewal_overdue_at
 
 KUBERNETES_KIND_SECRET = "Secret"
 KUBERNETES_KIND_CONFIGMAP = "ConfigMap"
@@ -40,6 +41,7 @@ class SecretView:
     other_keys: tuple[str, ...] = ()  # keys without any certificate
     kind: str = "Secret"  # or "ConfigMap": read only, certcheck never writes to a ConfigMap
     edited_annotations: tuple[str, ...] = ()  # certcheck's annotations someone else wrote last
+    managed_by: str | None = None  # the cert-manager Certificate that renews it
     # What evaluations worked out from this view and may reuse while it holds (see ``_memoised``): a
     # CertCheck over thousands of Secrets re-rates only the one that changed. Not copied by replace().
     memo: dict[object, tuple[datetime, datetime, object]] = field(
@@ -67,6 +69,16 @@ class Coverage:
     certchecks: tuple[str, ...]
     max_threshold_days: int
     policy: Policy = DEFAULT_POLICY
+
+
+MANAGED_KEY = "tls.crt"  # cert-manager renews the leaf, the first certificate of tls.crt
+
+
+def renew_by(secret: SecretView, entry: CertEntry) -> datetime | None:
+    """When the certificate of ``entry`` should have been renewed, if cert-manager manages it."""
+    if secret.managed_by is None or entry.key != MANAGED_KEY or entry.index != 0:
+        return None
+    return renewal_overdue_at(entry.parsed) if isinstance(entry.parsed, CertFacts) else None
 
 
 def entry_label(kind: str, name: str, key: str, index: int) -> str:

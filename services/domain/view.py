@@ -200,6 +200,7 @@ def secret_view(observed: SecretObserved) -> model.SecretView:
         annotations=dict(observed.annotations),
         edited_annotations=tuple(observed.edited_annotations),
         secret_type=observed.type,
+        managed_by=observed.certificate_name[:253] if observed.certificate_name else None,
     )
 
 
@@ -214,6 +215,7 @@ def _source_view(
     secret_type: str,
     kind: str = model.KUBERNETES_KIND_SECRET,
     edited_annotations: tuple[str, ...] = (),
+    managed_by: str | None = None,
 ) -> model.SecretView:
     """The view of an object of any source kind: what every kind's message holds, and the rest as given."""
     return model.SecretView(
@@ -228,6 +230,7 @@ def _source_view(
         type=secret_type,
         other_keys=tuple(observed.other_keys),
         kind=kind,
+        managed_by=managed_by,
     )
 
 

@@ -1,5 +1,5 @@
-"""A CertCheck's conditions: Ready, ExpiringSoon, Expired, Invalid, Weak, ChainInvalid and
-NotificationFailed. Pure."""
+"""A CertCheck's conditions: Ready, ExpiringSoon, Expired, Invalid, RenewalOverdue, Weak, ChainInvalid
+and NotificationFailed. Pure."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from services.evaluator.hygiene import Findings
 from services.evaluator.rating import FAR_FUTURE, Rated, Rating
 
 _MESSAGE_EXAMPLES = 3
+OVERDUE = "not renewed by cert-manager an hour after two thirds of their lifetime"
 
 
 def condition(
@@ -66,6 +67,7 @@ def state_conditions(
         ("ExpiringSoon", State.EXPIRING_SOON, f"expiring within {spec.threshold_days} days"),
         ("Expired", State.EXPIRED, "expired"),
         ("Invalid", State.INVALID, "unreadable"),
+        ("RenewalOverdue", State.RENEWAL_OVERDUE, OVERDUE),
     ):
         hits = rating.by_state.get(state, [])
         if hits:

@@ -1,7 +1,7 @@
 """Which Kubernetes Events a change deserves. Pure: no I/O.
 
 One Event per state change per certificate, on the Secret, and one summary per reason on the CertCheck:
-- Warning ``ExpiringSoon``, ``Expired``, ``Invalid``: a certificate entered that state;
+- Warning ``ExpiringSoon``, ``Expired``, ``Invalid``, ``RenewalOverdue``: a certificate entered that state;
 - Normal ``Renewed``: the certificate was replaced by one with a later notAfter;
 - Normal ``Recovered``: a certificate left a bad state without being replaced (e.g. a threshold change);
 - Warning ``Weak`` or ``ChainInvalid`` on the Secret: its certificates have problems its
@@ -23,7 +23,7 @@ from services.evaluator.annotations import SecretOutcome, overlaid, recorded_sta
 from services.evaluator.hygiene import SecretProblems
 from services.evaluator.rating import Rated, SecretState
 
-WARNING_STATES = (State.EXPIRING_SOON, State.EXPIRED, State.INVALID)
+WARNING_STATES = (State.EXPIRING_SOON, State.EXPIRED, State.INVALID, State.RENEWAL_OVERDUE)
 RENEWED = "Renewed"
 RECOVERED = "Recovered"
 CHAIN_INVALID = "ChainInvalid"
@@ -75,6 +75,10 @@ def secret_event(change: SecretTransition) -> EventIntent | None:
             f"CertCheck {', '.join(change.certchecks)}"
         ),
         State.INVALID: f"{where} cannot be read (see the CertCheck's status for the reason)",
+        State.RENEWAL_OVERDUE: (
+            f"{where} (notAfter {new_not_after}) was not renewed: cert-manager renews at two thirds of a "
+            "certificate's lifetime, which passed over an hour ago; see its Certificate's conditions"
+        ),
         RENEWED: f"{where} was renewed: notAfter {old_not_after} -> {new_not_after}",
         RECOVERED: f"{where} is {new_state} again (notAfter {new_not_after})",
     }
@@ -203,6 +207,7 @@ def certcheck_events(
         State.EXPIRING_SOON: f"newly expiring within {threshold_days} days",
         State.EXPIRED: "newly expired",
         State.INVALID: "newly unreadable",
+        State.RENEWAL_OVERDUE: "newly overdue for renewal by cert-manager",
         RENEWED: "renewed",
         RECOVERED: "recovered",
     }

@@ -14,12 +14,26 @@ import msgspec
 
 from schemas.messages import State
 from services.domain.certs import CertFacts
-from services.domain.model import CertCheckSpec, CertEntry, SecretView, entry_label, selected_entries
+from services.domain.model import (
+    CertCheckSpec,
+    CertEntry,
+    SecretView,
+    entry_label,
+    renew_by,
+    selected_entries,
+)
 from services.domain.states import classify, next_due
 from services.domain.times import days, rfc3339, shift
 
 # Urgency: what an operator must look at first comes first.
-_RANK = {State.EXPIRED: 0, State.EXPIRING_SOON: 1, State.INVALID: 2, State.NOT_YET_VALID: 3, State.VALID: 4}
+_RANK = {
+    State.EXPIRED: 0,
+    State.EXPIRING_SOON: 1,
+    State.INVALID: 2,
+    State.RENEWAL_OVERDUE: 3,
+    State.NOT_YET_VALID: 4,
+    State.VALID: 5,
+}
 FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
 _JUST_AFTER = timedelta(microseconds=1)
 
@@ -31,6 +45,7 @@ class Rated:
     secret: SecretView
     entry: CertEntry
     state: State
+    renew_by: datetime | None = None  # when cert-manager should have replaced it (None: not managed)
     not_after: datetime = field(init=False)  # FAR_FUTURE for an unreadable entry
     identity: tuple[str, str, str, int] = field(init=False)  # kind, object name, key, index
     sort_key: tuple[int, datetime, str, str, str, int] = field(init=False)
@@ -65,6 +80,7 @@ def unchanged_until(rated: Iterable[Rated], threshold_days: int, now: datetime) 
         if facts is not None:
             moments += (
                 facts.not_before,
+                r.renew_by,
                 shift(facts.not_after, -days(threshold_days)),
                 shift(facts.not_after, _JUST_AFTER),
             )
@@ -80,11 +96,12 @@ def rate(secret: SecretView, threshold_days: int, now: datetime, patterns: Seque
         return held[2]  # type: ignore[return-value]
     rated = []
     for entry in selected_entries(secret, patterns):
+        renew = renew_by(secret, entry)
         if isinstance(entry.parsed, CertFacts):
-            state = classify(entry.parsed, threshold_days, now)
+            state = classify(entry.parsed, threshold_days, now, renew)
         else:
             state = State.INVALID
-        rated.append(Rated(secret, entry, state))
+        rated.append(Rated(secret, entry, state, renew))
     secret.memo[memo_key] = (now, unchanged_until(rated, threshold_days, now), rated)
     return rated
 
@@ -142,13 +159,20 @@ def next_due_time(rating: Rating, threshold_days: int, now: datetime) -> datetim
     return next_due(_due_candidates(rating.by_state), threshold_days, now)
 
 
-def _due_candidates(by_state: dict[State, list[Rated]]) -> list[CertFacts]:
+def _due_candidates(by_state: dict[State, list[Rated]]) -> list[tuple[CertFacts, datetime | None]]:
     """The certificates among which the next boundary lies (each state's list is sorted by notAfter).
     A Valid one's next boundary is notAfter - threshold, an ExpiringSoon one's notAfter + 1 s (at most
     a second past it, an Expired one's too): the earliest notAfter of each state has the earliest. A
-    NotYetValid certificate's boundaries need not come in notAfter order: all are candidates."""
+    NotYetValid certificate's boundaries need not come in notAfter order: all are candidates; nor need a
+    managed Valid one's renewal moment (its notBefore counts too): those are all candidates as well."""
     candidates = [*by_state.get(State.NOT_YET_VALID, [])]
-    for state, at in ((State.VALID, 0), (State.EXPIRING_SOON, 0), (State.EXPIRED, -1)):
+    candidates += [r for r in by_state.get(State.VALID, []) if r.renew_by is not None]
+    for state, at in (
+        (State.VALID, 0),
+        (State.RENEWAL_OVERDUE, 0),
+        (State.EXPIRING_SOON, 0),
+        (State.EXPIRED, -1),
+    ):
         if by_state.get(state):
             candidates.append(by_state[state][at])
-    return [facts for r in candidates if (facts := r.facts) is not None]
+    return [(facts, r.renew_by) for r in candidates if (facts := r.facts) is not None]

@@ -101,6 +101,7 @@ def certcheck_status(
         expired_count=rating.count(State.EXPIRED),
         not_yet_valid_count=rating.count(State.NOT_YET_VALID),
         invalid_count=rating.count(State.INVALID),
+        renewal_overdue_count=rating.count(State.RENEWAL_OVERDUE),
         weak_count=len(found.weak),
         broken_chain_count=len(found.broken_chains),
         earliest_not_after=rfc3339(earliest.not_after) if earliest else None,

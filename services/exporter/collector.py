@@ -83,6 +83,12 @@ def families(views: Iterable[View], now: datetime) -> list[Metric]:
     by_state = GaugeMetricFamily(
         "certcheck_certcheck_certificates", "Certificates per state", labels=[*CERTCHECK_LABELS, "state"]
     )
+    overdue = GaugeMetricFamily(
+        "certcheck_certificate_renewal_overdue",
+        "For a certificate cert-manager manages: 1 if it was not renewed an hour after two thirds of "
+        "its lifetime",
+        labels=CERT_LABELS,
+    )
     problem = GaugeMetricFamily(
         "certcheck_certificate_problem",
         "1 for each problem the CertCheck's policy finds with a certificate: kind Weak (reason KeyTooSmall "
@@ -110,13 +116,18 @@ def families(views: Iterable[View], now: datetime) -> list[Metric]:
                     _add(error, ERROR_LABELS, secret.kind, [*where, parsed.reason[:200]], 1)
                     counts[State.INVALID] += 1
                     continue
-                state = states.classify(parsed, days, now)
+                renew = model.renew_by(secret, cert)
+                state = states.classify(parsed, days, now, renew)
                 counts[state] += 1
                 labels = [*where, parsed.subject_cn or "", parsed.issuer_cn or "", parsed.serial_number]
                 _add(not_after, CERT_LABELS, secret.kind, labels, parsed.not_after.timestamp())
                 _add(not_before, CERT_LABELS, secret.kind, labels, parsed.not_before.timestamp())
                 _add(expired, CERT_LABELS, secret.kind, labels, 1 if state == State.EXPIRED else 0)
                 _add(expiring, CERT_LABELS, secret.kind, labels, 1 if state == State.EXPIRING_SOON else 0)
+                if renew is not None:
+                    _add(
+                        overdue, CERT_LABELS, secret.kind, labels, 1 if state == State.RENEWAL_OVERDUE else 0
+                    )
                 found = hygiene.problems(parsed, entry.spec.policy)
                 for kind in {p.kind for p in found}:
                     problem_counts[kind] += 1
@@ -133,6 +144,7 @@ def families(views: Iterable[View], now: datetime) -> list[Metric]:
         not_before,
         expired,
         expiring,
+        overdue,
         error,
         threshold,
         targets,

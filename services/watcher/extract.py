@@ -326,6 +326,7 @@ def secret_observed(secret: RawSecret, referenced: ReferencedPassword | None = N
         labels=meta.labels or {},
         annotations=ann.owned(meta.annotations),
         edited_annotations=edited_annotations(meta),
+        certificate_name=(meta.annotations or {}).get(ann.CERT_MANAGER_CERTIFICATE, None),
         sources=_bounded(sources),
         other_keys=other_keys,
     )

@@ -68,6 +68,7 @@ def test_certificate_series_appear_with_their_values_and_disappear_with_their_se
         "Expired": 0.0,
         "NotYetValid": 0.0,
         "Invalid": 0.0,
+        "RenewalOverdue": 0.0,
     }
 
     cluster.core.delete_namespaced_secret("s", namespace)

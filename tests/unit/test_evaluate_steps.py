@@ -91,7 +91,15 @@ class TestConditions:
     def test_ready_counts_what_was_evaluated_and_each_bad_state_names_examples(self) -> None:
         result = rated(*(secret(f"s{i}", facts(i + 1)) for i in range(5)))
         by_type = {c.type: c for c in conditions.certcheck_conditions(SPEC, result, 5, None, NOW)}
-        assert list(by_type) == ["Ready", "ExpiringSoon", "Expired", "Invalid", "Weak", "ChainInvalid"]
+        assert list(by_type) == [
+            "Ready",
+            "ExpiringSoon",
+            "Expired",
+            "Invalid",
+            "RenewalOverdue",
+            "Weak",
+            "ChainInvalid",
+        ]
         assert by_type["Ready"].message == "5 certificates in 5 objects evaluated"
         expiring = by_type["ExpiringSoon"]
         assert (expiring.status, expiring.reason) == ("True", "CertificatesExpiringSoon")

@@ -21,6 +21,7 @@ _ICONS = {
     "Expired": ":red_circle:",
     "ExpiringSoon": ":warning:",
     "Invalid": ":x:",
+    "RenewalOverdue": ":hourglass:",
     "resolved": ":white_check_mark:",
 }
 
