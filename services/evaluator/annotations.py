@@ -29,12 +29,13 @@ def desired_annotations(
 ) -> dict[str, str | None]:
     """What certcheck's annotations on a Secret should be, given every CertCheck that covers it.
 
-    The state uses the largest threshold among the covering CertChecks, so two CertChecks with different
-    thresholds compute the same annotations and never fight over them. ``rated``: the Secret's entries
-    already rated at that threshold with the default keys, if the caller has them.
+    The state uses the largest threshold among the covering CertChecks, and the problems their strictest
+    policy, so two CertChecks with different thresholds or policies compute the same annotations and never
+    fight over them. ``rated``: the Secret's entries already rated at that threshold and policy with the
+    default keys, if the caller has them.
     """
     if rated is None:
-        rated = rate(secret, coverage.max_threshold_days, now)
+        rated = rate(secret, coverage.max_threshold_days, now, (), coverage.policy)
     return _desired(coverage, rated)[1]
 
 
@@ -45,7 +46,7 @@ def _desired(
     what the strictest policy covering it finds wrong."""
     urgent = most_urgent(rated)
     state = state_of(urgent)
-    found = secret_problems(rated, coverage.policy)
+    found = secret_problems(rated)
     facts = urgent.facts if urgent is not None else None
     desired: dict[str, str | None] = dict.fromkeys(ann.ALL)  # what is not set here is removed
     desired[ann.STATE] = state.state
@@ -114,7 +115,7 @@ def _annotation_change(
     if held is not None and held[0] <= now < held[1]:
         return held[2]  # type: ignore[return-value]
     if rated is None:
-        rated = rate(secret, coverage.max_threshold_days, now)
+        rated = rate(secret, coverage.max_threshold_days, now, (), coverage.policy)
     state, desired, found = _desired(coverage, rated)
     change = (state, annotation_patch(secret, desired), found)
     secret.memo[memo_key] = (now, unchanged_until(rated, coverage.max_threshold_days, now), change)
@@ -137,7 +138,11 @@ def secret_outcomes(
             continue
         secret_coverage = coverage.get(secret.name, alone)
         # The CertCheck's own rating is the Secret's when it reads the default keys at the same threshold.
-        same_rating = not spec.keys and secret_coverage.max_threshold_days == spec.threshold_days
+        same_rating = (
+            not spec.keys
+            and secret_coverage.max_threshold_days == spec.threshold_days
+            and secret_coverage.policy == spec.policy
+        )
         rated = rating.of_object.get((secret.kind, secret.name)) if same_rating else None
         state, patch, found = _annotation_change(secret, secret_coverage, now, rated)
         outcomes.append(SecretOutcome(secret, secret_coverage, state, patch, found))

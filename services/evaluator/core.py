@@ -81,7 +81,7 @@ def evaluate(
     before it said was written and watched back still gets its Event.
     """
     rating = rate_certificates(spec, secrets, now)
-    found = findings(rating.ordered, spec.policy)
+    found = findings(rating.ordered)
     conditions = certcheck_conditions(spec, rating, len(secrets), observed, now, found)
     status = certcheck_status(spec, len(secrets), rating, conditions, observed, now, status_cap, found)
     status, status_changed = stamped(status, observed, now, refresh_after)

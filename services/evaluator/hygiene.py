@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.domain.hygiene import CHAIN, WEAK, Policy, Problem, problems
+from services.domain.hygiene import CHAIN, WEAK, Problem
 from services.evaluator.rating import Rated
 
 MAX_ANNOTATION = 1000
@@ -23,13 +23,13 @@ class Findings:
     broken_chains: list[Rated]
 
 
-def findings(rated: Sequence[Rated], policy: Policy) -> Findings:
+def findings(rated: Sequence[Rated]) -> Findings:
+    """The problems of ``rated`` (found as they were rated, under the CertCheck's policy)."""
     of: dict[tuple[str, str, str, int], tuple[Problem, ...]] = {}
     weak: list[Rated] = []
     broken: list[Rated] = []
     for r in rated:
-        facts = r.facts
-        found = problems(facts, policy) if facts is not None else ()
+        found = r.problems
         if not found:
             continue
         of[r.identity] = found
@@ -51,13 +51,9 @@ class SecretProblems:
 NO_PROBLEMS = SecretProblems()
 
 
-def secret_problems(rated: Sequence[Rated], policy: Policy) -> SecretProblems:
-    found = [
-        (r.entry.key, r.entry.index, p)
-        for r in rated
-        if (facts := r.facts) is not None
-        for p in problems(facts, policy)
-    ]
+def secret_problems(rated: Sequence[Rated]) -> SecretProblems:
+    """What ``rated`` (a Secret's entries, rated under the strictest policy covering it) have wrong."""
+    found = [(r.entry.key, r.entry.index, p) for r in rated for p in r.problems]
     if not found:
         return NO_PROBLEMS
     text = "; ".join(f"{key}[{index}]: {p.message}" for key, index, p in found)

@@ -14,6 +14,7 @@ import msgspec
 
 from schemas.messages import State
 from services.domain.certs import CertFacts
+from services.domain.hygiene import DEFAULT_POLICY, Policy, Problem, problems
 from services.domain.model import (
     CertCheckSpec,
     CertEntry,
@@ -46,6 +47,7 @@ class Rated:
     entry: CertEntry
     state: State
     renew_by: datetime | None = None  # when cert-manager should have replaced it (None: not managed)
+    problems: tuple[Problem, ...] = ()  # what the policy it was rated under finds wrong with it
     not_after: datetime = field(init=False)  # FAR_FUTURE for an unreadable entry
     identity: tuple[str, str, str, int] = field(init=False)  # kind, object name, key, index
     sort_key: tuple[int, datetime, str, str, str, int] = field(init=False)
@@ -87,10 +89,17 @@ def unchanged_until(rated: Iterable[Rated], threshold_days: int, now: datetime) 
     return min((m for m in moments if m is not None and m > now), default=FAR_FUTURE)
 
 
-def rate(secret: SecretView, threshold_days: int, now: datetime, patterns: Sequence[str] = ()) -> list[Rated]:
-    """The state of each certificate a CertCheck reads in a Secret. Worked out once per view and
-    threshold, and reused for as long as no certificate of the Secret reaches a boundary."""
-    memo_key = ("rated", threshold_days, tuple(patterns))
+def rate(
+    secret: SecretView,
+    threshold_days: int,
+    now: datetime,
+    patterns: Sequence[str] = (),
+    policy: Policy = DEFAULT_POLICY,
+) -> list[Rated]:
+    """The state of each certificate a CertCheck reads in a Secret, and what ``policy`` finds wrong with
+    it. Worked out once per view, threshold and policy, and reused for as long as no certificate of the
+    Secret reaches a boundary."""
+    memo_key = ("rated", threshold_days, tuple(patterns), policy)
     held = secret.memo.get(memo_key)
     if held is not None and held[0] <= now < held[1]:
         return held[2]  # type: ignore[return-value]
@@ -99,9 +108,10 @@ def rate(secret: SecretView, threshold_days: int, now: datetime, patterns: Seque
         renew = renew_by(secret, entry)
         if isinstance(entry.parsed, CertFacts):
             state = classify(entry.parsed, threshold_days, now, renew)
+            found = problems(entry.parsed, policy)
         else:
-            state = State.INVALID
-        rated.append(Rated(secret, entry, state, renew))
+            state, found = State.INVALID, ()
+        rated.append(Rated(secret, entry, state, renew, found))
     secret.memo[memo_key] = (now, unchanged_until(rated, threshold_days, now), rated)
     return rated
 
@@ -126,7 +136,7 @@ class Rating:
 
 def rate_certificates(spec: CertCheckSpec, secrets: Sequence[SecretView], now: datetime) -> Rating:
     """Rate every certificate the CertCheck reads in ``secrets`` at its own threshold and keys."""
-    of_object = {(s.kind, s.name): rate(s, spec.threshold_days, now, spec.keys) for s in secrets}
+    of_object = {(s.kind, s.name): rate(s, spec.threshold_days, now, spec.keys, spec.policy) for s in secrets}
     ordered = sorted((r for of_one in of_object.values() for r in of_one), key=BY_URGENCY)
     by_state: dict[State, list[Rated]] = {}
     for r in ordered:

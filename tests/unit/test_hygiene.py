@@ -219,6 +219,18 @@ class TestEvaluation:
         assert again.annotation_patches == []
         assert not [e for e in again.events if e.reason == "Weak"]
 
+    def test_one_secret_view_rated_under_two_policies_gives_each_its_own_problems(self) -> None:
+        view = secret_view("w", self.weak)
+        lenient = hygiene.Policy(minimum_rsa_key_size=1024, weak_signature_hashes=frozenset())
+        spec = CertCheckSpec("ns", "check", "uid-check", 1, 30, policy=lenient)
+        strict_coverage = {"w": Coverage(("check", "other"), 30, hygiene.DEFAULT_POLICY)}
+        evaluation = core.evaluate(spec, [view], strict_coverage, None, NOW)
+        assert evaluation.status.weak_count == 0  # the CertCheck's own, lenient policy
+        # The annotation follows the strictest policy of the CertChecks covering the Secret.
+        [patch] = evaluation.annotation_patches
+        assert (patch.annotations[ann.PROBLEMS] or "").startswith("tls.crt[0]: RSA key of 1024 bits")
+        assert self.evaluate(view).status.weak_count == 1  # the same view, the default policy
+
     def test_a_broken_chain_alone_warns_as_chain_invalid(self) -> None:
         broken = CertFacts(**{**_fields(self.good), "chain_problem": "chain broken: not issued by the next"})
         evaluation = self.evaluate(secret_view("b", broken))
