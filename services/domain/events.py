@@ -30,3 +30,28 @@ def certcheck_warning(
         dedup_key=dedup_key(uid, reason, *identity),
         occurrence=occurrence,
     )
+
+
+def secret_event_intent(
+    namespace: str,
+    name: str,
+    uid: str,
+    type_: str,
+    reason: str,
+    message: str,
+    occurrence: str,
+    *identity: str,
+) -> EventIntent:
+    """An Event on a Secret, named by its reason and what ``identity`` says the change is."""
+    return EventIntent(
+        namespace=namespace,
+        involved_api_version="v1",
+        involved_kind="Secret",
+        involved_name=name,
+        involved_uid=uid,
+        type=type_,
+        reason=reason,
+        message=message,
+        dedup_key=dedup_key(uid, reason, *identity),
+        occurrence=occurrence,
+    )

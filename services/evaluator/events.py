@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from schemas import annotations as ann
 from schemas.messages import AnnotationPatch, CertCheckStatus, EventIntent, State
-from services.domain.events import CERTCHECK_API_VERSION, dedup_key
+from services.domain.events import CERTCHECK_API_VERSION, dedup_key, secret_event_intent
 from services.domain.hygiene import WEAK
 from services.domain.model import CertCheckSpec, SecretView
 from services.domain.times import rfc3339
@@ -82,17 +82,15 @@ def secret_event(change: SecretTransition) -> EventIntent | None:
         RENEWED: f"{where} was renewed: notAfter {old_not_after} -> {new_not_after}",
         RECOVERED: f"{where} is {new_state} again (notAfter {new_not_after})",
     }
-    return EventIntent(
-        namespace=change.namespace,
-        involved_api_version="v1",
-        involved_kind="Secret",
-        involved_name=change.name,
-        involved_uid=change.uid,
-        type="Warning" if reason in WARNING_STATES else "Normal",
-        reason=str(reason),
-        message=messages[reason],
-        dedup_key=dedup_key(change.uid, str(reason), str(new_not_after)),
-        occurrence=_transition(old_state, old_not_after, new_state),
+    return secret_event_intent(
+        change.namespace,
+        change.name,
+        change.uid,
+        "Warning" if reason in WARNING_STATES else "Normal",
+        str(reason),
+        messages[reason],
+        _transition(old_state, old_not_after, new_state),
+        str(new_not_after),
     )
 
 
@@ -150,17 +148,10 @@ def problems_event(secret: SecretView, recorded: str | None, now: SecretProblems
     if now.text is None or now.text == recorded:
         return None
     reason = WEAK if WEAK in now.kinds else CHAIN_INVALID
-    return EventIntent(
-        namespace=secret.namespace,
-        involved_api_version="v1",
-        involved_kind="Secret",
-        involved_name=secret.name,
-        involved_uid=secret.uid,
-        type="Warning",
-        reason=reason,
-        message=f"Certificate in Secret {secret.namespace}/{secret.name}: {now.text}",
-        dedup_key=dedup_key(secret.uid, reason, now.text),
-        occurrence=dedup_key(recorded or "-", now.text),
+    message = f"Certificate in Secret {secret.namespace}/{secret.name}: {now.text}"
+    occurrence = dedup_key(recorded or "-", now.text)
+    return secret_event_intent(
+        secret.namespace, secret.name, secret.uid, "Warning", reason, message, occurrence, now.text
     )
 
 

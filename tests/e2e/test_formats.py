@@ -17,6 +17,7 @@ from schemas.annotations import CREDENTIAL_LABEL
 from tests.conftest import Cluster, wait_for
 from tests.e2e.helpers import metric
 from tests.keystores import java_keystore, needs_keytool
+from tests.kubeconfigs import client_certificate, kubeconfig
 
 
 def b64(value: bytes) -> str:
@@ -157,23 +158,11 @@ def test_a_kubeconfig_secret_reports_its_client_and_ca_certificates_by_origin(
 ) -> None:
     client_cert, client_key = expiring_in(5, "kubernetes-admin")
     ca, _ = expiring_in(3000, "kubernetes")
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "prod",
-                "cluster": {"server": "https://prod:6443", "certificate-authority-data": b64(ca)},
-            }
-        ],
-        "users": [
-            {
-                "name": "admin",
-                "user": {"client-certificate-data": b64(client_cert), "client-key-data": b64(client_key)},
-            }
-        ],
-        "contexts": [{"name": "admin@prod", "context": {"cluster": "prod", "user": "admin"}}],
-    }
+    config = kubeconfig(
+        {"prod": ca},
+        {"admin": client_certificate(client_cert, client_key)},
+        {"admin@prod": ("prod", "admin")},
+    )
     opaque(cluster, namespace, "prod-kubeconfig", {"value": json.dumps(config).encode()}, {"app": "capi"})
     cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "capi"}})
     found = entries(cluster, namespace, "c", 2)

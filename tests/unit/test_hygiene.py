@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from schemas import annotations as ann
-from schemas.messages import CertCheckObserved, HygienePolicy, LabelSelector, SecretObserved
+from schemas.messages import HygienePolicy
 from services.domain import hygiene
 from services.domain.certs import CertFacts
 from services.domain.model import CertCheckSpec, CertEntry, Coverage, SecretView
@@ -23,7 +23,7 @@ from services.exporter.collector import families
 from services.watcher.chains import anchor_problem, chain_problems
 from services.watcher.extract import RawSecret, secret_observed
 from tests import pki
-from tests.sources import facts_source
+from tests.sources import certcheck_observed, facts_source, tls_secret_observed
 
 NOW = datetime.now(UTC)
 
@@ -248,31 +248,11 @@ class TestEvaluation:
     def test_the_exporter_serves_one_series_per_problem_by_the_certchecks_policy(self) -> None:
         view = View()
         for seq, policy in ((1, None), (2, HygienePolicy(minimum_ec_key_size=384))):
-            view.apply(
-                seq,
-                CertCheckObserved(
-                    namespace="ns",
-                    name=f"check{seq}",
-                    uid=f"uid-check{seq}",
-                    resource_version=str(seq),
-                    generation=1,
-                    threshold_days=30,
-                    selector=LabelSelector(match_labels={"app": "x"}),
-                    policy=policy,
-                ),
-            )
+            view.apply(seq, certcheck_observed(f"check{seq}", policy=policy, resource_version=str(seq)))
         for seq, name, cert in ((3, "weak", self.weak_cert), (4, "good", self.good_cert)):
             view.apply(
                 seq,
-                SecretObserved(
-                    namespace="ns",
-                    name=name,
-                    uid=f"uid-{name}",
-                    resource_version=str(seq),
-                    type="kubernetes.io/tls",
-                    labels={"app": "x"},
-                    sources=[facts_source("tls.crt", pki.pem(cert))],
-                ),
+                tls_secret_observed(name, facts_source("tls.crt", pki.pem(cert)), resource_version=str(seq)),
             )
         found = {m.name: [(s.labels, s.value) for s in m.samples] for m in families([view], NOW)}
         problems = sorted(

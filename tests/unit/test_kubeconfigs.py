@@ -12,6 +12,7 @@ import yaml
 from devcluster.certs import expiring_in
 from services.watcher.decode import find_certificates
 from services.watcher.extract import RawSecret, secret_observed
+from tests import kubeconfigs
 
 
 def b64(value: bytes) -> str:
@@ -21,29 +22,15 @@ def b64(value: bytes) -> str:
 def kubeconfig() -> bytes:
     admin, admin_key = expiring_in(20, "kubernetes-admin")
     ca, _ = expiring_in(3000, "kubernetes")
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "prod",
-                "cluster": {"server": "https://prod:6443", "certificate-authority-data": b64(ca)},
-            }
-        ],
-        "users": [
-            {
-                "name": "admin",
-                "user": {"client-certificate-data": b64(admin), "client-key-data": b64(admin_key)},
-            },
-            {"name": "robot", "user": {"token": "s3cr3t-token"}},
-            {"name": "files", "user": {"client-certificate": "/etc/kubernetes/pki/admin.crt"}},
-        ],
-        "contexts": [
-            {"name": "admin@prod", "context": {"cluster": "prod", "user": "admin"}},
-            {"name": "robot@prod", "context": {"cluster": "prod", "user": "robot"}},
-        ],
-        "current-context": "admin@prod",
-    }
+    config = kubeconfigs.kubeconfig(
+        {"prod": ca},
+        {
+            "admin": kubeconfigs.client_certificate(admin, admin_key),
+            "robot": {"token": "s3cr3t-token"},
+            "files": {"client-certificate": "/etc/kubernetes/pki/admin.crt"},
+        },
+        {"admin@prod": ("prod", "admin"), "robot@prod": ("prod", "robot")},
+    )
     return yaml.safe_dump(config).encode()
 
 

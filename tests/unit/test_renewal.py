@@ -6,14 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from schemas import annotations as ann
-from schemas.messages import CertCheckObserved, LabelSelector, SecretObserved, State
+from schemas.messages import State
 from services.domain.certs import CertFacts
 from services.domain.model import CertCheckSpec, CertEntry, Coverage, SecretView
 from services.domain.states import RENEWAL_GRACE, classify, renewal_overdue_at
 from services.domain.view import View
 from services.evaluator import core
 from services.exporter.collector import families
-from tests.sources import facts_source
+from tests.sources import certcheck_observed, facts_source, tls_secret_observed
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 LIFETIME = timedelta(days=90)
@@ -90,37 +90,14 @@ def test_a_renewal_clears_it_with_a_renewed_event() -> None:
 
 def test_the_exporter_serves_the_overdue_series_for_managed_certificates_only() -> None:
     view = View()
-    view.apply(
-        1,
-        CertCheckObserved(
-            namespace="ns",
-            name="check",
-            uid="uid-check",
-            resource_version="1",
-            generation=1,
-            threshold_days=7,
-            selector=LabelSelector(match_labels={"app": "x"}),
-        ),
-    )
+    view.apply(1, certcheck_observed(threshold_days=7))
     from devcluster.certs import make_cert
 
     now = datetime.now(UTC)
     not_before = now - RENEWAL_GRACE - LIFETIME * 2 / 3 - timedelta(minutes=1)
     cert, _ = make_cert("web.test", not_before + LIFETIME, not_before)
     for seq, name, managed in ((2, "managed", "web"), (3, "plain", None)):
-        view.apply(
-            seq,
-            SecretObserved(
-                namespace="ns",
-                name=name,
-                uid=f"uid-{name}",
-                resource_version=str(seq),
-                type="kubernetes.io/tls",
-                labels={"app": "x"},
-                sources=[facts_source("tls.crt", cert)],
-                certificate_name=managed,
-            ),
-        )
+        view.apply(seq, tls_secret_observed(name, facts_source("tls.crt", cert), certificate_name=managed))
     found = {m.name: [(s.labels, s.value) for s in m.samples] for m in families([view], now)}
     overdue = [
         (labels["secret_name"], value) for labels, value in found["certcheck_certificate_renewal_overdue"]
