@@ -9,6 +9,7 @@ CertChecks it affects, so a Secret change is mapped to exactly the CertChecks th
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -387,6 +388,22 @@ class View:
 
     def effects_of(self, seq: int) -> Effects | None:
         return self._effects.get(seq)
+
+    def passed_over(self, seq: int, after: int = 0) -> tuple[Effects, list[int]]:
+        """The effects of every message after ``after`` and before ``seq`` still remembered, merged, and
+        their sequences.
+
+        The objects stream keeps one message per subject: one replaced by a newer message on its subject
+        before the work consumer fetched it is never delivered, yet the view, following ahead, may have
+        applied it and recorded what it asks for (a CertCheck's new spec, say, replaced in the stream by
+        the status certcheck wrote for the old one, which asks for nothing). The work consumer delivers
+        in stream order, so what is remembered before the message it delivers was passed over (or is a
+        redelivery to come, which then finds nothing remembered and is covered as too old)."""
+        earlier = [s for s in itertools.takewhile(lambda s: s < seq, self._effects) if s > after]
+        merged = Effects()
+        for s in earlier:
+            merged.merge(self._effects[s])
+        return merged, earlier
 
     def forget_effects(self, seqs: Iterable[int]) -> None:
         """The effects of these messages were acted on and the messages acknowledged."""

@@ -90,6 +90,10 @@ failed_evaluations = Counter(
     "certcheck_evaluation_failures_total", "Evaluations that raised (recorded as EvaluationFailed)"
 )
 stale_results = Counter("certcheck_stale_results_dropped_total", "Results dropped: a newer one was published")
+passed_over = Counter(
+    "certcheck_replaced_messages_acted_on_total",
+    "Object messages replaced in the stream before the work consumer fetched them, acted on with the next",
+)
 bad_messages = Counter(
     "certcheck_evaluator_bad_messages_total", "Messages that could not be decoded", ["stream"]
 )
@@ -207,24 +211,31 @@ class Evaluator:
             if not msgs:
                 continue
             effects = Effects()
-            settled = []
+            settled, taken = [], []
+            after = 0  # the batch's messages come in stream order: none before this one is passed over
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
                 await self.follower.wait_for(seq)
+                passed, passed_seqs = self.view.passed_over(seq, after)
+                after = seq
+                if passed_seqs:
+                    passed_over.inc(len(passed_seqs))
+                    effects.merge(passed)
+                    taken += passed_seqs
                 if seq in self.follower.undecodable:
                     await dead_letter(self.bus, msg, self.follower.undecodable.pop(seq), "undecodable")
                     continue
                 settled.append(msg)
+                taken.append(seq)
                 found = self.view.effects_of(seq)
                 if found is None:  # too old to remember: re-evaluate the whole namespace
                     found = Effects(evaluate=set(self._namespace_of(msg.subject)))
                 effects.merge(found)
             effects.evaluate |= self._annotations_to_put_back(effects.annotated, utcnow())
-            if (
-                settled
-                and await settle(self.bus, settled, self.act(effects, "change"), OBJECTS_POLICY) == "ok"
-            ):
-                self.view.forget_effects(msg.metadata.sequence.stream for msg in settled)
+            if not settled:
+                continue  # what was passed over stays remembered, taken with the next message
+            if await settle(self.bus, settled, self.act(effects, "change"), OBJECTS_POLICY) == "ok":
+                self.view.forget_effects(taken)
 
     def _annotations_to_put_back(self, annotated: Iterable[SecretKey], now: datetime) -> set[CertCheckKey]:
         """The CertChecks to evaluate again because a Secret's annotations no longer say what they

@@ -130,6 +130,28 @@ def test_status_only_update_of_a_certcheck_triggers_nothing() -> None:
     assert effects.evaluate == set()
 
 
+def test_a_spec_change_replaced_in_the_stream_by_a_status_write_is_still_handed_to_the_work_consumer() -> (
+    None
+):
+    """The view applied a new spec (message 2) that the stream then replaced by certcheck's status
+    write for the old spec (message 3, which asks for nothing): the work consumer is given message 3
+    only, and must still evaluate what message 2 asked for."""
+    view = View()
+    view.apply(1, certcheck("a", {"app": "x"}))
+    view.forget_effects([1])  # acted on
+    view.apply(2, certcheck("a", {"app": "x"}, generation=2, rv="2", threshold=7))
+    status_write = msgspec.structs.replace(
+        certcheck("a", {"app": "x"}, generation=2, rv="3", threshold=7),
+        status=msgspec.Raw(b'{"validCount":1}'),
+    )
+    assert view.apply(3, status_write).evaluate == set()
+    passed, seqs = view.passed_over(3)
+    assert (passed.evaluate, seqs) == ({("ns", "a")}, [2])
+    assert view.passed_over(3, after=2)[1] == []  # a message of the same batch is no passed-over one
+    view.forget_effects([2, 3])
+    assert view.passed_over(4)[1] == []
+
+
 def test_deleting_a_certcheck_releases_secrets_nobody_else_covers_and_reevaluates_the_others() -> None:
     view = View()
     fold(
