@@ -1,10 +1,11 @@
 """Whether the certificates under one key form a chain, each issued by the next, and whether a Secret's
 ``ca.crt`` issues its ``tls.crt`` chain. Pure: no I/O.
 
-A key holds a chain when it is ``tls.crt`` or its first certificate is not a CA (a leaf and what issued
-it); a bundle of CA certificates (``ca.crt``, a trust bundle) is a set of anchors, never checked as a
-chain. A link that cannot be judged (an algorithm ``cryptography`` cannot verify, a certificate that
-cannot be loaded) is not reported: only what is known to be wrong is.
+A key holds a chain when it is ``tls.crt``, or its first certificate is a leaf followed by CA
+certificates (a leaf and what issued it); a bundle of CA certificates (``ca.crt``, a trust bundle), or of
+leaf certificates side by side, is never checked as a chain. A link that cannot be judged (an
+algorithm ``cryptography`` cannot verify, a certificate that cannot be loaded) is not reported: only
+what is known to be wrong is.
 """
 
 from __future__ import annotations
@@ -66,10 +67,17 @@ def issued_by(child_pem: str, parent_pem: str) -> bool | None:
 
 
 def is_chain(key: str, pems: Sequence[str]) -> bool:
+    """``tls.crt``, or a leaf followed by CA certificates (what issued it). A bundle of CAs, or of leaf
+    certificates side by side (pinned certificates, say), is no chain."""
     if key == CHAIN_KEY:
         return True
-    first = _load(pems[0]) if pems else None
-    return first is not None and not _is_ca(first)
+    certs = [_load(pem) for pem in pems]
+    first = certs[0] if certs else None
+    return (
+        first is not None
+        and not _is_ca(first)
+        and any(cert is not None and _is_ca(cert) for cert in certs[1:])
+    )
 
 
 def chain_problems(key: str, pems: Sequence[str]) -> list[str | None]:

@@ -125,10 +125,12 @@ class TestChains:
         [problem, _] = chain_problems("tls.crt", pems(self.leaf, impostor))
         assert problem is not None and problem.startswith("chain broken")
 
-    def test_a_bundle_of_ca_certificates_is_not_a_chain(self) -> None:
+    def test_a_bundle_of_ca_certificates_or_of_leaves_is_not_a_chain(self) -> None:
         unrelated = pki.ca("unrelated root")
         assert chain_problems("ca.crt", pems(self.root[0], unrelated[0])) == [None, None]
         assert chain_problems("bundle.pem", pems(self.leaf, unrelated[0]))[0] is not None
+        side_by_side = pki.issue("other.test", pki.ec_key(), self.intermediate)
+        assert chain_problems("pinned.pem", pems(self.leaf, side_by_side)) == [None, None]
 
     def test_ca_crt_must_issue_or_be_part_of_the_chain(self) -> None:
         chain = pems(self.leaf, self.intermediate[0])
