@@ -35,8 +35,7 @@ class Slot(NamedTuple):  # a tuple: hashed and compared in C, thousands of times
     chain_index: int  # position in the key's chain or bundle
 
 
-@dataclass(frozen=True)
-class Seen:
+class Seen(NamedTuple):  # built for every certificate of a CertCheck at each evaluation: a tuple is cheap
     """What a slot held at one evaluation."""
 
     state: CertState

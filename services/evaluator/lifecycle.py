@@ -4,15 +4,15 @@ What each CertCheck last told of its certificate slots is kept in the key-value 
 ``certcheck_event_slots`` (one entry per CertCheck, compressed) and in memory while the evaluator holds
 the partition. After an evaluation, the facts between what was told and what was found
 (services/domain/lifecycle.py) are published, each with its id as ``Nats-Msg-Id``; only then is the
-entry written. A crash in between derives the same facts again: same ids, kept once by the stream's
-duplicate window.
+entry written (at most about once a second per CertCheck). A crash in between derives the same facts
+again: same ids, kept once by the stream's duplicate window.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
+import time
 import zlib
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -36,6 +36,10 @@ PUBLISH_TIMEOUT_SECONDS = 30.0
 # An entry larger than this is not kept in the bucket (a CertCheck of many thousand certificates): its
 # facts are then derived against memory only, and a restart says again what it had said (counted).
 MAX_ENTRY_BYTES = 900 * 1024
+# What a CertCheck told is written at most about this often (see ``_remember``), far inside the events
+# stream's one-hour duplicate window.
+WRITE_EVERY_SECONDS = 1.0
+WRITE_ATTEMPTS = 5
 
 published_events = Counter("certcheck_lifecycle_events_total", "Public expiry events published", ["type"])
 untracked = Counter(
@@ -87,8 +91,25 @@ def decode_told(data: bytes) -> Told:
     return _decode.decode(zlib.decompress(data))
 
 
-@functools.lru_cache(maxsize=65_536)  # per certificate, at every evaluation of every CertCheck reading it
+# Per certificate facts object, by identity: found_slots converts every certificate of a CertCheck at
+# each of its evaluations, and hashing the facts (a dozen fields) for an lru_cache cost more than the
+# conversion. The entry holds the facts object, so its id is not reused while it is cached.
+_CONVERTED: dict[int, tuple[CertFacts, CertificateFacts]] = {}
+_CONVERTED_MAX = 200_000
+
+
 def certificate_facts(facts: CertFacts) -> CertificateFacts:
+    held = _CONVERTED.get(id(facts))
+    if held is not None and held[0] is facts:
+        return held[1]
+    if len(_CONVERTED) >= _CONVERTED_MAX:
+        _CONVERTED.clear()
+    converted = _converted(facts)
+    _CONVERTED[id(facts)] = (facts, converted)
+    return converted
+
+
+def _converted(facts: CertFacts) -> CertificateFacts:
     return CertificateFacts(
         fingerprint_sha256=facts.fingerprint,
         serial_number=facts.serial_number,
@@ -131,9 +152,14 @@ def removal_reason(
 class LifecycleEvents:
     """Derives and publishes one evaluator replica's public events, and remembers what it told."""
 
-    def __init__(self, bus: Bus, bucket: KeyValue, cluster: str) -> None:
+    def __init__(
+        self, bus: Bus, bucket: KeyValue, cluster: str, write_every_seconds: float = WRITE_EVERY_SECONDS
+    ) -> None:
         self.bus, self.bucket, self.cluster = bus, bucket, cluster
         self._told: dict[tuple[str, str], tuple[int, dict[Slot, Seen]]] = {}
+        self._write_every = write_every_seconds
+        self._written_at: dict[tuple[str, str], float] = {}
+        self._pending: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     @staticmethod
     def _key(namespace: str, certcheck: str) -> str:
@@ -179,8 +205,12 @@ class LifecycleEvents:
         facts = lifecycle_facts(watcher, told, {}, lambda slot: "CertCheckDeleted")
         if facts:
             await self._publish(facts, now)
+        pending = self._pending.pop((namespace, certcheck), None)
+        if pending is not None:
+            pending.cancel()
         await self.bucket.delete(self._key(namespace, certcheck))
         self._told.pop((namespace, certcheck), None)
+        self._written_at.pop((namespace, certcheck), None)
 
     async def _publish(self, facts: list[Fact], now: datetime) -> None:
         time = rfc3339(now)
@@ -195,17 +225,49 @@ class LifecycleEvents:
     async def _remember(
         self, namespace: str, certcheck: str, threshold_days: int, found: dict[Slot, Seen]
     ) -> None:
-        self._told[(namespace, certcheck)] = (threshold_days, found)
+        """Hold what was told, and write it to the bucket now, or, if it was written less than
+        ``write_every`` ago, once that has passed (what memory holds then: a CertCheck changing many
+        times a second is written about once a second, not rewritten whole at every change). A crash
+        before the write derives the facts since again, under the same ids: the events stream keeps
+        them once (its duplicate window is an hour)."""
+        key = (namespace, certcheck)
+        self._told[key] = (threshold_days, found)
+        if key in self._pending:
+            return  # the write scheduled takes what memory holds when it runs
+        wait = self._written_at.get(key, float("-inf")) + self._write_every - time.monotonic()
+        if wait <= 0:
+            await self._write(key)
+        else:
+            self._pending[key] = asyncio.create_task(self._write_later(key, wait), name=f"told-{key}")
+
+    async def _write_later(self, key: tuple[str, str], wait: float) -> None:
+        try:
+            for attempt in range(WRITE_ATTEMPTS):
+                await asyncio.sleep(wait)
+                try:
+                    await self._write(key)
+                    return
+                except Exception as exc:  # the bus is away: try again, then leave it to the next facts
+                    log.warning("CertCheck %s/%s: what it told is not written yet: %s", *key, exc)
+                    wait = self._write_every * 2 ** (attempt + 1)
+        finally:
+            self._pending.pop(key, None)
+
+    async def _write(self, key: tuple[str, str]) -> None:
+        held = self._told.get(key)
+        if held is None:
+            return  # removed meanwhile
+        self._written_at[key] = time.monotonic()
+        threshold_days, found = held
         data = encode_told(threshold_days, found)
         if len(data) > MAX_ENTRY_BYTES:
             untracked.inc()
             log.warning(
                 "CertCheck %s/%s: %d certificate slots are too many to keep durably (%d bytes): "
                 "a restart publishes its discoveries again",
-                namespace,
-                certcheck,
+                *key,
                 len(found),
                 len(data),
             )
             return
-        await self.bucket.put(self._key(namespace, certcheck), data)
+        await self.bucket.put(self._key(*key), data)

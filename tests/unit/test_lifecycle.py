@@ -3,11 +3,14 @@ changed, removed with why; nothing when nothing changed, and the same facts (ids
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import UTC, datetime
 
 from schemas.events import CertificateFacts, RemovedBecause, cloud_event, event_id
 from services.domain.lifecycle import Seen, Slot, Watcher, lifecycle_facts
 
+NOW = datetime.now(UTC)
 WATCHER = Watcher("prod", "shop", "web", 30)
 SLOT = Slot("Secret", "web-tls", "uid-1", "tls.crt", 0)
 OLD = CertificateFacts("aa" * 32, "01", not_after="2027-01-01T00:00:00Z")
@@ -84,3 +87,46 @@ def test_facts_derived_again_have_the_same_ids_and_validate_as_events() -> None:
     assert [event_id(t, e) for t, e in first] == [event_id(t, e) for t, e in second]
     for token, event in first:
         assert json.loads(cloud_event(token, event, "2026-12-05T00:00:00Z").data)["state"] == "Expired"
+
+
+def _slot(name: str) -> dict[Slot, Seen]:
+    return {Slot("Secret", name, f"uid-{name}", "tls.crt", 0): Seen("Valid")}
+
+
+def test_what_a_certcheck_told_is_written_at_once_then_at_most_once_per_interval_with_the_latest() -> None:
+    from services.evaluator.lifecycle import LifecycleEvents, decode_told
+    from tests.fakes import FakeKeyValue
+
+    async def scenario() -> None:
+        bucket = FakeKeyValue()
+        events = LifecycleEvents(None, bucket, "default", write_every_seconds=0.2)  # type: ignore[arg-type]
+
+        def told() -> set[str]:
+            return {s.object_name for s in decode_told(bucket.entries["ns.c"].value).slots}
+
+        await events._remember("ns", "c", 30, _slot("a"))
+        assert told() == {"a"} and bucket.revision == 1  # the first write is at once
+        await events._remember("ns", "c", 30, _slot("b"))
+        await events._remember("ns", "c", 30, {**_slot("b"), **_slot("c")})
+        assert told() == {"a"}  # a burst waits for the interval...
+        await asyncio.sleep(1.0)
+        assert told() == {"b", "c"} and bucket.revision == 2  # ...then writes the latest, once
+
+    asyncio.run(scenario())
+
+
+def test_a_removed_certcheck_cancels_the_write_that_was_waiting() -> None:
+    from services.evaluator.lifecycle import LifecycleEvents
+    from tests.fakes import FakeKeyValue
+
+    async def scenario() -> None:
+        bucket = FakeKeyValue()
+        events = LifecycleEvents(None, bucket, "default", write_every_seconds=0.3)  # type: ignore[arg-type]
+        await events._remember("ns", "c", 30, _slot("a"))
+        await events._remember("ns", "c", 30, {})  # waits (then the CertCheck goes: nothing to tell)
+        assert ("ns", "c") in events._pending
+        await events.certcheck_removed("ns", "c", NOW)
+        await asyncio.sleep(0.6)
+        assert "ns.c" not in bucket.entries and bucket.revision == 1
+
+    asyncio.run(scenario())
