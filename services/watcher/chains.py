@@ -21,6 +21,10 @@ from services.domain.certs import MAX_TEXT
 
 CHAIN_KEY = "tls.crt"
 ANCHOR_KEY = "ca.crt"
+# Work per Secret is bounded whatever it holds: a chain longer than this (real ones have 2 to 4
+# certificates) is not checked, nor are anchors past this many (each pair may cost a signature check).
+MAX_CHAIN = 16
+MAX_ANCHORS = 64
 
 
 @lru_cache(maxsize=4096)
@@ -83,7 +87,7 @@ def is_chain(key: str, pems: Sequence[str]) -> bool:
 def chain_problems(key: str, pems: Sequence[str]) -> list[str | None]:
     """For each certificate of the key, what is wrong with its link to the next, or None."""
     problems: list[str | None] = [None] * len(pems)
-    if len(pems) < 2 or not is_chain(key, pems):
+    if not 2 <= len(pems) <= MAX_CHAIN or not is_chain(key, pems):
         return problems
     for index in range(len(pems) - 1):
         if issued_by(pems[index], pems[index + 1]) is not False:
@@ -109,8 +113,9 @@ def chain_problems(key: str, pems: Sequence[str]) -> list[str | None]:
 
 def anchor_problem(chain: Sequence[str], anchors: Sequence[str]) -> str | None:
     """What is wrong when no certificate of ``ca.crt`` issues (or is) a certificate of the chain."""
-    if not chain or not anchors:
+    if not chain or not anchors or len(chain) > MAX_CHAIN:
         return None
+    anchors = anchors[:MAX_ANCHORS]
     verdicts = [anchor == link or issued_by(link, anchor) for anchor in anchors for link in chain]
     if any(verdicts) or None in verdicts:  # linked, or not known not to be
         return None

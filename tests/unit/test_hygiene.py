@@ -132,6 +132,17 @@ class TestChains:
         side_by_side = pki.issue("other.test", pki.ec_key(), self.intermediate)
         assert chain_problems("pinned.pem", pems(self.leaf, side_by_side)) == [None, None]
 
+    def test_a_hostile_bundle_of_same_named_certificates_costs_bounded_work(self) -> None:
+        from services.watcher import chains
+
+        same_name = [pki.issue("intermediate", pki.ec_key(), self.root, ca=True) for _ in range(40)]
+        chains.issued_by.cache_clear()
+        assert chain_problems("tls.crt", pems(self.leaf, *same_name)) == [None] * 41  # too long to check
+        many = [pki.issue("intermediate", pki.ec_key(), self.root, ca=True) for _ in range(80)]
+        # Impostors all: reported, after at most MAX_ANCHORS signature checks.
+        assert anchor_problem(pems(self.leaf), pems(*many)) is not None
+        assert chains.issued_by.cache_info().misses <= chains.MAX_ANCHORS
+
     def test_ca_crt_must_issue_or_be_part_of_the_chain(self) -> None:
         chain = pems(self.leaf, self.intermediate[0])
         assert anchor_problem(chain, pems(self.root[0])) is None
