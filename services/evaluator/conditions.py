@@ -9,7 +9,7 @@ from datetime import datetime
 from schemas.messages import CertCheckStatus, Condition, State
 from services.domain.model import CertCheckSpec
 from services.domain.times import rfc3339
-from services.evaluator.hygiene import Findings
+from services.evaluator.hygiene import NO_FINDINGS, Findings
 from services.evaluator.rating import FAR_FUTURE, Rated, Rating
 
 _MESSAGE_EXAMPLES = 3
@@ -95,7 +95,7 @@ def hygiene_conditions(
         ("ChainInvalid", found.broken_chains, "BrokenChains", "ChainsValid", "in a broken chain"),
     ):
         if hits:
-            message = f"{len(hits)} certificates {what}: {_problem_examples(hits, found)}"
+            message = f"{len(hits)} certificates {what}: {_problem_examples(hits)}"
             conditions.append(condition(type_, True, bad, message[:1000], gen, observed, now))
         else:
             off = type_ == "ChainInvalid" and not policy.verify_chains
@@ -107,10 +107,9 @@ def hygiene_conditions(
     return conditions
 
 
-def _problem_examples(rated: Sequence[Rated], found: Findings) -> str:
+def _problem_examples(rated: Sequence[Rated]) -> str:
     shown = ", ".join(
-        f"{r.label} ({'; '.join(p.message for p in found.of.get(r.identity, ()))})"
-        for r in rated[:_MESSAGE_EXAMPLES]
+        f"{r.label} ({'; '.join(p.message for p in r.problems)})" for r in rated[:_MESSAGE_EXAMPLES]
     )
     more = len(rated) - _MESSAGE_EXAMPLES
     return shown + (f" and {more} more" if more > 0 else "")
@@ -144,6 +143,6 @@ def certcheck_conditions(
     observed_conditions = by_type(observed)
     return (
         state_conditions(spec, rating, objects, observed_conditions, now)
-        + hygiene_conditions(spec, found or Findings({}, [], []), observed_conditions, now)
+        + hygiene_conditions(spec, found or NO_FINDINGS, observed_conditions, now)
         + notification_conditions(spec, observed, observed_conditions, now)
     )

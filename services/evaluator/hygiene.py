@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.domain.hygiene import CHAIN, WEAK, Problem
+from services.domain.hygiene import CHAIN, WEAK
 from services.evaluator.rating import Rated
 
 MAX_ANNOTATION = 1000
@@ -15,29 +15,20 @@ MAX_ANNOTATION = 1000
 
 @dataclass(frozen=True, slots=True)
 class Findings:
-    """Each certificate's problems (only those with any), and the certificates per kind of problem,
-    most urgent first."""
+    """The certificates with a problem, per kind of problem, most urgent first (each Rated carries its
+    own problems, found as it was rated under the CertCheck's policy)."""
 
-    of: dict[tuple[str, str, str, int], tuple[Problem, ...]]
     weak: list[Rated]
     broken_chains: list[Rated]
 
 
+NO_FINDINGS = Findings([], [])
+
+
 def findings(rated: Sequence[Rated]) -> Findings:
-    """The problems of ``rated`` (found as they were rated, under the CertCheck's policy)."""
-    of: dict[tuple[str, str, str, int], tuple[Problem, ...]] = {}
-    weak: list[Rated] = []
-    broken: list[Rated] = []
-    for r in rated:
-        found = r.problems
-        if not found:
-            continue
-        of[r.identity] = found
-        if any(p.kind == WEAK for p in found):
-            weak.append(r)
-        if any(p.kind == CHAIN for p in found):
-            broken.append(r)
-    return Findings(of, weak, broken)
+    weak = [r for r in rated if r.problems and any(p.kind == WEAK for p in r.problems)]
+    broken = [r for r in rated if r.problems and any(p.kind == CHAIN for p in r.problems)]
+    return Findings(weak, broken)
 
 
 @dataclass(frozen=True, slots=True)

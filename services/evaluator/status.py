@@ -10,10 +10,9 @@ import msgspec
 
 from schemas.messages import CertCheckStatus, CertificateStatus, Condition, State
 from services.domain.certs import CertError
-from services.domain.hygiene import Problem
 from services.domain.model import CertCheckSpec
 from services.domain.times import parse_rfc3339, rfc3339
-from services.evaluator.hygiene import Findings
+from services.evaluator.hygiene import NO_FINDINGS, Findings
 from services.evaluator.rating import Rated, Rating
 
 DEFAULT_STATUS_CAP = 100
@@ -28,7 +27,7 @@ def _days_remaining(not_after: datetime, now: datetime) -> int:
     return math.floor((not_after - now).total_seconds() / 86400)
 
 
-def certificate_status(rated: Rated, now: datetime, problems: tuple[Problem, ...] = ()) -> CertificateStatus:
+def certificate_status(rated: Rated, now: datetime) -> CertificateStatus:
     """One certificate as the status lists it, with what the policy finds wrong with it."""
     parsed = rated.entry.parsed
     if isinstance(parsed, CertError):
@@ -59,7 +58,7 @@ def certificate_status(rated: Rated, now: datetime, problems: tuple[Problem, ...
         key_algorithm=parsed.key_algorithm,
         key_size=parsed.key_size,
         signature_algorithm=parsed.signature_algorithm,
-        problems=[p.message for p in problems] or None,
+        problems=[p.message for p in rated.problems] or None,
         origin=parsed.origin,
     )
 
@@ -88,10 +87,8 @@ def certcheck_status(
     state, the earliest notAfter, the ``status_cap`` most urgent certificates that fit
     STATUS_MAX_BYTES and how many are left out; the notification failures stay as recorded."""
     earliest = rating.earliest()
-    found = found or Findings({}, [], [])
-    shown = within_budget(
-        [certificate_status(r, now, found.of.get(r.identity, ())) for r in rating.ordered[:status_cap]]
-    )
+    found = found or NO_FINDINGS
+    shown = within_budget([certificate_status(r, now) for r in rating.ordered[:status_cap]])
     return CertCheckStatus(
         observed_generation=spec.generation,
         target_secrets_count=objects,
