@@ -131,13 +131,14 @@ def secret_outcomes(
 ) -> list[SecretOutcome]:
     """Each selected Secret's annotation change (ConfigMaps are read, never annotated). A Secret missing
     from ``coverage`` is taken as covered by this CertCheck alone."""
-    alone = Coverage((spec.name,), spec.threshold_days)
+    alone = Coverage((spec.name,), spec.threshold_days, spec.policy)
     outcomes = []
     for secret in secrets:
         if secret.kind != KUBERNETES_KIND_SECRET:
             continue
         secret_coverage = coverage.get(secret.name, alone)
-        # The CertCheck's own rating is the Secret's when it reads the default keys at the same threshold.
+        # The CertCheck's own rating is the Secret's when it reads the default keys at the same threshold
+        # and policy.
         same_rating = (
             not spec.keys
             and secret_coverage.max_threshold_days == spec.threshold_days
