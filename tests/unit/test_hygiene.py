@@ -244,6 +244,13 @@ class TestEvaluation:
         assert (patch.annotations[ann.PROBLEMS] or "").startswith("tls.crt[0]: RSA key of 1024 bits")
         assert self.evaluate(view).status.weak_count == 1  # the same view, the default policy
 
+    def test_a_secret_without_coverage_given_is_judged_by_the_certchecks_own_policy(self) -> None:
+        lenient = hygiene.Policy(minimum_rsa_key_size=1024, weak_signature_hashes=frozenset())
+        spec = CertCheckSpec("ns", "check", "uid-check", 1, 30, policy=lenient)
+        evaluation = core.evaluate(spec, [secret_view("w", self.weak)], {}, None, NOW)
+        [patch] = evaluation.annotation_patches
+        assert patch.annotations.get(ann.PROBLEMS) is None
+
     def test_a_broken_chain_alone_warns_as_chain_invalid(self) -> None:
         broken = CertFacts(**{**_fields(self.good), "chain_problem": "chain broken: not issued by the next"})
         evaluation = self.evaluate(secret_view("b", broken))
