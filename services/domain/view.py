@@ -507,15 +507,16 @@ class View:
         )
         namespace_certchecks[event.name] = entry
         same_object = previous is not None and previous.spec.uid == event.uid
-        threshold_changed = previous is not None and (
+        # The threshold and the policy decide what the annotations of the Secrets it covers say.
+        annotations_change = previous is not None and (
             previous.spec.threshold_days != spec.threshold_days or previous.spec.policy != spec.policy
-        )  # what the annotations of the Secrets it covers say: theirs to say again
+        )
         effects = Effects(evaluate={(event.namespace, event.name)})
         for index in self.sources.values():
             old_covered = previous.covered_of(index.kind.name) if previous and same_object else set()
             covered = index.cover(entry, old_covered)
             if index.kind.annotated:
-                touched = (covered ^ old_covered) | (covered if threshold_changed else set())
+                touched = (covered ^ old_covered) | (covered if annotations_change else set())
                 index.neighbours(event.namespace, touched, effects)
         return effects
 

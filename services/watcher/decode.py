@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import itertools
 import re
 import warnings
 from collections import OrderedDict
@@ -129,7 +130,7 @@ def _open_keystore(value: bytes, passwords: tuple[bytes, ...]) -> Found:
 
 def _kubeconfig(key: str, value: bytes) -> Found:
     try:
-        found = list(embedded_certificates(value))[: MAX_CERTS_PER_VALUE + 1]
+        found = list(itertools.islice(embedded_certificates(value), MAX_CERTS_PER_VALUE + 1))
     except KubeconfigError as exc:
         return Found(error=f"key {key}: {exc}")
     if len(found) > MAX_CERTS_PER_VALUE:
@@ -151,13 +152,11 @@ def find_certificates(
         return Found(error=f"key {key} is too large ({len(value)} bytes, limit {MAX_VALUE_BYTES})")
     if not value.strip():
         return Found(error=f"key {key} is empty")
-    if is_java_keystore(value) or key.lower().endswith(JAVA_KEYSTORE_SUFFIXES):
-        passwords = tuple(dict.fromkeys((*first_passwords, *keystore_passwords(key, data))))
-        return _open_java_keystore(value, passwords)
-    if is_keystore_key(key):
-        passwords = tuple(dict.fromkeys((*first_passwords, *keystore_passwords(key, data))))
-        return _open_keystore_cached(value, passwords)
-    return _certificates(key, value, depth=0)
+    java = is_java_keystore(value) or key.lower().endswith(JAVA_KEYSTORE_SUFFIXES)
+    if not java and not is_keystore_key(key):
+        return _certificates(key, value, depth=0)
+    passwords = tuple(dict.fromkeys((*first_passwords, *keystore_passwords(key, data))))
+    return _open_java_keystore(value, passwords) if java else _open_keystore_cached(value, passwords)
 
 
 def _open_java_keystore(value: bytes, passwords: tuple[bytes, ...]) -> Found:
