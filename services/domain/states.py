@@ -9,6 +9,15 @@ from schemas.messages import State
 from services.domain.certs import CertFacts
 from services.domain.times import days, shift
 
+# Urgency: what an operator must look at first comes first.
+URGENCY = {
+    State.EXPIRED: 0,
+    State.EXPIRING_SOON: 1,
+    State.INVALID: 2,
+    State.RENEWAL_OVERDUE: 3,
+    State.NOT_YET_VALID: 4,
+    State.VALID: 5,
+}
 # cert-manager renews a certificate when two thirds of its lifetime have passed (its default renewBefore,
 # a third of the duration); one still not replaced this long after is overdue. The grace keeps a renewal
 # that is merely under way (an ACME order takes minutes) from being reported.

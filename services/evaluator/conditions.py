@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from schemas.messages import CertCheckStatus, Condition, State
+from services.domain.conditions import condition
 from services.domain.model import CertCheckSpec
 from services.domain.times import rfc3339
 from services.evaluator.hygiene import NO_FINDINGS, Findings
@@ -14,29 +15,6 @@ from services.evaluator.rating import FAR_FUTURE, Rated, Rating
 
 _MESSAGE_EXAMPLES = 3
 OVERDUE = "not renewed by cert-manager an hour after two thirds of their lifetime"
-
-
-def condition(
-    type_: str,
-    status: bool,
-    reason: str,
-    message: str,
-    generation: int,
-    observed: dict[str, Condition],
-    now: datetime,
-) -> Condition:
-    """A condition that keeps its lastTransitionTime from ``observed`` while its status stays."""
-    status_text = "True" if status else "False"
-    previous = observed.get(type_)
-    since = previous.last_transition_time if previous and previous.status == status_text else rfc3339(now)
-    return Condition(
-        type=type_,
-        status=status_text,
-        reason=reason,
-        message=message,
-        last_transition_time=since,
-        observed_generation=generation,
-    )
 
 
 def by_type(status: CertCheckStatus | None) -> dict[str, Condition]:

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 import msgspec
 
 from schemas.messages import AnnotationPatch, CertCheckStatus, EventIntent
+from services.domain.conditions import condition
 from services.domain.events import certcheck_warning
 from services.domain.model import CertCheckSpec, Coverage, SecretView
 from services.domain.times import rfc3339
@@ -22,7 +23,7 @@ from services.evaluator.annotations import (
     desired_annotations,
     secret_outcomes,
 )
-from services.evaluator.conditions import by_type, certcheck_conditions, condition
+from services.evaluator.conditions import by_type, certcheck_conditions
 from services.evaluator.hygiene import findings
 from services.evaluator.rating import Rated, next_due_time, rate_certificates
 from services.evaluator.status import (

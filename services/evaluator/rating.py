@@ -23,18 +23,9 @@ from services.domain.model import (
     renew_by,
     selected_entries,
 )
-from services.domain.states import classify, next_due
+from services.domain.states import URGENCY, classify, next_due
 from services.domain.times import days, rfc3339, shift
 
-# Urgency: what an operator must look at first comes first.
-_RANK = {
-    State.EXPIRED: 0,
-    State.EXPIRING_SOON: 1,
-    State.INVALID: 2,
-    State.RENEWAL_OVERDUE: 3,
-    State.NOT_YET_VALID: 4,
-    State.VALID: 5,
-}
 FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
 _JUST_AFTER = timedelta(microseconds=1)
 
@@ -58,7 +49,7 @@ class Rated:
         identity = (self.secret.kind, self.secret.name, self.entry.key, self.entry.index)
         object.__setattr__(self, "not_after", not_after)
         object.__setattr__(self, "identity", identity)
-        object.__setattr__(self, "sort_key", (_RANK[self.state], not_after, *identity))
+        object.__setattr__(self, "sort_key", (URGENCY[self.state], not_after, *identity))
 
     @property
     def label(self) -> str:
