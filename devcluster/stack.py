@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from kubernetes import client, config, utils
@@ -47,9 +48,14 @@ def api_client(kubeconfig: Path) -> client.ApiClient:
 
 
 def apply_crd(api: client.ApiClient, path: Path = CRD_PATH, timeout: float = 30) -> None:
-    """Create or update the CRD and wait until the API server serves it."""
+    """Create or update every CRD of the file and wait until the API server serves them."""
+    for body in yaml.safe_load_all(path.read_text()):
+        if body:
+            _apply_one_crd(api, body, timeout)
+
+
+def _apply_one_crd(api: client.ApiClient, body: Any, timeout: float) -> None:
     ext = client.ApiextensionsV1Api(api)
-    body = yaml.safe_load(path.read_text())
     name = body["metadata"]["name"]
     try:
         ext.create_custom_resource_definition(body)

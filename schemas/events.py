@@ -47,9 +47,25 @@ REQUIRED_BY_TYPE = {
     REMOVED: ("removedBecause",),
 }
 
-ObjectKind = Literal["Secret", "ConfigMap"]
+# Secrets and ConfigMaps, and the cluster-scoped objects whose CA bundles a ClusterCertCheck reads (their
+# events' namespace is subjects.CLUSTER_NAMESPACE).
+ObjectKind = Literal[
+    "Secret",
+    "ConfigMap",
+    "ValidatingWebhookConfiguration",
+    "MutatingWebhookConfiguration",
+    "APIService",
+    "CustomResourceDefinition",
+]
 CertState = Literal["Valid", "ExpiringSoon", "Expired", "NotYetValid", "Invalid", "RenewalOverdue"]
 RemovedBecause = Literal["ObjectDeleted", "KeyRemoved", "NoLongerSelected", "CertCheckDeleted"]
+
+
+def source(cluster: str, namespace: str, certcheck: str) -> str:
+    """The CloudEvents source: the CertCheck, or the ClusterCertCheck whose share of a namespace it is."""
+    if certcheck.startswith(subjects.SHARE_PREFIX):
+        return f"/clusters/{cluster}/clustercertchecks/{certcheck.removeprefix(subjects.SHARE_PREFIX)}"
+    return f"/clusters/{cluster}/namespaces/{namespace}/certchecks/{certcheck}"
 
 
 def event_type(token: str) -> str:
@@ -145,7 +161,7 @@ def cloud_event(token: str, event: CertificateEvent, time: str) -> CloudEvent:
     attributes = {
         "specversion": SPEC_VERSION,
         "id": identity,
-        "source": f"/clusters/{event.cluster}/namespaces/{event.namespace}/certchecks/{event.certcheck}",
+        "source": source(event.cluster, event.namespace, event.certcheck),
         "type": event_type(token),
         "subject": f"{event.object_kind.lower()}s/{event.object_name}/{event.key}/{event.index}",
         "time": time,

@@ -111,6 +111,32 @@ class ConfigMapObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="Conf
     other_keys: list[str] = []
 
 
+class ClusterSourceObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="ClusterSourceObserved/v1"):
+    """A cluster-scoped object holding CA bundles (a webhook configuration, an APIService, a CRD's
+    conversion webhook): one source per bundle, keyed by the webhook's name (``caBundle`` for an
+    APIService, ``conversion`` for a CRD). Its namespace is subjects.CLUSTER_NAMESPACE. Read-only."""
+
+    object_kind: str  # the subject's kind token (subjects.KIND_APISERVICE, ...)
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    labels: dict[str, str] = {}
+    sources: list[CertSource] = []
+
+
+class CertificateObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="CertificateObserved/v1"):
+    """A cert-manager Certificate (watched when certcheck may read them): the Secret it writes, and when
+    it plans to renew the certificate in it (``status.renewalTime``)."""
+
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    secret_name: str = ""
+    renewal_time: datetime | None = None
+
+
 class SecretKeyRef(msgspec.Struct, frozen=True):
     name: str
     key: str
@@ -174,6 +200,11 @@ class CertCheckObserved(msgspec.Struct, frozen=True, tag_field="kind", tag="Cert
     policy: HygienePolicy | None = None  # None: the defaults
     # The status as last written, passed through untouched: the evaluator's diff base.
     status: msgspec.Raw = msgspec.Raw(b"null")
+    # A ClusterCertCheck's share of one namespace (its name then ``clustercertcheck/<name>``, see
+    # services/domain/clusterchecks.py): the cluster-scoped sources it reads (subject kind tokens; in the
+    # share of subjects.CLUSTER_NAMESPACE only), and its namespace selector, checked like the others.
+    cluster_sources: list[str] | None = None
+    namespace_selector: LabelSelector | None = None
 
 
 class ObjectDeleted(msgspec.Struct, frozen=True, tag_field="kind", tag="ObjectDeleted/v1"):
@@ -184,7 +215,14 @@ class ObjectDeleted(msgspec.Struct, frozen=True, tag_field="kind", tag="ObjectDe
     resource_version: str
 
 
-ObjectEvent = SecretObserved | ConfigMapObserved | CertCheckObserved | ObjectDeleted
+ObjectEvent = (
+    SecretObserved
+    | ConfigMapObserved
+    | ClusterSourceObserved
+    | CertificateObserved
+    | CertCheckObserved
+    | ObjectDeleted
+)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -222,6 +260,7 @@ class CertificateStatus(msgspec.Struct, frozen=True, rename="camel", omit_defaul
     signature_algorithm: str | None = None
     problems: list[str] | None = None  # what the CertCheck's policy finds wrong (weak, broken chain)
     origin: str | None = None  # where in the key's value (a kubeconfig's user or cluster)
+    namespace: str | None = None  # in a ClusterCertCheck's status only (None there: cluster-scoped)
 
 
 class NotificationFailure(msgspec.Struct, frozen=True, rename="camel"):
@@ -251,6 +290,49 @@ class CertCheckStatus(msgspec.Struct, frozen=True, rename="camel"):
     last_evaluation_time: str | None = None
     # Written by the notifier only (the recorder never sends this field): targets failing for good.
     notification_failures: list[NotificationFailure] | None = None
+
+
+class NamespaceSummary(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+    """One selected namespace in a ClusterCertCheck's status."""
+
+    namespace: str
+    target_certs_count: int = 0
+    expiring_soon_count: int = 0
+    expired_count: int = 0
+    invalid_count: int = 0
+    renewal_overdue_count: int = 0
+    weak_count: int = 0
+    broken_chain_count: int = 0
+    earliest_not_after: str | None = None
+
+
+class ClusterCertCheckStatus(msgspec.Struct, frozen=True, rename="camel"):
+    """A ClusterCertCheck's status: the totals of every selected namespace (and of the cluster-scoped
+    sources), the most urgent namespaces and certificates (bounded), and the conditions of them all."""
+
+    observed_generation: int = 0
+    namespaces_count: int = 0
+    target_secrets_count: int = 0
+    target_certs_count: int = 0
+    valid_count: int = 0
+    expiring_soon_count: int = 0
+    expired_count: int = 0
+    not_yet_valid_count: int = 0
+    invalid_count: int = 0
+    renewal_overdue_count: int = 0
+    weak_count: int = 0
+    broken_chain_count: int = 0
+    earliest_not_after: str | None = None
+    earliest_certificate: str | None = None
+    namespaces: list[NamespaceSummary] = []
+    namespaces_omitted: int = 0
+    certificates: list[CertificateStatus] = []
+    certificates_omitted: int = 0
+    conditions: list[Condition] = []
+    last_evaluation_time: str | None = None
+    # certcheck's bookkeeping: the revision of the namespaces' results this status merges (a write
+    # merging older ones is not made).
+    merged_revision: int = 0
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from schemas import subjects
 from schemas.streams import (
     ALL_STREAMS,
+    CLUSTER_SHARES_BUCKET,
     EVENT_SLOTS_BUCKET,
     EVENTS,
     KUBE_EVENTS,
@@ -162,6 +163,8 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
             *_durable(RESULTS.name, RECORDER_CONSUMER),
             *_durable(KUBE_EVENTS.name, RECORDER_EVENTS_CONSUMER),
             *_bucket(RECORDER_APPLIED_BUCKET),
+            *_bucket(CLUSTER_SHARES_BUCKET),
+            *_ordered(f"KV_{CLUSTER_SHARES_BUCKET}"),  # a merge reads every share of one ClusterCertCheck
         ),
     ),
     "notifier": Permissions(

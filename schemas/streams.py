@@ -118,6 +118,10 @@ RECORDER_APPLIED_BUCKET = "certcheck_recorder_applied"
 # The watcher's last fully published resourceVersion per resource: a restart resumes its watches there.
 WATCHER_STATE_BUCKET = "certcheck_watcher"
 
+# The last result of each share of a ClusterCertCheck (``<name>.<namespace>``), merged by the recorder
+# into the ClusterCertCheck's status.
+CLUSTER_SHARES_BUCKET = "certcheck_cluster_shares"
+
 # Leader leases: one active replica of a service that must not run twice at once (the watcher).
 LEASE_BUCKET = "certcheck_leases"
 

@@ -29,6 +29,21 @@ KUBE_EVENTS_ALL = f"{PREFIX}.kubeevents.>"
 KIND_CERTCHECK = "certcheck"
 KIND_SECRET = "secret"
 KIND_CONFIGMAP = "configmap"
+KIND_CERTIFICATE = "certificate"  # a cert-manager Certificate: when it renews its Secret's certificate
+# Cluster-scoped objects holding CA bundles, which only a ClusterCertCheck reads (``spec.sources``).
+KIND_VALIDATING_WEBHOOK = "validatingwebhook"
+KIND_MUTATING_WEBHOOK = "mutatingwebhook"
+KIND_APISERVICE = "apiservice"
+KIND_CRD = "crd"
+CLUSTER_SOURCE_KINDS = (KIND_VALIDATING_WEBHOOK, KIND_MUTATING_WEBHOOK, KIND_APISERVICE, KIND_CRD)
+OBJECT_KINDS = (KIND_CERTCHECK, KIND_SECRET, KIND_CONFIGMAP, KIND_CERTIFICATE, *CLUSTER_SOURCE_KINDS)
+
+# The namespace token of cluster-scoped objects: never a namespace's name (namespaces are DNS labels,
+# without '_'), so they sit in a partition of their own like the objects of any one namespace.
+CLUSTER_NAMESPACE = "_cluster"
+# A ClusterCertCheck's share of a namespace travels as a CertCheck of that namespace named with this prefix
+# (services/domain/clusterchecks.py); no CertCheck's name has a '/'.
+SHARE_PREFIX = "clustercertcheck/"
 
 
 _FNV32_OFFSET = 0x811C9DC5
@@ -47,7 +62,8 @@ def partition_of(namespace: str, partitions: int) -> int:
 
 
 def object_subject(partition: int, kind: str, namespace: str, name: str) -> str:
-    """Last-value subject of one observed Kubernetes object (CertCheck, Secret or ConfigMap)."""
+    """Last-value subject of one observed Kubernetes object (a CertCheck, a ClusterCertCheck's share of
+    a namespace, a Secret, a ConfigMap or a cluster-scoped object holding CA bundles)."""
     return f"{PREFIX}.objects.{partition}.{kind}.{namespace}.{name}"
 
 
@@ -106,7 +122,7 @@ def split_object_subject(subject: str) -> ObjectSubject:
         or f"{parts[0]}.{parts[1]}" != PREFIX
         or parts[2] != "objects"
         or not parts[3].isdigit()
-        or parts[4] not in (KIND_CERTCHECK, KIND_SECRET, KIND_CONFIGMAP)
+        or parts[4] not in OBJECT_KINDS
     ):
         raise ValueError(f"not an object subject: {subject!r}")
     return ObjectSubject(int(parts[3]), parts[4], parts[5], parts[6])

@@ -18,7 +18,7 @@ from kubernetes import client
 from nats.js.errors import NoKeysError, NotFoundError
 
 from devcluster.cluster import NatsServer
-from devcluster.stack import Stack, api_client
+from devcluster.stack import Stack, api_client, apply_crd
 from schemas import subjects
 from schemas.streams import (
     DEFAULT_PARTITIONS,
@@ -104,12 +104,20 @@ LOOPBACK_WEBHOOKS = {"CERTCHECK_WEBHOOK_ALLOWED_CIDRS": "127.0.0.1/32"}
 NOTIFIER_TEST_ENV = {"CERTCHECK_NOTIFY_MAX_ATTEMPTS": "4", **LOOPBACK_WEBHOOKS}
 
 
+CERT_MANAGER_CRD = Path(__file__).resolve().parent / "crds" / "cert-manager-certificates.yaml"
+
+
 @contextlib.contextmanager
-def running(stack: Stack, services: dict[str, dict[str, str]] | None = None) -> Iterator[Stack]:
-    """The stack's control plane and nats-server started, and its services unless ``services`` is None
-    (then each service's extra environment); everything stopped after, or if starting fails."""
+def running(
+    stack: Stack, services: dict[str, dict[str, str]] | None = None, crds: tuple[Path, ...] = ()
+) -> Iterator[Stack]:
+    """The stack's control plane and nats-server started, ``crds`` installed, and its services unless
+    ``services`` is None (then each service's extra environment); everything stopped after, or if
+    starting fails."""
     try:
         stack.start_infrastructure()
+        for crd in crds:
+            apply_crd(api_client(stack.control_plane.kubeconfig), crd)
         if services is not None:
             stack.start_services(services)
         yield stack
@@ -123,7 +131,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, slack: Receiver) -> Iterator
         "notifier": {"CERTCHECK_SLACK_API_URL": slack.url, **NOTIFIER_TEST_ENV},
         "watcher": {"CERTCHECK_SECRET_TYPES": "kubernetes.io/tls,Opaque"},
     }
-    with running(Stack(Path(tmp_path_factory.mktemp("certcheck"))), services) as stack:
+    # cert-manager's Certificates are served, so the watcher reads their renewal times (test_renewal.py).
+    with running(Stack(Path(tmp_path_factory.mktemp("certcheck"))), services, (CERT_MANAGER_CRD,)) as stack:
         yield stack
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
@@ -11,8 +12,16 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter
 
 from schemas.annotations import FIELD_MANAGER
-from schemas.messages import AnnotationPatch, CertCheckStatus, EventIntent, NotificationFailure
+from schemas.messages import (
+    AnnotationPatch,
+    CertCheckStatus,
+    ClusterCertCheckStatus,
+    EventIntent,
+    NotificationFailure,
+)
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, MERGE_PATCH
+from services.domain.clusterchecks import PLURAL as CLUSTER_PLURAL
+from services.domain.clusterchecks import is_cluster_scoped
 from services.domain.times import rfc3339
 
 JSON_PATCH = "application/json-patch+json"
@@ -20,6 +29,7 @@ JSON_PATCH = "application/json-patch+json"
 log = logging.getLogger(__name__)
 
 OCCURRENCE = "certcheck.dev/occurrence"
+CLUSTER_EVENTS_NAMESPACE = "default"
 writes = Counter("certcheck_kubernetes_writes_total", "Writes to the Kubernetes API", ["kind", "outcome"])
 
 
@@ -35,6 +45,31 @@ def _certcheck_status_path(namespace: str, name: str) -> str:
 
 
 _encode = msgspec.json.Encoder().encode
+
+
+def _cluster_check_path(name: str, subresource: str = "") -> str:
+    return f"/apis/{CERTCHECK_GROUP}/{CERTCHECK_VERSION}/{CLUSTER_PLURAL}/{name}{subresource}"
+
+
+class _Meta(msgspec.Struct):
+    uid: str = ""
+    resourceVersion: str = ""
+    generation: int = 0
+
+
+class _ClusterCheck(msgspec.Struct):
+    metadata: _Meta = msgspec.field(default_factory=_Meta)
+    status: msgspec.Raw = msgspec.Raw(b"null")
+
+
+@dataclass(frozen=True)
+class ClusterCheckRead:
+    """A ClusterCertCheck as read for a compare-and-set of its status."""
+
+    uid: str
+    resource_version: str
+    generation: int
+    status: msgspec.Raw
 
 
 class KubeWriter:
@@ -54,7 +89,7 @@ class KubeWriter:
         response = self.api.rest_client.pool_manager.request(
             method,
             self.api.configuration.host + path,
-            body=_encode(body),
+            body=_encode(body) if body is not None else None,
             headers=headers,
             preload_content=False,
             timeout=30,
@@ -148,6 +183,38 @@ class KubeWriter:
         value = [msgspec.to_builtins(f) for f in failures] or None
         self._patch_status(namespace, name, uid, {"notificationFailures": value})
 
+    def read_cluster_check(self, name: str) -> ClusterCheckRead | None:
+        """The ClusterCertCheck, or None when there is none of that name."""
+        status, data = self._send("GET", _cluster_check_path(name), None, "application/json")
+        if status == 404:
+            return None
+        if status >= 300:
+            raise ApiException(status=status, reason=data[:300].decode(errors="replace"))
+        read = msgspec.json.decode(data, type=_ClusterCheck)
+        meta = read.metadata
+        return ClusterCheckRead(meta.uid, meta.resourceVersion, meta.generation, read.status)
+
+    def replace_cluster_status(
+        self, name: str, read: ClusterCheckRead, status: ClusterCertCheckStatus
+    ) -> bool:
+        """Set the status of the ClusterCertCheck as ``read``, if it is still that version (a
+        compare-and-set: False when it changed since, or is gone)."""
+        ops = [
+            {"op": "test", "path": "/metadata/uid", "value": read.uid},
+            {"op": "test", "path": "/metadata/resourceVersion", "value": read.resource_version},
+            {"op": "add", "path": "/status", "value": msgspec.to_builtins(status)},
+        ]
+        path = f"{_cluster_check_path(name, '/status')}?fieldManager={FIELD_MANAGER}"
+        code, data = self._send("PATCH", path, ops, JSON_PATCH)
+        if code < 300:
+            writes.labels("status", "ok").inc()
+            return True
+        if code in (404, 409, 422):
+            writes.labels("status", "conflict").inc()
+            return False
+        writes.labels("status", "error").inc()
+        raise ApiException(status=code, reason=data[:300].decode(errors="replace"))
+
     def patch_annotations(self, patch: AnnotationPatch) -> None:
         body = {"metadata": {"uid": patch.uid, "annotations": patch.annotations}}
         self._write(
@@ -165,21 +232,27 @@ class KubeWriter:
         now = datetime.now(UTC)
         name = f"{intent.involved_name[:200]}.{intent.dedup_key}"
         stamp = rfc3339(now)
+        involved = {
+            "apiVersion": intent.involved_api_version,
+            "kind": intent.involved_kind,
+            "name": intent.involved_name,
+            "namespace": intent.namespace,
+            "uid": intent.involved_uid,
+        }
+        namespace = intent.namespace
+        if is_cluster_scoped(intent.involved_kind):
+            # As Kubernetes' own recorder does: a cluster-scoped object's Events live in "default".
+            del involved["namespace"]
+            namespace = CLUSTER_EVENTS_NAMESPACE
         event = {
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {
                 "name": name,
-                "namespace": intent.namespace,
+                "namespace": namespace,
                 "annotations": {OCCURRENCE: intent.occurrence},
             },
-            "involvedObject": {
-                "apiVersion": intent.involved_api_version,
-                "kind": intent.involved_kind,
-                "name": intent.involved_name,
-                "namespace": intent.namespace,
-                "uid": intent.involved_uid,
-            },
+            "involvedObject": involved,
             "reason": intent.reason,
             "message": intent.message[:1024],
             "type": intent.type,
@@ -190,22 +263,20 @@ class KubeWriter:
             "reportingComponent": f"certcheck.dev/{self.component}",
             "reportingInstance": f"certcheck-{self.component}",
         }
-        status, _ = self._send(
-            "POST", f"/api/v1/namespaces/{intent.namespace}/events", event, "application/json"
-        )
+        status, _ = self._send("POST", f"/api/v1/namespaces/{namespace}/events", event, "application/json")
         if status < 300:
             writes.labels("event", "ok").inc()
             return "created"
         if status == 409:
-            return self._aggregate(name, intent, now)
+            return self._aggregate(name, namespace, intent, now)
         if status == 404:  # the namespace is being deleted
             writes.labels("event", "gone").inc()
             return "duplicate"
         writes.labels("event", "error").inc()
         raise ApiException(status=status, reason="creating an Event failed")
 
-    def _aggregate(self, name: str, intent: EventIntent, now: datetime) -> str:
-        existing = self.core.read_namespaced_event(name, intent.namespace)
+    def _aggregate(self, name: str, namespace: str, intent: EventIntent, now: datetime) -> str:
+        existing = self.core.read_namespaced_event(name, namespace)
         annotations = existing.metadata.annotations or {}
         if annotations.get(OCCURRENCE) == intent.occurrence:
             writes.labels("event", "duplicate").inc()
@@ -220,6 +291,6 @@ class KubeWriter:
             "message": intent.message[:1024],
         }
         # The resourceVersion makes this a compare-and-set: two replicas never both count one occurrence.
-        self.core.patch_namespaced_event(name, intent.namespace, patch, _content_type=MERGE_PATCH)
+        self.core.patch_namespaced_event(name, namespace, patch, _content_type=MERGE_PATCH)
         writes.labels("event", "aggregated").inc()
         return "aggregated"

@@ -43,6 +43,10 @@ class Settings:
     secret_label_selector: str = field(default_factory=lambda: _env("secret_label_selector", ""))
     watch_configmaps: str = field(default_factory=lambda: _env("watch_configmaps", "true"))
     configmap_label_selector: str = field(default_factory=lambda: _env("configmap_label_selector", ""))
+    # cert-manager Certificates (their renewalTime): true, false, or auto (if the API server serves them).
+    watch_certificates: str = field(default_factory=lambda: _env("watch_certificates", "auto"))
+    # Webhook configurations, APIServices and CRDs, for ClusterCertChecks' spec.sources.
+    watch_cluster_sources: str = field(default_factory=lambda: _env("watch_cluster_sources", "true"))
     list_page_size: int = field(default_factory=lambda: int(_env("list_page_size", "500")))
     # evaluator
     status_cap: int = field(default_factory=lambda: int(_env("status_cap", "100")))
@@ -67,6 +71,10 @@ class Settings:
     @property
     def configmaps_watched(self) -> bool:
         return self.watch_configmaps.strip().lower() in ("1", "true", "yes", "on")
+
+    @property
+    def cluster_sources_watched(self) -> bool:
+        return self.watch_cluster_sources.strip().lower() in ("1", "true", "yes", "on")
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None, prog: str | None = None) -> Settings:

@@ -34,7 +34,7 @@ async def report_view_sizes(views: Callable[[], Iterable[View]]) -> None:
         for view in views():
             for kind, count in view.size().items():
                 totals[kind] = totals.get(kind, 0) + count
-        for kind in (subjects.KIND_CERTCHECK, subjects.KIND_SECRET, subjects.KIND_CONFIGMAP):
+        for kind in subjects.OBJECT_KINDS:
             view_objects.labels(kind).set(totals.get(kind, 0))
         await asyncio.sleep(VIEW_SIZE_SECONDS)
 

@@ -13,7 +13,8 @@ from functools import lru_cache
 
 from services.domain.certs import CertError, CertFacts
 from services.domain.hygiene import DEFAULT_POLICY, Policy
-from services.domain.states import renewal_overdue_at
+from services.domain.states import RENEWAL_GRACE, renewal_overdue_at
+from services.domain.times import shift
 
 KUBERNETES_KIND_SECRET = "Secret"
 KUBERNETES_KIND_CONFIGMAP = "ConfigMap"
@@ -42,6 +43,7 @@ class SecretView:
     kind: str = "Secret"  # or "ConfigMap": read only, certcheck never writes to a ConfigMap
     edited_annotations: tuple[str, ...] = ()  # certcheck's annotations someone else wrote last
     managed_by: str | None = None  # the cert-manager Certificate that renews it
+    renewal_time: datetime | None = None  # that Certificate's status.renewalTime, when certcheck reads it
     # What evaluations worked out from this view and may reuse while it holds (see ``_memoised``): a
     # CertCheck over thousands of Secrets re-rates only the one that changed. Not copied by replace().
     memo: dict[object, tuple[datetime, datetime, object]] = field(
@@ -75,10 +77,18 @@ MANAGED_KEY = "tls.crt"  # cert-manager renews the leaf, the first certificate o
 
 
 def renew_by(secret: SecretView, entry: CertEntry) -> datetime | None:
-    """When the certificate of ``entry`` should have been renewed, if cert-manager manages it."""
+    """When the certificate of ``entry`` should have been renewed, if cert-manager manages it: its
+    Certificate's renewalTime (plus the grace) when known and within this certificate's validity (one
+    outside it speaks of another certificate: the one just replaced, say), else cert-manager's default."""
     if secret.managed_by is None or entry.key != MANAGED_KEY or entry.index != 0:
         return None
-    return renewal_overdue_at(entry.parsed) if isinstance(entry.parsed, CertFacts) else None
+    facts = entry.parsed
+    if not isinstance(facts, CertFacts):
+        return None
+    planned = secret.renewal_time
+    if planned is not None and facts.not_before <= planned <= facts.not_after:
+        return shift(planned, RENEWAL_GRACE)
+    return renewal_overdue_at(facts)
 
 
 def entry_label(kind: str, name: str, key: str, index: int) -> str:
@@ -105,7 +115,7 @@ def _key_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
 
 def selected_entries(secret: SecretView, patterns: Sequence[str]) -> list[CertEntry]:
     """The entries of the keys a CertCheck reads; an exact key name that holds no certificate is Invalid."""
-    if not patterns or secret.kind == KUBERNETES_KIND_CONFIGMAP:  # spec.keys speaks of Secrets' keys
+    if not patterns or secret.kind != KUBERNETES_KIND_SECRET:  # spec.keys speaks of Secrets' keys
         patterns = TLS_DEFAULT_KEYS if secret.type == "kubernetes.io/tls" else OTHER_DEFAULT_KEYS
     selected = _key_matcher(tuple(patterns))
     entries = [e for e in secret.entries if selected(e.key)]

@@ -15,6 +15,8 @@ from schemas.messages import (
     AnnotationCleanup,
     AnnotationPatch,
     CertCheckObserved,
+    CertificateObserved,
+    ClusterSourceObserved,
     ConfigMapObserved,
     Due,
     EvaluationResult,
@@ -24,6 +26,7 @@ from schemas.messages import (
     ResultMessage,
     SecretObserved,
 )
+from services.domain.clusterchecks import cluster_check_of
 
 _RESULTS = f"{subjects.PREFIX}.results."
 _CLEANUP = f"{subjects.PREFIX}.cleanup."
@@ -95,6 +98,7 @@ _OBJECT_KINDS: dict[type, str] = {
     SecretObserved: subjects.KIND_SECRET,
     ConfigMapObserved: subjects.KIND_CONFIGMAP,
     CertCheckObserved: subjects.KIND_CERTCHECK,
+    CertificateObserved: subjects.KIND_CERTIFICATE,
 }
 
 
@@ -104,9 +108,17 @@ def object_refusal(subject: str, event: ObjectEvent) -> str | None:
         where = subjects.split_object_subject(subject)
     except ValueError:
         return f"an object on subject {subject}"
-    kind = event.object_kind if isinstance(event, ObjectDeleted) else _OBJECT_KINDS[type(event)]
+    if isinstance(event, ObjectDeleted | ClusterSourceObserved):
+        kind = event.object_kind
+    else:
+        kind = _OBJECT_KINDS[type(event)]
     if kind != where.kind:
         return f"a {kind} on a {where.kind} subject"
+    cluster_scoped = where.namespace == subjects.CLUSTER_NAMESPACE
+    if (kind in subjects.CLUSTER_SOURCE_KINDS) != cluster_scoped and not (
+        kind == subjects.KIND_CERTCHECK and cluster_check_of(where.name) is not None
+    ):
+        return f"a {kind} in namespace {where.namespace}"
     return _mismatch(f"a {kind}", (event.namespace, event.name), (where.namespace, where.name))
 
 

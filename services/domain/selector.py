@@ -8,22 +8,31 @@ OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
 
 def selector_error(
-    selector: LabelSelector | None, configmap_selector: LabelSelector | None = None
+    selector: LabelSelector | None,
+    configmap_selector: LabelSelector | None = None,
+    namespace_selector: LabelSelector | None = None,
+    cluster_sources: bool = False,
 ) -> str | None:
     """Why a CertCheck's selectors are unusable, or None. The CRD schema checks shapes; this the rest.
 
-    ``spec.selector`` picks Secrets and ``spec.configMapSelector`` ConfigMaps; at least one is needed.
+    ``spec.selector`` picks Secrets and ``spec.configMapSelector`` ConfigMaps; at least one is needed,
+    unless (a ClusterCertCheck) ``spec.sources`` names cluster-scoped sources. A ClusterCertCheck's
+    ``spec.namespaceSelector`` is checked too.
     """
-    if selector is None and configmap_selector is None:
+    if selector is None and configmap_selector is None and not cluster_sources:
         return "spec.selector is missing"
-    for field_name, present in (("selector", selector), ("configMapSelector", configmap_selector)):
-        error = _requirements_error(field_name, present) if present else None
+    for field_name, present in (
+        ("selector", selector),
+        ("configMapSelector", configmap_selector),
+        ("namespaceSelector", namespace_selector),
+    ):
+        error = requirements_error(field_name, present) if present else None
         if error:
             return error
     return None
 
 
-def _requirements_error(field_name: str, selector: LabelSelector) -> str | None:
+def requirements_error(field_name: str, selector: LabelSelector) -> str | None:
     for i, req in enumerate(selector.match_expressions):
         where = f"spec.{field_name}.matchExpressions[{i}]"
         if req.operator not in OPERATORS:

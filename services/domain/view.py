@@ -13,6 +13,7 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -21,6 +22,8 @@ from schemas import subjects
 from schemas.messages import (
     CertCheckObserved,
     CertCheckStatus,
+    CertificateObserved,
+    ClusterSourceObserved,
     ConfigMapObserved,
     LabelSelector,
     NotificationFailure,
@@ -32,13 +35,14 @@ from schemas.messages import (
 )
 from services.domain import model
 from services.domain.certs import CertError, Parsed, from_wire
+from services.domain.clusterchecks import CLUSTER_SOURCES, ClusterSourceKind
 from services.domain.hygiene import policy_of, strictest
 from services.domain.selector import matches, selector_error
 
 CertCheckKey = tuple[str, str]  # (namespace, name)
 SecretKey = tuple[str, str]
-SourceObserved = SecretObserved | ConfigMapObserved
-Observed = TypeVar("Observed", SecretObserved, ConfigMapObserved)
+SourceObserved = SecretObserved | ConfigMapObserved | ClusterSourceObserved
+Observed = TypeVar("Observed", SecretObserved, ConfigMapObserved, ClusterSourceObserved)
 
 
 @dataclass(frozen=True)
@@ -201,12 +205,24 @@ def secret_view(observed: SecretObserved) -> model.SecretView:
         annotations=dict(observed.annotations),
         edited_annotations=tuple(observed.edited_annotations),
         secret_type=observed.type,
+        other_keys=tuple(observed.other_keys),
         managed_by=observed.certificate_name[:253] if observed.certificate_name else None,
     )
 
 
 def configmap_view(observed: ConfigMapObserved) -> model.SecretView:
-    return _source_view(observed, annotations={}, secret_type="", kind=model.KUBERNETES_KIND_CONFIGMAP)
+    return _source_view(
+        observed,
+        annotations={},
+        secret_type="",
+        kind=model.KUBERNETES_KIND_CONFIGMAP,
+        other_keys=tuple(observed.other_keys),
+    )
+
+
+def cluster_source_view(observed: ClusterSourceObserved) -> model.SecretView:
+    kind = next(source.kind for source in CLUSTER_SOURCES if source.token == observed.object_kind)
+    return _source_view(observed, annotations={}, secret_type="", kind=kind)
 
 
 def _source_view(
@@ -216,6 +232,7 @@ def _source_view(
     secret_type: str,
     kind: str = model.KUBERNETES_KIND_SECRET,
     edited_annotations: tuple[str, ...] = (),
+    other_keys: tuple[str, ...] = (),
     managed_by: str | None = None,
 ) -> model.SecretView:
     """The view of an object of any source kind: what every kind's message holds, and the rest as given."""
@@ -229,7 +246,7 @@ def _source_view(
         entries=_entries(observed),
         resource_version=observed.resource_version,
         type=secret_type,
-        other_keys=tuple(observed.other_keys),
+        other_keys=other_keys,
         kind=kind,
         managed_by=managed_by,
     )
@@ -242,7 +259,7 @@ SECRETS = SourceKind(
     selector_of=lambda certcheck: certcheck.selector,
     # type and keys without a certificate too: they decide what spec.keys reads (an exact key holding
     # no certificate is Invalid).
-    content=lambda view: (view.uid, view.labels, view.entries, view.type, view.other_keys),
+    content=lambda view: (view.uid, view.labels, view.entries, view.type, view.other_keys, view.renewal_time),
     annotated=True,
 )
 CONFIGMAPS = SourceKind(
@@ -252,7 +269,27 @@ CONFIGMAPS = SourceKind(
     selector_of=lambda certcheck: certcheck.configmap_selector,
     content=lambda view: (view.uid, view.entries),  # its labels matter only to who selects it
 )
-SOURCE_KINDS: tuple[SourceKind[Any], ...] = (SECRETS, CONFIGMAPS)  # in this order in ``inputs``
+_EVERYTHING = LabelSelector()
+
+
+def _cluster_source_kind(source: ClusterSourceKind) -> SourceKind[ClusterSourceObserved]:
+    """Cluster-scoped objects holding CA bundles: every one of them, for a ClusterCertCheck's share that
+    names the kind in ``spec.sources`` (see services/domain/clusterchecks.py)."""
+    return SourceKind(
+        source.token,
+        ClusterSourceObserved,
+        cluster_source_view,
+        selector_of=lambda check: _EVERYTHING if source.token in (check.cluster_sources or ()) else None,
+        content=lambda view: (view.uid, view.entries),
+    )
+
+
+# In this order in ``inputs``.
+SOURCE_KINDS: tuple[SourceKind[Any], ...] = (
+    SECRETS,
+    CONFIGMAPS,
+    *(_cluster_source_kind(source) for source in CLUSTER_SOURCES),
+)
 
 
 def decode_status(raw: msgspec.Raw) -> CertCheckStatus | None:
@@ -273,6 +310,8 @@ class SourceIndex:
 
     kind: SourceKind[Any]
     namespaces: dict[str, dict[str, SourceEntry]] = field(default_factory=dict)
+    # What the view knows of an object besides its own message (a Secret's Certificate's renewal time).
+    decorate: Callable[[model.SecretView], model.SecretView] = lambda view: view
 
     def get(self, namespace: str, name: str) -> SourceEntry | None:
         return self.namespaces.get(namespace, {}).get(name)
@@ -290,7 +329,7 @@ class SourceIndex:
         previous = namespace_entries.get(event.name)
         if _stale(previous, event.uid, event.resource_version):
             return Effects()
-        view = kind.view_of(event)
+        view = self.decorate(kind.view_of(event))
         covered_by = {name for name, entry in certchecks.items() if entry.selects(kind.name, view.labels)}
         old_covered_by = previous.covered_by if previous else set()
         _relink(event.name, old_covered_by, covered_by, lambda name: certchecks[name].covered_of(kind.name))
@@ -354,7 +393,13 @@ class View:
         self.certchecks: dict[str, dict[str, CertCheckEntry]] = {}
         self.sources: dict[str, SourceIndex] = {kind.name: SourceIndex(kind) for kind in SOURCE_KINDS}
         self.secrets = self.sources[SECRETS.name]  # the kind certcheck annotates
-        self._index_of_message = {index.kind.message: index for index in self.sources.values()}
+        self.secrets.decorate = self._with_renewal_time
+        # cert-manager Certificates, per namespace and name: (the Secret they write, its renewal time, rv).
+        self.certificates: dict[str, dict[str, tuple[str, datetime | None, str]]] = {}
+        self._index_of_message = {
+            SecretObserved: self.secrets,
+            ConfigMapObserved: self.sources[CONFIGMAPS.name],
+        }
         self._effects: OrderedDict[int, Effects] = OrderedDict()
         # Bumped whenever a CertCheck of the namespace changes which Secrets it covers, or its
         # threshold: a Secret's coverage, computed once, holds until then (or until the Secret changes).
@@ -369,7 +414,9 @@ class View:
     def size(self) -> dict[str, int]:
         """How many objects of each kind the view holds."""
         certchecks = sum(len(entries) for entries in self.certchecks.values())
-        return {subjects.KIND_CERTCHECK: certchecks} | {k: i.size() for k, i in self.sources.items()}
+        certificates = sum(len(held) for held in self.certificates.values())
+        sizes = {subjects.KIND_CERTCHECK: certchecks, subjects.KIND_CERTIFICATE: certificates}
+        return sizes | {k: i.size() for k, i in self.sources.items()}
 
     def secret(self, key: SecretKey) -> SourceEntry | None:
         return self.secrets.get(*key)
@@ -441,9 +488,18 @@ class View:
     # --- folding the stream in ----------------------------------------------------------------------
 
     def apply(self, seq: int, event: ObjectEvent) -> Effects:
-        if isinstance(event, SecretObserved | ConfigMapObserved):
+        if isinstance(event, CertificateObserved):
+            effects = self._apply_certificate(event)
+        elif isinstance(event, ObjectDeleted) and event.object_kind == subjects.KIND_CERTIFICATE:
+            effects = self._delete_certificate(event)
+        elif isinstance(event, SecretObserved | ConfigMapObserved | ClusterSourceObserved):
             certchecks = self.certchecks.get(event.namespace, {})
-            effects = self._index_of_message[type(event)].apply(event, certchecks)
+            index = (
+                self.sources[event.object_kind]
+                if isinstance(event, ClusterSourceObserved)
+                else self._index_of_message[type(event)]
+            )
+            effects = index.apply(event, certchecks)
         elif isinstance(event, CertCheckObserved):
             effects = self._apply_certcheck(event)
         elif event.object_kind in self.sources:
@@ -473,7 +529,12 @@ class View:
             uid=event.uid,
             generation=event.generation,
             threshold_days=event.threshold_days,
-            selector_error=selector_error(event.selector, event.configmap_selector),
+            selector_error=selector_error(
+                event.selector,
+                event.configmap_selector,
+                event.namespace_selector,
+                cluster_sources=bool(event.cluster_sources),
+            ),
             resource_version=event.resource_version,
             keys=tuple(event.keys or ()),
             policy=policy_of(event.policy),
@@ -519,6 +580,40 @@ class View:
                 touched = (covered ^ old_covered) | (covered if annotations_change else set())
                 index.neighbours(event.namespace, touched, effects)
         return effects
+
+    def _with_renewal_time(self, view: model.SecretView) -> model.SecretView:
+        """A Secret's view with its Certificate's renewal time, when that Certificate writes it."""
+        held = self.certificates.get(view.namespace, {}).get(view.managed_by or "")
+        renewal_time = held[1] if held is not None and held[0] == view.name else None
+        if renewal_time == view.renewal_time:
+            return view
+        return dataclasses.replace(view, renewal_time=renewal_time)
+
+    def _certificate_changed(self, namespace: str, secret_name: str) -> Effects:
+        """The Certificate writing this Secret changed: its view takes the new renewal time."""
+        entry = self.secrets.get(namespace, secret_name)
+        if entry is None:
+            return Effects()
+        view = self._with_renewal_time(entry.view)
+        if view is entry.view:
+            return Effects()
+        entry.view = view
+        return Effects(evaluate={(namespace, name) for name in entry.covered_by})
+
+    def _apply_certificate(self, event: CertificateObserved) -> Effects:
+        held = self.certificates.setdefault(event.namespace, {})
+        previous = held.get(event.name)
+        if previous is not None and not _newer(event.resource_version, previous[2]):
+            return Effects()
+        held[event.name] = (event.secret_name, event.renewal_time, event.resource_version)
+        effects = self._certificate_changed(event.namespace, event.secret_name)
+        if previous is not None and previous[0] != event.secret_name:
+            effects.merge(self._certificate_changed(event.namespace, previous[0]))
+        return effects
+
+    def _delete_certificate(self, event: ObjectDeleted) -> Effects:
+        previous = self.certificates.get(event.namespace, {}).pop(event.name, None)
+        return self._certificate_changed(event.namespace, previous[0]) if previous else Effects()
 
     def _delete_certcheck(self, event: ObjectDeleted) -> Effects:
         previous = self.certchecks.get(event.namespace, {}).pop(event.name, None)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from schemas import annotations as ann
 from schemas.messages import AnnotationPatch, CertCheckStatus, EventIntent, State
-from services.domain.events import CERTCHECK_API_VERSION, dedup_key, secret_event_intent
+from services.domain.events import certcheck_event, dedup_key, secret_event_intent
 from services.domain.hygiene import WEAK
 from services.domain.model import CertCheckSpec, SecretView
 from services.domain.times import rfc3339
@@ -209,17 +209,15 @@ def certcheck_events(
         )
         more = f" and {len(changed) - _EXAMPLES} more" if len(changed) > _EXAMPLES else ""
         events.append(
-            EventIntent(
-                namespace=namespace,
-                involved_api_version=CERTCHECK_API_VERSION,
-                involved_kind="CertCheck",
-                involved_name=name,
-                involved_uid=uid,
-                type="Warning" if reason in WARNING_STATES else "Normal",
-                reason=str(reason),
-                message=f"{len(changed)} certificates {descriptions[reason]}: {shown}{more}",
-                dedup_key=dedup_key(uid, str(reason), *sorted(f"{e.label}@{e.fingerprint}" for e in changed)),
-                occurrence=resource_version,
+            certcheck_event(
+                namespace,
+                name,
+                uid,
+                "Warning" if reason in WARNING_STATES else "Normal",
+                str(reason),
+                f"{len(changed)} certificates {descriptions[reason]}: {shown}{more}",
+                resource_version,
+                *sorted(f"{e.label}@{e.fingerprint}" for e in changed),
             )
         )
     return events

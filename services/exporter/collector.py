@@ -43,9 +43,16 @@ _OBJECT_LABELS = {
 }
 
 
+# A cluster-scoped object's (a webhook configuration's CA bundle, say): its kind in place of a namespace.
+_CLUSTER_OBJECT_LABELS = ("object_kind", "object_name", "object_key")
+
+
 def _add(family: Metric, label_names: list[str], kind: str, values: list[str], value: float) -> None:
     """A sample with ``label_names``, the object's first three named after its kind."""
-    names = [*_OBJECT_LABELS[kind], *label_names[3:]]
+    object_labels = _OBJECT_LABELS.get(kind)
+    if object_labels is None:
+        object_labels, values = _CLUSTER_OBJECT_LABELS, [kind, *values[1:]]
+    names = [*object_labels, *label_names[3:]]
     family.add_sample(family.name, dict(zip(names, values, strict=True)), value)
 
 

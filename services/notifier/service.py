@@ -46,6 +46,7 @@ from services.common.consume import Later, Policy, consume, durable_consumer
 from services.common.kube_writer import Gone, KubeWriter
 from services.common.logs import object_ref, trace
 from services.common.settings import Settings
+from services.domain.clusterchecks import cluster_check_of
 from services.domain.events import certcheck_warning
 from services.domain.provenance import result_refusal
 from services.notifier import channels, claims, core
@@ -275,9 +276,14 @@ class Notifier:
         self, result: EvaluationResult, failures: list[NotificationFailure], before: list[NotificationFailure]
     ) -> None:
         try:
-            await self._call(
-                self.writer.patch_notification_failures, result.namespace, result.name, result.uid, failures
-            )
+            if cluster_check_of(result.name) is None:  # a ClusterCertCheck's are told by Events alone
+                await self._call(
+                    self.writer.patch_notification_failures,
+                    result.namespace,
+                    result.name,
+                    result.uid,
+                    failures,
+                )
         except Gone:
             return
         for failure in failures:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from schemas.streams import RECORDER_APPLIED_BUCKET
+from schemas.streams import CLUSTER_SHARES_BUCKET, RECORDER_APPLIED_BUCKET
 from services.common import bus as bus_mod
 from services.common.health import Health
 from services.common.kube import api_client
@@ -24,7 +24,8 @@ async def serve(
     bus: bus_mod.Bus, writer: KubeWriter, settings: Settings, health: Health, stop: asyncio.Event
 ) -> None:
     applied = await bus_mod.key_value(bus, RECORDER_APPLIED_BUCKET, "results applied by the recorder")
-    recorder = Recorder(bus, writer, settings, applied)
+    shares = await bus_mod.key_value(bus, CLUSTER_SHARES_BUCKET, "ClusterCertChecks' shares' last results")
+    recorder = Recorder(bus, writer, settings, applied, shares)
     health.set_ready(True)
     await supervise(
         stop,

@@ -50,8 +50,10 @@ from services.common.consume import (
 from services.common.kube_writer import Gone, KubeWriter
 from services.common.logs import object_ref, trace
 from services.common.settings import Settings
+from services.domain.clusterchecks import cluster_check_of
 from services.domain.provenance import event_refusal, result_refusal
 from services.recorder.budget import EventBudget
+from services.recorder.shares import ClusterStatuses
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,14 @@ class KeyedLock:
 
 
 class Recorder:
-    def __init__(self, bus: Bus, writer: KubeWriter, settings: Settings, applied: KeyValue) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        writer: KubeWriter,
+        settings: Settings,
+        applied: KeyValue,
+        cluster_shares: KeyValue | None = None,
+    ) -> None:
         self.bus = bus
         self.applied = applied
         self.writer = writer
@@ -151,6 +160,8 @@ class Recorder:
         self._room = asyncio.Condition()
         self._one_secret_at_a_time = KeyedLock()
         self._event_budget = EventBudget(settings.event_burst, settings.event_refill_seconds)
+        # ClusterCertChecks' statuses, merged from their shares' results (None: not recorded).
+        self.cluster = ClusterStatuses(bus, cluster_shares, writer, self._call) if cluster_shares else None
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         async with self._limit:
@@ -273,6 +284,10 @@ class Recorder:
         elif isinstance(result, AnnotationCleanup):
             await self._annotate(result.patch)
         elif isinstance(result, CertCheckRemoved):
+            if cluster_check_of(result.name) is not None:
+                if self.cluster is not None:
+                    await self.cluster.remove(result)
+                return
             self._written_status.pop((result.namespace, result.name), None)
             self._status_fields.pop((result.namespace, result.name), None)
 
@@ -284,6 +299,10 @@ class Recorder:
 
     async def _apply_evaluation(self, result: EvaluationResult) -> None:
         await asyncio.gather(*(self._annotate(patch) for patch in result.annotation_patches))
+        if cluster_check_of(result.name) is not None:  # a ClusterCertCheck's share of a namespace
+            if self.cluster is not None:
+                await self.cluster.record(result)
+            return
         status_key = (result.namespace, result.name)
         # Skipped only as a repeat of what this recorder wrote from the same observed CertCheck: a status
         # edited by hand since comes with a newer resourceVersion and is put back.

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from schemas import subjects
 from schemas.messages import OBJECT_FORMAT
@@ -20,11 +21,26 @@ from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VE
 from services.common.lease import Lease, LeaseLostError
 from services.common.runtime import run_service, supervise
 from services.common.settings import Settings
+from services.domain.clusterchecks import BY_TOKEN
+from services.domain.clusterchecks import PLURAL as CLUSTER_PLURAL
+from services.watcher.cluster import (
+    CHECKS,
+    NAMESPACES,
+    RawAPIService,
+    RawClusterCertCheck,
+    RawCRD,
+    RawNamespace,
+    RawWebhookConfiguration,
+    Shares,
+    cluster_source_observed,
+)
 from services.watcher.extract import (
     RawCertCheck,
+    RawCertificate,
     RawConfigMap,
     RawSecret,
     certcheck_observed,
+    certificate_observed,
     configmap_observed,
 )
 from services.watcher.listwatch import ListWatch, Sink
@@ -70,7 +86,95 @@ def _sink(
     )
 
 
-def watch_config(settings: Settings) -> str:
+def _shares_sink(
+    changed: Callable[[Any, bool], None], listed: Callable[[set[tuple[str, str]]], None]
+) -> Sink[Any]:
+    """Namespaces and ClusterCertChecks are not published themselves but as shares (always listed in
+    full, they are few: their watches save no progress)."""
+    return Sink(
+        upsert=lambda item: changed(item, False),
+        delete=lambda item: changed(item, True),
+        listed=listed,
+        progress=lambda resource_version: None,
+    )
+
+
+def _cluster_source_sink(token: str, put: Any) -> Sink[Any]:
+    """An object holding CA bundles is published while it holds one, and removed when it no longer does."""
+
+    def upsert(item: Any) -> None:
+        observed = cluster_source_observed(token, item)
+        if observed is None:  # removed, if it was published (a Delete without uid is only for those)
+            put(Delete(token, subjects.CLUSTER_NAMESPACE, item.metadata.name, "", "", token))
+        else:
+            put(Upsert(token, observed, token))
+
+    def delete(item: Any) -> None:
+        meta = item.metadata
+        put(Delete(token, subjects.CLUSTER_NAMESPACE, meta.name, meta.uid, meta.resourceVersion, token))
+
+    return Sink(
+        upsert=upsert,
+        delete=delete,
+        listed=lambda keys: put(Listed(token, keys, token)),
+        progress=lambda resource_version: put(Progress(token, resource_version, token)),
+    )
+
+
+def _cluster_source_watches(
+    settings: Settings, api: client.ApiClient, put: Any, resume: dict[str, str | None]
+) -> dict[str, ListWatch[Any]]:
+    calls: dict[str, tuple[Any, type[Any]]] = {
+        subjects.KIND_VALIDATING_WEBHOOK: (
+            client.AdmissionregistrationV1Api(api).list_validating_webhook_configuration,
+            RawWebhookConfiguration,
+        ),
+        subjects.KIND_MUTATING_WEBHOOK: (
+            client.AdmissionregistrationV1Api(api).list_mutating_webhook_configuration,
+            RawWebhookConfiguration,
+        ),
+        subjects.KIND_APISERVICE: (client.ApiregistrationV1Api(api).list_api_service, RawAPIService),
+        subjects.KIND_CRD: (client.ApiextensionsV1Api(api).list_custom_resource_definition, RawCRD),
+    }
+    return {
+        token: ListWatch(
+            BY_TOKEN[token].plural,
+            call,
+            raw_type,
+            key=lambda o: (subjects.CLUSTER_NAMESPACE, o.metadata.name),
+            sink=_cluster_source_sink(token, put),
+            page_size=settings.list_page_size,
+            resume_from=resume.get(token),
+        )
+        for token, (call, raw_type) in calls.items()
+    }
+
+
+CERT_MANAGER_GROUP, CERT_MANAGER_VERSION, CERTIFICATES_PLURAL = "cert-manager.io", "v1", "certificates"
+
+
+def certificates_watched(settings: Settings, api: client.ApiClient) -> bool:
+    """Whether to watch cert-manager Certificates: as set, or (auto) if the API server serves them to
+    this watcher. Decided once, at start: a cert-manager installed later is watched after a restart."""
+    setting = settings.watch_certificates.strip().lower()
+    if setting in ("1", "true", "yes", "on"):
+        return True
+    if setting != "auto":
+        return False
+    try:
+        response: Any = client.CustomObjectsApi(api).list_cluster_custom_object(
+            CERT_MANAGER_GROUP, CERT_MANAGER_VERSION, CERTIFICATES_PLURAL, limit=1, _preload_content=False
+        )
+        response.release_conn()
+    except ApiException as exc:
+        log.info(
+            "not watching cert-manager Certificates (HTTP %s): the default renewal point is used", exc.status
+        )
+        return False
+    return True
+
+
+def watch_config(settings: Settings, certificates: bool = False) -> str:
     """What the watches select, and the format they publish in: saved progress is only resumed under
     the same (a watcher of another format lists everything again, publishing each object anew)."""
     return msgspec.json.encode(
@@ -80,12 +184,18 @@ def watch_config(settings: Settings) -> str:
             "secret_label_selector": settings.secret_label_selector,
             "configmaps": settings.configmaps_watched,
             "configmap_label_selector": settings.configmap_label_selector,
+            "cluster_sources": settings.cluster_sources_watched,
+            "certificates": certificates,
         }
     ).decode()
 
 
 def build_watches(
-    settings: Settings, api: client.ApiClient, put: Any, resume: dict[str, str | None]
+    settings: Settings,
+    api: client.ApiClient,
+    put: Any,
+    resume: dict[str, str | None],
+    certificates: bool = False,
 ) -> dict[str, ListWatch[Any]]:
     """The watches by scope: one per Secret type, one for ConfigMaps and one for CertChecks."""
     core = client.CoreV1Api(api)
@@ -120,6 +230,43 @@ def build_watches(
             page_size=settings.list_page_size,
             resume_from=resume.get(subjects.KIND_CONFIGMAP),
         )
+    if settings.cluster_sources_watched:
+        watches.update(_cluster_source_watches(settings, api, put, resume))
+    if certificates:
+        kind = subjects.KIND_CERTIFICATE
+        watches[kind] = ListWatch(
+            "certificates",
+            functools.partial(
+                custom.list_cluster_custom_object,
+                CERT_MANAGER_GROUP,
+                CERT_MANAGER_VERSION,
+                CERTIFICATES_PLURAL,
+            ),
+            RawCertificate,
+            key=lambda c: (c.metadata.namespace, c.metadata.name),
+            sink=_sink(kind, kind, put, certificate_observed),
+            page_size=settings.list_page_size,
+            resume_from=resume.get(kind),
+        )
+    shares = Shares(put)
+    watches[NAMESPACES] = ListWatch(
+        "namespaces",
+        core.list_namespace,
+        RawNamespace,
+        key=lambda n: ("", n.metadata.name),
+        sink=_shares_sink(shares.namespace, lambda keys: shares.listed(NAMESPACES, keys)),
+        page_size=settings.list_page_size,
+    )
+    watches[CHECKS] = ListWatch(
+        "clustercertchecks",
+        functools.partial(
+            custom.list_cluster_custom_object, CERTCHECK_GROUP, CERTCHECK_VERSION, CLUSTER_PLURAL
+        ),
+        RawClusterCertCheck,
+        key=lambda c: ("", c.metadata.name),
+        sink=_shares_sink(shares.check, lambda keys: shares.listed(CHECKS, keys)),
+        page_size=settings.list_page_size,
+    )
     watches[subjects.KIND_CERTCHECK] = ListWatch(
         "certchecks",
         functools.partial(
@@ -165,7 +312,13 @@ async def _watch(
     known = loaded.known
     log.info("loaded %d published objects from the stream", len(known))
     progress_kv = await bus_mod.key_value(bus, WATCHER_STATE_BUCKET, "how far the watcher's watches got")
-    scopes = [*secret_scopes(settings), subjects.KIND_CONFIGMAP, subjects.KIND_CERTCHECK]
+    scopes = [
+        *secret_scopes(settings),
+        subjects.KIND_CONFIGMAP,
+        subjects.KIND_CERTCHECK,
+        subjects.KIND_CERTIFICATE,
+        *subjects.CLUSTER_SOURCE_KINDS,
+    ]
     resume = {scope: await load_progress(progress_kv, scope) for scope in scopes}
     if loaded.stale:
         # Published under another subject layout: removed, and everything listed and published again.
@@ -179,25 +332,38 @@ async def _watch(
     def put(change: Change) -> None:
         loop.call_soon_threadsafe(publisher.queue.put_nowait, change)
 
-    config = watch_config(settings)
+    certificates = await asyncio.to_thread(certificates_watched, settings, api)
+    config = watch_config(settings, certificates)
     if await load_progress(progress_kv, WATCH_CONFIG_KEY) != config:
         log.info("what is watched changed (now %s): listing Secrets and ConfigMaps again", config)
         resume = {s: resume[s] if s == subjects.KIND_CERTCHECK else None for s in scopes}
         configmap_scopes = {subjects.KIND_CONFIGMAP} if settings.configmaps_watched else set()
+        cluster_scopes = {
+            token: {token} if settings.cluster_sources_watched else set()
+            for token in subjects.CLUSTER_SOURCE_KINDS
+        }
 
         async def save_config() -> None:
             await progress_kv.put(f"rv.{WATCH_CONFIG_KEY}", config.encode())
             log.info("every object no longer watched is tombstoned")
 
         publisher.expect_full_listing(
-            {subjects.KIND_SECRET: set(secret_scopes(settings)), subjects.KIND_CONFIGMAP: configmap_scopes},
+            {
+                subjects.KIND_SECRET: set(secret_scopes(settings)),
+                subjects.KIND_CONFIGMAP: configmap_scopes,
+                **cluster_scopes,
+                subjects.KIND_CERTIFICATE: {subjects.KIND_CERTIFICATE} if certificates else set(),
+            },
             save_config,
         )
-        if not configmap_scopes:
-            put(Listed(subjects.KIND_CONFIGMAP, set(), UNWATCHED))
+        if not certificates:
+            put(Listed(subjects.KIND_CERTIFICATE, set(), UNWATCHED))
+        for kind, kind_scopes in [(subjects.KIND_CONFIGMAP, configmap_scopes), *cluster_scopes.items()]:
+            if not kind_scopes:
+                put(Listed(kind, set(), UNWATCHED))
     log.info("resuming watches from %s", resume)
 
-    watches.update(build_watches(settings, api, put, resume))
+    watches.update(build_watches(settings, api, put, resume, certificates))
     publishing = asyncio.create_task(publisher.run(), name="publish")
     saving = asyncio.create_task(publisher.save_progress(), name="save-progress")
     expiring = asyncio.create_task(publisher.watch_acks(), name="watch-acks")
@@ -216,10 +382,13 @@ async def _watch(
 
     holding = asyncio.create_task(hold(), name="hold-lease")
     relaying = asyncio.create_task(relay_stop(), name="relay-stop")
-    # CertChecks first, so the evaluator knows the selectors before the Secrets flood in.
-    watches[subjects.KIND_CERTCHECK].start()
+    # CertChecks (and ClusterCertChecks) first, so the evaluator knows the selectors before the Secrets
+    # flood in.
+    first = (subjects.KIND_CERTCHECK, NAMESPACES, CHECKS)
+    for scope in first:
+        watches[scope].start()
     for scope, watch in watches.items():
-        if scope != subjects.KIND_CERTCHECK:
+        if scope not in first:
             watch.start()
     try:
         await supervise(until, publishing, saving, expiring, holding, relaying)

@@ -20,7 +20,9 @@ from schemas.messages import (
     TARGET_FIELDS,
     CertCheckObserved,
     Certificate,
+    CertificateObserved,
     CertSource,
+    ClusterSourceObserved,
     ConfigMapObserved,
     HygienePolicy,
     LabelSelector,
@@ -30,6 +32,7 @@ from schemas.messages import (
 )
 from services.domain.certs import to_wire
 from services.domain.pem import parse_pem_certificate
+from services.domain.times import parse_rfc3339
 from services.watcher.chains import ANCHOR_KEY, CHAIN_KEY, anchor_problem, chain_problems
 from services.watcher.decode import MAX_VALUE_BYTES, find_certificates, is_keystore_key
 from services.watcher.passwords import ReferencedPassword
@@ -112,6 +115,35 @@ class RawCertCheck(msgspec.Struct):
     metadata: ObjectMeta
     spec: RawCertCheckSpec = msgspec.field(default_factory=RawCertCheckSpec)
     status: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class _CertificateSpec(msgspec.Struct):
+    secretName: str = ""
+
+
+class _CertificateStatus(msgspec.Struct):
+    renewalTime: str | None = None
+
+
+class RawCertificate(msgspec.Struct):
+    """A cert-manager Certificate, as much of it as certcheck reads."""
+
+    metadata: ObjectMeta
+    spec: _CertificateSpec = msgspec.field(default_factory=_CertificateSpec)
+    status: _CertificateStatus = msgspec.field(default_factory=_CertificateStatus)
+
+
+def certificate_observed(certificate: RawCertificate) -> CertificateObserved:
+    """The Secret a Certificate writes and its renewal time (None when it has none, or none readable)."""
+    meta = certificate.metadata
+    return CertificateObserved(
+        namespace=meta.namespace,
+        name=meta.name,
+        uid=meta.uid,
+        resource_version=meta.resourceVersion,
+        secret_name=certificate.spec.secretName[:253],
+        renewal_time=parse_rfc3339(certificate.status.renewalTime),
+    )
 
 
 def _looks_like_certificate_key(key: str) -> bool:
@@ -208,7 +240,7 @@ def _wire_size(cert: Certificate) -> int:
     return 200 + sum(len(name) + 3 for name in names if name)
 
 
-def _bounded(sources: list[CertSource]) -> list[CertSource]:
+def bounded_sources(sources: list[CertSource]) -> list[CertSource]:
     budget = MAX_CERT_BYTES_PER_SECRET
     bounded = []
     for source in sources:
@@ -285,7 +317,7 @@ def configmap_observed(configmap: RawConfigMap) -> ConfigMapObserved:
         uid=meta.uid,
         resource_version=meta.resourceVersion,
         labels=meta.labels or {},
-        sources=_bounded(sources),
+        sources=bounded_sources(sources),
         other_keys=other_keys,
     )
 
@@ -327,7 +359,7 @@ def secret_observed(secret: RawSecret, referenced: ReferencedPassword | None = N
         annotations=ann.owned(meta.annotations),
         edited_annotations=edited_annotations(meta),
         certificate_name=(meta.annotations or {}).get(ann.CERT_MANAGER_CERTIFICATE, None),
-        sources=_bounded(sources),
+        sources=bounded_sources(sources),
         other_keys=other_keys,
     )
 
@@ -388,7 +420,9 @@ def certcheck_observed(certcheck: RawCertCheck) -> CertCheckObserved:
 _encoder = msgspec.json.Encoder(order="deterministic")
 
 
-Observed = SecretObserved | ConfigMapObserved | CertCheckObserved
+Observed = (
+    SecretObserved | ConfigMapObserved | ClusterSourceObserved | CertificateObserved | CertCheckObserved
+)
 
 
 def digest(observed: Observed) -> str:

@@ -29,7 +29,14 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge
 
 from schemas import subjects
-from schemas.messages import CertCheckObserved, CertSource, ObjectDeleted, encoder
+from schemas.messages import (
+    CertCheckObserved,
+    CertificateObserved,
+    CertSource,
+    ClusterSourceObserved,
+    ObjectDeleted,
+    encoder,
+)
 from schemas.streams import HDR_DIGEST, HDR_MSG_ID, HDR_RESOURCE_VERSION, HDR_SCOPE, OBJECTS
 from services.common.bus import Bus, TooLargeError, publish_pipelined
 from services.common.consume import park
@@ -372,11 +379,15 @@ class Publisher:
         reason = f"{where} is too large for the bus ({len(payload)} bytes)"
         oversized.labels(kind).inc()
         log.error("%s: publishing it without its certificates", reason)
+        if isinstance(observed, CertificateObserved):
+            return payload  # a few names and a time: never too large (the server would say so)
         if isinstance(observed, CertCheckObserved):
             cut: Observed = msgspec.structs.replace(observed, status=msgspec.Raw(b"null"))
         else:
             error = CertSource("*", error=f"too large for certcheck to read ({len(payload)} bytes)")
-            cut = msgspec.structs.replace(observed, sources=[error], other_keys=[])
+            cut = msgspec.structs.replace(observed, sources=[error])
+            if not isinstance(cut, ClusterSourceObserved):
+                cut = msgspec.structs.replace(cut, other_keys=[])
         payload = encoder.encode(cut)
         if len(payload) <= budget:
             return payload

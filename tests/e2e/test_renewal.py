@@ -85,3 +85,56 @@ def test_a_managed_certificate_not_renewed_in_time_is_overdue_at_that_moment_unt
         lambda: [e for e in cluster.events(namespace, "Secret", "web-tls") if e.reason == "Renewed"],
         what="the Renewed Event",
     )
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_the_certificates_own_renewal_time_is_the_renewal_point_unless_it_is_not_this_certificates(
+    cluster: Cluster, namespace: str
+) -> None:
+    """With cert-manager's Certificates readable, a managed Secret is overdue an hour after its
+    Certificate's status.renewalTime (here weeks before the two-thirds point); a renewalTime outside the
+    certificate's validity speaks of another certificate and is ignored."""
+    cert, key = make_cert("web.test", datetime.now(UTC) + timedelta(days=80))  # two thirds: weeks away
+    cluster.core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(
+                name="web-tls", labels={"app": "web"}, annotations={ann.CERT_MANAGER_CERTIFICATE: "web"}
+            ),
+            type="kubernetes.io/tls",
+            data=tls_secret_data(cert, key),
+        ),
+    )
+    certificates = ("cert-manager.io", "v1", namespace, "certificates")
+    cluster.custom.create_namespaced_custom_object(
+        *certificates,
+        {
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "Certificate",
+            "metadata": {"name": "web"},
+            "spec": {"secretName": "web-tls", "dnsNames": ["web.test"]},
+        },
+    )
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "web"}}, threshold=7)
+    cluster.wait_status(namespace, "c", validCount=1)
+
+    due_at = datetime.now(UTC) + DUE_IN
+    cluster.custom.patch_namespaced_custom_object_status(
+        *certificates, "web", {"status": {"renewalTime": _rfc3339(due_at - RENEWAL_GRACE)}}
+    )
+    cluster.wait_status(namespace, "c", timeout=30, renewalOverdueCount=1)
+    assert datetime.now(UTC) - due_at < timedelta(seconds=10), "late: not by the scheduled evaluation"
+    assert datetime.now(UTC) >= due_at.replace(microsecond=0), "early: before the renewal time's grace"
+    wait_for(
+        lambda: cluster.annotations(namespace, "web-tls").get(ann.STATE) == "RenewalOverdue",
+        what="annotation",
+    )
+
+    beyond = datetime.now(UTC) + timedelta(days=120)  # after this certificate's notAfter
+    cluster.custom.patch_namespaced_custom_object_status(
+        *certificates, "web", {"status": {"renewalTime": _rfc3339(beyond)}}
+    )
+    cluster.wait_status(namespace, "c", timeout=30, renewalOverdueCount=0, validCount=1)
