@@ -1,6 +1,6 @@
 """ClusterCertCheck, end to end: one object covers the Secrets of every namespace its namespaceSelector
 selects (annotations, Events, a status summarising per namespace), follows namespaces as their labels
-change, and reads the CA bundles of webhook configurations and CRD conversion webhooks."""
+change, and reads the CA bundles of webhook configurations, APIServices and CRD conversion webhooks."""
 
 from __future__ import annotations
 
@@ -165,10 +165,12 @@ def test_a_cluster_check_covers_the_namespaces_it_selects_and_follows_their_labe
     wait_for(lambda: ann.STATE not in cluster.annotations(third, "other"), what="annotations removed")
 
 
-def _webhook_configuration(name: str, bundles: dict[str, bytes]) -> dict[str, Any]:
+def _webhook_configuration(
+    name: str, bundles: dict[str, bytes], kind: str = "ValidatingWebhookConfiguration"
+) -> dict[str, Any]:
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
+        "kind": kind,
         "metadata": {"name": name},
         "webhooks": [
             {
@@ -226,7 +228,23 @@ def _crd_with_conversion(group: str, bundle: bytes) -> dict[str, Any]:
     }
 
 
-def test_a_cluster_check_reads_the_ca_bundles_of_webhooks_and_crd_conversions(
+def _api_service(group: str, bundle: bytes) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "metadata": {"name": f"v1.{group}"},
+        "spec": {
+            "group": group,
+            "version": "v1",
+            "service": {"namespace": "default", "name": "nowhere", "port": 443},
+            "caBundle": base64.b64encode(bundle).decode(),
+            "groupPriorityMinimum": 100,
+            "versionPriority": 100,
+        },
+    }
+
+
+def test_a_cluster_check_reads_the_ca_bundles_of_webhooks_apiservices_and_crd_conversions(
     cluster: Cluster, checks: ClusterChecks, api: client.ApiClient
 ) -> None:
     suffix = uuid.uuid4().hex[:8]
@@ -240,13 +258,27 @@ def test_a_cluster_check_reads_the_ca_bundles_of_webhooks_and_crd_conversions(
     )
     group = f"c{suffix}.certcheck.test"
     extensions.create_custom_resource_definition(_crd_with_conversion(group, pki.pem(expired_ca)))
+    mutating = f"mutate-{suffix}"
+    admission.create_mutating_webhook_configuration(
+        _webhook_configuration(
+            mutating, {"m.guard.test": pki.pem(expiring_ca)}, "MutatingWebhookConfiguration"
+        )
+    )
+    registration = client.ApiregistrationV1Api(api)
+    # Unavailable (no such Service) and deleted at the end: no client here discovers the API meanwhile.
+    registration.create_api_service(_api_service(f"a{suffix}.certcheck.test", b"not a CA"))
     name = f"cluster-{suffix}"
     try:
         checks.create(
             name,
             {
                 "namespaceSelector": {"matchLabels": {"none": suffix}},
-                "sources": ["ValidatingWebhookConfiguration", "CustomResourceDefinition"],
+                "sources": [
+                    "ValidatingWebhookConfiguration",
+                    "MutatingWebhookConfiguration",
+                    "APIService",
+                    "CustomResourceDefinition",
+                ],
             },
         )
         status = wait_for(
@@ -254,6 +286,8 @@ def test_a_cluster_check_reads_the_ca_bundles_of_webhooks_and_crd_conversions(
                 (s := checks.status(name))
                 and entry(s, kind="ValidatingWebhookConfiguration", name=webhooks, key="a.guard.test")
                 and entry(s, kind="CustomResourceDefinition", name=f"widgets.{group}")
+                and entry(s, kind="MutatingWebhookConfiguration", name=mutating, key="m.guard.test")
+                and entry(s, kind="APIService", name=f"v1.a{suffix}.certcheck.test", key="caBundle")
                 and s
             ),
             timeout=30,
@@ -268,6 +302,8 @@ def test_a_cluster_check_reads_the_ca_bundles_of_webhooks_and_crd_conversions(
         assert (
             conversion is not None and conversion["state"] == "Expired" and conversion["key"] == "conversion"
         )
+        assert entry(status, name=mutating, state="ExpiringSoon")
+        assert entry(status, kind="APIService", state="Invalid")
         warnings = wait_for(lambda: [e for e in checks.events(name) if e.reason == "Expired"])
         assert warnings[0].message.startswith("cluster-scoped sources: 1 certificates newly expired")
 
@@ -287,6 +323,8 @@ def test_a_cluster_check_reads_the_ca_bundles_of_webhooks_and_crd_conversions(
         )
     finally:
         admission.delete_validating_webhook_configuration(webhooks)
+        admission.delete_mutating_webhook_configuration(mutating)
+        registration.delete_api_service(f"v1.a{suffix}.certcheck.test")
         extensions.delete_custom_resource_definition(f"widgets.{group}")
     wait_for(
         lambda: (
