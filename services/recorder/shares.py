@@ -166,6 +166,10 @@ class ClusterStatuses:
             await sub.unsubscribe()
         return shares, revision
 
+    async def _last_revision(self) -> int:
+        info = await self._bus.js.stream_info(f"KV_{CLUSTER_SHARES_BUCKET}")
+        return int(info.state.last_seq)
+
     async def _merge(self, check: str) -> None:
         shares, revision = await self._read(check)
         for _ in range(MERGE_ATTEMPTS):
@@ -174,7 +178,9 @@ class ClusterStatuses:
                 merges.labels("gone").inc()
                 return
             current = _decoded_status(read.status)
-            if current is not None and current.merged_revision >= revision:
+            # Merged from as new results or newer, unless from a revision the bucket never reached (a hand
+            # edit, made by no merge: replaced).
+            if current is not None and revision <= current.merged_revision <= await self._last_revision():
                 merges.labels("newer").inc()
                 return
             own = [share for share in shares if share.uid == read.uid]  # not a namesake's before it

@@ -377,3 +377,27 @@ def test_two_recorders_merging_at_once_leave_every_namespace_in_the_status(
     status = checks.wait_status(name, namespacesCount=24, expiringSoonCount=24)
     assert {n["namespace"] for n in status["namespaces"]} == set(namespaces)
     assert status["namespaces"][0]["namespace"] == namespaces[0]  # the soonest to expire first
+
+
+def test_a_status_edited_by_hand_with_a_revision_no_merge_made_is_replaced_at_the_next_merge(
+    cluster: Cluster, checks: ClusterChecks, namespace: str
+) -> None:
+    team = uuid.uuid4().hex[:8]
+    label_namespace(cluster, namespace, {"team": team})
+    tls(cluster, namespace, "web", days=200)
+    name = f"edited-{team}"
+    checks.create(
+        name,
+        {"namespaceSelector": {"matchLabels": {"team": team}}, "selector": {"matchLabels": {"app": "web"}}},
+    )
+    checks.wait_status(name, namespacesCount=1, targetCertsCount=1)
+    cluster.custom.patch_cluster_custom_object_status(
+        CERTCHECK_GROUP,
+        CERTCHECK_VERSION,
+        PLURAL,
+        name,
+        {"status": {"mergedRevision": 10**12, "targetCertsCount": 99}},
+    )
+    tls(cluster, namespace, "api", days=100)  # the next change merges, whatever the edit claimed
+    status = checks.wait_status(name, namespacesCount=1, targetCertsCount=2)
+    assert status["mergedRevision"] < 10**12
