@@ -36,7 +36,7 @@ from schemas.streams import (
 )
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION
 from tests import subjects as test_subjects
-from tests.receivers import Receiver, slack_ok
+from tests.receivers import Receiver, Reply, slack_ok
 
 T = TypeVar("T")
 
@@ -98,6 +98,14 @@ def slack() -> Iterator[Receiver]:
     receiver.close()
 
 
+@pytest.fixture(scope="session")
+def pagerduty() -> Iterator[Receiver]:
+    """A server standing in for PagerDuty's Events API (202 Accepted); the session's notifier posts to it."""
+    receiver = Receiver(Reply(202, b'{"status": "success"}'))
+    yield receiver
+    receiver.close()
+
+
 # The test receivers listen on 127.0.0.1, which the default egress policy refuses; the rest of loopback
 # stays refused, for the tests that prove it.
 LOOPBACK_WEBHOOKS = {"CERTCHECK_WEBHOOK_ALLOWED_CIDRS": "127.0.0.1/32"}
@@ -126,9 +134,13 @@ def running(
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, slack: Receiver) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, slack: Receiver, pagerduty: Receiver) -> Iterator[Stack]:
     services = {
-        "notifier": {"CERTCHECK_SLACK_API_URL": slack.url, **NOTIFIER_TEST_ENV},
+        "notifier": {
+            "CERTCHECK_SLACK_API_URL": slack.url,
+            "CERTCHECK_PAGERDUTY_API_URL": pagerduty.url,
+            **NOTIFIER_TEST_ENV,
+        },
         "watcher": {"CERTCHECK_SECRET_TYPES": "kubernetes.io/tls,Opaque"},
     }
     # cert-manager's Certificates are served, so the watcher reads their renewal times (test_renewal.py).

@@ -104,6 +104,7 @@ class RecordingChannel:
     name = "recording"
     field = "webhook"
     settings_type = WebhookTarget
+    defaults: tuple[tuple[str, object], ...] = ()
 
     def __init__(self, *failures: DeliveryError) -> None:
         self.failures: deque[DeliveryError] = deque(failures)

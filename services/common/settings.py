@@ -64,6 +64,9 @@ class Settings:
     event_refill_seconds: float = field(default_factory=lambda: float(_env("event_refill_seconds", "5")))
     # notifier
     slack_api_url: str = field(default_factory=lambda: _env("slack_api_url", "https://slack.com/api"))
+    pagerduty_api_url: str = field(
+        default_factory=lambda: _env("pagerduty_api_url", "https://events.pagerduty.com")
+    )
     notify_max_attempts: int = field(default_factory=lambda: int(_env("notify_max_attempts", "6")))
     # CIDRs webhooks may reach besides public addresses (loopback, private... are refused by default).
     webhook_allowed_cidrs: str = field(default_factory=lambda: _env("webhook_allowed_cidrs", ""))

@@ -151,7 +151,8 @@ class Notifier:
 
     async def process(self, result: EvaluationResult) -> float | None:
         """Notify what changed; returns a delay after which to look again, or None when done."""
-        targets = {t.name: t for t in (result.notification.targets if result.notification else [])}
+        given = result.notification.targets if result.notification else []
+        targets = {t.name: channels.effective(self.channels, t) for t in given}
         key = self._key(result.namespace, result.name)
         if not targets:
             await self._forget(result.namespace, result.name)

@@ -147,7 +147,9 @@ def test_a_target_that_selects_no_channel_is_given_up_at_once() -> None:
     nowhere = NotificationTarget("nowhere")
     assert asyncio.run(replica(kv, channel, writer=writer).process(result(nowhere))) is None
     assert channel.sent == []
-    assert [f.reason for f in writer.failures[-1]] == ["target has neither webhook (after 1 attempts)"]
+    assert [f.reason for f in writer.failures[-1]] == [
+        "target names no channel (one of webhook) (after 1 attempts)"
+    ]
 
 
 def test_another_replicas_live_claim_is_left_to_it() -> None:

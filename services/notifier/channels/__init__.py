@@ -71,6 +71,12 @@ class Channel(Protocol[ConfigT_contra]):
         """What its settings are read into (a msgspec struct, camelCase as in the CRD)."""
         ...
 
+    @property
+    def defaults(self) -> tuple[tuple[str, Any], ...]:
+        """NotificationTarget fields it needs set when a target leaves them unset (Alertmanager: resolved
+        notices, and repeats before its alerts would time out)."""
+        ...
+
     def credentials(self, config: ConfigT_contra) -> list[CredentialRef]:
         """The Secrets (in the CertCheck's namespace) to read before sending."""
         ...
@@ -107,7 +113,16 @@ class Registry:
                 return DeliveryError(
                     f"the {name} settings of target {target.name} are not valid: {exc}", False
                 )
-        return DeliveryError("target has neither " + " nor ".join(self.by_field), False)
+        return DeliveryError("target names no channel (one of " + ", ".join(self.by_field) + ")", False)
+
+
+def effective(registry: Registry, target: NotificationTarget) -> NotificationTarget:
+    """The target with its channel's defaults where it leaves them unset."""
+    selected = next((c for name, c in registry.by_field.items() if name in target.channels), None)
+    unset = {
+        name: value for name, value in (selected.defaults if selected else ()) if not getattr(target, name)
+    }
+    return msgspec.structs.replace(target, **unset) if unset else target
 
 
 def load(settings: Settings) -> Registry:

@@ -67,6 +67,7 @@ class Slack:
     name: str = "slack"
     field: str = "slack"
     settings_type: type[SlackTarget] = SlackTarget
+    defaults: tuple[tuple[str, object], ...] = ()
 
     def credentials(self, config: SlackTarget) -> list[CredentialRef]:
         return [config.token_secret_ref]

@@ -31,6 +31,7 @@ class Webhook:
     name: str = "webhook"
     field: str = "webhook"
     settings_type: type[WebhookTarget] = WebhookTarget
+    defaults: tuple[tuple[str, object], ...] = ()
 
     def credentials(self, config: WebhookTarget) -> list[CredentialRef]:
         refs: list[CredentialRef] = []
