@@ -148,7 +148,7 @@ class SecretRef(msgspec.Struct, frozen=True):
 
 DEFAULT_NOTIFY_STATES = ("ExpiringSoon", "Expired", "Invalid", "RenewalOverdue")
 # The fields of a notification target every channel shares; each other field of a target names a channel.
-TARGET_FIELDS = ("name", "states", "repeatInterval", "sendResolved")
+TARGET_FIELDS = ("name", "states", "repeatInterval", "sendResolved", "remindAt")
 
 
 class NotificationTarget(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
@@ -160,6 +160,7 @@ class NotificationTarget(msgspec.Struct, frozen=True, rename="camel", omit_defau
     states: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_NOTIFY_STATES))
     repeat_interval: str | None = None  # e.g. "24h"; default: notify on state change only
     send_resolved: bool = False
+    remind_at: list[str] = []  # e.g. ["30d", "7d"]: once each, that long before a certificate's notAfter
     # Read, never written: where messages of earlier releases held the two channels there were. They
     # are moved into ``channels`` as such a message is decoded.
     slack: dict[str, Any] | None = None
@@ -427,7 +428,9 @@ class CertificateNotice(msgspec.Struct, frozen=True, rename="camel", omit_defaul
     key: str
     index: int
     state: str
-    change: str  # "firing" (entered a notifying state), "repeat" (still in it), "resolved" (left it)
+    # "firing" (entered a notifying state), "repeat" (still in it), "resolved" (left it), "reminder" (a
+    # remindAt mark before its notAfter passed)
+    change: str
     kind: str = "Secret"  # or "ConfigMap"; omitted when Secret
     previous_state: str | None = None
     not_after: str | None = None

@@ -41,6 +41,7 @@ def issue(
     issuer: tuple[x509.Certificate, Key] | None = None,
     ca: bool = False,
     days: float = 90,
+    dns_names: list[str] | None = None,
 ) -> x509.Certificate:
     """A certificate for ``key``, issued by ``issuer`` (certificate, key), or self-signed."""
     now = datetime.now(UTC)
@@ -55,6 +56,10 @@ def issue(
         .not_valid_after(now + timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
+    if dns_names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
+        )
     eddsa = isinstance(signer, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
     return builder.sign(signer, None if eddsa else hashes.SHA256())
 

@@ -15,6 +15,7 @@ from schemas.messages import AnnotationPatch, CertCheckStatus, EventIntent
 from services.domain.conditions import condition
 from services.domain.events import certcheck_warning
 from services.domain.model import CertCheckSpec, Coverage, SecretView
+from services.domain.reminders import next_reminder
 from services.domain.times import rfc3339
 from services.evaluator import events as ev
 from services.evaluator.annotations import (
@@ -71,6 +72,7 @@ def evaluate(
     refresh_after: timedelta | None = None,
     told: CertCheckStatus | None = None,
     told_patches: Sequence[AnnotationPatch] = (),
+    reminders: Sequence[timedelta] = (),
 ) -> Evaluation:
     """Evaluate one CertCheck over the Secrets it selects.
 
@@ -79,7 +81,8 @@ def evaluate(
     status of the last evaluation published, written yet or not, the base of the CertCheck's Events
     (without it, ``observed``), and ``told_patches`` its annotation patches, which laid over what each
     Secret carries are the base of the Secret's Events: a change that comes before what the evaluation
-    before it said was written and watched back still gets its Event.
+    before it said was written and watched back still gets its Event. ``reminders``: the marks before
+    notAfter at which a notification target reminds, moments to be evaluated at too.
     """
     rating = rate_certificates(spec, secrets, now)
     found = findings(rating.ordered)
@@ -94,10 +97,22 @@ def evaluate(
         status_changed=status_changed,
         annotation_patches=[o.patch for o in outcomes if o.patch is not None],
         events=events,
-        next_due=next_due_time(rating, spec.threshold_days, now),
+        next_due=_earliest(
+            next_due_time(rating, spec.threshold_days, now),
+            next_reminder((r.not_after for r in rating.ordered if r.facts is not None), reminders, now),
+        ),
         certificates=rating.ordered,
         selected_uids={secret.uid for secret in secrets},
     )
+
+
+def _earliest(*moments: datetime | None) -> datetime | None:
+    found = [m for m in moments if m is not None]
+    if not found:
+        return None
+    due = min(found)
+    # Schedules are second-granular: round up so the evaluation never runs before the moment.
+    return due if not due.microsecond else due.replace(microsecond=0) + timedelta(seconds=1)
 
 
 def failed_evaluation(

@@ -59,6 +59,7 @@ from services.domain.certs import describe
 from services.domain.follow import ViewFollower
 from services.domain.lifecycle import Slot
 from services.domain.provenance import due_refusal
+from services.domain.reminders import reminder_offsets
 from services.domain.times import parse_rfc3339, rfc3339
 from services.domain.view import CertCheckKey, Effects, SecretKey, View
 from services.evaluator import core
@@ -387,6 +388,7 @@ class Evaluator:
                 refresh_after,
                 told=told.status if told else None,
                 told_patches=told.annotation_patches if told else (),
+                reminders=reminder_offsets(entry.notification),
             )
             return evaluation, None
         except Exception as exc:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -22,28 +21,15 @@ from schemas.messages import (
     NotificationTarget,
 )
 from services.domain.model import entry_label
+from services.domain.reminders import due_reminders, parse_duration
 from services.domain.times import parse_rfc3339, rfc3339
-
-_DURATION = re.compile(r"(\d+)([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_REPEAT = timedelta(days=36_500)
-
-
-def parse_duration(text: str | None) -> timedelta | None:
-    if not text:
-        return None
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 24h, 7d)")
-    seconds = sum(int(n) * _UNITS[u] for n, u in parts)
-    if seconds > MAX_REPEAT.total_seconds():
-        raise ValueError(f"duration {text!r} is longer than {MAX_REPEAT.days} days")
-    return timedelta(seconds=seconds)
 
 
 class Seen(msgspec.Struct, frozen=True):
     state: str
     notified_at: str | None = None  # when a notification about this state was last sent
+    reminded: list[str] = []  # the remindAt marks told of the certificate with this notAfter
+    reminded_for: str | None = None
 
 
 class Pending(msgspec.Struct, frozen=True):
@@ -95,10 +81,25 @@ def plan(
                 change = "repeat"
         elif target.send_resolved and before is not None and before.state in target.states:
             change = "resolved"
+        reminded = set(before.reminded) if before and before.reminded_for == entry.not_after else set()
+        passed = _passed(target, entry, now)
+        if change is None and passed - reminded:
+            change = "reminder"  # a mark passed: told once (a notice sent anyway tells it too)
         if change:
             notices.append(_notice(entry, change, before.state if before else None))
-        remembered[key] = Seen(state, stamp if change else (before.notified_at if before else None))
+        told = sorted(reminded | passed)
+        remembered[key] = Seen(
+            state,
+            stamp if change else (before.notified_at if before else None),
+            told,
+            entry.not_after if told else None,
+        )
     return notices, remembered
+
+
+def _passed(target: NotificationTarget, entry: CertificateStatus, now: datetime) -> frozenset[str]:
+    not_after = parse_rfc3339(entry.not_after) if target.remind_at else None
+    return due_reminders(not_after, target.remind_at, now) if not_after else frozenset()
 
 
 def _due_again(notified_at: str | None, repeat: timedelta, now: datetime) -> bool:

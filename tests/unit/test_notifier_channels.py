@@ -55,7 +55,7 @@ def receiver() -> Iterator[Receiver]:
 
 def test_the_registry_finds_every_channel_module_by_its_target_field() -> None:
     registry = channels.load(Settings(slack_api_url="http://slack.invalid/api"))
-    assert list(registry.by_field) == ["alertmanager", "pagerduty", "slack", "teams", "webhook"]
+    assert list(registry.by_field) == ["alertmanager", "email", "pagerduty", "slack", "teams", "webhook"]
     slack_settings = {"channel": "#c", "tokenSecretRef": {"name": "alerting", "key": "slack-token"}}
     slack = registry.find(NotificationTarget("t", channels={"slack": slack_settings}))
     hook = registry.find(NotificationTarget("t", channels={"webhook": {"url": "http://hook.invalid"}}))
@@ -69,7 +69,7 @@ def test_a_target_without_a_channel_fails_for_good() -> None:
     missing = channels.load(Settings()).find(NotificationTarget("t"))
     assert isinstance(missing, DeliveryError)
     assert (str(missing), missing.retryable) == (
-        "target names no channel (one of alertmanager, pagerduty, slack, teams, webhook)",
+        "target names no channel (one of alertmanager, email, pagerduty, slack, teams, webhook)",
         False,
     )
 

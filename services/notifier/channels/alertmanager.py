@@ -94,6 +94,8 @@ def alerts(
     each state left (resolved, or moved to another) ended now."""
     posted = []
     for notice in notification.certificates:
+        if notice.change == "reminder" and notice.state not in SEVERITY:
+            continue  # a reminder of a certificate still Valid: for people's channels, not an alert
         left = notice.previous_state
         if notice.change == "resolved":
             posted.append(_alert(notification, notice, left or notice.state, now, extra, now))

@@ -76,6 +76,8 @@ def events(notification: ExpiryNotification) -> list[dict[str, object]]:
     """The events of a notification, without the routing key (added when sending)."""
     sent: list[dict[str, object]] = []
     for notice in notification.certificates:
+        if notice.change == "reminder" and notice.state not in SEVERITY:
+            continue  # a reminder of a certificate still Valid: for people's channels, not an alert
         left = notice.previous_state
         if notice.change == "resolved":
             sent.append(
