@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
@@ -20,6 +21,15 @@ class Health:
         self._stale_after = stale_after_seconds
         self._parts: dict[str, Health] = {}
         self._whole: Health | None = None
+        # HTML pages besides the endpoints (the exporter's inventory): (path, query) -> page or None.
+        self.pages: Callable[[str, dict[str, list[str]]], bytes | None] | None = None
+
+    def serve_pages(self, pages: Callable[[str, dict[str, list[str]]], bytes | None]) -> None:
+        """Serve ``pages`` on this process's HTTP endpoint (of the whole process, for a part)."""
+        root = self
+        while root._whole is not None:
+            root = root._whole
+        root.pages = pages
 
     def part(self, name: str) -> Health:
         """The health of one part of a process that runs several services (``certcheck all``): the
@@ -67,6 +77,8 @@ def serve_http(
             elif path == "/readyz":
                 ok = health.ready
                 self._reply(200 if ok else 503, f"{'ok' if ok else health.reason}\n".encode())
+            elif health.pages is not None and (page := health.pages(path, parse_qs(query))) is not None:
+                self._reply(200, page, "text/html; charset=utf-8")
             else:
                 self._reply(404, b"not found\n")
 

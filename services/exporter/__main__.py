@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from urllib.parse import unquote
 
 from prometheus_client import REGISTRY
 
@@ -17,6 +19,7 @@ from services.common.settings import Settings
 from services.domain.follow import ViewFollower
 from services.domain.view import View
 from services.exporter.collector import ViewCollector
+from services.exporter.page import entries, inventory, object_page
 
 GROUP = "exporter"
 
@@ -58,6 +61,31 @@ class ExporterReplica:
         return set(self.followers) <= self.caught_up
 
 
+class Inventory:
+    """The inventory pages, built on the event loop that owns the views (never half-updated)."""
+
+    def __init__(self, views: Callable[[], Iterable[View]], loop: asyncio.AbstractEventLoop) -> None:
+        self.views = views
+        self.loop = loop
+
+    def page(self, path: str, query: dict[str, list[str]]) -> bytes | None:
+        if path != "/" and not path.startswith("/object/"):
+            return None
+
+        async def build() -> bytes | None:
+            now = datetime.now(UTC)
+            found = entries(self.views(), now)
+            if path == "/":
+                return inventory(found, {k: v[0] for k, v in query.items() if v}, now)
+            parts = [unquote(p) for p in path.removeprefix("/object/").split("/")]
+            if len(parts) != 3:
+                return None
+            namespace, kind, name = parts
+            return object_page(found, namespace, kind, name, now)
+
+        return asyncio.run_coroutine_threadsafe(build(), self.loop).result(timeout=30)
+
+
 async def main(settings: Settings, health: Health, stop: asyncio.Event) -> None:
     async with bus_mod.service_bus(settings, "exporter") as bus:
         replica = ExporterReplica(bus)
@@ -86,8 +114,10 @@ async def serve(
 ) -> None:
     """Serve the certificates of ``views`` (the partitions held, caught up) as metrics; ready once
     ``ready`` says so. In the all-in-one process the views are the evaluator's."""
-    collector = ViewCollector(views, asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    collector = ViewCollector(views, loop)
     REGISTRY.register(collector)
+    health.serve_pages(Inventory(views, loop).page)
 
     async def report_readiness() -> None:
         while True:
