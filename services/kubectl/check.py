@@ -4,16 +4,15 @@ and chain verification), no cluster needed."""
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 
 from schemas.messages import State
 from services.domain.certs import CertError, from_wire
 from services.domain.hygiene import DEFAULT_POLICY, problems
+from services.domain.sources import read_value
 from services.domain.states import classify
 from services.domain.times import rfc3339
 from services.kubectl.inventory import Row, render, table
-from services.watcher.extract import read_cert_source
 
 FILE_KIND = "File"
 
@@ -23,8 +22,7 @@ def check(
 ) -> list[Row]:
     """A row per certificate in ``value`` (read as the data key ``name`` would be: ``*.p12`` as PKCS#12,
     say), or one Invalid row saying why there is none."""
-    decoded = {"password": password} if password is not None else {}
-    source = read_cert_source(name, base64.b64encode(value).decode(), decoded)
+    source, _ = read_value(name, value, {}, (password,) if password is not None else ())
     if source.error is not None:
         return [Row("", FILE_KIND, name, name, 0, State.INVALID.value, reason=source.error)]
     rows = []

@@ -30,11 +30,10 @@ from schemas.messages import (
     NotificationTarget,
     SecretObserved,
 )
-from services.domain.certs import to_wire
-from services.domain.pem import parse_pem_certificate
+from services.domain.chains import ANCHOR_KEY, CHAIN_KEY, anchor_problem
+from services.domain.decode import MAX_VALUE_BYTES, is_keystore_key
+from services.domain.sources import read_value, with_problem
 from services.domain.times import parse_rfc3339
-from services.watcher.chains import ANCHOR_KEY, CHAIN_KEY, anchor_problem, chain_problems
-from services.watcher.decode import MAX_VALUE_BYTES, find_certificates, is_keystore_key
 from services.watcher.passwords import ReferencedPassword
 
 TLS_TYPE = "kubernetes.io/tls"
@@ -194,29 +193,11 @@ def _read(
 ) -> tuple[CertSource, tuple[str, ...]]:
     """The source of one key, and its certificates as PEM (for the checks across keys)."""
     first = (referenced.password,) if referenced and referenced.password is not None else ()
-    found = find_certificates(key, value, decoded, first)
-    if found.pem:
-        certs = _chained(key, found.pem)
-        if found.origins:
-            certs = [msgspec.structs.replace(c, origin=o) for c, o in zip(certs, found.origins, strict=True)]
-        return CertSource(key, certs=certs), found.pem
-    if referenced and referenced.problem and found.error and "password" in found.error:
-        return CertSource(key, error=f"{found.error}; {referenced.describe()} {referenced.problem}"), ()
-    return CertSource(key, error=found.error), ()
-
-
-def _with_problem(cert: Certificate, problem: str | None) -> Certificate:
-    if problem is None or cert.error is not None:
-        return cert
-    return msgspec.structs.replace(cert, chain_problem=problem)
-
-
-def _chained(key: str, pems: tuple[str, ...]) -> list[Certificate]:
-    """Each certificate's facts, with what is wrong with its link in the key's chain."""
-    certs = [to_wire(parse_pem_certificate(block)) for block in pems]
-    return [
-        _with_problem(cert, problem) for cert, problem in zip(certs, chain_problems(key, pems), strict=True)
-    ]
+    source, pems = read_value(key, value, decoded, first)
+    error = source.error
+    if referenced and referenced.problem and error and "password" in error:
+        return CertSource(key, error=f"{error}; {referenced.describe()} {referenced.problem}"), ()
+    return source, pems
 
 
 def _anchored(sources: list[CertSource], pems: dict[str, tuple[str, ...]]) -> list[CertSource]:
@@ -229,7 +210,7 @@ def _anchored(sources: list[CertSource], pems: dict[str, tuple[str, ...]]) -> li
         if source.key == CHAIN_KEY and source.certs:
             last = source.certs[-1]
             joined = f"{last.chain_problem}; {problem}" if last.chain_problem else problem
-            source = msgspec.structs.replace(source, certs=[*source.certs[:-1], _with_problem(last, joined)])
+            source = msgspec.structs.replace(source, certs=[*source.certs[:-1], with_problem(last, joined)])
         anchored.append(source)
     return anchored
 

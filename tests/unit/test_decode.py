@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from devcluster.certs import expiring_in
 from services.domain.certs import CertError
+from services.domain.decode import MAX_VALUE_BYTES, find_certificates
 from services.domain.pem import parse_pem_certificate
-from services.watcher.decode import MAX_VALUE_BYTES, find_certificates
 
 CERT, KEY = expiring_in(30, "layout.test")
 CA, _ = expiring_in(900, "ca.test")

@@ -241,7 +241,7 @@ def test_a_secret_with_more_keys_than_certcheck_scans_says_so_and_keeps_the_firs
 
 
 def test_a_value_over_the_size_limit_is_reported_not_read() -> None:
-    from services.watcher.decode import MAX_VALUE_BYTES, find_certificates
+    from services.domain.decode import MAX_VALUE_BYTES, find_certificates
 
     found = find_certificates("tls.crt", b"x" * (MAX_VALUE_BYTES + 1), {})
     assert found.pem == () and found.error and "too large" in found.error

@@ -21,9 +21,9 @@ from schemas.messages import (
 )
 from services.domain import model, states
 from services.domain.certs import CertError, CertFacts, from_wire, to_wire
+from services.domain.decode import find_certificates
 from services.domain.pem import parse_pem_certificate
 from services.evaluator import core
-from services.watcher.decode import find_certificates
 from services.watcher.extract import RawSecret, secret_observed
 from tests import hostile
 

@@ -15,12 +15,12 @@ from schemas import annotations as ann
 from schemas.messages import HygienePolicy
 from services.domain import hygiene
 from services.domain.certs import CertFacts
+from services.domain.chains import anchor_problem, chain_problems
 from services.domain.model import CertCheckSpec, CertEntry, Coverage, SecretView
 from services.domain.pem import parse_pem_certificate
 from services.domain.view import View
 from services.evaluator import core
 from services.exporter.collector import families
-from services.watcher.chains import anchor_problem, chain_problems
 from services.watcher.extract import RawSecret, secret_observed
 from tests import pki
 from tests.sources import certcheck_observed, facts_source, tls_secret_observed
@@ -133,7 +133,7 @@ class TestChains:
         assert chain_problems("pinned.pem", pems(self.leaf, side_by_side)) == [None, None]
 
     def test_a_hostile_bundle_of_same_named_certificates_costs_bounded_work(self) -> None:
-        from services.watcher import chains
+        from services.domain import chains
 
         same_name = [pki.issue("intermediate", pki.ec_key(), self.root, ca=True) for _ in range(40)]
         chains.issued_by.cache_clear()

@@ -10,9 +10,9 @@ import pytest
 
 from devcluster.certs import expiring_in
 from services.domain.certs import CertError, CertFacts
+from services.domain.decode import find_certificates
+from services.domain.jks import KeystoreError, read_java_keystore
 from services.domain.pem import parse_pem_certificate
-from services.watcher.decode import find_certificates
-from services.watcher.jks import KeystoreError, read_java_keystore
 from tests.keystores import java_keystore, needs_keytool
 
 pytestmark = needs_keytool

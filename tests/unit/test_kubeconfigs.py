@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from devcluster.certs import expiring_in
-from services.watcher.decode import find_certificates
+from services.domain.decode import find_certificates
 from services.watcher.extract import RawSecret, secret_observed
 from tests import kubeconfigs
 

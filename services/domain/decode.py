@@ -2,7 +2,7 @@
 
 Reads PEM (bundles and chains, anything else in the value ignored), DER, base64 applied twice (as
 some tools store it), PKCS#12 keystores (the password from another Secret, a sibling key, else
-empty) and Java keystores (JKS, JCEKS: services/watcher/jks.py; their certificates need no password,
+empty) and Java keystores (JKS, JCEKS: services/domain/jks.py; their certificates need no password,
 one that is known is checked). Returns certificates only, as PEM text; private keys are never returned.
 Work per value is bounded.
 """
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
 
-from services.watcher.jks import KeystoreError, is_java_keystore, read_java_keystore
-from services.watcher.kubeconfig import KubeconfigError, embedded_certificates, looks_like_kubeconfig
+from services.domain.jks import KeystoreError, is_java_keystore, read_java_keystore
+from services.domain.kubeconfig import KubeconfigError, embedded_certificates, looks_like_kubeconfig
 
 MAX_VALUE_BYTES = 1 << 20  # a value larger than this is reported, not read
 MAX_CERTS_PER_VALUE = 1000
