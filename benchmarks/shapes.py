@@ -404,6 +404,15 @@ def service_cpu(stack: Stack) -> dict[str, float]:
     return {name: cpu_seconds(pid) for name, pid in pids(stack).items() if name != NATS}
 
 
+def evaluations(stack: Stack, evaluators: int) -> tuple[float, float]:
+    """How many CertCheck evaluations the evaluators ran so far, and the seconds they took in all."""
+    instances = evaluator_instances(evaluators)
+    return (
+        sum(metric(stack, i, "certcheck_evaluation_duration_seconds_count") for i in instances),
+        sum(metric(stack, i, "certcheck_evaluation_duration_seconds_sum") for i in instances),
+    )
+
+
 def evaluator_instances(evaluators: int) -> list[str]:
     """The evaluator replicas a run starts: "evaluator", then "evaluator-2" and on."""
     return ["evaluator", *(f"evaluator-{i}" for i in range(2, evaluators + 1))]
@@ -857,21 +866,23 @@ class Floor:
     seen: Latency  # until a watch shows the patched annotation
     lag_ms: float
     foreign_cpu: tuple[float, float]  # Machine.foreign() during the burst and the changes
+    writer_cpu: float  # CPU seconds the writer itself spent on the burst (the benchmark's process)
 
     def for_writes(self, writes: int) -> float:
         """Seconds the API server takes for ``writes`` annotation patches at the recorder's concurrency."""
         return self.seconds * writes / self.patches
 
 
-def floor_burst(writer: KubeWriter, plan: Plan, concurrency: int) -> float:
-    """Seconds for one annotation patch per Secret, ``concurrency`` at once, as the recorder sends them."""
+def floor_burst(writer: KubeWriter, plan: Plan, concurrency: int) -> tuple[float, float]:
+    """Seconds for one annotation patch per Secret, ``concurrency`` at once, as the recorder sends them,
+    and the CPU seconds the writer spent on them: the least a recorder in Python can spend."""
     patches = [
         AnnotationPatch(s.namespace, s.name, s.uid, {ann.NOT_AFTER: s.annotated}) for s in plan.secrets
     ]
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(writer.patch_annotations, patches))
-    return time.monotonic() - started
+    return time.monotonic() - started, time.process_time() - cpu
 
 
 def floor_changes(api: Api, writer: KubeWriter, plan: Plan, args: argparse.Namespace) -> list[Change]:
@@ -902,11 +913,18 @@ def measure_floor(workdir: Path, certificates: int, args: argparse.Namespace) ->
             Settings().write_concurrency,
             Machine(stack),
         )
-        seconds = floor_burst(writer, plan, concurrency)
+        seconds, writer_cpu = floor_burst(writer, plan, concurrency)
         changes = floor_changes(api, writer, plan, args)
         seen = effect_latency(changes, "annotation")
         return Floor(
-            certificates, seconds, concurrency, round_trips(changes), seen, lag_ms(changes), machine.foreign()
+            certificates,
+            seconds,
+            concurrency,
+            round_trips(changes),
+            seen,
+            lag_ms(changes),
+            machine.foreign(),
+            writer_cpu,
         )
     finally:
         stack.stop()
@@ -920,7 +938,8 @@ def print_floor(floor: Floor, rate: float) -> None:
     print(f"== floor: the API server alone ({floor.patches} TLS Secrets)")
     print(
         f"  {floor.patches} annotation merge patches, {floor.concurrency} at once: {floor.seconds:.2f}s "
-        f"({floor.patches / floor.seconds:.0f}/s, {floor.seconds / floor.patches * 1000:.2f} ms each)"
+        f"({floor.patches / floor.seconds:.0f}/s, {floor.seconds / floor.patches * 1000:.2f} ms each); "
+        f"the writer's own CPU {floor.writer_cpu / floor.patches * 1000:.2f} ms per patch"
     )
     print(f"  one patch at {rate:g}/s, round trip:       {floor.round_trip}")
     print(f"  one patch at {rate:g}/s, until watch sees: {floor.seen}")
@@ -1040,6 +1059,7 @@ class ShapeResult:
     changes: list[Change]
     change_cpu: dict[str, float]  # per service, CPU seconds during the changes
     change_foreign_cpu: tuple[float, float]  # Machine.foreign() meanwhile
+    change_evaluations: tuple[float, float]  # evaluations during the changes, and the seconds they took
     restart_writes: float  # the recorder's count
     restart_audit: Counter[tuple[str, str]]  # every certcheck write in the audit log
     sweep: Sweep | None = None  # with --sweep
@@ -1082,9 +1102,12 @@ def run_shape(workdir: Path, shape: Shape, floor: Floor, args: argparse.Namespac
         settled = wait_quiet(stack)
         changes = plan_changes(plan, change_count(args), capped(api), datetime.now(UTC))
         cpu, machine = service_cpu(stack), Machine(stack)
+        evaluated = evaluations(stack, args.evaluators)
         with profiles.phase(stack, "changes"):
             run_changes(api, changes, args.rate, args.effect_timeout, lambda c: patch_data(api, c))
         change_cpu = {name: seconds - cpu.get(name, 0.0) for name, seconds in service_cpu(stack).items()}
+        count, seconds = evaluations(stack, args.evaluators)
+        evaluated = (count - evaluated[0], seconds - evaluated[1])
         foreign = machine.foreign()
         record_changes(changes)
         wait_quiet(stack)  # the changes' trailing writes are not the restart's
@@ -1093,7 +1116,18 @@ def run_shape(workdir: Path, shape: Shape, floor: Floor, args: argparse.Namespac
         sweep = run_sweep(stack, api, plan, len(changes), args) if args.sweep else None
         floor_seconds = floor.for_writes(len(plan.selected))
         result = ShapeResult(
-            shape, plan, created, cold, floor_seconds, settled, changes, change_cpu, foreign, restart, audited
+            shape,
+            plan,
+            created,
+            cold,
+            floor_seconds,
+            settled,
+            changes,
+            change_cpu,
+            foreign,
+            evaluated,
+            restart,
+            audited,
         )
         result.sweep = sweep
         return result
@@ -1170,6 +1204,11 @@ def print_changes(result: ShapeResult) -> None:
         f" {sum(per_change.values()):.1f} ms per change ("
         + ", ".join(f"{name} {ms:.1f}" for name, ms in per_change.items())
         + ")"
+    )
+    count, seconds = result.change_evaluations
+    print(
+        f"    the evaluators ran {count:.0f} CertCheck evaluations ({count / len(changes):.2f} per change),"
+        f" {seconds / max(count, 1) * 1000:.1f} ms each in the pure core"
     )
     print(f"    {noise_note(result.change_foreign_cpu)}")
     print(f"    data patch round trip:  {round_trips(changes)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import logging
 import os
@@ -181,9 +182,23 @@ async def supervise(stop: asyncio.Event, *tasks: asyncio.Task[None]) -> None:
             raise SystemExit(1)
 
 
+# The cyclic collector's youngest generation is collected every 700 allocations by default, and each
+# older collection walks every object the services keep (a view of ten thousand Secrets): a fifth of an
+# evaluation's CPU. What the services throw away is freed by reference counting; few cycles remain.
+GC_THRESHOLDS = (20_000, 50, 100)
+
+
+def tune_collector() -> None:
+    """Collect cycles less often, and never walk again what importing the modules created."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run_service(name: str, main: ServiceMain, argv: list[str] | None = None) -> None:
     settings = Settings.from_args(argv, prog=f"certcheck {name}")
     setup_logging(name, settings.log_level)
+    tune_collector()
     code = 0
     try:
         asyncio.run(_run(name, main, settings))

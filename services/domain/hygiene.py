@@ -31,6 +31,15 @@ class Policy:
     minimum_ec_key_size: int = 256
     weak_signature_hashes: frozenset[str] = field(default=DEFAULT_WEAK_HASHES)
     verify_chains: bool = True
+    # Part of a memo key looked up for every certificate at every evaluation: hashed once.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fields = (self.minimum_rsa_key_size, self.minimum_ec_key_size, self.weak_signature_hashes)
+        object.__setattr__(self, "_hash", hash((*fields, self.verify_chains)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 DEFAULT_POLICY = Policy()

@@ -71,6 +71,14 @@ class Coverage:
     certchecks: tuple[str, ...]
     max_threshold_days: int
     policy: Policy = DEFAULT_POLICY
+    # A memo key of every selected Secret at every evaluation: hashed once, not field by field each time.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.certchecks, self.max_threshold_days, self.policy)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 MANAGED_KEY = "tls.crt"  # cert-manager renews the leaf, the first certificate of tls.crt

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
+from typing import cast
 
 import msgspec
 
@@ -106,20 +107,20 @@ class SecretOutcome(msgspec.Struct, frozen=True, gc=False):  # one per Secret at
     problems: SecretProblems = NO_PROBLEMS
 
 
-def _annotation_change(
+def _outcome(
     secret: SecretView, coverage: Coverage, now: datetime, rated: Sequence[Rated] | None
-) -> tuple[SecretState, AnnotationPatch | None, SecretProblems]:
+) -> SecretOutcome:
     """A Secret's state and the patch to its annotations, reused like the rating they rest on."""
-    memo_key = ("annotations", coverage)
-    held = secret.memo.get(memo_key)
-    if held is not None and held[0] <= now < held[1]:
-        return held[2]  # type: ignore[return-value]
     if rated is None:
         rated = rate(secret, coverage.max_threshold_days, now, (), coverage.policy)
     state, desired, found = _desired(coverage, rated)
-    change = (state, annotation_patch(secret, desired), found)
-    secret.memo[memo_key] = (now, unchanged_until(rated, coverage.max_threshold_days, now), change)
-    return change
+    outcome = SecretOutcome(secret, coverage, state, annotation_patch(secret, desired), found)
+    secret.memo[("annotations", coverage)] = (
+        now,
+        unchanged_until(rated, coverage.max_threshold_days, now),
+        outcome,
+    )
+    return outcome
 
 
 def secret_outcomes(
@@ -132,11 +133,15 @@ def secret_outcomes(
     """Each selected Secret's annotation change (ConfigMaps are read, never annotated). A Secret missing
     from ``coverage`` is taken as covered by this CertCheck alone."""
     alone = Coverage((spec.name,), spec.threshold_days, spec.policy)
-    outcomes = []
+    outcomes: list[SecretOutcome] = []
     for secret in secrets:
         if secret.kind != KUBERNETES_KIND_SECRET:
             continue
         secret_coverage = coverage.get(secret.name, alone)
+        held = secret.memo.get(("annotations", secret_coverage))
+        if held is not None and held[0] <= now < held[1]:
+            outcomes.append(cast(SecretOutcome, held[2]))
+            continue
         # The CertCheck's own rating is the Secret's when it reads the default keys at the same threshold
         # and policy.
         same_rating = (
@@ -145,6 +150,5 @@ def secret_outcomes(
             and secret_coverage.policy == spec.policy
         )
         rated = rating.of_object.get((secret.kind, secret.name)) if same_rating else None
-        state, patch, found = _annotation_change(secret, secret_coverage, now, rated)
-        outcomes.append(SecretOutcome(secret, secret_coverage, state, patch, found))
+        outcomes.append(_outcome(secret, secret_coverage, now, rated))
     return outcomes

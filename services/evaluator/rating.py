@@ -42,6 +42,9 @@ class Rated:
     not_after: datetime = field(init=False)  # FAR_FUTURE for an unreadable entry
     identity: tuple[str, str, str, int] = field(init=False)  # kind, object name, key, index
     sort_key: tuple[int, datetime, str, str, str, int] = field(init=False)
+    # What the public events make of it (lifecycle.found_slots), worked out once: a Rated outlives many
+    # evaluations through the rating memo.
+    found: object = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         parsed = self.entry.parsed
@@ -91,6 +94,17 @@ def rate(
     it. Worked out once per view, threshold and policy, and reused for as long as no certificate of the
     Secret reaches a boundary."""
     memo_key = ("rated", threshold_days, tuple(patterns), policy)
+    return _rated(secret, threshold_days, now, patterns, policy, memo_key)
+
+
+def _rated(
+    secret: SecretView,
+    threshold_days: int,
+    now: datetime,
+    patterns: Sequence[str],
+    policy: Policy,
+    memo_key: tuple[object, ...],
+) -> list[Rated]:
     held = secret.memo.get(memo_key)
     if held is not None and held[0] <= now < held[1]:
         return held[2]  # type: ignore[return-value]
@@ -127,7 +141,9 @@ class Rating:
 
 def rate_certificates(spec: CertCheckSpec, secrets: Sequence[SecretView], now: datetime) -> Rating:
     """Rate every certificate the CertCheck reads in ``secrets`` at its own threshold and keys."""
-    of_object = {(s.kind, s.name): rate(s, spec.threshold_days, now, spec.keys, spec.policy) for s in secrets}
+    threshold, keys, policy = spec.threshold_days, spec.keys, spec.policy
+    memo_key = ("rated", threshold, tuple(keys), policy)
+    of_object = {(s.kind, s.name): _rated(s, threshold, now, keys, policy, memo_key) for s in secrets}
     ordered = sorted((r for of_one in of_object.values() for r in of_one), key=BY_URGENCY)
     by_state: dict[State, list[Rated]] = {}
     for r in ordered:
