@@ -19,7 +19,7 @@ from schemas.messages import (
     EventIntent,
     NotificationFailure,
 )
-from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, MERGE_PATCH
+from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, MERGE_PATCH, request
 from services.domain.clusterchecks import PLURAL as CLUSTER_PLURAL
 from services.domain.clusterchecks import is_cluster_scoped
 from services.domain.times import rfc3339
@@ -57,6 +57,16 @@ class _Meta(msgspec.Struct):
     generation: int = 0
 
 
+class _EventMeta(msgspec.Struct):
+    resourceVersion: str = ""
+    annotations: dict[str, str] = {}
+
+
+class _Event(msgspec.Struct):
+    metadata: _EventMeta = msgspec.field(default_factory=_EventMeta)
+    count: int | None = None
+
+
 class _ClusterCheck(msgspec.Struct):
     metadata: _Meta = msgspec.field(default_factory=_Meta)
     status: msgspec.Raw = msgspec.Raw(b"null")
@@ -80,25 +90,10 @@ class KubeWriter:
     def __init__(self, api: client.ApiClient, component: str) -> None:
         """``component``: the service writing (``recorder``, ``notifier``), named as its Events' source."""
         self.api = api
-        self.core = client.CoreV1Api(api)
         self.component = component
 
     def _send(self, method: str, path: str, body: object, content_type: str) -> tuple[int, bytes]:
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
-        self.api.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)
-        response = self.api.rest_client.pool_manager.request(
-            method,
-            self.api.configuration.host + path,
-            body=_encode(body) if body is not None else None,
-            headers=headers,
-            preload_content=False,
-            timeout=30,
-        )
-        try:
-            data = response.data  # read it all, or the connection cannot go back to the pool
-        finally:
-            response.release_conn()
-        return response.status, data
+        return request(self.api, method, path, _encode(body) if body is not None else None, content_type)
 
     def _write(
         self,
@@ -276,21 +271,28 @@ class KubeWriter:
         raise ApiException(status=status, reason="creating an Event failed")
 
     def _aggregate(self, name: str, namespace: str, intent: EventIntent, now: datetime) -> str:
-        existing = self.core.read_namespaced_event(name, namespace)
-        annotations = existing.metadata.annotations or {}
-        if annotations.get(OCCURRENCE) == intent.occurrence:
+        path = f"/api/v1/namespaces/{namespace}/events/{name}"
+        status, data = self._send("GET", path, None, "")
+        if status >= 300:
+            writes.labels("event", "error").inc()
+            raise ApiException(status=status, reason=data[:300].decode(errors="replace"))
+        existing = msgspec.json.decode(data, type=_Event)
+        if existing.metadata.annotations.get(OCCURRENCE) == intent.occurrence:
             writes.labels("event", "duplicate").inc()
             return "duplicate"
         patch = {
             "metadata": {
                 "annotations": {OCCURRENCE: intent.occurrence},
-                "resourceVersion": existing.metadata.resource_version,
+                "resourceVersion": existing.metadata.resourceVersion,
             },
             "count": (existing.count or 1) + 1,
             "lastTimestamp": rfc3339(now),
             "message": intent.message[:1024],
         }
         # The resourceVersion makes this a compare-and-set: two replicas never both count one occurrence.
-        self.core.patch_namespaced_event(name, namespace, patch, _content_type=MERGE_PATCH)
+        status, data = self._send("PATCH", path, patch, MERGE_PATCH)
+        if status >= 300:
+            writes.labels("event", "error").inc()
+            raise ApiException(status=status, reason=data[:300].decode(errors="replace"))
         writes.labels("event", "aggregated").inc()
         return "aggregated"

@@ -113,15 +113,17 @@ def secret_events(
     """
     pending = {(p.name, p.uid): p.annotations for p in told_patches}
     events = []
-    for outcome in outcomes:
+    for outcome in outcomes:  # every Secret of the CertCheck at every evaluation: kept lean
         secret = outcome.secret
-        edited = set(secret.edited_annotations)
-        recorded = overlaid(secret.annotations, pending.get((secret.name, secret.uid)))
+        edited = secret.edited_annotations
+        recorded = secret.annotations
+        if pending:
+            recorded = overlaid(recorded, pending.get((secret.name, secret.uid)))
         if outcome.problems.text is not None and ann.PROBLEMS not in edited:
             found = problems_event(secret, recorded.get(ann.PROBLEMS), outcome.problems)
             if found is not None:
                 events.append(found)
-        if edited and {ann.STATE, ann.NOT_AFTER} & edited:
+        if edited and (ann.STATE in edited or ann.NOT_AFTER in edited):
             continue  # a hand edit, not a state certcheck recorded: put back without an Event
         before = recorded_state(recorded)
         if before == outcome.state:

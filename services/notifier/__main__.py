@@ -26,7 +26,7 @@ async def serve(
     bus: bus_mod.Bus, api: client.ApiClient, settings: Settings, health: Health, stop: asyncio.Event
 ) -> None:
     kv = await bus_mod.key_value(bus, NOTIFIER_STATE_BUCKET, "what each notification target was told")
-    notifier = Notifier(bus, kv, SecretReader(client.CoreV1Api(api)), KubeWriter(api, "notifier"), settings)
+    notifier = Notifier(bus, kv, SecretReader(api), KubeWriter(api, "notifier"), settings)
     health.set_ready(True)
     await supervise(stop, asyncio.create_task(resilient("notify", notifier.run), name="notify"))
 

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -122,19 +121,38 @@ class KeyedLock:
     def __init__(self) -> None:
         self._locks: dict[object, tuple[asyncio.Lock, int]] = {}
 
-    @contextlib.asynccontextmanager
-    async def __call__(self, key: object) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
-        self._locks[key] = (lock, users + 1)
+    def __call__(self, key: object) -> _Held:
+        return _Held(self._locks, key)
+
+
+class _Held:
+    """Holding one key's lock (a class, not a generator: entered for every annotation patch)."""
+
+    __slots__ = ("_key", "_lock", "_locks")
+
+    def __init__(self, locks: dict[object, tuple[asyncio.Lock, int]], key: object) -> None:
+        self._locks, self._key = locks, key
+        lock, users = locks.get(key) or (asyncio.Lock(), 0)
+        locks[key] = (lock, users + 1)
+        self._lock = lock
+
+    async def __aenter__(self) -> None:
         try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+            await self._lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        lock, users = self._locks[self._key]
+        if users == 1:
+            del self._locks[self._key]
+        else:
+            self._locks[self._key] = (lock, users - 1)
 
 
 class Recorder:
@@ -298,7 +316,9 @@ class Recorder:
             await asyncio.gather(*(self._annotate(patch) for patch in patches))
 
     async def _apply_evaluation(self, result: EvaluationResult) -> None:
-        await asyncio.gather(*(self._annotate(patch) for patch in result.annotation_patches))
+        # Most were written as the result arrived (``_annotate_all``): only the rest go through the locks.
+        pending = [patch for patch in result.annotation_patches if not self._written_already(patch)]
+        await asyncio.gather(*(self._annotate(patch) for patch in pending))
         if cluster_check_of(result.name) is not None:  # a ClusterCertCheck's share of a namespace
             if self.cluster is not None:
                 await self.cluster.record(result)
@@ -336,16 +356,23 @@ class Recorder:
         async with self._one_secret_at_a_time(key):
             await self._annotate_alone(key, patch)
 
+    def _written_already(self, patch: AnnotationPatch) -> bool:
+        """Whether this recorder wrote these values from the same observed Secret."""
+        seen_at, written = self._written_annotations.get((patch.namespace, patch.name, patch.uid), ("", {}))
+        if seen_at != patch.resource_version:
+            written = {}
+        return bool(patch.resource_version) and all(
+            written.get(k, "<unknown>") == v for k, v in patch.annotations.items()
+        )
+
     async def _annotate_alone(self, key: tuple[str, str, str], patch: AnnotationPatch) -> None:
+        ref = object_ref(patch.namespace, patch.name, patch.resource_version)
+        if self._written_already(patch):
+            trace(log, "recorder", ref, "annotations written already")
+            return
         seen_at, written = self._written_annotations.get(key, ("", {}))
         if seen_at != patch.resource_version:
             written = {}
-        ref = object_ref(patch.namespace, patch.name, patch.resource_version)
-        if patch.resource_version and all(
-            written.get(k, "<unknown>") == v for k, v in patch.annotations.items()
-        ):
-            trace(log, "recorder", ref, "annotations written already")
-            return
         try:
             await self._call(self.writer.patch_annotations, patch)
         except Gone:

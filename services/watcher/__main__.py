@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +16,13 @@ from schemas.messages import OBJECT_FORMAT
 from schemas.streams import LEASE_BUCKET, WATCHER_STATE_BUCKET
 from services.common import bus as bus_mod
 from services.common.health import Health
-from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, api_client
+from services.common.kube import (
+    CERTCHECK_GROUP,
+    CERTCHECK_PLURAL,
+    CERTCHECK_VERSION,
+    api_client,
+    collection,
+)
 from services.common.lease import Lease, LeaseLostError
 from services.common.runtime import run_service, supervise
 from services.common.settings import Settings
@@ -126,15 +131,21 @@ def _cluster_source_watches(
 ) -> dict[str, ListWatch[Any]]:
     calls: dict[str, tuple[Any, type[Any]]] = {
         subjects.KIND_VALIDATING_WEBHOOK: (
-            client.AdmissionregistrationV1Api(api).list_validating_webhook_configuration,
+            collection(api, "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"),
             RawWebhookConfiguration,
         ),
         subjects.KIND_MUTATING_WEBHOOK: (
-            client.AdmissionregistrationV1Api(api).list_mutating_webhook_configuration,
+            collection(api, "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"),
             RawWebhookConfiguration,
         ),
-        subjects.KIND_APISERVICE: (client.ApiregistrationV1Api(api).list_api_service, RawAPIService),
-        subjects.KIND_CRD: (client.ApiextensionsV1Api(api).list_custom_resource_definition, RawCRD),
+        subjects.KIND_APISERVICE: (
+            collection(api, "/apis/apiregistration.k8s.io/v1/apiservices"),
+            RawAPIService,
+        ),
+        subjects.KIND_CRD: (
+            collection(api, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"),
+            RawCRD,
+        ),
     }
     return {
         token: ListWatch(
@@ -153,6 +164,10 @@ def _cluster_source_watches(
 CERT_MANAGER_GROUP, CERT_MANAGER_VERSION, CERTIFICATES_PLURAL = "cert-manager.io", "v1", "certificates"
 
 
+def _certificates_path() -> str:
+    return f"/apis/{CERT_MANAGER_GROUP}/{CERT_MANAGER_VERSION}/{CERTIFICATES_PLURAL}"
+
+
 def certificates_watched(settings: Settings, api: client.ApiClient) -> bool:
     """Whether to watch cert-manager Certificates: as set, or (auto) if the API server serves them to
     this watcher. Decided once, at start: a cert-manager installed later is watched after a restart."""
@@ -162,10 +177,7 @@ def certificates_watched(settings: Settings, api: client.ApiClient) -> bool:
     if setting != "auto":
         return False
     try:
-        response: Any = client.CustomObjectsApi(api).list_cluster_custom_object(
-            CERT_MANAGER_GROUP, CERT_MANAGER_VERSION, CERTIFICATES_PLURAL, limit=1, _preload_content=False
-        )
-        response.release_conn()
+        collection(api, _certificates_path())(limit=1).release_conn()
     except ApiException as exc:
         log.info(
             "not watching cert-manager Certificates (HTTP %s): the default renewal point is used", exc.status
@@ -198,9 +210,7 @@ def build_watches(
     certificates: bool = False,
 ) -> dict[str, ListWatch[Any]]:
     """The watches by scope: one per Secret type, one for ConfigMaps and one for CertChecks."""
-    core = client.CoreV1Api(api)
-    custom = client.CustomObjectsApi(api)
-    secrets = SecretObserver(settings, core, put)
+    secrets = SecretObserver(settings, api, put)
     watches: dict[str, ListWatch[Any]] = {}
     for scope, secret_type in secret_scopes(settings).items():
         kwargs: dict[str, Any] = {}
@@ -210,7 +220,7 @@ def build_watches(
             kwargs["label_selector"] = settings.secret_label_selector
         watches[scope] = ListWatch(
             f"secrets/{secret_type or 'all'}",
-            functools.partial(core.list_secret_for_all_namespaces, **kwargs),
+            collection(api, "/api/v1/secrets", **kwargs),
             RawSecret,
             key=lambda s: (s.metadata.namespace, s.metadata.name),
             sink=_sink(subjects.KIND_SECRET, scope, put, secrets.observe, secrets.after),
@@ -223,7 +233,7 @@ def build_watches(
             configmap_kwargs["label_selector"] = settings.configmap_label_selector
         watches[subjects.KIND_CONFIGMAP] = ListWatch(
             "configmaps",
-            functools.partial(core.list_config_map_for_all_namespaces, **configmap_kwargs),
+            collection(api, "/api/v1/configmaps", **configmap_kwargs),
             RawConfigMap,
             key=lambda c: (c.metadata.namespace, c.metadata.name),
             sink=_sink(subjects.KIND_CONFIGMAP, subjects.KIND_CONFIGMAP, put, configmap_observed),
@@ -236,12 +246,7 @@ def build_watches(
         kind = subjects.KIND_CERTIFICATE
         watches[kind] = ListWatch(
             "certificates",
-            functools.partial(
-                custom.list_cluster_custom_object,
-                CERT_MANAGER_GROUP,
-                CERT_MANAGER_VERSION,
-                CERTIFICATES_PLURAL,
-            ),
+            collection(api, _certificates_path()),
             RawCertificate,
             key=lambda c: (c.metadata.namespace, c.metadata.name),
             sink=_sink(kind, kind, put, certificate_observed),
@@ -251,7 +256,7 @@ def build_watches(
     shares = Shares(put)
     watches[NAMESPACES] = ListWatch(
         "namespaces",
-        core.list_namespace,
+        collection(api, "/api/v1/namespaces"),
         RawNamespace,
         key=lambda n: ("", n.metadata.name),
         sink=_shares_sink(shares.namespace, lambda keys: shares.listed(NAMESPACES, keys)),
@@ -259,9 +264,7 @@ def build_watches(
     )
     watches[CHECKS] = ListWatch(
         "clustercertchecks",
-        functools.partial(
-            custom.list_cluster_custom_object, CERTCHECK_GROUP, CERTCHECK_VERSION, CLUSTER_PLURAL
-        ),
+        collection(api, f"/apis/{CERTCHECK_GROUP}/{CERTCHECK_VERSION}/{CLUSTER_PLURAL}"),
         RawClusterCertCheck,
         key=lambda c: ("", c.metadata.name),
         sink=_shares_sink(shares.check, lambda keys: shares.listed(CHECKS, keys)),
@@ -269,9 +272,7 @@ def build_watches(
     )
     watches[subjects.KIND_CERTCHECK] = ListWatch(
         "certchecks",
-        functools.partial(
-            custom.list_cluster_custom_object, CERTCHECK_GROUP, CERTCHECK_VERSION, CERTCHECK_PLURAL
-        ),
+        collection(api, f"/apis/{CERTCHECK_GROUP}/{CERTCHECK_VERSION}/{CERTCHECK_PLURAL}"),
         RawCertCheck,
         key=lambda c: (c.metadata.namespace, c.metadata.name),
         sink=_sink(subjects.KIND_CERTCHECK, subjects.KIND_CERTCHECK, put, certcheck_observed),

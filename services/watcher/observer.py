@@ -14,6 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from schemas import subjects
 from schemas.annotations import is_credential, not_a_credential
 from schemas.messages import SecretObserved
+from services.common.kube import request
 from services.common.settings import Settings
 from services.watcher.extract import RawSecret, decode_small_values, secret_observed
 from services.watcher.listwatch import RetryLater
@@ -34,17 +35,13 @@ def secret_scopes(settings: Settings) -> dict[str, str | None]:
 _raw_secret = msgspec.json.Decoder(RawSecret)
 
 
-def read_raw_secret(core: client.CoreV1Api, namespace: str, name: str) -> RawSecret | None:
-    try:
-        response: Any = core.read_namespaced_secret(name, namespace, _preload_content=False)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    try:
-        return _raw_secret.decode(response.data)
-    finally:
-        response.release_conn()
+def read_raw_secret(api: client.ApiClient, namespace: str, name: str) -> RawSecret | None:
+    status, data = request(api, "GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+    if status == 404:
+        return None
+    if status >= 300:
+        raise ApiException(status=status, reason=data[:300].decode(errors="replace"))
+    return _raw_secret.decode(data)
 
 
 def is_transient(exc: Exception) -> bool:
@@ -58,14 +55,14 @@ class SecretObserver:
     """Observes Secrets, reading the keystore passwords they point at, and re-reads a keystore Secret
     when its password Secret changes. Shared by every Secret watch."""
 
-    def __init__(self, settings: Settings, core: client.CoreV1Api, put: Any) -> None:
-        self._core = core
+    def __init__(self, settings: Settings, api: client.ApiClient, put: Any) -> None:
+        self._api = api
         self._put = put
         self._scopes = secret_scopes(settings)
 
         def read_data(namespace: str, name: str) -> dict[str, bytes] | None:
             try:
-                secret = read_raw_secret(core, namespace, name)
+                secret = read_raw_secret(api, namespace, name)
             except Exception as exc:
                 if is_transient(exc):  # the keystore is read again, not reported Invalid
                     raise RetryLater(f"reading Secret {namespace}/{name}: {exc}") from exc
@@ -90,7 +87,7 @@ class SecretObserver:
             self.passwords.forget(namespace, secret.metadata.name)
         for holder in self.passwords.keystores_using(namespace, secret.metadata.name):
             try:
-                keystore = read_raw_secret(self._core, namespace, holder)
+                keystore = read_raw_secret(self._api, namespace, holder)
             except Exception as exc:
                 log.warning("could not re-read keystore Secret %s/%s: %s", namespace, holder, exc)
                 continue
