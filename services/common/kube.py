@@ -38,8 +38,15 @@ def _send(
         body=body,
         headers=headers,
         preload_content=False,
-        timeout=urllib3.Timeout(*timeout) if isinstance(timeout, tuple) else timeout,
+        timeout=as_timeout(timeout),
     )
+
+
+def as_timeout(timeout: float | tuple[float, float]) -> urllib3.Timeout:
+    """A timeout as the generated client takes it: seconds for connecting and for each read, or the two
+    apart (a watch's reads wait up to its timeoutSeconds). Never a total: a watch lasts minutes."""
+    connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+    return urllib3.Timeout(connect=connect, read=read)
 
 
 def request(
