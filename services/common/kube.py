@@ -63,6 +63,15 @@ def request(
     return response.status, data
 
 
+def secret_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/secrets/{name}"
+
+
+def api_error(status: int, data: bytes) -> ApiException:
+    """An error answer raised as the generated client raises it (its reason: the start of the body)."""
+    return ApiException(status=status, reason=data[:300].decode(errors="replace"))
+
+
 # The generated client's keyword arguments of a list or watch call, as query parameters.
 _QUERY = {
     "limit": "limit",

@@ -19,7 +19,15 @@ from schemas.messages import (
     EventIntent,
     NotificationFailure,
 )
-from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, MERGE_PATCH, request
+from services.common.kube import (
+    CERTCHECK_GROUP,
+    CERTCHECK_PLURAL,
+    CERTCHECK_VERSION,
+    MERGE_PATCH,
+    api_error,
+    request,
+    secret_path,
+)
 from services.domain.clusterchecks import PLURAL as CLUSTER_PLURAL
 from services.domain.clusterchecks import is_cluster_scoped
 from services.domain.times import rfc3339
@@ -114,7 +122,7 @@ class KubeWriter:
             raise Gone(gone_is)
         if status != 409:
             writes.labels(kind, "error").inc()
-            raise ApiException(status=status, reason=data[:300].decode(errors="replace"))
+            raise api_error(status, data)
         return status
 
     def _patch_status(self, namespace: str, name: str, uid: str, fields: dict[str, object]) -> None:
@@ -184,7 +192,7 @@ class KubeWriter:
         if status == 404:
             return None
         if status >= 300:
-            raise ApiException(status=status, reason=data[:300].decode(errors="replace"))
+            raise api_error(status, data)
         read = msgspec.json.decode(data, type=_ClusterCheck)
         meta = read.metadata
         return ClusterCheckRead(meta.uid, meta.resourceVersion, meta.generation, read.status)
@@ -208,14 +216,14 @@ class KubeWriter:
             writes.labels("status", "conflict").inc()
             return False
         writes.labels("status", "error").inc()
-        raise ApiException(status=code, reason=data[:300].decode(errors="replace"))
+        raise api_error(code, data)
 
     def patch_annotations(self, patch: AnnotationPatch) -> None:
         body = {"metadata": {"uid": patch.uid, "annotations": patch.annotations}}
         self._write(
             "annotations",
             "PATCH",
-            f"/api/v1/namespaces/{patch.namespace}/secrets/{patch.name}?fieldManager={FIELD_MANAGER}",
+            f"{secret_path(patch.namespace, patch.name)}?fieldManager={FIELD_MANAGER}",
             body,
             gone_is=f"Secret {patch.namespace}/{patch.name}",
         )
@@ -275,7 +283,7 @@ class KubeWriter:
         status, data = self._send("GET", path, None, "")
         if status >= 300:
             writes.labels("event", "error").inc()
-            raise ApiException(status=status, reason=data[:300].decode(errors="replace"))
+            raise api_error(status, data)
         existing = msgspec.json.decode(data, type=_Event)
         if existing.metadata.annotations.get(OCCURRENCE) == intent.occurrence:
             writes.labels("event", "duplicate").inc()
@@ -293,6 +301,6 @@ class KubeWriter:
         status, data = self._send("PATCH", path, patch, MERGE_PATCH)
         if status >= 300:
             writes.labels("event", "error").inc()
-            raise ApiException(status=status, reason=data[:300].decode(errors="replace"))
+            raise api_error(status, data)
         writes.labels("event", "aggregated").inc()
         return "aggregated"

@@ -107,6 +107,9 @@ class SecretOutcome(msgspec.Struct, frozen=True, gc=False):  # one per Secret at
     problems: SecretProblems = NO_PROBLEMS
 
 
+_OUTCOME = "annotations"  # a Secret's memo holds its outcome at (_OUTCOME, coverage)
+
+
 def _outcome(
     secret: SecretView, coverage: Coverage, now: datetime, rated: Sequence[Rated] | None
 ) -> SecretOutcome:
@@ -115,7 +118,7 @@ def _outcome(
         rated = rate(secret, coverage.max_threshold_days, now, (), coverage.policy)
     state, desired, found = _desired(coverage, rated)
     outcome = SecretOutcome(secret, coverage, state, annotation_patch(secret, desired), found)
-    secret.memo[("annotations", coverage)] = (
+    secret.memo[(_OUTCOME, coverage)] = (
         now,
         unchanged_until(rated, coverage.max_threshold_days, now),
         outcome,
@@ -138,7 +141,7 @@ def secret_outcomes(
         if secret.kind != KUBERNETES_KIND_SECRET:
             continue
         secret_coverage = coverage.get(secret.name, alone)
-        held = secret.memo.get(("annotations", secret_coverage))
+        held = secret.memo.get((_OUTCOME, secret_coverage))
         if held is not None and held[0] <= now < held[1]:
             outcomes.append(cast(SecretOutcome, held[2]))
             continue

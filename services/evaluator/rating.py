@@ -93,8 +93,11 @@ def rate(
     """The state of each certificate a CertCheck reads in a Secret, and what ``policy`` finds wrong with
     it. Worked out once per view, threshold and policy, and reused for as long as no certificate of the
     Secret reaches a boundary."""
-    memo_key = ("rated", threshold_days, tuple(patterns), policy)
-    return _rated(secret, threshold_days, now, patterns, policy, memo_key)
+    return _rated(secret, threshold_days, now, patterns, policy, _memo_key(threshold_days, patterns, policy))
+
+
+def _memo_key(threshold_days: int, patterns: Sequence[str], policy: Policy) -> tuple[object, ...]:
+    return ("rated", threshold_days, tuple(patterns), policy)
 
 
 def _rated(
@@ -142,7 +145,7 @@ class Rating:
 def rate_certificates(spec: CertCheckSpec, secrets: Sequence[SecretView], now: datetime) -> Rating:
     """Rate every certificate the CertCheck reads in ``secrets`` at its own threshold and keys."""
     threshold, keys, policy = spec.threshold_days, spec.keys, spec.policy
-    memo_key = ("rated", threshold, tuple(keys), policy)
+    memo_key = _memo_key(threshold, keys, policy)  # once, not once per Secret
     of_object = {(s.kind, s.name): _rated(s, threshold, now, keys, policy, memo_key) for s in secrets}
     ordered = sorted((r for of_one in of_object.values() for r in of_one), key=BY_URGENCY)
     by_state: dict[State, list[Rated]] = {}

@@ -10,7 +10,7 @@ import msgspec
 from kubernetes import client
 
 from schemas.annotations import is_credential, not_a_credential
-from services.common.kube import request
+from services.common.kube import request, secret_path
 from services.notifier.channels import DeliveryError
 
 
@@ -33,7 +33,7 @@ class SecretReader:
         cached = self._cache.get((namespace, name))
         if cached and time.monotonic() - cached[0] < self.ttl:
             return cached[1]
-        status, data = request(self.api, "GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        status, data = request(self.api, "GET", secret_path(namespace, name))
         if status == 404:
             raise DeliveryError(f"Secret {namespace}/{name} not found", True)
         if status == 403:

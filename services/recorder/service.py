@@ -356,11 +356,14 @@ class Recorder:
         async with self._one_secret_at_a_time(key):
             await self._annotate_alone(key, patch)
 
+    def _written_values(self, patch: AnnotationPatch) -> dict[str, str | None]:
+        """What this recorder wrote on the Secret from the same observed version as ``patch``."""
+        seen_at, written = self._written_annotations.get((patch.namespace, patch.name, patch.uid), ("", {}))
+        return written if seen_at == patch.resource_version else {}
+
     def _written_already(self, patch: AnnotationPatch) -> bool:
         """Whether this recorder wrote these values from the same observed Secret."""
-        seen_at, written = self._written_annotations.get((patch.namespace, patch.name, patch.uid), ("", {}))
-        if seen_at != patch.resource_version:
-            written = {}
+        written = self._written_values(patch)
         return bool(patch.resource_version) and all(
             written.get(k, "<unknown>") == v for k, v in patch.annotations.items()
         )
@@ -370,9 +373,7 @@ class Recorder:
         if self._written_already(patch):
             trace(log, "recorder", ref, "annotations written already")
             return
-        seen_at, written = self._written_annotations.get(key, ("", {}))
-        if seen_at != patch.resource_version:
-            written = {}
+        written = self._written_values(patch)
         try:
             await self._call(self.writer.patch_annotations, patch)
         except Gone:

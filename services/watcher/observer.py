@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from schemas import subjects
 from schemas.annotations import is_credential, not_a_credential
 from schemas.messages import SecretObserved
-from services.common.kube import request
+from services.common.kube import api_error, request, secret_path
 from services.common.settings import Settings
 from services.watcher.extract import RawSecret, decode_small_values, secret_observed
 from services.watcher.listwatch import RetryLater
@@ -36,11 +36,11 @@ _raw_secret = msgspec.json.Decoder(RawSecret)
 
 
 def read_raw_secret(api: client.ApiClient, namespace: str, name: str) -> RawSecret | None:
-    status, data = request(api, "GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+    status, data = request(api, "GET", secret_path(namespace, name))
     if status == 404:
         return None
     if status >= 300:
-        raise ApiException(status=status, reason=data[:300].decode(errors="replace"))
+        raise api_error(status, data)
     return _raw_secret.decode(data)
 
 
