@@ -10,7 +10,7 @@ is both); one gone is ``removed``, with why. The same before and after give the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -103,11 +103,20 @@ def lifecycle_facts(
     before: Mapping[Slot, Seen],
     after: Mapping[Slot, Seen],
     gone: Callable[[Slot], RemovedBecause],
+    changed: Iterable[Slot] | None = None,
 ) -> list[Fact]:
     """Every fact between two evaluations of one CertCheck: the slots found, in ``after``'s order, then
-    those gone. ``after`` empty with ``gone`` saying CertCheckDeleted is the CertCheck's removal. Runs
-    at every evaluation, over every certificate of the CertCheck: an unchanged slot costs one compare."""
-    facts: list[Fact] = []
+    those gone. ``after`` empty with ``gone`` saying CertCheckDeleted is the CertCheck's removal.
+    ``changed``: the only slots that can differ between the two, when the caller knows them (an
+    evaluation of one changed Secret among thousands); else every slot is compared."""
+    if changed is not None:
+        facts: list[Fact] = []
+        for slot in changed:
+            held, holds = before.get(slot), after.get(slot)
+            if held != holds:
+                facts += slot_facts(watcher, slot, held, holds, None if holds is not None else gone(slot))
+        return facts
+    facts = []
     for slot, holds in after.items():
         held = before.get(slot)
         if held != holds:

@@ -72,6 +72,12 @@ class CertCheckEntry:
     status_raw: msgspec.Raw
     covered: dict[str, set[str]] = field(default_factory=dict)  # source kind -> names it selects
     notification: NotificationSpec | None = None
+    # The sources (kind, name) it covered or covers whose view changed since an evaluation last took
+    # them, and what that evaluation kept to start the next from (see services/evaluator/incremental.py;
+    # a new spec is a new entry, which starts from nothing).
+    touched: set[tuple[str, str]] = field(default_factory=set)
+    kept: object = None
+    takes: int = 0  # how many evaluations took what was kept: one put back after a later take is stale
     _decoded: tuple[CertCheckStatus | None] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -91,6 +97,27 @@ class CertCheckEntry:
 
     def covered_of(self, kind: str) -> set[str]:
         return self.covered.setdefault(kind, set())
+
+    def take(self) -> tuple[set[tuple[str, str]], object, int]:
+        """What changed since the last evaluation took it, what that evaluation kept (None: nothing to
+        start from), and the take's number to put it back under."""
+        touched, kept = self.touched, self.kept
+        self.touched, self.kept = set(), None
+        self.takes += 1
+        return touched, kept, self.takes
+
+    def put_back(self, kept: object, take: int) -> None:
+        """Keep what an evaluation that stood built, unless a later evaluation took meanwhile (what it
+        built does not know the changes that one took)."""
+        if take == self.takes:
+            self.kept = kept
+
+
+def _touch(certchecks: dict[str, CertCheckEntry], names: Iterable[str], source: tuple[str, str]) -> None:
+    for name in names:
+        entry = certchecks.get(name)
+        if entry is not None:
+            entry.touched.add(source)
 
 
 @dataclass(slots=True)
@@ -334,6 +361,7 @@ class SourceIndex:
         old_covered_by = previous.covered_by if previous else set()
         _relink(event.name, old_covered_by, covered_by, lambda name: certchecks[name].covered_of(kind.name))
         namespace_entries[event.name] = SourceEntry(view, event.resource_version, covered_by)
+        _touch(certchecks, covered_by | old_covered_by, (kind.name, event.name))
         unchanged = previous is not None and kind.content(previous.view) == kind.content(view)
         # Unchanged, it concerns only the CertChecks that came to select it or stopped.
         concerned = covered_by ^ old_covered_by if unchanged else covered_by | old_covered_by
@@ -351,6 +379,7 @@ class SourceIndex:
             return Effects()
         kind = self.kind.name
         _relink(event.name, previous.covered_by, set(), lambda name: certchecks[name].covered_of(kind))
+        _touch(certchecks, previous.covered_by, (kind, event.name))
         return Effects(evaluate={(event.namespace, name) for name in previous.covered_by})
 
     def cover(self, certcheck: CertCheckEntry, old: set[str]) -> set[str]:
@@ -469,6 +498,37 @@ class View:
         )
         entry.coverage_at = (epoch, coverage)
         return coverage
+
+    def coverage_epoch(self, namespace: str) -> int:
+        """Bumped whenever a CertCheck of the namespace changes which sources it covers or its threshold."""
+        return self._coverage_epochs.get(namespace, 0)
+
+    def covered_sources(self, key: CertCheckKey) -> Iterator[tuple[str, str]]:
+        """Every source (kind, name) the CertCheck covers."""
+        entry = self.certchecks[key[0]][key[1]]
+        for kind in self.sources:
+            for name in entry.covered_of(kind):
+                yield (kind, name)
+
+    def inputs_of(
+        self, key: CertCheckKey, sources: Iterable[tuple[str, str]]
+    ) -> tuple[dict[tuple[str, str], model.SecretView | None], dict[str, model.Coverage]]:
+        """What ``inputs`` says of these sources (kind, name): each one's view, None when the CertCheck
+        does not cover it (any more), and each covered Secret's coverage."""
+        namespace, name = key
+        entry = self.certchecks[namespace][name]
+        views: dict[tuple[str, str], model.SecretView | None] = {}
+        coverage: dict[str, model.Coverage] = {}
+        for kind, source in sources:
+            index = self.sources.get(kind)
+            found = index.get(namespace, source) if index is not None else None
+            if index is None or found is None or source not in entry.covered_of(kind):
+                views[(kind, source)] = None
+                continue
+            views[(kind, source)] = found.view
+            if index.kind.annotated:
+                coverage[source] = self.coverage(namespace, source)
+        return views, coverage
 
     def inputs(self, key: CertCheckKey) -> tuple[list[model.SecretView], dict[str, model.Coverage]]:
         """The selected sources of a CertCheck (Secrets, then ConfigMaps) and each Secret's coverage:
@@ -598,6 +658,7 @@ class View:
         if view is entry.view:
             return Effects()
         entry.view = view
+        _touch(self.certchecks.get(namespace, {}), entry.covered_by, (self.secrets.kind.name, secret_name))
         return Effects(evaluate={(namespace, name) for name in entry.covered_by})
 
     def _apply_certificate(self, event: CertificateObserved) -> Effects:

@@ -126,6 +126,11 @@ def _outcome(
     return outcome
 
 
+def outcome_valid_until(secret: SecretView, coverage: Coverage) -> datetime:
+    """Until when the Secret's outcome under ``coverage``, worked out already, holds."""
+    return secret.memo[(_OUTCOME, coverage)][1]
+
+
 def secret_outcomes(
     spec: CertCheckSpec,
     secrets: Sequence[SecretView],

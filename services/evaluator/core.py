@@ -5,7 +5,7 @@ hold (rating, conditions, status, annotations, events). No I/O and no clock: eve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -14,19 +14,21 @@ import msgspec
 from schemas.messages import AnnotationPatch, CertCheckStatus, EventIntent
 from services.domain.conditions import condition
 from services.domain.events import certcheck_warning
+from services.domain.lifecycle import Seen, Slot
 from services.domain.model import CertCheckSpec, Coverage, SecretView
 from services.domain.reminders import next_reminder
 from services.domain.times import rfc3339
 from services.evaluator import events as ev
 from services.evaluator.annotations import (
+    SecretOutcome,
     annotation_patch,
     cleanup_patch,
     desired_annotations,
     secret_outcomes,
 )
 from services.evaluator.conditions import by_type, certcheck_conditions
-from services.evaluator.hygiene import findings
-from services.evaluator.rating import Rated, next_due_time, rate_certificates
+from services.evaluator.hygiene import Findings, findings
+from services.evaluator.rating import Rated, Rating, next_due_time, rate_certificates
 from services.evaluator.status import (
     DEFAULT_STATUS_CAP,
     STATUS_DNS_NAMES,
@@ -40,7 +42,9 @@ __all__ = [
     "STATUS_DNS_NAMES",
     "STATUS_MAX_BYTES",
     "Evaluation",
+    "Parts",
     "annotation_patch",
+    "assemble",
     "cleanup_patch",
     "desired_annotations",
     "evaluate",
@@ -60,6 +64,10 @@ class Evaluation:
     # inputs (empty for a failed evaluation, which says nothing of the certificates).
     certificates: list[Rated] = field(default_factory=list)
     selected_uids: set[str] = field(default_factory=set)
+    # What each slot holds (None: work it out from ``certificates``), and, from an incremental
+    # evaluation, the ``found`` of the one before and the slots that differ from it.
+    found: dict[Slot, Seen] | None = None
+    found_since: tuple[dict[Slot, Seen], set[Slot]] | None = None
 
 
 def evaluate(
@@ -85,24 +93,77 @@ def evaluate(
     notAfter at which a notification target reminds, moments to be evaluated at too.
     """
     rating = rate_certificates(spec, secrets, now)
-    found = findings(rating.ordered)
-    conditions = certcheck_conditions(spec, rating, len(secrets), observed, now, found)
-    status = certcheck_status(spec, len(secrets), rating, conditions, observed, now, status_cap, found)
-    status, status_changed = stamped(status, observed, now, refresh_after)
     outcomes = secret_outcomes(spec, secrets, coverage, rating, now)
-    events = ev.secret_events(outcomes, told_patches)
-    events += ev.summary_events(spec, rating.ordered, told if told is not None else observed)
+    return assemble(
+        spec,
+        Parts(
+            rating=rating,
+            findings=findings(rating.ordered),
+            objects=len(secrets),
+            outcomes=outcomes,
+            patches=[o.patch for o in outcomes if o.patch is not None],
+            selected_uids={secret.uid for secret in secrets},
+        ),
+        observed,
+        now,
+        status_cap,
+        refresh_after,
+        told,
+        told_patches,
+        reminders,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What an evaluation is assembled from, worked out over every selected object (``evaluate``) or
+    kept and brought up to date from what changed (services/evaluator/incremental.py)."""
+
+    rating: Rating
+    findings: Findings
+    objects: int  # Secrets and ConfigMaps selected
+    outcomes: Sequence[SecretOutcome]  # those of the Secrets whose Events to derive
+    patches: list[AnnotationPatch]  # every Secret's patch still due
+    selected_uids: set[str]
+    by_identity: Mapping[tuple[str, str, str, int], Rated] | None = None
+    found: dict[Slot, Seen] | None = None
+    found_since: tuple[dict[Slot, Seen], set[Slot]] | None = None
+
+
+def assemble(
+    spec: CertCheckSpec,
+    parts: Parts,
+    observed: CertCheckStatus | None,
+    now: datetime,
+    status_cap: int = DEFAULT_STATUS_CAP,
+    refresh_after: timedelta | None = None,
+    told: CertCheckStatus | None = None,
+    told_patches: Sequence[AnnotationPatch] = (),
+    reminders: Sequence[timedelta] = (),
+) -> Evaluation:
+    """The status, the patches, the Events and the next due time of an evaluation, from its parts."""
+    rating, found = parts.rating, parts.findings
+    conditions = certcheck_conditions(spec, rating, parts.objects, observed, now, found)
+    status = certcheck_status(spec, parts.objects, rating, conditions, observed, now, status_cap, found)
+    status, status_changed = stamped(status, observed, now, refresh_after)
+    events = ev.secret_events(parts.outcomes, told_patches)
+    base = told if told is not None else observed
+    events += ev.summary_events(spec, rating.ordered, base, parts.by_identity)
     return Evaluation(
         status=status,
         status_changed=status_changed,
-        annotation_patches=[o.patch for o in outcomes if o.patch is not None],
+        annotation_patches=parts.patches,
         events=events,
         next_due=_earliest(
             next_due_time(rating, spec.threshold_days, now),
-            next_reminder((r.not_after for r in rating.ordered if r.facts is not None), reminders, now),
+            next_reminder((r.not_after for r in rating.ordered if r.facts is not None), reminders, now)
+            if reminders
+            else None,
         ),
         certificates=rating.ordered,
-        selected_uids={secret.uid for secret in secrets},
+        selected_uids=parts.selected_uids,
+        found=parts.found,
+        found_since=parts.found_since,
     )
 
 

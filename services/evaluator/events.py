@@ -10,7 +10,7 @@ One Event per state change per certificate, on the Secret, and one summary per r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from schemas import annotations as ann
@@ -21,7 +21,7 @@ from services.domain.model import CertCheckSpec, SecretView
 from services.domain.times import rfc3339
 from services.evaluator.annotations import SecretOutcome, overlaid, recorded_state
 from services.evaluator.hygiene import SecretProblems
-from services.evaluator.rating import Rated, SecretState
+from services.evaluator.rating import BY_URGENCY, Rated, SecretState
 
 WARNING_STATES = (State.EXPIRING_SOON, State.EXPIRED, State.INVALID, State.RENEWAL_OVERDUE)
 RENEWED = "Renewed"
@@ -240,14 +240,21 @@ def _entry_change(rated: Rated) -> EntryChange:
 
 
 def summary_events(
-    spec: CertCheckSpec, rated: Sequence[Rated], base: CertCheckStatus | None
+    spec: CertCheckSpec,
+    rated: Sequence[Rated],
+    base: CertCheckStatus | None,
+    by_identity: Mapping[tuple[str, str, str, int], Rated] | None = None,
 ) -> list[EventIntent]:
     """The CertCheck's summary Events for the certificates that changed since ``base``, the status the
-    last evaluation told (or, without one, the status written)."""
+    last evaluation told (or, without one, the status written). ``by_identity``: every entry of
+    ``rated`` by its identity, when the caller keeps them so (looked up rather than scanned)."""
     if base is not None and base.certificates_omitted:
         # Compare with the entries the status listed: only those can have changed state.
         listed = {(c.kind, c.name, c.key, c.index) for c in base.certificates}
-        rated = [r for r in rated if r.identity in listed]
+        if by_identity is None:
+            rated = [r for r in rated if r.identity in listed]
+        else:
+            rated = sorted((r for i in listed if (r := by_identity.get(i)) is not None), key=BY_URGENCY)
     return certcheck_events(
         spec.namespace,
         spec.name,

@@ -14,9 +14,8 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime
-from typing import cast
 
 import msgspec
 from nats.js.errors import KeyNotFoundError
@@ -25,10 +24,8 @@ from prometheus_client import Counter
 
 from schemas.events import CertificateFacts, CertState, ObjectKind, RemovedBecause, cloud_event
 from services.common.bus import Bus, publish_pipelined
-from services.domain.certs import CertError, CertFacts
 from services.domain.lifecycle import Fact, Seen, Slot, Watcher, lifecycle_facts
 from services.domain.times import rfc3339
-from services.evaluator.rating import Rated
 
 log = logging.getLogger(__name__)
 
@@ -87,57 +84,6 @@ def decode_told(data: bytes) -> Told:
     return _decode.decode(zlib.decompress(data))
 
 
-# Per certificate facts object, by identity: found_slots converts every certificate of a CertCheck at
-# each of its evaluations, and hashing the facts (a dozen fields) for an lru_cache cost more than the
-# conversion. The entry holds the facts object, so its id is not reused while it is cached.
-_CONVERTED: dict[int, tuple[CertFacts, CertificateFacts]] = {}
-_CONVERTED_MAX = 200_000
-
-
-def certificate_facts(facts: CertFacts) -> CertificateFacts:
-    held = _CONVERTED.get(id(facts))
-    if held is not None and held[0] is facts:
-        return held[1]
-    if len(_CONVERTED) >= _CONVERTED_MAX:
-        _CONVERTED.clear()
-    converted = _converted(facts)
-    _CONVERTED[id(facts)] = (facts, converted)
-    return converted
-
-
-def _converted(facts: CertFacts) -> CertificateFacts:
-    return CertificateFacts(
-        fingerprint_sha256=facts.fingerprint,
-        serial_number=facts.serial_number,
-        subject=facts.subject_cn,
-        issuer=facts.issuer_cn,
-        dns_names=list(facts.dns_names),
-        not_before=rfc3339(facts.not_before),
-        not_after=rfc3339(facts.not_after),
-    )
-
-
-def found_slots(rated: Iterable[Rated]) -> dict[Slot, Seen]:
-    """What an evaluation found in each slot."""
-    found: dict[Slot, Seen] = {}
-    for r in rated:
-        pair = cast(tuple[Slot, Seen] | None, r.found)
-        if pair is None:
-            pair = _found(r)
-            object.__setattr__(r, "found", pair)
-        found[pair[0]] = pair[1]
-    return found
-
-
-def _found(r: Rated) -> tuple[Slot, Seen]:
-    kind = cast(ObjectKind, r.secret.kind)
-    slot = Slot(kind, r.secret.name, r.secret.uid, r.entry.key, r.entry.index)
-    parsed = r.entry.parsed
-    if isinstance(parsed, CertError):
-        return slot, Seen("Invalid", None, parsed.reason)
-    return slot, Seen(r.state.value, certificate_facts(parsed))
-
-
 def removal_reason(
     selected_uids: set[str], exists: Callable[[Slot], bool]
 ) -> Callable[[Slot], RemovedBecause]:
@@ -190,12 +136,19 @@ class LifecycleEvents:
         found: dict[Slot, Seen],
         gone: Callable[[Slot], RemovedBecause],
         now: datetime,
+        since: tuple[dict[Slot, Seen], set[Slot]] | None = None,
     ) -> int:
-        """Publish the facts of this evaluation and remember what was told; how many were published."""
-        _, told = await self.told(namespace, certcheck)
+        """Publish the facts of this evaluation and remember what was told; how many were published.
+        ``since``: an earlier ``found`` and the slots that differ from it (an incremental evaluation's):
+        when that is what was told, only those slots are compared."""
+        held_threshold, told = await self.told(namespace, certcheck)
         watcher = Watcher(self.cluster, namespace, certcheck, threshold_days)
-        facts = lifecycle_facts(watcher, told, found, gone)
+        changed = since[1] if since is not None and since[0] is told else None
+        facts = lifecycle_facts(watcher, told, found, gone, changed)
         if not facts:
+            # Nothing differs: hold the equal ``found`` as told, so the next evaluation that starts
+            # from it compares only its changes.
+            self._told[(namespace, certcheck)] = (held_threshold, found)
             return 0
         await self._publish(facts, now)
         await self._remember(namespace, certcheck, threshold_days, found)

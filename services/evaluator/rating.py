@@ -132,13 +132,19 @@ class Rating:
     of_object: dict[tuple[str, str], list[Rated]]  # (kind, name) -> that object's entries
     ordered: list[Rated]
     by_state: dict[State, list[Rated]]
+    # The managed certificates (a renewal moment), most urgent first, when the caller keeps them apart;
+    # None: pick them out of the Valid ones.
+    renewing: list[Rated] | None = None
 
     def count(self, state: State) -> int:
         return len(self.by_state.get(state, ()))
 
     def earliest(self) -> Rated | None:
-        """The certificate that expires first, among those that can be read."""
-        with_dates = [r for r in self.ordered if r.not_after != FAR_FUTURE]
+        """The certificate that expires first, among those that can be read (the first of the most
+        urgent state among those whose first expires first: each state's list is by notAfter)."""
+        firsts = [held[0] for held in self.by_state.values() if held]
+        firsts.sort(key=BY_URGENCY)
+        with_dates = [r for r in firsts if r.not_after != FAR_FUTURE]
         return min(with_dates, key=attrgetter("not_after")) if with_dates else None
 
 
@@ -148,10 +154,23 @@ def rate_certificates(spec: CertCheckSpec, secrets: Sequence[SecretView], now: d
     memo_key = _memo_key(threshold, keys, policy)  # once, not once per Secret
     of_object = {(s.kind, s.name): _rated(s, threshold, now, keys, policy, memo_key) for s in secrets}
     ordered = sorted((r for of_one in of_object.values() for r in of_one), key=BY_URGENCY)
-    by_state: dict[State, list[Rated]] = {}
+    return Rating(of_object, ordered, grouped_by_state(ordered))
+
+
+def grouped_by_state(ordered: Iterable[Rated]) -> dict[State, list[Rated]]:
+    """Certificates per state, each state's in the order given."""
+    held: dict[State, list[Rated]] = {}
     for r in ordered:
-        by_state.setdefault(r.state, []).append(r)
-    return Rating(of_object, ordered, by_state)
+        held.setdefault(r.state, []).append(r)
+    return held
+
+
+def rated_for(spec: CertCheckSpec, secret: SecretView, now: datetime) -> tuple[list[Rated], datetime]:
+    """One object's entries rated at the CertCheck's threshold, keys and policy, and until when that
+    rating holds (the memo's end: the first moment one of them changes state)."""
+    memo_key = _memo_key(spec.threshold_days, spec.keys, spec.policy)
+    rated = _rated(secret, spec.threshold_days, now, spec.keys, spec.policy, memo_key)
+    return rated, secret.memo[memo_key][1]
 
 
 def most_urgent(rated: Sequence[Rated]) -> Rated | None:
@@ -176,17 +195,22 @@ def state_of(urgent: Rated | None) -> SecretState:
 
 def next_due_time(rating: Rating, threshold_days: int, now: datetime) -> datetime | None:
     """When the CertCheck must be evaluated again for a certificate to change state, or None."""
-    return next_due(_due_candidates(rating.by_state), threshold_days, now)
+    return next_due(_due_candidates(rating.by_state, rating.renewing), threshold_days, now)
 
 
-def _due_candidates(by_state: dict[State, list[Rated]]) -> list[tuple[CertFacts, datetime | None]]:
+def _due_candidates(
+    by_state: dict[State, list[Rated]], renewing: list[Rated] | None = None
+) -> list[tuple[CertFacts, datetime | None]]:
     """The certificates among which the next boundary lies (each state's list is sorted by notAfter).
     A Valid one's next boundary is notAfter - threshold, an ExpiringSoon one's notAfter + 1 s (at most
     a second past it, an Expired one's too): the earliest notAfter of each state has the earliest. A
     NotYetValid certificate's boundaries need not come in notAfter order: all are candidates; nor need a
     managed Valid one's renewal moment (its notBefore counts too): those are all candidates as well."""
     candidates = [*by_state.get(State.NOT_YET_VALID, [])]
-    candidates += [r for r in by_state.get(State.VALID, []) if r.renew_by is not None]
+    if renewing is None:
+        candidates += [r for r in by_state.get(State.VALID, []) if r.renew_by is not None]
+    else:
+        candidates += [r for r in renewing if r.state == State.VALID]
     for state, at in (
         (State.VALID, 0),
         (State.RENEWAL_OVERDUE, 0),

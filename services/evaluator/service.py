@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -63,7 +63,9 @@ from services.domain.reminders import reminder_offsets
 from services.domain.times import parse_rfc3339, rfc3339
 from services.domain.view import CertCheckKey, Effects, SecretKey, View
 from services.evaluator import core
-from services.evaluator.lifecycle import LifecycleEvents, found_slots, removal_reason
+from services.evaluator.incremental import evaluate_in_view
+from services.evaluator.lifecycle import LifecycleEvents, removal_reason
+from services.evaluator.slots import found_slots
 
 log = logging.getLogger(__name__)
 
@@ -352,9 +354,11 @@ class Evaluator:
             return found is not None and found.view.uid == slot.object_uid
 
         gone = removal_reason(evaluation.selected_uids, exists)
-        found = found_slots(evaluation.certificates)
+        found = evaluation.found if evaluation.found is not None else found_slots(evaluation.certificates)
         lifecycle = await self.lifecycle()
-        await lifecycle.after_evaluation(key[0], key[1], threshold_days, found, gone, now)
+        await lifecycle.after_evaluation(
+            key[0], key[1], threshold_days, found, gone, now, evaluation.found_since
+        )
 
     async def _release(self, namespace: str, name: str, view_seq: int) -> None:
         secret = self.view.secret((namespace, name))
@@ -369,20 +373,20 @@ class Evaluator:
 
     def _evaluation(
         self, key: CertCheckKey, now: datetime, last: LastResult
-    ) -> tuple[core.Evaluation, str | None]:
-        """The evaluation of one CertCheck, or, if evaluating it raised, the failure to record and why."""
+    ) -> tuple[core.Evaluation, str | None, Callable[[], None] | None]:
+        """The evaluation of one CertCheck, or, if evaluating it raised, the failure to record and why;
+        and, for an evaluation that worked, how to keep what it built for the next one (to call once
+        its result stood). It starts from what the last evaluation kept, when that still fits, and
+        re-rates only what the view says changed since (services/evaluator/incremental.py)."""
         entry = self.view.certcheck(key)
         assert entry is not None
         told = last.result if last.result and last.result.uid == entry.spec.uid else None
         refresh = self.settings.status_refresh_seconds or self.settings.resync_interval_seconds
         refresh_after = timedelta(seconds=refresh)
         try:
-            secrets, coverage = self.view.inputs(key)
-            evaluation = core.evaluate(
-                entry.spec,
-                secrets,
-                coverage,
-                entry.observed,
+            evaluation, keep = evaluate_in_view(
+                self.view,
+                key,
                 now,
                 self.settings.status_cap,
                 refresh_after,
@@ -390,12 +394,13 @@ class Evaluator:
                 told_patches=told.annotation_patches if told else (),
                 reminders=reminder_offsets(entry.notification),
             )
-            return evaluation, None
+            return evaluation, None, keep
         except Exception as exc:
             log.exception("evaluating CertCheck %s/%s failed", *key)
             error = describe(exc)
             failed_evaluations.inc()
-            return core.failed_evaluation(entry.spec, entry.observed, error, now, refresh_after), error
+            failed = core.failed_evaluation(entry.spec, entry.observed, error, now, refresh_after)
+            return failed, error, None
 
     async def evaluate(
         self, key: CertCheckKey, now: datetime, view_seq: int, trigger: str, attempt: int = 0
@@ -405,7 +410,7 @@ class Evaluator:
         subject = subjects.result_subject(*key)
         last = await self._last_result(subject)
         started = time.perf_counter()
-        evaluation, error = self._evaluation(key, now, last)
+        evaluation, error, keep = self._evaluation(key, now, last)
         evaluation_seconds.observe(time.perf_counter() - started)
         evaluations.labels(trigger).inc()
         result = EvaluationResult(
@@ -430,6 +435,8 @@ class Evaluator:
         if not await self.publish_result(subject, encoder.encode(result), view_seq, last):
             trace(log, "evaluator", object_ref(*key, entry.spec.resource_version), "a newer result is there")
             return  # a newer evaluation owns the schedule
+        if keep is not None:
+            keep()  # its result stood: the next evaluation starts from what this one built
         if log.isEnabledFor(logging.DEBUG):
             self._trace(result, len(evaluation.events), trigger)
         if error is None:

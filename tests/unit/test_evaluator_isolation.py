@@ -30,7 +30,7 @@ from services.common.bus import Bus
 from services.common.settings import Settings
 from services.domain import model
 from services.domain.view import Effects
-from services.evaluator import core, service
+from services.evaluator import core, incremental, service
 from services.evaluator.service import Evaluator, PublishFailed
 from tests import subjects as test_subjects
 from tests.fakes import FakeKeyValue
@@ -147,14 +147,14 @@ def evaluator_with_three() -> tuple[Evaluator, FakeJetStream]:
 
 @pytest.fixture
 def broken_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = core.evaluate
+    real = incremental.evaluate_changes
 
-    def evaluate(spec: model.CertCheckSpec, *args: Any, **kwargs: Any) -> core.Evaluation:
+    def evaluate(kept: Any, spec: model.CertCheckSpec, *args: Any, **kwargs: Any) -> core.Evaluation:
         if spec.name == "broken":
             raise KeyError("a bug met by this CertCheck only")
-        return real(spec, *args, **kwargs)
+        return real(kept, spec, *args, **kwargs)
 
-    monkeypatch.setattr(service.core, "evaluate", evaluate)
+    monkeypatch.setattr(incremental, "evaluate_changes", evaluate)
 
 
 def keys() -> set[tuple[str, str]]:
