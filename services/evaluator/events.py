@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from schemas import annotations as ann
 from schemas.messages import AnnotationPatch, CertCheckStatus, EventIntent, State
@@ -226,6 +227,15 @@ def certcheck_events(
 
 
 def _entry_change(rated: Rated) -> EntryChange:
+    """A certificate as the summary Events compare it, worked out once per Rated."""
+    held = rated.change
+    if held is None:
+        held = _new_entry_change(rated)
+        object.__setattr__(rated, "change", held)
+    return cast(EntryChange, held)
+
+
+def _new_entry_change(rated: Rated) -> EntryChange:
     facts = rated.facts
     return EntryChange(
         label=rated.label,

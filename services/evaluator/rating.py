@@ -45,6 +45,9 @@ class Rated:
     # What the public events make of it (lifecycle.found_slots), worked out once: a Rated outlives many
     # evaluations through the rating memo.
     found: object = field(default=None, init=False, compare=False, repr=False)
+    # Its status entry while that holds (status.shown), and its summary-Event form (events.entry_change).
+    shown: object = field(default=None, init=False, compare=False, repr=False)
+    change: object = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         parsed = self.entry.parsed

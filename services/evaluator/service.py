@@ -199,10 +199,16 @@ class Evaluator:
         await self.sweep("consumer-recreated")
 
     async def sweep(self, trigger: str) -> None:
-        """Evaluate every CertCheck and release every Secret nobody covers (start-up and resync)."""
+        """Evaluate every CertCheck and release every Secret nobody covers (start-up and resync), each
+        from scratch: what evaluations kept to start the next from is dropped, so that the safety net
+        does not rest on it."""
         effects = Effects(
             evaluate=set(self.view.all_certchecks()), released=set(self.view.uncovered_annotated())
         )
+        for key in effects.evaluate:
+            entry = self.view.certcheck(key)
+            if entry is not None:
+                entry.take()
         log.info("full evaluation (%s) of %d CertChecks", trigger, len(effects.evaluate))
         await self.act(effects, trigger)
         sweeps.labels(trigger).inc()

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
+from typing import cast
 
 import msgspec
 
 from schemas.messages import CertCheckStatus, CertificateStatus, Condition, State
 from services.domain.certs import CertError
 from services.domain.model import CertCheckSpec
-from services.domain.times import parse_rfc3339, rfc3339
+from services.domain.times import parse_rfc3339, rfc3339, shift
 from services.evaluator.hygiene import NO_FINDINGS, Findings
-from services.evaluator.rating import Rated, Rating
+from services.evaluator.rating import FAR_FUTURE, Rated, Rating
 
 DEFAULT_STATUS_CAP = 100
 STATUS_DNS_NAMES = 10  # per certificate in the status: a SAN list of thousands would crowd out the rest
@@ -21,6 +22,7 @@ STATUS_DNS_NAMES = 10  # per certificate in the status: a SAN list of thousands 
 STATUS_MAX_BYTES = 256 << 10
 
 _encode = msgspec.json.Encoder().encode
+_INSTANT = timedelta(microseconds=1)
 
 
 def _days_remaining(not_after: datetime, now: datetime) -> int:
@@ -63,11 +65,38 @@ def certificate_status(rated: Rated, now: datetime) -> CertificateStatus:
     )
 
 
-def within_budget(entries: list[CertificateStatus]) -> list[CertificateStatus]:
-    """The leading entries that fit STATUS_MAX_BYTES (they are sorted most urgent first)."""
+def shown(rated: Rated, now: datetime) -> tuple[CertificateStatus, int]:
+    """A certificate's status entry at ``now`` and its size encoded, worked out once for as long as
+    they hold: an entry changes with the whole days remaining and whether the certificate is active."""
+    held = cast(tuple[datetime, datetime, CertificateStatus, int] | None, rated.shown)
+    if held is not None and held[0] <= now <= held[1]:
+        return held[2], held[3]
+    entry = certificate_status(rated, now)
+    size = len(_encode(entry)) + 1
+    object.__setattr__(rated, "shown", (now, _entry_holds_until(rated, now), entry, size))
+    return entry, size
+
+
+def _entry_holds_until(rated: Rated, now: datetime) -> datetime:
+    """The last moment ``certificate_status(rated, now)`` says the same."""
+    facts = rated.facts
+    if facts is None:
+        return FAR_FUTURE
+    days_left = _days_remaining(facts.not_after, now)
+    until = shift(facts.not_after, -timedelta(days=days_left)) or FAR_FUTURE  # days_left holds until
+    if now < facts.not_before:
+        return min(until, facts.not_before - _INSTANT)
+    return until  # at or before notAfter this is at or before it: active turns over there too
+
+
+def within_budget(
+    entries: list[CertificateStatus], sizes: list[int] | None = None
+) -> list[CertificateStatus]:
+    """The leading entries that fit STATUS_MAX_BYTES (they are sorted most urgent first); ``sizes``:
+    each one's size encoded, when known."""
     budget = STATUS_MAX_BYTES
     for count, entry in enumerate(entries):
-        budget -= len(_encode(entry)) + 1
+        budget -= sizes[count] if sizes is not None else len(_encode(entry)) + 1
         if budget < 0:
             return entries[:count]
     return entries
@@ -88,7 +117,8 @@ def certcheck_status(
     STATUS_MAX_BYTES and how many are left out; the notification failures stay as recorded."""
     earliest = rating.earliest()
     found = found or NO_FINDINGS
-    shown = within_budget([certificate_status(r, now) for r in rating.ordered[:status_cap]])
+    listed = [shown(r, now) for r in rating.ordered[:status_cap]]
+    entries = within_budget([entry for entry, _ in listed], [size for _, size in listed])
     return CertCheckStatus(
         observed_generation=spec.generation,
         target_secrets_count=objects,
@@ -103,8 +133,8 @@ def certcheck_status(
         broken_chain_count=len(found.broken_chains),
         earliest_not_after=rfc3339(earliest.not_after) if earliest else None,
         earliest_certificate=earliest.label if earliest else None,
-        certificates=shown,
-        certificates_omitted=len(rating.ordered) - len(shown),
+        certificates=entries,
+        certificates_omitted=len(rating.ordered) - len(entries),
         conditions=conditions,
         notification_failures=observed.notification_failures if observed else None,
     )

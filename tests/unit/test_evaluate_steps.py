@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from schemas import annotations as ann
 from schemas.messages import CertCheckStatus, CertificateStatus, Condition, NotificationFailure, State
 from services.domain import model
@@ -242,3 +245,36 @@ class TestSummaryEvents:
             "ExpiringSoon",
             f"a/tls.crt[0] (notAfter {rfc3339(NOW + timedelta(days=5))})",
         )
+
+
+DAY = 86400
+
+
+@given(
+    st.one_of(st.integers(-3 * DAY, 5 * DAY), st.integers(-400 * DAY, 400 * DAY)),  # notAfter - now, s
+    st.integers(-2 * DAY, 3 * DAY),  # notBefore - now, s (no later than notAfter)
+    st.lists(st.integers(0, 3 * DAY), min_size=2, max_size=20),  # the moments evaluated, s from now
+)
+def test_a_status_entry_reused_while_it_holds_is_the_entry_worked_out_anew(
+    not_after: int, not_before: int, moments: list[int]
+) -> None:
+    """Across whole days remaining, notBefore and notAfter, the entry kept with its rating is the entry
+    certificate_status works out at that moment."""
+    cert = CertFacts(
+        NOW + timedelta(seconds=min(not_before, not_after)),
+        NOW + timedelta(seconds=not_after),
+        "cn",
+        "ca",
+        "1",
+        "f",
+    )
+    rated = rating.Rated(secret("s"), model.CertEntry("tls.crt", 0, cert), State.VALID)
+    for moment in sorted(moments):
+        now = NOW + timedelta(seconds=moment)
+        assert status.shown(rated, now)[0] == status.certificate_status(rated, now)
+
+
+def test_a_status_entry_turns_over_at_the_moment_a_whole_day_passes() -> None:
+    rated = rating.Rated(secret("s"), model.CertEntry("tls.crt", 0, facts(10)), State.VALID)
+    assert status.shown(rated, NOW)[0].days_remaining == 10
+    assert status.shown(rated, NOW + timedelta(microseconds=1))[0].days_remaining == 9

@@ -295,3 +295,27 @@ def test_a_removed_certcheck_tells_every_certificate_removed() -> None:
     assert subject == "certcheck.v1.events.default.ns.removed.secret.alpha-tls"
     data = next(p for s, p, _ in js.published if s == subject)
     assert b'"removedBecause":"CertCheckDeleted"' in data and b'"thresholdDays":30' in data
+
+
+def test_an_evaluation_whose_result_stood_is_kept_and_a_resync_evaluates_from_scratch() -> None:
+    evaluator, js = evaluator_with_three()
+    asyncio.run(evaluator.act(Effects(evaluate=keys()), "change"))
+    entry = evaluator.view.certcheck(("ns", "alpha"))
+    assert entry is not None and isinstance(entry.kept, incremental.Kept)
+    entry.kept.index.ordered.clear()  # what was kept went wrong, somehow
+    asyncio.run(evaluator.sweep("resync"))
+    assert js.results()["alpha"].status.target_certs_count == 1
+
+
+def test_an_evaluation_that_raised_keeps_nothing_to_start_the_next_from() -> None:
+    evaluator, _ = evaluator_with_three()
+    asyncio.run(evaluator.act(Effects(evaluate=keys()), "change"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(incremental, "evaluate_changes", _raises)
+        asyncio.run(evaluator.act(Effects(evaluate={("ns", "alpha")}), "change"))
+    entry = evaluator.view.certcheck(("ns", "alpha"))
+    assert entry is not None and entry.kept is None
+
+
+def _raises(*args: Any, **kwargs: Any) -> core.Evaluation:
+    raise RuntimeError("a bug")
