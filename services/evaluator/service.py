@@ -437,8 +437,8 @@ class Evaluator:
         # The Events first, on their own stream: a result superseded before the recorder applied it, or
         # one whose writes fail, never takes an Event that was due along with it.
         await self.publish_events(evaluation.events)
-        result = await self._fit(result)
-        if not await self.publish_result(subject, encoder.encode(result), view_seq, last):
+        result, payload = await self._fit(result)
+        if not await self.publish_result(subject, payload, view_seq, last):
             trace(log, "evaluator", object_ref(*key, entry.spec.resource_version), "a newer result is there")
             return  # a newer evaluation owns the schedule
         if keep is not None:
@@ -483,12 +483,13 @@ class Evaluator:
                 patch.annotations,
             )
 
-    async def _fit(self, result: EvaluationResult) -> EvaluationResult:
-        """The result, within what the bus carries: the annotation patches that do not fit (a CertCheck
-        over thousands of Secrets not annotated yet) go out first, one message per Secret."""
+    async def _fit(self, result: EvaluationResult) -> tuple[EvaluationResult, bytes]:
+        """The result, within what the bus carries, and encoded: the annotation patches that do not fit
+        (a CertCheck over thousands of Secrets not annotated yet) go out first, one message per Secret."""
         budget = self.bus.nc.max_payload - RESULT_HEADROOM_BYTES
-        if len(encoder.encode(result)) <= budget:
-            return result
+        payload = encoder.encode(result)
+        if len(payload) <= budget:
+            return result, payload
         budget -= len(encoder.encode(msgspec.structs.replace(result, annotation_patches=[])))
         kept, overflow = [], []
         for patch in result.annotation_patches:
@@ -508,7 +509,8 @@ class Evaluator:
             message = AnnotationCleanup(view_seq=result.view_seq, patch=patch)
             subject = subjects.cleanup_subject(patch.namespace, patch.name)
             await self.publish_result(subject, encoder.encode(message), result.view_seq)
-        return msgspec.structs.replace(result, annotation_patches=kept)
+        fitted = msgspec.structs.replace(result, annotation_patches=kept)
+        return fitted, encoder.encode(fitted)
 
     async def publish_events(self, events: list[EventIntent]) -> None:
         """Queue each Event for the recorder, once per occurrence (the server drops a repeat of the same

@@ -15,6 +15,7 @@ from nats.js.errors import APIError, NotFoundError
 from devcluster.certs import expiring_in
 from schemas import subjects
 from schemas.messages import (
+    AnnotationCleanup,
     CertCheckObserved,
     Due,
     EvaluationResult,
@@ -319,3 +320,49 @@ def test_an_evaluation_that_raised_keeps_nothing_to_start_the_next_from() -> Non
 
 def _raises(*args: Any, **kwargs: Any) -> core.Evaluation:
     raise RuntimeError("a bug")
+
+
+def test_patches_beyond_what_a_result_carries_go_out_on_their_own_each_once() -> None:
+    js = FakeJetStream()
+    nats = FakeNats(max_payload=service.RESULT_HEADROOM_BYTES + 45_000)
+    evaluator = Evaluator(Bus(nc=nats, js=js), Settings(), test_subjects.partition("ns"))  # type: ignore[arg-type]
+    evaluator.view.apply(
+        1,
+        CertCheckObserved(
+            namespace="ns",
+            name="big",
+            uid="uid-big",
+            resource_version="1",
+            generation=1,
+            threshold_days=30,
+            selector=LabelSelector(match_labels={"app": "big"}),
+        ),
+    )
+    names = {f"s{i:03d}" for i in range(80)}  # none annotated yet: 80 patches, ~20 kB, and the status ~37
+    for seq, name in enumerate(sorted(names), start=2):
+        evaluator.view.apply(
+            seq,
+            SecretObserved(
+                namespace="ns",
+                name=name,
+                uid=f"uid-{name}",
+                resource_version=str(seq),
+                type="kubernetes.io/tls",
+                labels={"app": "big"},
+                sources=[facts_source("tls.crt", CERT)],
+            ),
+        )
+    asyncio.run(evaluator.act(Effects(evaluate={("ns", "big")}), "change"))
+    [(_, payload, _)] = [p for p in js.published if p[0] == subjects.result_subject("ns", "big")]
+    result = result_decoder.decode(payload)
+    assert isinstance(result, EvaluationResult)
+    assert len(payload) <= 45_000 and result.annotation_patches
+    alone = [
+        result_decoder.decode(p)
+        for s, p, _ in js.published
+        if s.startswith(subjects.cleanup_subject("ns", ""))
+    ]
+    in_result = [p.name for p in result.annotation_patches]
+    on_their_own = [m.patch.name for m in alone if isinstance(m, AnnotationCleanup)]
+    assert len(alone) == len(on_their_own) > 0
+    assert sorted(in_result + on_their_own) == sorted(names)
