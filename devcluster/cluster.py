@@ -39,6 +39,7 @@ def nats_users() -> dict[str, str]:
     return {user: "pw" + secrets.token_hex(24) for user in (ADMIN_USER, *NATS_USERS)}
 
 
+DEFAULT_NATS_GOMEMLIMIT = "64MiB"
 LISTEN_PORTS = (10_000, 32_768)  # below Linux's default ephemeral range
 
 
@@ -372,10 +373,13 @@ class NatsServer:
 
         _wait(healthy, "nats-server", 30, self.proc, log)
 
-    def _env(self) -> dict[str, str] | None:
-        if not self.users:
-            return None
-        return {**os.environ, **{password_variable(u): p for u, p in self.users.items()}}
+    def _env(self) -> dict[str, str]:
+        # The Go runtime's soft memory limit (CERTCHECK_NATS_GOMEMLIMIT, empty for none): the heap
+        # stays near what the server uses instead of growing to twice that (at 10,000 certificates
+        # 80 MiB RSS instead of ~150).
+        limit = os.environ.get("CERTCHECK_NATS_GOMEMLIMIT", DEFAULT_NATS_GOMEMLIMIT)
+        env = {**os.environ, **({"GOMEMLIMIT": limit} if limit else {})}
+        return env | {password_variable(u): p for u, p in (self.users or {}).items()}
 
     def stop(self) -> None:
         _stop(self.proc)

@@ -172,6 +172,19 @@ def test_small_runs_every_service_in_one_deployment_as_the_all_user_with_every_s
     assert by_kind(objects, "PodDisruptionBudget") == {}
 
 
+def test_nats_runs_with_a_soft_memory_limit_its_container_limit_and_64_mib_on_a_small_cluster() -> None:
+    limits = {}
+    for overlay in OVERLAYS:
+        container = by_kind(render(overlay), "StatefulSet")["nats"]["spec"]["template"]["spec"]["containers"][
+            0
+        ]
+        env = {e["name"]: e for e in container["env"]}
+        limits[overlay] = (env["GOMEMLIMIT"], container["resources"]["limits"]["memory"])
+    from_limit = {"name": "GOMEMLIMIT", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}}}
+    assert limits["overlays/dev"] == limits["overlays/prod"] == (from_limit, "1Gi")
+    assert limits["overlays/small"] == ({"name": "GOMEMLIMIT", "value": "64MiB"}, "256Mi")
+
+
 def test_every_service_connects_as_its_own_nats_user_with_a_password_from_the_secret() -> None:
     for name, deployment in by_kind(render("overlays/dev"), "Deployment").items():
         [container] = deployment["spec"]["template"]["spec"]["containers"]
