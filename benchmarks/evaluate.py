@@ -120,23 +120,23 @@ def main() -> None:
         told = found
 
     changed = _timed(one_change, args.repeat)
-    kept_told: dict[str, object] = {"told": None, "told_patches": ()}
+    basis = core.Basis(NOW)
     found_before = found_slots(evaluate().certificates)
 
     def one_change_incremental() -> None:
         """The same, as the evaluator does it: from what the evaluation before kept."""
-        nonlocal seq, found_before
+        nonlocal seq, found_before, basis
         i = next(changes) % args.secrets
         seq += 1
         view.apply(seq, _secret(i, pems[(i + 1) % len(pems)], {}, 3 + seq))
-        evaluation, keep = evaluate_in_view(view, key, NOW, **kept_told)  # type: ignore[arg-type]
+        evaluation, keep = evaluate_in_view(view, key, basis)
         since = evaluation.found_since
         assert evaluation.found is not None
         lifecycle_facts(
             watcher, found_before, evaluation.found, lambda slot: "ObjectDeleted", since and since[1]
         )
         found_before = evaluation.found
-        kept_told.update(told=evaluation.status, told_patches=evaluation.annotation_patches)
+        basis = core.Basis(NOW, told=evaluation.status, told_patches=evaluation.annotation_patches)
         keep()
 
     one_change_incremental()  # the first builds what the next ones start from

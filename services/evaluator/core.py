@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_STATUS_CAP",
     "STATUS_DNS_NAMES",
     "STATUS_MAX_BYTES",
+    "Basis",
     "Evaluation",
     "Parts",
     "annotation_patch",
@@ -94,24 +95,29 @@ def evaluate(
     """
     rating = rate_certificates(spec, secrets, now)
     outcomes = secret_outcomes(spec, secrets, coverage, rating, now)
-    return assemble(
-        spec,
-        Parts(
-            rating=rating,
-            findings=findings(rating.ordered),
-            objects=len(secrets),
-            outcomes=outcomes,
-            patches=[o.patch for o in outcomes if o.patch is not None],
-            selected_uids={secret.uid for secret in secrets},
-        ),
-        observed,
-        now,
-        status_cap,
-        refresh_after,
-        told,
-        told_patches,
-        reminders,
+    parts = Parts(
+        rating=rating,
+        findings=findings(rating.ordered),
+        objects=len(secrets),
+        outcomes=outcomes,
+        patches=[o.patch for o in outcomes if o.patch is not None],
+        selected_uids={secret.uid for secret in secrets},
     )
+    basis = Basis(now, status_cap, refresh_after, told, told_patches, reminders)
+    return assemble(spec, parts, observed, basis)
+
+
+@dataclass(frozen=True, slots=True)
+class Basis:
+    """What an evaluation is made at and against, besides the objects and the status as written: the
+    moment, the status settings, and what the last evaluation published told (see ``evaluate``)."""
+
+    now: datetime
+    status_cap: int = DEFAULT_STATUS_CAP
+    refresh_after: timedelta | None = None
+    told: CertCheckStatus | None = None
+    told_patches: Sequence[AnnotationPatch] = ()
+    reminders: Sequence[timedelta] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,24 +136,14 @@ class Parts:
     found_since: tuple[dict[Slot, Seen], set[Slot]] | None = None
 
 
-def assemble(
-    spec: CertCheckSpec,
-    parts: Parts,
-    observed: CertCheckStatus | None,
-    now: datetime,
-    status_cap: int = DEFAULT_STATUS_CAP,
-    refresh_after: timedelta | None = None,
-    told: CertCheckStatus | None = None,
-    told_patches: Sequence[AnnotationPatch] = (),
-    reminders: Sequence[timedelta] = (),
-) -> Evaluation:
+def assemble(spec: CertCheckSpec, parts: Parts, observed: CertCheckStatus | None, basis: Basis) -> Evaluation:
     """The status, the patches, the Events and the next due time of an evaluation, from its parts."""
-    rating, found = parts.rating, parts.findings
+    rating, found, now = parts.rating, parts.findings, basis.now
     conditions = certcheck_conditions(spec, rating, parts.objects, observed, now, found)
-    status = certcheck_status(spec, parts.objects, rating, conditions, observed, now, status_cap, found)
-    status, status_changed = stamped(status, observed, now, refresh_after)
-    events = ev.secret_events(parts.outcomes, told_patches)
-    base = told if told is not None else observed
+    status = certcheck_status(spec, parts.objects, rating, conditions, observed, now, basis.status_cap, found)
+    status, status_changed = stamped(status, observed, now, basis.refresh_after)
+    events = ev.secret_events(parts.outcomes, basis.told_patches)
+    base = basis.told if basis.told is not None else observed
     events += ev.summary_events(spec, rating.ordered, base, parts.by_identity)
     return Evaluation(
         status=status,
@@ -156,8 +152,8 @@ def assemble(
         events=events,
         next_due=_earliest(
             next_due_time(rating, spec.threshold_days, now),
-            next_reminder((r.not_after for r in rating.ordered if r.facts is not None), reminders, now)
-            if reminders
+            next_reminder((r.not_after for r in rating.ordered if r.facts is not None), basis.reminders, now)
+            if basis.reminders
             else None,
         ),
         certificates=rating.ordered,

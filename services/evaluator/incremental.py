@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 
 from schemas.messages import AnnotationPatch, CertCheckStatus, State
@@ -28,7 +28,7 @@ from services.domain.lifecycle import Seen, Slot
 from services.domain.model import KUBERNETES_KIND_SECRET, CertCheckSpec, Coverage, SecretView
 from services.domain.view import CertCheckKey, View
 from services.evaluator.annotations import SecretOutcome, outcome_valid_until, secret_outcomes
-from services.evaluator.core import DEFAULT_STATUS_CAP, Evaluation, Parts, assemble
+from services.evaluator.core import Basis, Evaluation, Parts, assemble
 from services.evaluator.hygiene import Findings
 from services.evaluator.rating import BY_URGENCY, FAR_FUTURE, Rated, Rating, rated_for
 from services.evaluator.slots import slot_of
@@ -163,16 +163,7 @@ class Kept:
             heapq.heapify(self.due)
 
 
-def evaluate_in_view(
-    view: View,
-    key: CertCheckKey,
-    now: datetime,
-    status_cap: int = DEFAULT_STATUS_CAP,
-    refresh_after: timedelta | None = None,
-    told: CertCheckStatus | None = None,
-    told_patches: Sequence[AnnotationPatch] = (),
-    reminders: Sequence[timedelta] = (),
-) -> tuple[Evaluation, Callable[[], None]]:
+def evaluate_in_view(view: View, key: CertCheckKey, basis: Basis) -> tuple[Evaluation, Callable[[], None]]:
     """Evaluate a CertCheck of ``view`` from what its last evaluation kept, if that still fits, and
     what the view says changed since; and how to keep what this one built for the next (to be called
     once its result stood: until then, and for good if it never does, the next starts from scratch)."""
@@ -180,22 +171,10 @@ def evaluate_in_view(
     assert entry is not None
     touched, kept, take = entry.take()
     epoch = view.coverage_epoch(key[0])
-    if not (isinstance(kept, Kept) and kept.fits(entry.spec, epoch, now)):
-        kept, touched = Kept(entry.spec, epoch, now), set(view.covered_sources(key))
+    if not (isinstance(kept, Kept) and kept.fits(entry.spec, epoch, basis.now)):
+        kept, touched = Kept(entry.spec, epoch, basis.now), set(view.covered_sources(key))
     changes, coverage = view.inputs_of(key, touched)
-    evaluation = evaluate_changes(
-        kept,
-        entry.spec,
-        changes,
-        coverage,
-        entry.observed,
-        now,
-        status_cap,
-        refresh_after,
-        told,
-        told_patches,
-        reminders,
-    )
+    evaluation = evaluate_changes(kept, entry.spec, changes, coverage, entry.observed, basis)
     return evaluation, partial(entry.put_back, kept, take)
 
 
@@ -205,17 +184,13 @@ def evaluate_changes(
     changes: Mapping[SourceKey, SecretView | None],
     coverage: Mapping[str, Coverage],
     observed: CertCheckStatus | None,
-    now: datetime,
-    status_cap: int = DEFAULT_STATUS_CAP,
-    refresh_after: timedelta | None = None,
-    told: CertCheckStatus | None = None,
-    told_patches: Sequence[AnnotationPatch] = (),
-    reminders: Sequence[timedelta] = (),
+    basis: Basis,
 ) -> Evaluation:
     """The evaluation ``core.evaluate`` makes of the CertCheck, from ``kept`` brought up to date (in
     place) with ``changes``: each changed source's view, None when it is no longer selected, and each
     changed Secret's coverage. A ``Kept`` that does not ``fit`` must be replaced by a new one first.
     On any failure the ``Kept`` is not to be used again."""
+    now = basis.now
     changes = dict(changes)
     for source in kept.run_out(now) - changes.keys():
         changes[source] = kept.sources[source]
@@ -256,7 +231,7 @@ def evaluate_changes(
         source = changed_secrets[name][0]
         moment = outcome_valid_until(outcome.secret, outcome.coverage)
         kept._until(source, min(moment, kept.valid_until.get(source, FAR_FUTURE)))
-    told_names = frozenset(p.name for p in told_patches)
+    told_names = frozenset(p.name for p in basis.told_patches)
     to_tell = changed_secrets.keys() | told_names | kept.told_names
     kept.told_names = told_names
     found = kept.found.copy()
@@ -273,7 +248,7 @@ def evaluate_changes(
         found=found,
         found_since=since,
     )
-    return assemble(spec, parts, observed, now, status_cap, refresh_after, told, told_patches, reminders)
+    return assemble(spec, parts, observed, basis)
 
 
 def _forget_object(kept: Kept, old: SecretView, changed_slots: set[Slot]) -> None:

@@ -390,9 +390,7 @@ class Evaluator:
         refresh = self.settings.status_refresh_seconds or self.settings.resync_interval_seconds
         refresh_after = timedelta(seconds=refresh)
         try:
-            evaluation, keep = evaluate_in_view(
-                self.view,
-                key,
+            basis = core.Basis(
                 now,
                 self.settings.status_cap,
                 refresh_after,
@@ -400,6 +398,7 @@ class Evaluator:
                 told_patches=told.annotation_patches if told else (),
                 reminders=reminder_offsets(entry.notification),
             )
+            evaluation, keep = evaluate_in_view(self.view, key, basis)
             return evaluation, None, keep
         except Exception as exc:
             log.exception("evaluating CertCheck %s/%s failed", *key)

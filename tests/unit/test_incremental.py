@@ -200,9 +200,12 @@ class World:
         entry = self.view.certcheck(KEY)
         assert entry is not None
         secrets, coverage = self.view.inputs(KEY)
-        told = {"told": self.told_status, "told_patches": self.told_patches}
-        scratch = core.evaluate(entry.spec, secrets, coverage, entry.observed, self.now, status_cap=5, **told)
-        changed, keep_it = evaluate_in_view(self.view, KEY, self.now, 5, None, **told)  # type: ignore[arg-type]
+        told, patches = self.told_status, self.told_patches
+        scratch = core.evaluate(
+            entry.spec, secrets, coverage, entry.observed, self.now, 5, told=told, told_patches=patches
+        )
+        basis = core.Basis(self.now, 5, told=told, told_patches=patches)
+        changed, keep_it = evaluate_in_view(self.view, KEY, basis)
         assert changed.status == scratch.status
         assert changed.status_changed == scratch.status_changed
         assert changed.annotation_patches == scratch.annotation_patches
