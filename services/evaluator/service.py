@@ -221,16 +221,9 @@ class Evaluator:
                 continue
             effects = Effects()
             settled, taken = [], []
-            after = 0  # the batch's messages come in stream order: none before this one is passed over
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
                 await self.follower.wait_for(seq)
-                passed, passed_seqs = self.view.passed_over(seq, after)
-                after = seq
-                if passed_seqs:
-                    passed_over.inc(len(passed_seqs))
-                    effects.merge(passed)
-                    taken += passed_seqs
                 if seq in self.follower.undecodable:
                     await dead_letter(self.bus, msg, self.follower.undecodable.pop(seq), "undecodable")
                     continue
@@ -240,6 +233,15 @@ class Evaluator:
                 if found is None:  # too old to remember: re-evaluate the whole namespace
                     found = Effects(evaluate=set(self._namespace_of(msg.subject)))
                 effects.merge(found)
+            # What the view applied before the batch's last message and no message of it delivered was
+            # passed over (one look for the whole batch: the effects of its own messages are remembered
+            # until it settles).
+            delivered = {msg.metadata.sequence.stream for msg in msgs}
+            passed, passed_seqs = self.view.passed_over(max(delivered), delivered=delivered)
+            if passed_seqs:
+                passed_over.inc(len(passed_seqs))
+                effects.merge(passed)
+                taken += passed_seqs
             effects.evaluate |= self._annotations_to_put_back(effects.annotated, utcnow())
             if not settled:
                 continue  # what was passed over stays remembered, taken with the next message

@@ -152,6 +152,15 @@ def test_a_spec_change_replaced_in_the_stream_by_a_status_write_is_still_handed_
     assert view.passed_over(4)[1] == []
 
 
+def test_a_batch_looks_once_for_what_was_passed_over_between_and_before_its_own_messages() -> None:
+    view = View()
+    for seq in range(1, 7):
+        view.apply(seq, secret(f"s{seq}", {"app": "x"}, rv=str(seq)))
+    view.forget_effects([1])  # acted on in an earlier batch
+    # The batch delivers 3 and 5 (2 and 4 were replaced in the stream); 6 is beyond it.
+    assert view.passed_over(5, delivered={3, 5})[1] == [2, 4]
+
+
 def test_deleting_a_certcheck_releases_secrets_nobody_else_covers_and_reevaluates_the_others() -> None:
     view = View()
     fold(
