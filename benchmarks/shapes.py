@@ -75,6 +75,7 @@ from schemas.messages import AnnotationPatch, State
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, MERGE_PATCH
 from services.common.kube_writer import KubeWriter
 from services.common.settings import Settings
+from services.domain.states import URGENCY
 from services.domain.times import rfc3339
 from services.evaluator.events import transition_reason
 
@@ -589,27 +590,33 @@ class Change:
         return rfc3339(self.not_after)
 
 
-def capped(api: Api) -> set[tuple[str, str]]:
-    """The CertChecks whose status lists only the most urgent certificates (certificatesOmitted)."""
-    items = api.get_json(CERTCHECKS)["items"]
-    return {
-        (c["metadata"]["namespace"], c["metadata"]["name"])
-        for c in items
-        if (c.get("status") or {}).get("certificatesOmitted")
-    }
+# Other changes to the same CertCheck still in flight may push an entry out of a capped status list: a
+# change is looked for there only if it lands this far inside the cap.
+STATUS_MARGIN = 2
 
 
-def plan_changes(
-    plan: Plan, count: int, capped: set[tuple[str, str]], now: datetime, first: int = 0
-) -> list[Change]:
+def status_order(not_after: datetime | None, now: datetime) -> tuple[int, datetime]:
+    """Where a Secret's certificate sorts in its CertCheck's status list (most urgent first); an Opaque
+    Secret without one as an Invalid entry."""
+    if not_after is None:
+        return URGENCY[State.INVALID], datetime.max.replace(tzinfo=UTC)
+    return URGENCY[State(state_of(not_after, now))], not_after
+
+
+def plan_changes(plan: Plan, count: int, status_cap: int, now: datetime, first: int = 0) -> list[Change]:
     """Every fourth change a certificate expiring within the threshold (a Warning Event), the others a
-    renewal (a Normal Renewed). Where a status lists only the most urgent certificates, which ones it
-    lists is not foreseeable: no status entry is looked for there. Changes planned after others go on
-    from index ``first`` (how many came before): each notAfter, ``i`` seconds past a later moment, is new."""
+    renewal (a Normal Renewed). A status lists its ``status_cap`` most urgent certificates: a change is
+    looked for there only where the CertCheck has no more, or where it lands well inside them. Changes
+    planned after others go on from index ``first`` (how many came before): each notAfter, ``i``
+    seconds past a later moment, is new."""
     targets = sorted((s for s in plan.selected if s.not_after), key=lambda s: s.order)
     current = {
         (s.namespace, s.name): (state_of(s.not_after, now), s.annotated) for s in targets if s.not_after
     }
+    order = {(s.namespace, s.name): status_order(s.not_after, now) for s in plan.selected}
+    members: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for s in plan.selected:
+        members.setdefault((s.namespace, s.check or ""), []).append((s.namespace, s.name))
     changes = []
     for i in range(first, first + count):
         secret = targets[i % len(targets)]
@@ -620,8 +627,10 @@ def plan_changes(
         new_state = state_of(not_after, now)
         reason = transition_reason(old_state, new_state, old_value, rfc3339(not_after))
         current[key] = (new_state, rfc3339(not_after))
-        # A capped status lists only its most urgent certificates: which ones is not foreseeable here.
-        listed = (secret.namespace, secret.check or "") not in capped
+        order[key] = status_order(not_after, now)
+        peers = members[(secret.namespace, secret.check or "")]
+        rank = sum(1 for peer in peers if order[peer] < order[key])
+        listed = len(peers) <= status_cap or rank < status_cap - STATUS_MARGIN
         # A Normal Secret Event may be held back (the recorder's per-namespace budget for a mass
         # rotation, summarised on the CertCheck): only the Warnings are certain, so only they are timed.
         warning = reason in (State.EXPIRING_SOON.value, State.EXPIRED.value, State.INVALID.value)
@@ -1021,7 +1030,7 @@ def run_sweep(stack: Stack, api: Api, plan: Plan, first: int, args: argparse.Nam
     sweep = Sweep(args.sweep, args.sweep_duration, args.sweep_p99)
     for per_second in args.sweep:
         count = max(1, round(per_second * args.sweep_duration))
-        changes = plan_changes(plan, count, capped(api), datetime.now(UTC), first)
+        changes = plan_changes(plan, count, Settings().status_cap, datetime.now(UTC), first)
         first += count
         machine = Machine(stack)
         run_changes(api, changes, per_second, args.effect_timeout, lambda c: patch_data(api, c))
@@ -1100,7 +1109,7 @@ def run_shape(workdir: Path, shape: Shape, floor: Floor, args: argparse.Namespac
         profiles = Profiles(args.profile, shape.name)
         cold = cold_start(stack, api, plan, env, args.cold_timeout, profiles, args.evaluators)
         settled = wait_quiet(stack)
-        changes = plan_changes(plan, change_count(args), capped(api), datetime.now(UTC))
+        changes = plan_changes(plan, change_count(args), Settings().status_cap, datetime.now(UTC))
         cpu, machine = service_cpu(stack), Machine(stack)
         evaluated = evaluations(stack, args.evaluators)
         with profiles.phase(stack, "changes"):

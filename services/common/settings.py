@@ -49,7 +49,8 @@ class Settings:
     watch_cluster_sources: str = field(default_factory=lambda: _env("watch_cluster_sources", "true"))
     list_page_size: int = field(default_factory=lambda: int(_env("list_page_size", "500")))
     # evaluator
-    status_cap: int = field(default_factory=lambda: int(_env("status_cap", "100")))
+    # How many certificates a CertCheck's status lists, most urgent first (services/evaluator/status.py).
+    status_cap: int = field(default_factory=lambda: int(_env("status_cap", "10")))
     # How old a status may get before an unchanged one is written again (its lastEvaluationTime); 0:
     # the resync interval.
     status_refresh_seconds: float = field(default_factory=lambda: float(_env("status_refresh_seconds", "0")))

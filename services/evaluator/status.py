@@ -16,7 +16,9 @@ from services.domain.times import parse_rfc3339, rfc3339, shift
 from services.evaluator.hygiene import NO_FINDINGS, Findings
 from services.evaluator.rating import FAR_FUTURE, Rated, Rating
 
-DEFAULT_STATUS_CAP = 100
+# The ten most urgent certificates: a status holds what needs attention, and each write of it costs the API
+# server in proportion to its size (a list of everything would be rewritten at almost every change).
+DEFAULT_STATUS_CAP = 10
 STATUS_DNS_NAMES = 10  # per certificate in the status: a SAN list of thousands would crowd out the rest
 # The status must fit a bus message and an etcd object with room to spare, whatever the status cap says.
 STATUS_MAX_BYTES = 256 << 10

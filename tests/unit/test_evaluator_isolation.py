@@ -325,7 +325,8 @@ def _raises(*args: Any, **kwargs: Any) -> core.Evaluation:
 def test_patches_beyond_what_a_result_carries_go_out_on_their_own_each_once() -> None:
     js = FakeJetStream()
     nats = FakeNats(max_payload=service.RESULT_HEADROOM_BYTES + 45_000)
-    evaluator = Evaluator(Bus(nc=nats, js=js), Settings(), test_subjects.partition("ns"))  # type: ignore[arg-type]
+    settings = Settings(status_cap=100)  # a status of all 80 certificates, ~37 kB
+    evaluator = Evaluator(Bus(nc=nats, js=js), settings, test_subjects.partition("ns"))  # type: ignore[arg-type]
     evaluator.view.apply(
         1,
         CertCheckObserved(
