@@ -74,6 +74,9 @@ BATCH = 500
 MAX_EVALUATION_ATTEMPTS = 10  # retries of an evaluation that raised, 1 s doubling to 5 min apart
 RETRY_CAP_SECONDS = 300.0
 PUBLISH_TIMEOUT_SECONDS = 10.0
+# A schedule this evaluator left pending is taken as still pending (not read and written again) only
+# while its moment is at least this far ahead: it cannot have fired, whatever the clocks' drift.
+PENDING_MARGIN = timedelta(minutes=5)
 CANCEL_MARKER_TTL_SECONDS = 7 * 24 * 3600  # the marker of a cancelled schedule, kept for the compare-and-set
 RESULT_HEADROOM_BYTES = 64 << 10  # under the server's max_payload: headers, and room to spare
 # The work of a batch is never given up: evaluating one CertCheck cannot fail it (a failure becomes its
@@ -148,6 +151,9 @@ class Evaluator:
         self.follower = ViewFollower(bus, self.view, subjects.objects_of(partition))
         # Per result subject, what this evaluator published there last: (seq, view seq, payload).
         self._published: dict[str, tuple[int, int, bytes]] = {}
+        # Per CertCheck, the due moment this evaluator last left pending (None: nothing pending), so
+        # that an evaluation that moves nothing does not read and rewrite its schedule.
+        self._scheduled: dict[CertCheckKey, datetime | None] = {}
         self._lifecycle: LifecycleEvents | None = None
 
     async def follow_objects(self) -> None:
@@ -209,6 +215,7 @@ class Evaluator:
             entry = self.view.certcheck(key)
             if entry is not None:
                 entry.take()
+        self._scheduled.clear()
         log.info("full evaluation (%s) of %d CertChecks", trigger, len(effects.evaluate))
         await self.act(effects, trigger)
         sweeps.labels(trigger).inc()
@@ -291,6 +298,7 @@ class Evaluator:
                     schedule_lag.observe(max((utcnow() - due_at).total_seconds(), 0.0))
                 key = (fired.namespace, fired.name)
                 due[key] = max(due.get(key, 0), fired.attempt)
+                self._scheduled.pop(key, None)  # it fired: nothing is pending any more
             if settled:
                 await settle(self.bus, settled, self.act(Effects(evaluate=set(due)), "due", due), DUE_POLICY)
 
@@ -575,6 +583,10 @@ class Evaluator:
         subject = subjects.schedule_subject(self.partition, *key)
         view_seq = self.view.seq if view_seq is None else view_seq
         cancel = due is None or due >= SCHEDULE_HORIZON
+        wanted = None if cancel else due
+        if attempt == 0 and self._still_pending(key, wanted):
+            return
+        self._scheduled.pop(key, None)
         while True:
             try:
                 last = await self.bus.js.get_last_msg(TRIGGERS.name, subject)
@@ -586,6 +598,7 @@ class Evaluator:
                 stale_results.inc()
                 return
             if cancel and (last_seq == 0 or HDR_SCHEDULE not in last_headers):
+                self._scheduled[key] = None
                 return  # nothing pending
             headers = {HDR_EXPECTED_LAST_SUBJECT_SEQ: str(last_seq), HDR_VIEW_SEQ: str(view_seq)}
             payload = b""
@@ -600,7 +613,18 @@ class Evaluator:
                 await self.bus.js.publish(
                     subject, payload, stream=TRIGGERS.name, headers=_with_ttl(headers, ttl)
                 )
-                return
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
+            else:
+                if attempt == 0:
+                    self._scheduled[key] = wanted
+                return
+
+    def _still_pending(self, key: CertCheckKey, due: datetime | None) -> bool:
+        """Whether what this evaluator last left pending for ``key`` is ``due`` (None: nothing) and cannot
+        have fired yet. Another replica writing the schedule meanwhile holds the partition only while
+        this one is losing it; the start-up sweep and every resync read every schedule again."""
+        if key not in self._scheduled or self._scheduled[key] != due:
+            return False
+        return due is None or due - utcnow() > PENDING_MARGIN

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -231,6 +231,40 @@ def test_an_evaluation_from_an_older_view_never_replaces_or_cancels_a_newer_sche
     assert js.published == before
     asyncio.run(evaluator.schedule(key, datetime(2029, 1, 1, tzinfo=UTC), view_seq=11))
     assert js.schedules()[test_subjects.schedule_subject(*key)][0].due_at == "2029-01-01T00:00:00Z"
+
+
+def test_a_schedule_left_as_it_is_is_neither_read_nor_written_again_until_a_sweep() -> None:
+    evaluator, js = evaluator_with_three()
+    key, subject = ("ns", "alpha"), test_subjects.schedule_subject("ns", "alpha")
+    later = datetime.now(UTC) + timedelta(days=3)
+    asyncio.run(evaluator.schedule(key, later, view_seq=10))
+    asyncio.run(evaluator.schedule(key, later, view_seq=11))
+    assert (js.reads.count(subject), _published_on(js, subject)) == (1, 1)
+    asyncio.run(evaluator.schedule(key, later + timedelta(hours=1), view_seq=12))  # it moved
+    assert (js.reads.count(subject), _published_on(js, subject)) == (2, 2)
+    asyncio.run(evaluator.sweep("resync"))  # the safety net reads every schedule again
+    assert js.reads.count(subject) == 3
+
+
+def test_a_schedule_about_to_fire_or_a_retry_is_always_written_again() -> None:
+    evaluator, js = evaluator_with_three()
+    key, subject = ("ns", "alpha"), test_subjects.schedule_subject("ns", "alpha")
+    soon = datetime.now(UTC) + timedelta(minutes=1)  # it may have fired by the next evaluation
+    for view_seq in (10, 11):
+        asyncio.run(evaluator.schedule(key, soon, view_seq=view_seq))
+    later = datetime.now(UTC) + timedelta(days=3)
+    for view_seq in (12, 13):
+        asyncio.run(evaluator.schedule(key, later, attempt=1, view_seq=view_seq))
+    assert _published_on(js, subject) == 4
+
+
+def test_a_cancelled_schedule_is_cancelled_once() -> None:
+    evaluator, js = evaluator_with_three()
+    key, subject = ("ns", "alpha"), test_subjects.schedule_subject("ns", "alpha")
+    asyncio.run(evaluator.schedule(key, datetime.now(UTC) + timedelta(days=3), view_seq=10))
+    for view_seq in (11, 12, 13):
+        asyncio.run(evaluator.schedule(key, None, view_seq=view_seq))
+    assert (js.reads.count(subject), _published_on(js, subject)) == (2, 2)
 
 
 def test_garbage_on_a_result_subject_is_replaced_by_the_next_result_not_a_stop() -> None:
