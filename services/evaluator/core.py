@@ -5,7 +5,7 @@ hold (rating, conditions, status, annotations, events). No I/O and no clock: eve
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -64,7 +64,7 @@ class Evaluation:
     # Every certificate read, with its state, and the uids of the objects selected: the public events'
     # inputs (empty for a failed evaluation, which says nothing of the certificates).
     certificates: list[Rated] = field(default_factory=list)
-    selected_uids: set[str] = field(default_factory=set)
+    selected_uids: Collection[str] = field(default_factory=set)
     # What each slot holds (None: work it out from ``certificates``), and, from an incremental
     # evaluation, the ``found`` of the one before and the slots that differ from it.
     found: dict[Slot, Seen] | None = None
@@ -130,7 +130,7 @@ class Parts:
     objects: int  # Secrets and ConfigMaps selected
     outcomes: Sequence[SecretOutcome]  # those of the Secrets whose Events to derive
     patches: list[AnnotationPatch]  # every Secret's patch still due
-    selected_uids: set[str]
+    selected_uids: Collection[str]
     by_identity: Mapping[tuple[str, str, str, int], Rated] | None = None
     found: dict[Slot, Seen] | None = None
     found_since: tuple[dict[Slot, Seen], set[Slot]] | None = None

@@ -243,7 +243,8 @@ def evaluate_changes(
         objects=len(kept.sources),
         outcomes=[kept.outcomes[name] for name in sorted(to_tell) if name in kept.outcomes],
         patches=[kept.patches[name] for name in sorted(kept.patches)],
-        selected_uids=set(kept.uids),
+        # A live view of what is kept: read before it is put back (Evaluator.evaluate tells the events first).
+        selected_uids=kept.uids.keys(),
         by_identity=kept.index.by_identity,
         found=found,
         found_since=since,

@@ -15,6 +15,8 @@ from services.evaluator.service import Evaluator
 
 log = logging.getLogger(__name__)
 
+FLUSH_TIMEOUT_SECONDS = 2.0  # within the 5 s a stopping service has
+
 
 class EvaluatorReplica:
     def __init__(self, bus: Bus, settings: Settings) -> None:
@@ -41,9 +43,15 @@ class EvaluatorReplica:
         """Stop evaluating the partition. What its consumers delivered and it did not acknowledge is
         delivered again to the partition's next holder, which evaluates every CertCheck of it anyway."""
         task = self._tasks.pop(partition, None)
-        self.evaluators.pop(partition, None)
+        evaluator = self.evaluators.pop(partition, None)
         self.started.discard(partition)
         await cancel_and_wait(task)
+        if evaluator is not None:
+            try:
+                async with asyncio.timeout(FLUSH_TIMEOUT_SECONDS):
+                    await evaluator.flush()
+            except Exception as exc:  # its next holder derives those facts again, under the same ids
+                log.warning("partition %d: what its CertChecks told is not all written: %r", partition, exc)
 
     async def _serve(self, evaluator: Evaluator) -> None:
         """Consumers first (nothing falls between them and the view), then the view, one evaluation of

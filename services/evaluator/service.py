@@ -164,6 +164,11 @@ class Evaluator:
 
     # --- work ------------------------------------------------------------------------------------
 
+    async def flush(self) -> None:
+        """Write what waits to be written (what each CertCheck told), before the partition is handed over."""
+        if self._lifecycle is not None:
+            await self._lifecycle.flush()
+
     async def lifecycle(self) -> LifecycleEvents:
         """The public expiry events of this partition's CertChecks (opened on first use)."""
         if self._lifecycle is None:
@@ -450,14 +455,16 @@ class Evaluator:
         if not await self.publish_result(subject, payload, view_seq, last):
             trace(log, "evaluator", object_ref(*key, entry.spec.resource_version), "a newer result is there")
             return  # a newer evaluation owns the schedule
-        if keep is not None:
-            keep()  # its result stood: the next evaluation starts from what this one built
         if log.isEnabledFor(logging.DEBUG):
             self._trace(result, len(evaluation.events), trigger)
         if error is None:
             # After the result: facts are told only from an evaluation that stood (not a stale one);
             # a crash before this derives them again, under the same ids.
             await self._tell_lifecycle(key, entry.spec.threshold_days, evaluation, now)
+            if keep is not None:
+                # Its result stood and was told (telling reads what it keeps): the next evaluation
+                # starts from what this one built.
+                keep()
             await self.schedule(key, evaluation.next_due, view_seq=view_seq)
         elif attempt + 1 < MAX_EVALUATION_ATTEMPTS:
             retry_at = now + timedelta(seconds=min(RETRY_CAP_SECONDS, 2.0**attempt))

@@ -130,3 +130,19 @@ def test_a_removed_certcheck_cancels_the_write_that_was_waiting() -> None:
         assert "ns.c" not in bucket.entries and bucket.revision == 1
 
     asyncio.run(scenario())
+
+
+def test_what_waits_for_its_interval_is_written_at_once_when_the_partition_is_handed_over() -> None:
+    from services.evaluator.lifecycle import LifecycleEvents, decode_told
+    from tests.fakes import FakeKeyValue
+
+    async def scenario() -> None:
+        bucket = FakeKeyValue()
+        events = LifecycleEvents(None, bucket, "default", write_every_seconds=60)  # type: ignore[arg-type]
+        await events._remember("ns", "c", 30, _slot("a"))
+        await events._remember("ns", "c", 30, _slot("b"))  # waits a minute
+        await events.flush()
+        assert {s.object_name for s in decode_told(bucket.entries["ns.c"].value).slots} == {"b"}
+        assert events._pending == {} and bucket.revision == 2
+
+    asyncio.run(scenario())
