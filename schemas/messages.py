@@ -390,6 +390,10 @@ class EvaluationResult(msgspec.Struct, frozen=True, tag_field="kind", tag="Evalu
     notification: NotificationSpec | None = None
     threshold_days: int = 0
     resource_version: str = ""  # the CertCheck's, as evaluated (a status edited by hand since is put back)
+    # For a CertCheck with notification targets, its most urgent certificates as the notifier plans
+    # from them: more than the status lists. None: the status's list (a failed evaluation's, or a
+    # result of an older evaluator).
+    notable: list[CertificateStatus] | None = None
 
 
 class CertCheckRemoved(msgspec.Struct, frozen=True, tag_field="kind", tag="CertCheckRemoved/v1"):

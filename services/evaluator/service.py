@@ -66,6 +66,7 @@ from services.evaluator import core
 from services.evaluator.incremental import evaluate_in_view
 from services.evaluator.lifecycle import LifecycleEvents, removal_reason
 from services.evaluator.slots import found_slots
+from services.evaluator.status import notable_entries
 
 log = logging.getLogger(__name__)
 
@@ -447,6 +448,11 @@ class Evaluator:
             next_due=rfc3339(evaluation.next_due) if evaluation.next_due else None,
             notification=entry.notification,
             threshold_days=entry.spec.threshold_days,
+            notable=(
+                notable_entries(evaluation.certificates, now)
+                if error is None and entry.notification is not None and entry.notification.targets
+                else None
+            ),
         )
         # The Events first, on their own stream: a result superseded before the recorder applied it, or
         # one whose writes fail, never takes an Event that was due along with it.

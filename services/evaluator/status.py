@@ -4,6 +4,7 @@ must be written. Pure."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import cast
 
@@ -19,6 +20,8 @@ from services.evaluator.rating import FAR_FUTURE, Rated, Rating
 # The ten most urgent certificates: a status holds what needs attention, and each write of it costs the API
 # server in proportion to its size (a list of everything would be rewritten at almost every change).
 DEFAULT_STATUS_CAP = 10
+# The notifier plans from the most urgent certificates of a result: this many, whatever the status lists.
+NOTABLE_CAP = 100
 STATUS_DNS_NAMES = 10  # per certificate in the status: a SAN list of thousands would crowd out the rest
 # The status must fit a bus message and an etcd object with room to spare, whatever the status cap says.
 STATUS_MAX_BYTES = 256 << 10
@@ -89,6 +92,15 @@ def _entry_holds_until(rated: Rated, now: datetime) -> datetime:
     if now < facts.not_before:
         return min(until, facts.not_before - _INSTANT)
     return until  # at or before notAfter this is at or before it: active turns over there too
+
+
+def notable_entries(
+    ordered: Sequence[Rated], now: datetime, cap: int = NOTABLE_CAP
+) -> list[CertificateStatus]:
+    """The ``cap`` most urgent certificates (``ordered`` is most urgent first) as the notifier plans
+    from them, within STATUS_MAX_BYTES: a status lists fewer, but each of these is told of."""
+    listed = [shown(r, now) for r in ordered[:cap]]
+    return within_budget([entry for entry, _ in listed], [size for _, size in listed])
 
 
 def within_budget(

@@ -85,7 +85,8 @@ def plan_claim(
             )
             claim.deliveries[name] = target_state.pending.delivery_id
             continue
-        notices, seen = core.plan(target, result.status.certificates, target_state.seen, now)
+        entries = result.notable if result.notable is not None else result.status.certificates
+        notices, seen = core.plan(target, entries, target_state.seen, now)
         target_state.seen = seen
         if notices:
             target_state.pending = _pending(result, name, notices, me, now)

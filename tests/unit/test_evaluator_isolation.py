@@ -21,6 +21,8 @@ from schemas.messages import (
     EvaluationResult,
     EventIntent,
     LabelSelector,
+    NotificationSpec,
+    NotificationTarget,
     SecretObserved,
     due_decoder,
     kube_event_decoder,
@@ -401,3 +403,44 @@ def test_patches_beyond_what_a_result_carries_go_out_on_their_own_each_once() ->
     on_their_own = [m.patch.name for m in alone if isinstance(m, AnnotationCleanup)]
     assert len(alone) == len(on_their_own) > 0
     assert sorted(in_result + on_their_own) == sorted(names)
+
+
+def test_a_result_carries_more_certificates_for_the_notifier_than_the_status_lists_only_with_targets() -> (
+    None
+):
+    js = FakeJetStream()
+    evaluator = Evaluator(Bus(nc=FakeNats(), js=js), Settings(status_cap=10), test_subjects.partition("ns"))  # type: ignore[arg-type]
+    notified = NotificationSpec(targets=[NotificationTarget(name="hook", channels={"webhook": {"url": "x"}})])
+    for seq, (name, notification) in enumerate([("told", notified), ("quiet", None)], start=1):
+        evaluator.view.apply(
+            seq,
+            CertCheckObserved(
+                namespace="ns",
+                name=name,
+                uid=f"uid-{name}",
+                resource_version=str(seq),
+                generation=1,
+                threshold_days=30,
+                selector=LabelSelector(match_labels={"app": "x"}),
+                notification=notification,
+            ),
+        )
+    for seq in range(3, 18):  # 15 Secrets expiring within the threshold
+        evaluator.view.apply(
+            seq,
+            SecretObserved(
+                namespace="ns",
+                name=f"s{seq:02d}",
+                uid=f"uid-s{seq}",
+                resource_version=str(seq),
+                type="kubernetes.io/tls",
+                labels={"app": "x"},
+                sources=[facts_source("tls.crt", CERT)],
+            ),
+        )
+    asyncio.run(evaluator.act(Effects(evaluate={("ns", "told"), ("ns", "quiet")}), "change"))
+    told, quiet = js.results()["told"], js.results()["quiet"]
+    assert len(told.status.certificates) == len(quiet.status.certificates) == 10
+    assert told.notable is not None and len(told.notable) == 15
+    assert told.notable[:10] == told.status.certificates
+    assert quiet.notable is None

@@ -216,3 +216,12 @@ def test_merging_leaves_targets_this_replica_did_not_claim_to_the_writer() -> No
     as_loaded = {"hook": core.TargetState(), "pager": core.TargetState(pending=theirs)}
     settled = claims.Claim(core.NotifyState(uid="uid-1", targets=as_loaded), {"hook": "earlier"})
     assert claims.merge_outcomes(current, settled).targets["pager"].pending is None
+
+
+def test_notices_are_planned_from_the_results_notable_list_not_the_shorter_status_list() -> None:
+    longer = result(*[State.EXPIRING_SOON] * 12)
+    shown = msgspec.structs.replace(longer.status, certificates=longer.status.certificates[:10])
+    evaluated = msgspec.structs.replace(longer, status=shown, notable=longer.status.certificates)
+    claim = claims.plan_claim(core.NotifyState(), evaluated, TARGETS, ME, NOW)
+    planned = claim.state.targets["hook"].pending
+    assert planned is not None and len(planned.notification.certificates) == 12
