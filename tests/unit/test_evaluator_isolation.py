@@ -114,37 +114,43 @@ class FakeJetStream:
         }
 
 
+def certcheck(
+    name: str, seq: int, app: str, notification: NotificationSpec | None = None
+) -> CertCheckObserved:
+    """A CertCheck in namespace ``ns`` selecting ``app=<app>``, threshold 30 days."""
+    return CertCheckObserved(
+        namespace="ns",
+        name=name,
+        uid=f"uid-{name}",
+        resource_version=str(seq),
+        generation=1,
+        threshold_days=30,
+        selector=LabelSelector(match_labels={"app": app}),
+        notification=notification,
+    )
+
+
+def tls_secret(name: str, seq: int, app: str) -> SecretObserved:
+    """A TLS Secret in namespace ``ns`` labelled ``app=<app>``, its certificate expiring in 10 days."""
+    return SecretObserved(
+        namespace="ns",
+        name=name,
+        uid=f"uid-{name}",
+        resource_version=str(seq),
+        type="kubernetes.io/tls",
+        labels={"app": app},
+        sources=[facts_source("tls.crt", CERT)],
+    )
+
+
 def evaluator_with_three() -> tuple[Evaluator, FakeJetStream]:
     js = FakeJetStream()
     evaluator = Evaluator(Bus(nc=FakeNats(), js=js), Settings(), test_subjects.partition("ns"))  # type: ignore[arg-type]
     seq = 0
     for name in ("alpha", "broken", "gamma"):
-        seq += 1
-        evaluator.view.apply(
-            seq,
-            CertCheckObserved(
-                namespace="ns",
-                name=name,
-                uid=f"uid-{name}",
-                resource_version=str(seq),
-                generation=1,
-                threshold_days=30,
-                selector=LabelSelector(match_labels={"app": name}),
-            ),
-        )
-        seq += 1
-        evaluator.view.apply(
-            seq,
-            SecretObserved(
-                namespace="ns",
-                name=f"{name}-tls",
-                uid=f"uid-{name}-tls",
-                resource_version=str(seq),
-                type="kubernetes.io/tls",
-                labels={"app": name},
-                sources=[facts_source("tls.crt", CERT)],
-            ),
-        )
+        evaluator.view.apply(seq + 1, certcheck(name, seq + 1, name))
+        evaluator.view.apply(seq + 2, tls_secret(f"{name}-tls", seq + 2, name))
+        seq += 2
     return evaluator, js
 
 
@@ -363,32 +369,10 @@ def test_patches_beyond_what_a_result_carries_go_out_on_their_own_each_once() ->
     nats = FakeNats(max_payload=service.RESULT_HEADROOM_BYTES + 45_000)
     settings = Settings(status_cap=100)  # a status of all 80 certificates, ~37 kB
     evaluator = Evaluator(Bus(nc=nats, js=js), settings, test_subjects.partition("ns"))  # type: ignore[arg-type]
-    evaluator.view.apply(
-        1,
-        CertCheckObserved(
-            namespace="ns",
-            name="big",
-            uid="uid-big",
-            resource_version="1",
-            generation=1,
-            threshold_days=30,
-            selector=LabelSelector(match_labels={"app": "big"}),
-        ),
-    )
+    evaluator.view.apply(1, certcheck("big", 1, "big"))
     names = {f"s{i:03d}" for i in range(80)}  # none annotated yet: 80 patches, ~20 kB, and the status ~37
     for seq, name in enumerate(sorted(names), start=2):
-        evaluator.view.apply(
-            seq,
-            SecretObserved(
-                namespace="ns",
-                name=name,
-                uid=f"uid-{name}",
-                resource_version=str(seq),
-                type="kubernetes.io/tls",
-                labels={"app": "big"},
-                sources=[facts_source("tls.crt", CERT)],
-            ),
-        )
+        evaluator.view.apply(seq, tls_secret(name, seq, "big"))
     asyncio.run(evaluator.act(Effects(evaluate={("ns", "big")}), "change"))
     [(_, payload, _)] = [p for p in js.published if p[0] == subjects.result_subject("ns", "big")]
     result = result_decoder.decode(payload)
@@ -412,32 +396,9 @@ def test_a_result_carries_more_certificates_for_the_notifier_than_the_status_lis
     evaluator = Evaluator(Bus(nc=FakeNats(), js=js), Settings(status_cap=10), test_subjects.partition("ns"))  # type: ignore[arg-type]
     notified = NotificationSpec(targets=[NotificationTarget(name="hook", channels={"webhook": {"url": "x"}})])
     for seq, (name, notification) in enumerate([("told", notified), ("quiet", None)], start=1):
-        evaluator.view.apply(
-            seq,
-            CertCheckObserved(
-                namespace="ns",
-                name=name,
-                uid=f"uid-{name}",
-                resource_version=str(seq),
-                generation=1,
-                threshold_days=30,
-                selector=LabelSelector(match_labels={"app": "x"}),
-                notification=notification,
-            ),
-        )
+        evaluator.view.apply(seq, certcheck(name, seq, "x", notification))
     for seq in range(3, 18):  # 15 Secrets expiring within the threshold
-        evaluator.view.apply(
-            seq,
-            SecretObserved(
-                namespace="ns",
-                name=f"s{seq:02d}",
-                uid=f"uid-s{seq}",
-                resource_version=str(seq),
-                type="kubernetes.io/tls",
-                labels={"app": "x"},
-                sources=[facts_source("tls.crt", CERT)],
-            ),
-        )
+        evaluator.view.apply(seq, tls_secret(f"s{seq:02d}", seq, "x"))
     asyncio.run(evaluator.act(Effects(evaluate={("ns", "told"), ("ns", "quiet")}), "change"))
     told, quiet = js.results()["told"], js.results()["quiet"]
     assert len(told.status.certificates) == len(quiet.status.certificates) == 10
