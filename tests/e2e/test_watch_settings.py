@@ -181,8 +181,10 @@ def test_a_watcher_restarted_watching_less_tombstones_what_it_no_longer_watches(
         create_secret(cluster, ns, "tls-out", TLS, labels={"certcheck": "off"})
         create_secret(cluster, ns, "opaque", "Opaque", labels={"certcheck": "on"})
         create_configmap(cluster, ns, "bundle")
+        # A wide watcher lists and publishes every Secret and ConfigMap of the session's control plane
+        # first: thousands, left by other tests (20 s was once too little under a full suite's load).
         objects.wait_published(
-            ns, (SECRET, "tls-in"), (SECRET, "tls-out"), (SECRET, "opaque"), (CM, "bundle")
+            ns, (SECRET, "tls-in"), (SECRET, "tls-out"), (SECRET, "opaque"), (CM, "bundle"), timeout=60
         )
     finally:
         watcher.stop()
