@@ -97,8 +97,8 @@ def _entry_holds_until(rated: Rated, now: datetime) -> datetime:
 def notable_entries(
     ordered: Sequence[Rated], now: datetime, cap: int = NOTABLE_CAP
 ) -> list[CertificateStatus]:
-    """The ``cap`` most urgent certificates (``ordered`` is most urgent first) as the notifier plans
-    from them, within STATUS_MAX_BYTES: a status lists fewer, but each of these is told of."""
+    """The ``cap`` most urgent certificates (``ordered`` is most urgent first) within STATUS_MAX_BYTES:
+    the status's list, and with NOTABLE_CAP, the longer one the notifier plans from."""
     listed = [shown(r, now) for r in ordered[:cap]]
     return within_budget([entry for entry, _ in listed], [size for _, size in listed])
 
@@ -131,8 +131,7 @@ def certcheck_status(
     STATUS_MAX_BYTES and how many are left out; the notification failures stay as recorded."""
     earliest = rating.earliest()
     found = found or NO_FINDINGS
-    listed = [shown(r, now) for r in rating.ordered[:status_cap]]
-    entries = within_budget([entry for entry, _ in listed], [size for _, size in listed])
+    entries = notable_entries(rating.ordered, now, status_cap)
     return CertCheckStatus(
         observed_generation=spec.generation,
         target_secrets_count=objects,
