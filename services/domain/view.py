@@ -465,11 +465,9 @@ class View:
     def effects_of(self, seq: int) -> Effects | None:
         return self._effects.get(seq)
 
-    def passed_over(
-        self, seq: int, after: int = 0, delivered: Container[int] = ()
-    ) -> tuple[Effects, list[int]]:
-        """The effects of every message after ``after`` and before ``seq`` still remembered, merged, and
-        their sequences, but for the messages ``delivered`` (a batch's own, taken as they come).
+    def passed_over(self, seq: int, delivered: Container[int] = ()) -> tuple[Effects, list[int]]:
+        """The effects of every message before ``seq`` still remembered, merged, and their sequences,
+        but for the messages ``delivered`` (a batch's own, taken as they come).
 
         The objects stream keeps one message per subject: one replaced by a newer message on its subject
         before the work consumer fetched it is never delivered, yet the view, following ahead, may have
@@ -477,11 +475,7 @@ class View:
         the status certcheck wrote for the old one, which asks for nothing). The work consumer delivers
         in stream order, so what is remembered before the message it delivers was passed over (or is a
         redelivery to come, which then finds nothing remembered and is covered as too old)."""
-        earlier = [
-            s
-            for s in itertools.takewhile(lambda s: s < seq, self._effects)
-            if s > after and s not in delivered
-        ]
+        earlier = [s for s in itertools.takewhile(lambda s: s < seq, self._effects) if s not in delivered]
         merged = Effects()
         for s in earlier:
             merged.merge(self._effects[s])
