@@ -41,6 +41,7 @@ For each shape:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
 import json
@@ -63,14 +64,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import nats
 import urllib3
 from kubernetes import client
+from nats.aio.msg import Msg
 
 from benchmarks import measure
 from benchmarks.measure import cpu_seconds, metric, peak_rss_mib, wait_quiet
 from devcluster.certs import make_cert, tls_secret_data
 from devcluster.stack import Stack, api_client
 from schemas import annotations as ann
+from schemas import messages, subjects
 from schemas.messages import AnnotationPatch, State
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION, MERGE_PATCH
 from services.common.kube_writer import KubeWriter
@@ -805,6 +810,85 @@ def run_changes(
     return changes
 
 
+def dump_changes(path: Path, changes: list[Change], stages: Stages) -> None:
+    """One JSON line per change, its moments in ms from the first change's: to see whether slow ones
+    come together (a pause somewhere) or alone."""
+    start = changes[0].scheduled if changes else 0.0
+
+    def ms(moment: float) -> float | None:
+        return round((moment - start) * 1000, 1) if moment else None
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as out:
+        for change in changes:
+            line = {
+                "namespace": change.secret.namespace,
+                "secret": change.secret.name,
+                "check": change.secret.check,
+                "scheduled": ms(change.scheduled),
+                "sent": ms(change.sent),
+                "answered": ms(change.answered),
+                "error": change.error,
+                "seen": {effect: ms(moment) for effect, moment in change.seen.items()},
+                "stages": {stage: ms(moment) for stage, moment in stages.stages_of(change).items()},
+            }
+            out.write(json.dumps(line) + "\n")
+
+
+class Stages(threading.Thread):
+    """With --dump: when each Secret's new notAfter first crossed the bus, as the watcher's object
+    message and in an evaluation result's annotation patch (a core subscription sees every JetStream
+    publish). Tells which stage a slow change waited in, without slowing the services."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True, name="stages")
+        self.url = url
+        self.seen: dict[tuple[str, str, str, str], float] = {}  # (stage, namespace, Secret, notAfter) -> when
+        self.ready, self.stopping = threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        asyncio.run(self._follow())
+
+    async def _follow(self) -> None:
+        connection = await nats.connect(self.url)
+        await connection.subscribe(f"{subjects.PREFIX}.objects.>", cb=self._on_object)
+        await connection.subscribe(f"{subjects.PREFIX}.results.>", cb=self._on_result)
+        await connection.flush()
+        self.ready.set()
+        while not self.stopping.is_set():
+            await asyncio.sleep(0.1)
+        await connection.close()
+
+    def _saw(self, stage: str, namespace: str, name: str, not_after: str) -> None:
+        self.seen.setdefault((stage, namespace, name, not_after), time.monotonic())
+
+    async def _on_object(self, msg: Msg) -> None:
+        with contextlib.suppress(msgspec.DecodeError):
+            observed = messages.object_decoder.decode(msg.data)
+            if isinstance(observed, messages.SecretObserved):
+                for source in observed.sources:
+                    for cert in source.certs[:1]:
+                        if cert.not_after is not None:
+                            self._saw("observed", observed.namespace, observed.name, rfc3339(cert.not_after))
+
+    async def _on_result(self, msg: Msg) -> None:
+        with contextlib.suppress(msgspec.DecodeError):
+            result = messages.result_decoder.decode(msg.data)
+            if isinstance(result, messages.EvaluationResult):
+                for patch in result.annotation_patches:
+                    value = patch.annotations.get(ann.NOT_AFTER)
+                    if value:
+                        self._saw("evaluated", patch.namespace, patch.name, value)
+
+    def stages_of(self, change: Change) -> dict[str, float]:
+        key = (change.secret.namespace, change.secret.name, change.value)
+        return {s: self.seen[(s, *key)] for s in ("observed", "evaluated") if (s, *key) in self.seen}
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=5)
+
+
 def record_changes(changes: list[Change]) -> None:
     """Put in the plan the notAfter each change left in its Secret (those answered without an error, the
     latest scheduled last): the next changes are planned from there, with the right Event reasons."""
@@ -1112,9 +1196,17 @@ def run_shape(workdir: Path, shape: Shape, floor: Floor, args: argparse.Namespac
         changes = plan_changes(plan, change_count(args), Settings().status_cap, datetime.now(UTC))
         cpu, machine = service_cpu(stack), Machine(stack)
         evaluated = evaluations(stack, args.evaluators)
+        stages = Stages(stack.nats.url)
+        if args.dump is not None:
+            stages.start()
+            stages.ready.wait(10)
         with profiles.phase(stack, "changes"):
             run_changes(api, changes, args.rate, args.effect_timeout, lambda c: patch_data(api, c))
+        if args.dump is not None:
+            stages.stop()
         change_cpu = {name: seconds - cpu.get(name, 0.0) for name, seconds in service_cpu(stack).items()}
+        if args.dump is not None:
+            dump_changes(args.dump / f"{shape.name}.jsonl", changes, stages)
         count, seconds = evaluations(stack, args.evaluators)
         evaluated = (count - evaluated[0], seconds - evaluated[1])
         foreign = machine.foreign()
@@ -1324,6 +1416,13 @@ def main() -> None:
         type=int,
         default=1,
         help="evaluator replicas (they share the partitions): each one's share of the objects is printed",
+    )
+    parser.add_argument(
+        "--dump",
+        type=Path,
+        default=None,
+        help="a directory: each shape's changes at --rate, one JSON line per change (when it was "
+        "scheduled, sent, answered and each effect seen, in ms from the first change's moment)",
     )
     parser.add_argument(
         "--profile",
