@@ -5,6 +5,7 @@ Secret's keys a CertCheck reads. Pure: no I/O.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,11 +45,21 @@ class SecretView:
     edited_annotations: tuple[str, ...] = ()  # certcheck's annotations someone else wrote last
     managed_by: str | None = None  # the cert-manager Certificate that renews it
     renewal_time: datetime | None = None  # that Certificate's status.renewalTime, when certcheck reads it
-    # What evaluations worked out from this view and may reuse while it holds (see ``_memoised``): a
-    # CertCheck over thousands of Secrets re-rates only the one that changed. Not copied by replace().
+    # What evaluations worked out from this view's content and may reuse while it holds: a CertCheck over
+    # thousands of Secrets re-rates only the one that changed. Not copied by replace(); shared by a newer
+    # version of the object with the same content (``with_content_of``).
     memo: dict[object, tuple[datetime, datetime, object]] = field(
         default_factory=dict, init=False, compare=False, repr=False
     )
+
+
+def with_content_of(view: SecretView, earlier: SecretView) -> SecretView:
+    """``view``, a newer version of ``earlier`` with the same content (its certificates, what rates
+    them), taking over ``earlier``'s entries and memo: certcheck's own annotations coming back then
+    cost an evaluation no re-rating, and the two versions hold one copy of the certificates."""
+    shared = dataclasses.replace(view, entries=earlier.entries)
+    object.__setattr__(shared, "memo", earlier.memo)
+    return shared
 
 
 @dataclass(frozen=True, slots=True)

@@ -286,7 +286,15 @@ SECRETS = SourceKind(
     selector_of=lambda certcheck: certcheck.selector,
     # type and keys without a certificate too: they decide what spec.keys reads (an exact key holding
     # no certificate is Invalid).
-    content=lambda view: (view.uid, view.labels, view.entries, view.type, view.other_keys, view.renewal_time),
+    content=lambda view: (
+        view.uid,
+        view.labels,
+        view.entries,
+        view.type,
+        view.other_keys,
+        view.managed_by,  # cert-manager's: when its certificate should be renewed
+        view.renewal_time,
+    ),
     annotated=True,
 )
 CONFIGMAPS = SourceKind(
@@ -357,12 +365,17 @@ class SourceIndex:
         if _stale(previous, event.uid, event.resource_version):
             return Effects()
         view = self.decorate(kind.view_of(event))
+        unchanged = previous is not None and kind.content(previous.view) == kind.content(view)
+        if previous is not None and unchanged:
+            view = model.with_content_of(view, previous.view)
         covered_by = {name for name, entry in certchecks.items() if entry.selects(kind.name, view.labels)}
         old_covered_by = previous.covered_by if previous else set()
         _relink(event.name, old_covered_by, covered_by, lambda name: certchecks[name].covered_of(kind.name))
-        namespace_entries[event.name] = SourceEntry(view, event.resource_version, covered_by)
+        # Who covers it decides its coverage (the namespace's epoch says when their specs changed).
+        same_coverage = previous is not None and previous.covered_by == covered_by
+        coverage_at = previous.coverage_at if previous is not None and same_coverage else None
+        namespace_entries[event.name] = SourceEntry(view, event.resource_version, covered_by, coverage_at)
         _touch(certchecks, covered_by | old_covered_by, (kind.name, event.name))
-        unchanged = previous is not None and kind.content(previous.view) == kind.content(view)
         # Unchanged, it concerns only the CertChecks that came to select it or stopped.
         concerned = covered_by ^ old_covered_by if unchanged else covered_by | old_covered_by
         effects = Effects(evaluate={(event.namespace, name) for name in concerned})

@@ -107,28 +107,40 @@ class SecretOutcome(msgspec.Struct, frozen=True, gc=False):  # one per Secret at
     problems: SecretProblems = NO_PROBLEMS
 
 
-_OUTCOME = "annotations"  # a Secret's memo holds its outcome at (_OUTCOME, coverage)
+# A Secret's memo holds, at (_DESIRED, coverage), its state, desired annotations and problems under that
+# coverage: they rest on its content only, so a newer version with the same content (its annotations
+# written) shares them. At (_OUTCOME, coverage): the outcome of this very version (its patch), checked.
+_DESIRED = "desired"
+_OUTCOME = "annotations"
+# What _DESIRED holds: the state, the desired annotations (None: removed), the problems, and the
+# annotations a Secret saying all that has (its certcheck annotations: the view keeps no others).
+_Desired = tuple[SecretState, dict[str, str | None], SecretProblems, dict[str, str]]
 
 
 def _outcome(
     secret: SecretView, coverage: Coverage, now: datetime, rated: Sequence[Rated] | None
 ) -> SecretOutcome:
     """A Secret's state and the patch to its annotations, reused like the rating they rest on."""
-    if rated is None:
-        rated = rate(secret, coverage.max_threshold_days, now, (), coverage.policy)
-    state, desired, found = _desired(coverage, rated)
-    outcome = SecretOutcome(secret, coverage, state, annotation_patch(secret, desired), found)
-    secret.memo[(_OUTCOME, coverage)] = (
-        now,
-        unchanged_until(rated, coverage.max_threshold_days, now),
-        outcome,
-    )
+    held = secret.memo.get((_DESIRED, coverage))
+    if held is None or not held[0] <= now < held[1]:
+        if rated is None:
+            rated = rate(secret, coverage.max_threshold_days, now, (), coverage.policy)
+        until = unchanged_until(rated, coverage.max_threshold_days, now)
+        state, desired, found = _desired(coverage, rated)
+        said = {k: v for k, v in desired.items() if v is not None}
+        held = (now, until, (state, desired, found, said))
+        secret.memo[(_DESIRED, coverage)] = held
+    state, desired, found, said = cast(_Desired, held[2])
+    # Most Secrets say what they should: one comparison of their annotations then.
+    patch = None if secret.annotations == said else annotation_patch(secret, desired)
+    outcome = SecretOutcome(secret, coverage, state, patch, found)
+    secret.memo[(_OUTCOME, coverage)] = (held[0], held[1], outcome)
     return outcome
 
 
 def outcome_valid_until(secret: SecretView, coverage: Coverage) -> datetime:
     """Until when the Secret's outcome under ``coverage``, worked out already, holds."""
-    return secret.memo[(_OUTCOME, coverage)][1]
+    return secret.memo[(_DESIRED, coverage)][1]
 
 
 def secret_outcomes(
@@ -147,7 +159,7 @@ def secret_outcomes(
             continue
         secret_coverage = coverage.get(secret.name, alone)
         held = secret.memo.get((_OUTCOME, secret_coverage))
-        if held is not None and held[0] <= now < held[1]:
+        if held is not None and held[0] <= now < held[1] and cast(SecretOutcome, held[2]).secret is secret:
             outcomes.append(cast(SecretOutcome, held[2]))
             continue
         # The CertCheck's own rating is the Secret's when it reads the default keys at the same threshold

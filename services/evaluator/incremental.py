@@ -153,6 +153,8 @@ class Kept:
         return found
 
     def _until(self, source: SourceKey, moment: datetime) -> None:
+        if self.valid_until.get(source) == moment:
+            return
         if moment == FAR_FUTURE:
             self.valid_until.pop(source, None)
             return
@@ -202,20 +204,25 @@ def evaluate_changes(
         # A Secret whose coverage the view did not give (it ran out, it did not change) keeps its own.
         held = view is not None and (coverage.get(view.name) or kept.coverage.get(view.name))
         old = kept.sources.pop(source, None)
-        if old is not None:
-            rated_changes[(old.kind, old.name)] = None
-            _forget_object(kept, old, changed_slots)
-        if view is None:
-            kept.valid_until.pop(source, None)
-            continue
-        kept.sources[source] = view
-        rated, until = rated_for(spec, view, now)
-        rated_changes[(view.kind, view.name)] = rated
-        kept.uids[view.uid] = kept.uids.get(view.uid, 0) + 1
-        for r in rated:
-            slot, seen = slot_of(r)
-            kept.found[slot] = seen
-            changed_slots.add(slot)
+        rated, until = rated_for(spec, view, now) if view is not None else ([], FAR_FUTURE)
+        if old is not None and view is not None and rated is kept.index.of_object.get((old.kind, old.name)):
+            # The same rating (a newer version with the same content: certcheck's annotations coming
+            # back): only its outcome is worked out again.
+            kept.sources[source] = view
+        else:
+            if old is not None:
+                rated_changes[(old.kind, old.name)] = None
+                _forget_object(kept, old, changed_slots)
+            if view is None:
+                kept.valid_until.pop(source, None)
+                continue
+            kept.sources[source] = view
+            rated_changes[(view.kind, view.name)] = rated
+            kept.uids[view.uid] = kept.uids.get(view.uid, 0) + 1
+            for r in rated:
+                slot, seen = slot_of(r)
+                kept.found[slot] = seen
+                changed_slots.add(slot)
         if view.kind == KUBERNETES_KIND_SECRET:
             kept.coverage[view.name] = held or Coverage((spec.name,), spec.threshold_days, spec.policy)
             changed_secrets[view.name] = (source, view)
@@ -228,6 +235,8 @@ def evaluate_changes(
         kept.outcomes[name] = outcome
         if outcome.patch is not None:
             kept.patches[name] = outcome.patch
+        else:
+            kept.patches.pop(name, None)
         source = changed_secrets[name][0]
         moment = outcome_valid_until(outcome.secret, outcome.coverage)
         kept._until(source, min(moment, kept.valid_until.get(source, FAR_FUTURE)))

@@ -278,3 +278,50 @@ def test_a_renewal_time_that_changes_without_the_secret_is_seen() -> None:
     world.step(("certificate", 0, -50))  # its renewal was planned 50 days ago: overdue
     world.evaluate()
     assert world.told_status is not None and world.told_status.renewal_overdue_count == 1
+
+
+def test_certchecks_annotations_coming_back_are_folded_in_without_rating_anything_again() -> None:
+    world = _world()
+    for i in range(8):
+        world.step(("put", i, [i % len(POOL)], True, False, False))
+    world.evaluate()
+    assert world.told_patches, "every Secret is still to annotate"
+    entry = world.view.certcheck(KEY)
+    assert entry is not None
+    rated_before = {key: id(rated) for key, rated in entry.kept.index.of_object.items()}  # type: ignore[union-attr]
+    for i in range(8):
+        world.step(("write", i))
+    world.evaluate()
+    assert world.told_patches == [], "the patches written are no longer due"
+    kept = entry.kept
+    assert {key: id(rated) for key, rated in kept.index.of_object.items()} == rated_before  # type: ignore[union-attr]
+    assert all(
+        kept.sources[("secret", f"s{i}")].resource_version == world.secrets[i].resource_version
+        for i in range(8)
+    )  # type: ignore[union-attr]
+
+
+def test_a_secret_that_comes_to_be_managed_by_cert_manager_is_evaluated_again() -> None:
+    world = _world()
+    old = _facts(35, "old", not_before=NOW - timedelta(days=300))  # cert-manager would have renewed it
+    unmanaged = SecretObserved(
+        namespace="ns",
+        name="s0",
+        uid="uid-s0",
+        resource_version=world.rv(),
+        type="kubernetes.io/tls",
+        labels={"app": "x"},
+        sources=[CertSource("tls.crt", certs=[to_wire(old)])],
+    )
+    world.secrets[0] = unmanaged
+    world.apply(unmanaged)
+    world.evaluate()
+    assert world.told_status is not None and world.told_status.renewal_overdue_count == 0
+    # Only its certificate-name annotation changes (no Certificate is seen: no renewal time either).
+    managed = msgspec.structs.replace(unmanaged, certificate_name="c0", resource_version=world.rv())
+    world.secrets[0] = managed
+    world.seq += 1
+    effects = world.view.apply(world.seq, managed)
+    assert effects.evaluate == {KEY}
+    world.evaluate()
+    assert world.told_status is not None and world.told_status.renewal_overdue_count == 1
