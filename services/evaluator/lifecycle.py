@@ -224,7 +224,10 @@ class LifecycleEvents:
             return  # removed meanwhile
         self._written_at[key] = time.monotonic()
         threshold_days, found = held
-        data = encode_told(threshold_days, found)
+        # Off the event loop: compressing a CertCheck of thousands of certificates takes tens of ms
+        # (zlib lets go of the GIL), which its next changes would otherwise wait for. ``found`` is an
+        # evaluation's own copy, never changed after.
+        data = await asyncio.to_thread(encode_told, threshold_days, found)
         if len(data) > MAX_ENTRY_BYTES:
             untracked.inc()
             log.warning(

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from datetime import UTC, datetime
+
+import pytest
 
 from schemas.events import CertificateFacts, RemovedBecause, cloud_event, event_id
 from services.domain.lifecycle import Seen, Slot, Watcher, lifecycle_facts
@@ -146,3 +149,26 @@ def test_what_waits_for_its_interval_is_written_at_once_when_the_partition_is_ha
         assert events._pending == {} and bucket.revision == 2
 
     asyncio.run(scenario())
+
+
+def test_what_a_certcheck_told_is_encoded_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.evaluator import lifecycle
+    from tests.fakes import FakeKeyValue
+
+    encoded_on: list[threading.Thread] = []
+    encode_told = lifecycle.encode_told
+
+    def encode(threshold_days: int, told: dict[Slot, Seen]) -> bytes:
+        encoded_on.append(threading.current_thread())
+        return encode_told(threshold_days, told)
+
+    monkeypatch.setattr(lifecycle, "encode_told", encode)
+
+    async def scenario() -> None:
+        bucket = FakeKeyValue()
+        events = lifecycle.LifecycleEvents(None, bucket, "default")  # type: ignore[arg-type]
+        await events._remember("ns", "c", 30, _slot("a"))
+        assert "ns.c" in bucket.entries
+
+    asyncio.run(scenario())
+    assert encoded_on and threading.main_thread() not in encoded_on
