@@ -512,6 +512,12 @@ class View:
         entry.coverage_at = (epoch, coverage)
         return coverage
 
+    def pending_changes(self, key: CertCheckKey) -> int:
+        """How many of a CertCheck's sources changed (if only in their annotations) since its last
+        evaluation took them."""
+        entry = self.certcheck(key)
+        return len(entry.touched) if entry is not None else 0
+
     def coverage_epoch(self, namespace: str) -> int:
         """Bumped whenever a CertCheck of the namespace changes which sources it covers or its threshold."""
         return self._coverage_epochs.get(namespace, 0)

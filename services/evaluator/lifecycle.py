@@ -181,20 +181,18 @@ class LifecycleEvents:
     async def _remember(
         self, namespace: str, certcheck: str, threshold_days: int, found: dict[Slot, Seen]
     ) -> None:
-        """Hold what was told, and write it to the bucket now, or, if it was written less than
-        ``write_every`` ago, once that has passed (what memory holds then: a CertCheck changing often
-        is written about once per ``write_every``, not rewritten whole at every change). A crash before
-        the write derives the facts since again, under the same ids: the events stream keeps them once
-        (its duplicate window is an hour)."""
+        """Hold what was told, and write it to the bucket in the background: at once, or, if it was
+        written less than ``write_every`` ago, once that has passed (what memory holds then: a CertCheck
+        changing often is written about once per ``write_every``, not rewritten whole at every change).
+        The evaluation never waits for it (a CertCheck of thousands of certificates is a few 100 KiB).
+        A crash before the write derives the facts since again, under the same ids: the events stream
+        keeps them once (its duplicate window is an hour)."""
         key = (namespace, certcheck)
         self._told[key] = (threshold_days, found)
         if key in self._pending:
             return  # the write scheduled takes what memory holds when it runs
         wait = self._written_at.get(key, float("-inf")) + self._write_every - time.monotonic()
-        if wait <= 0:
-            await self._write(key)
-        else:
-            self._pending[key] = asyncio.create_task(self._write_later(key, wait), name=f"told-{key}")
+        self._pending[key] = asyncio.create_task(self._write_later(key, max(wait, 0.0)), name=f"told-{key}")
 
     async def flush(self) -> None:
         """Write at once what waits for its interval (a replica handing its partitions over: their next

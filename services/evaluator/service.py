@@ -80,6 +80,10 @@ PUBLISH_TIMEOUT_SECONDS = 10.0
 PENDING_MARGIN = timedelta(minutes=5)
 CANCEL_MARKER_TTL_SECONDS = 7 * 24 * 3600  # the marker of a cancelled schedule, kept for the compare-and-set
 RESULT_HEADROOM_BYTES = 64 << 10  # under the server's max_payload: headers, and room to spare
+# A CertCheck over which this many objects changed, certcheck's own annotations coming back mostly, is
+# evaluated once the work consumer has nothing waiting: each costs the next evaluation a little, and
+# after a cold start or a mass rotation thousands would hold up the next change by a few 100 ms.
+REFRESH_AFTER_CHANGES = 256
 # The work of a batch is never given up: evaluating one CertCheck cannot fail it (a failure becomes its
 # EvaluationFailed status), so only publishing can, which retrying cures and giving up would not.
 OBJECTS_POLICY = Policy("object changes", max_deliveries=None)
@@ -156,6 +160,8 @@ class Evaluator:
         # that an evaluation that moves nothing does not read and rewrite its schedule.
         self._scheduled: dict[CertCheckKey, datetime | None] = {}
         self._lifecycle: LifecycleEvents | None = None
+        # The CertChecks covering Secrets whose annotations came back since the consumer was last idle.
+        self._echoed: set[CertCheckKey] = set()
 
     async def follow_objects(self) -> None:
         await self.follower.run()
@@ -260,6 +266,27 @@ class Evaluator:
                 continue  # what was passed over stays remembered, taken with the next message
             if await settle(self.bus, settled, self.act(effects, "change"), OBJECTS_POLICY) == "ok":
                 self.view.forget_effects(taken)
+            self._note_echoes(effects.annotated)
+            if not msgs[-1].metadata.num_pending:
+                await self.refresh_echoed()
+
+    def _note_echoes(self, annotated: Iterable[SecretKey]) -> None:
+        for namespace, name in annotated:
+            entry = self.view.secret((namespace, name))
+            if entry is not None:
+                self._echoed.update((namespace, certcheck) for certcheck in entry.covered_by)
+
+    async def refresh_echoed(self) -> None:
+        """Evaluate the CertChecks that many annotations came back to since their last evaluation (with
+        nothing waiting: their changes are due to no one), so that the next change evaluates few."""
+        echoed, self._echoed = self._echoed, set()
+        due = {key for key in echoed if self.view.pending_changes(key) >= REFRESH_AFTER_CHANGES}
+        if not due:
+            return
+        try:
+            await self.act(Effects(evaluate=due), "refresh")
+        except Exception as exc:  # nothing is lost: the next change or resync evaluates them
+            log.warning("evaluating %d CertChecks whose annotations came back: %s", len(due), exc)
 
     def _annotations_to_put_back(self, annotated: Iterable[SecretKey], now: datetime) -> set[CertCheckKey]:
         """The CertChecks to evaluate again because a Secret's annotations no longer say what they

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import pytest
 from nats.js.errors import APIError, NotFoundError
 
@@ -312,10 +313,16 @@ def lifecycle_events(js: FakeJetStream) -> list[tuple[str, dict[str, str]]]:
     return [(s, h) for s, _, h in js.published if s.startswith("certcheck.v1.events.")]
 
 
+async def acted(evaluator: Evaluator, effects: Effects, trigger: str) -> None:
+    """Act, and let what the evaluations told be written (it is, in the background, as they return)."""
+    await evaluator.act(effects, trigger)
+    await (await evaluator.lifecycle()).flush()
+
+
 @pytest.mark.usefixtures("broken_core")
 def test_each_certificate_is_told_once_as_a_public_event_and_a_failed_evaluation_tells_nothing() -> None:
     evaluator, js = evaluator_with_three()
-    asyncio.run(evaluator.act(Effects(evaluate=keys()), "change"))
+    asyncio.run(acted(evaluator, Effects(evaluate=keys()), "change"))
     told = lifecycle_events(js)
     assert sorted(subject for subject, _ in told) == [
         "certcheck.v1.events.default.ns.discovered.secret.alpha-tls",
@@ -323,7 +330,7 @@ def test_each_certificate_is_told_once_as_a_public_event_and_a_failed_evaluation
     ]
     assert all(h["ce-id"] == h["Nats-Msg-Id"] for _, h in told)
     # Evaluated again, from memory and from the bucket alone (a restarted replica): nothing new to tell.
-    asyncio.run(evaluator.act(Effects(evaluate=keys()), "resync"))
+    asyncio.run(acted(evaluator, Effects(evaluate=keys()), "resync"))
     restarted = Evaluator(evaluator.bus, Settings(), evaluator.partition)
     restarted.view = evaluator.view
     asyncio.run(restarted.act(Effects(evaluate=keys()), "start"))
@@ -405,3 +412,39 @@ def test_a_result_carries_more_certificates_for_the_notifier_than_the_status_lis
     assert told.notable is not None and len(told.notable) == 15
     assert told.notable[:10] == told.status.certificates
     assert quiet.notable is None
+
+
+def _echo(secret: SecretObserved, result: EvaluationResult, seq: int) -> SecretObserved:
+    """The Secret once the recorder wrote the result's patch on it, as the watcher sees it back."""
+    patch = next(p for p in result.annotation_patches if p.name == secret.name)
+    written = {k: v for k, v in patch.annotations.items() if v is not None}
+    return msgspec.structs.replace(secret, annotations=written, resource_version=str(seq))
+
+
+@pytest.mark.parametrize("echoes", [10, service.REFRESH_AFTER_CHANGES])
+def test_a_certcheck_many_of_whose_annotations_came_back_is_evaluated_when_the_consumer_is_idle(
+    echoes: int,
+) -> None:
+    js = FakeJetStream()
+    evaluator = Evaluator(Bus(nc=FakeNats(), js=js), Settings(), test_subjects.partition("ns"))  # type: ignore[arg-type]
+    evaluator.view.apply(1, certcheck("big", 1, "big"))
+    secrets = [tls_secret(f"s{i}", 2 + i, "big") for i in range(echoes)]
+    for i, secret in enumerate(secrets):
+        evaluator.view.apply(2 + i, secret)
+    asyncio.run(evaluator.act(Effects(evaluate={("ns", "big")}), "change"))
+    first = js.results()["big"]
+    assert len(first.annotation_patches) == echoes
+    seq = 10_000
+    for secret in secrets:
+        seq += 1
+        effects = evaluator.view.apply(seq, _echo(secret, first, seq))
+        assert not effects.evaluate  # certcheck's own write coming back calls for no evaluation...
+        evaluator._note_echoes(effects.annotated)
+    published = len(js.published)
+    asyncio.run(evaluator.refresh_echoed())
+    if echoes < service.REFRESH_AFTER_CHANGES:
+        assert len(js.published) == published  # ...a few are left to the next change
+        assert evaluator.view.pending_changes(("ns", "big")) == echoes
+    else:
+        assert js.results()["big"].annotation_patches == []  # ...many are taken in while idle
+        assert evaluator.view.pending_changes(("ns", "big")) == 0
