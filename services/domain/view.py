@@ -372,8 +372,9 @@ class SourceIndex:
         old_covered_by = previous.covered_by if previous else set()
         _relink(event.name, old_covered_by, covered_by, lambda name: certchecks[name].covered_of(kind.name))
         # Who covers it decides its coverage (the namespace's epoch says when their specs changed).
-        same_coverage = previous is not None and previous.covered_by == covered_by
-        coverage_at = previous.coverage_at if previous is not None and same_coverage else None
+        coverage_at = (
+            previous.coverage_at if previous is not None and previous.covered_by == covered_by else None
+        )
         namespace_entries[event.name] = SourceEntry(view, event.resource_version, covered_by, coverage_at)
         _touch(certchecks, covered_by | old_covered_by, (kind.name, event.name))
         # Unchanged, it concerns only the CertChecks that came to select it or stopped.
