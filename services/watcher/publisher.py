@@ -218,18 +218,20 @@ class Publisher:
         # After a change of what is watched, per kind: the scopes still to list, and what they listed.
         self._full_listings: dict[str, tuple[set[str], set[tuple[str, str]]]] = {}
         self._after_full_listings: Callable[[], Awaitable[None]] | None = None
+        self._scopes_now: dict[str, frozenset[str]] = {}  # per kind: the scopes of what is watched now
 
     def expect_full_listing(
         self, scopes_by_kind: dict[str, set[str]], then: Callable[[], Awaitable[None]]
     ) -> None:
         """What is watched changed since the objects were published (another type, selector, or
-        ConfigMaps turned off): once every scope of a kind has listed, whatever else of that kind was
-        published is gone, whichever scope published it. ``then`` runs once all that is acknowledged.
+        ConfigMaps turned off): once every scope of a kind has listed, what scopes no longer watched
+        published of that kind and no scope listed is gone. ``then`` runs once all that is acknowledged.
         A kind with no scopes (no longer watched) is done at its ``Listed`` for scope UNWATCHED."""
         self._full_listings = {
             kind: (set(scopes) or {UNWATCHED}, set()) for kind, scopes in scopes_by_kind.items()
         }
         self._after_full_listings = then
+        self._scopes_now = {kind: frozenset(scopes) for kind, scopes in scopes_by_kind.items()}
 
     # --- running -------------------------------------------------------------------------------
 
@@ -290,10 +292,12 @@ class Publisher:
             await self._listed(change)
 
     async def _listed(self, change: Listed) -> None:
-        """Tombstones for what was published but a LIST no longer returns."""
+        """Tombstones for what was published but a LIST no longer returns. After a change of what is
+        watched, what older scopes published is gone once every scope listed, unless one listed it (an
+        object this scope's watch brought since is under this scope: its LIST is not the whole truth)."""
+        await self._tombstone_unlisted(change.kind, change.keys, lambda scope: scope == change.scope)
         full = self._full_listings.get(change.kind)
         if full is None:
-            await self._tombstone_unlisted(change.kind, change.keys, change.scope)
             return
         waiting, listed = full
         waiting.discard(change.scope)
@@ -301,17 +305,20 @@ class Publisher:
         if waiting:
             return
         del self._full_listings[change.kind]
-        await self._tombstone_unlisted(change.kind, listed, None)
+        scopes = self._scopes_now[change.kind]
+        await self._tombstone_unlisted(change.kind, listed, lambda scope: scope not in scopes)
         if not self._full_listings and self._after_full_listings is not None:
             then, self._after_full_listings = self._after_full_listings, None
             asyncio.get_running_loop().create_task(self._when_settled(then), name="after-full-listing")
 
-    async def _tombstone_unlisted(self, kind: str, listed: set[tuple[str, str]], scope: str | None) -> None:
+    async def _tombstone_unlisted(
+        self, kind: str, listed: set[tuple[str, str]], published_by: Callable[[str], bool]
+    ) -> None:
         gone = [
             (key, last.scope)
             for key, last in self._known.items()
             if key[0] == kind
-            and (scope is None or last.scope == scope)
+            and published_by(last.scope)
             and last.digest != TOMBSTONE
             and (key[1], key[2]) not in listed
         ]

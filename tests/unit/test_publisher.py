@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.messages import CertCheckObserved, CertSource, SecretObserved, object_decoder
-from schemas.streams import HDR_MSG_ID
+from schemas.streams import HDR_DIGEST, HDR_MSG_ID
 from services.common.bus import Bus
-from services.watcher.publisher import Delete, Listed, Progress, Published, Publisher, Upsert
+from services.watcher.publisher import TOMBSTONE, Delete, Listed, Progress, Published, Publisher, Upsert
 from tests import subjects as test_subjects
 
 
@@ -192,3 +192,47 @@ def test_an_object_too_large_for_the_bus_is_published_without_its_certificates_a
         assert sent["labels"].labels == {}  # type: ignore[union-attr]
 
     run(test)
+
+
+def tombstoned(js: FakeJetStream) -> set[str]:
+    return {subject.rsplit(".", 1)[1] for subject, _, headers in js.sent if headers[HDR_DIGEST] == TOMBSTONE}
+
+
+def test_after_a_settings_change_an_object_one_scope_watched_come_survives_another_scopes_listing() -> None:
+    # The Opaque watch listed before "fresh" was created, and its watch delivered it; the bundle watch
+    # listed after. Neither LIST holds "fresh": it is still not gone (the flake of test_watch_settings).
+    async def test(publisher: Publisher, js: FakeJetStream, kv: FakeKeyValue) -> None:
+        done: list[bool] = []
+
+        async def then() -> None:
+            done.append(True)
+
+        publisher.expect_full_listing({"secret": {"secret.Opaque", "secret.bundle"}}, then)
+        await publisher._handle(Listed("secret", {("ns", "listed")}, "secret.Opaque"))
+        await publisher._handle(Upsert("secret", secret("fresh", rv="7"), "secret.Opaque"))
+        await publisher._handle(Listed("secret", set(), "secret.bundle"))
+        assert tombstoned(js) == {"old"}
+        js.ack_all()
+        await drain(publisher, 0.5)
+        assert done == [True]
+
+    run(
+        test,
+        listed=Published("d1", "secret.all", "3"),  # published under the old scope, listed again
+        old=Published("d2", "secret.all", "4"),  # under the old scope, no LIST has it: gone
+    )
+
+
+def test_after_a_settings_change_a_scope_tombstones_what_it_published_and_no_longer_lists() -> None:
+    async def test(publisher: Publisher, js: FakeJetStream, kv: FakeKeyValue) -> None:
+        publisher.expect_full_listing({"secret": {"secret.Opaque", "secret.bundle"}}, _nothing)
+        await publisher._handle(Listed("secret", set(), "secret.Opaque"))
+        assert tombstoned(js) == {"unlabelled"}  # at once: its own scope's LIST is the whole truth
+        await publisher._handle(Listed("secret", set(), "secret.bundle"))
+        assert tombstoned(js) == {"unlabelled"}
+
+    run(test, unlabelled=Published("d1", "secret.Opaque", "3"))
+
+
+async def _nothing() -> None:
+    return None
