@@ -241,11 +241,17 @@ def test_a_mass_rotation_writes_every_warning_a_burst_of_renewed_events_and_summ
         what="every Secret Valid",
     )
 
-    def summarised() -> int:
-        summaries = [e for e in cluster.events(namespace, "CertCheck", "c") if e.reason == "Renewed"]
-        return sum(int(e.message.split(" ", 1)[0]) for e in summaries)
+    def summaries() -> list[Any]:
+        return [e for e in cluster.events(namespace, "CertCheck", "c") if e.reason == "Renewed"]
 
-    wait_for(lambda: summarised() == count, what="the CertCheck's Renewed summaries counting all")
+    try:
+        wait_for(
+            lambda: sum(int(e.message.split(" ", 1)[0]) for e in summaries()) == count,
+            what="the CertCheck's Renewed summaries counting all",
+        )
+    except AssertionError as exc:  # what they counted, to tell a summary lost from one doubled
+        seen = [(e.count, e.message[:80]) for e in summaries()]
+        raise AssertionError(f"{exc}; the summaries (count, message): {seen}") from exc
     wait_settled(stack, cluster, namespace)
     assert 25 <= len(secret_events("Renewed")) < count
     assert len(secret_events("ExpiringSoon")) == count
