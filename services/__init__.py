@@ -10,3 +10,8 @@ import sys as _sys
 # and the service went on starting with SIGTERM spent.
 if _sys.argv[:1] == ["-m"] and _signal.getsignal(_signal.SIGTERM) is _signal.SIG_DFL:  # python -m services.x
     _signal.signal(_signal.SIGTERM, lambda *_: _os._exit(0))
+
+# Before anything imports nats-py or kubernetes: leave out what no service calls (services/imports.py).
+from services import imports as _imports
+
+_imports.lean()

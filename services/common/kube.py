@@ -11,8 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from kubernetes.config.incluster_config import load_incluster_config
 
 CERTCHECK_GROUP = "certcheck.dev"
 CERTCHECK_VERSION = "v1alpha1"
@@ -116,12 +117,13 @@ def collection(api: client.ApiClient, path: str, **fixed: Any) -> Callable[..., 
 def api_client(kubeconfig: str = "", pool_size: int = 16) -> client.ApiClient:
     """An ApiClient from a kubeconfig path, else in-cluster config, else ~/.kube/config."""
     configuration = client.Configuration()
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=configuration)
+    if kubeconfig or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        # Imported only here: the kubeconfig loader brings requests, oauthlib and yaml (services/imports.py).
+        from kubernetes.config.kube_config import load_kube_config
+
+        load_kube_config(config_file=kubeconfig or None, client_configuration=configuration)
     else:
-        config.load_kube_config(client_configuration=configuration)
+        load_incluster_config(client_configuration=configuration)
     # One pooled connection per writer thread, or urllib3 discards and reopens connections.
     configuration.connection_pool_maxsize = max(pool_size, 4)
     throttle_refresh(configuration)
