@@ -406,6 +406,20 @@ def pids(stack: Stack) -> dict[str, int]:
     return {name: proc.pid for name, proc in found.items() if proc is not None}
 
 
+def bus_traffic(stack: Stack) -> Counter[str]:
+    """What nats-server counted per connection name so far: messages it took from each ("<name> in":
+    publishes, acknowledgements, requests) and gave to each ("<name> out": deliveries, replies)."""
+    url = f"http://127.0.0.1:{stack.nats.monitor_port}/connz?limit=4096"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        connections = json.load(response).get("connections") or []
+    counted: Counter[str] = Counter()
+    for connection in connections:
+        name = connection.get("name") or "unnamed"
+        counted[f"{name} in"] += connection.get("in_msgs", 0)
+        counted[f"{name} out"] += connection.get("out_msgs", 0)
+    return counted
+
+
 def service_cpu(stack: Stack) -> dict[str, float]:
     return {name: cpu_seconds(pid) for name, pid in pids(stack).items() if name != NATS}
 
@@ -1156,6 +1170,7 @@ class ShapeResult:
     restart_writes: float  # the recorder's count
     restart_audit: Counter[tuple[str, str]]  # every certcheck write in the audit log
     sweep: Sweep | None = None  # with --sweep
+    change_traffic: Counter[str] = field(default_factory=Counter)  # bus_traffic() during the changes
 
     @property
     def ratio(self) -> float:
@@ -1194,7 +1209,7 @@ def run_shape(workdir: Path, shape: Shape, floor: Floor, args: argparse.Namespac
         cold = cold_start(stack, api, plan, env, args.cold_timeout, profiles, args.evaluators)
         settled = wait_quiet(stack)
         changes = plan_changes(plan, change_count(args), Settings().status_cap, datetime.now(UTC))
-        cpu, machine = service_cpu(stack), Machine(stack)
+        cpu, machine, traffic = service_cpu(stack), Machine(stack), bus_traffic(stack)
         evaluated = evaluations(stack, args.evaluators)
         stages = Stages(stack.nats.url)
         if args.dump is not None:
@@ -1205,6 +1220,8 @@ def run_shape(workdir: Path, shape: Shape, floor: Floor, args: argparse.Namespac
         if args.dump is not None:
             stages.stop()
         change_cpu = {name: seconds - cpu.get(name, 0.0) for name, seconds in service_cpu(stack).items()}
+        change_traffic = bus_traffic(stack)
+        change_traffic.subtract(traffic)
         if args.dump is not None:
             dump_changes(args.dump / f"{shape.name}.jsonl", changes, stages)
         count, seconds = evaluations(stack, args.evaluators)
@@ -1231,6 +1248,7 @@ def run_shape(workdir: Path, shape: Shape, floor: Floor, args: argparse.Namespac
             audited,
         )
         result.sweep = sweep
+        result.change_traffic = change_traffic
         return result
     finally:
         stack.stop()
@@ -1295,6 +1313,17 @@ def print_shape(result: ShapeResult) -> None:
     )
 
 
+def traffic_per_change(traffic: Counter[str], changes: int) -> str:
+    """Per connection name, messages taken in and given out per change ("watcher 2.0/1.0")."""
+    names = sorted({key.rsplit(" ", 1)[0] for key in traffic})
+    parts = [
+        f"{name} {traffic[f'{name} in'] / changes:.1f}/{traffic[f'{name} out'] / changes:.1f}"
+        for name in names
+        if traffic[f"{name} in"] or traffic[f"{name} out"]
+    ]
+    return "(in/out, as nats-server counts) " + ", ".join(parts)
+
+
 def print_changes(result: ShapeResult) -> None:
     changes = result.changes
     errors = sum(1 for c in changes if c.error)
@@ -1312,6 +1341,7 @@ def print_changes(result: ShapeResult) -> None:
         f" {seconds / max(count, 1) * 1000:.1f} ms each in the pure core"
     )
     print(f"    {noise_note(result.change_foreign_cpu)}")
+    print(f"    bus messages per change: {traffic_per_change(result.change_traffic, len(changes))}")
     print(f"    data patch round trip:  {round_trips(changes)}")
     for effect in EFFECTS:
         print(f"    -> {effect + ':':<12} {effect_latency(changes, effect)}")
