@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -169,6 +170,7 @@ class Recorder:
         self.writer = writer
         self._pool = ThreadPoolExecutor(settings.write_concurrency, thread_name_prefix="kube-write")
         self._limit = asyncio.Semaphore(settings.write_concurrency * 2)
+        self._starts = asyncio.Semaphore(settings.write_concurrency * 4)  # annotation writes started early
         self._written_status = _Lru(10_000)
         self._status_fields = _Lru(10_000)  # per CertCheck: (uid, the status fields it holds since our write)
         self._written_annotations = _Lru(200_000)
@@ -313,12 +315,34 @@ class Recorder:
         """A result's annotation patches, started as it arrives; a failure is left to its turn."""
         patches = result.annotation_patches if isinstance(result, EvaluationResult) else [result.patch]
         with contextlib.suppress(Exception):
-            await asyncio.gather(*(self._annotate(patch) for patch in patches))
+            await self._annotate_many(patches)
+
+    async def _annotate_many(self, patches: Iterable[AnnotationPatch]) -> None:
+        """Write the patches, as many at once as there are slots (a cold start brings thousands: each one
+        started would hold a task until the writers get to it). Raises the first failure, after all."""
+        running: set[asyncio.Task[None]] = set()
+        failures: list[BaseException] = []
+
+        def finished(task: asyncio.Task[None]) -> None:  # a finished write keeps nothing alive
+            self._starts.release()
+            running.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                failures.append(task.exception())  # type: ignore[arg-type]
+
+        for patch in patches:
+            await self._starts.acquire()
+            task = asyncio.ensure_future(self._annotate(patch))
+            running.add(task)
+            task.add_done_callback(finished)
+        if running:
+            await asyncio.wait(running)
+        if failures:
+            raise failures[0]
 
     async def _apply_evaluation(self, result: EvaluationResult) -> None:
         # Most were written as the result arrived (``_annotate_all``): only the rest go through the locks.
         pending = [patch for patch in result.annotation_patches if not self._written_already(patch)]
-        await asyncio.gather(*(self._annotate(patch) for patch in pending))
+        await self._annotate_many(pending)
         if cluster_check_of(result.name) is not None:  # a ClusterCertCheck's share of a namespace
             if self.cluster is not None:
                 await self.cluster.record(result)

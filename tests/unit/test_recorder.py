@@ -144,3 +144,48 @@ async def test_a_mass_rotation_writes_a_burst_of_renewed_events_and_every_warnin
     assert written.count(("Warning", "Secret")) == 20
     assert written.count(("Normal", "CertCheck")) == 3
     assert all(msg.acked for msg in [*renewed, *warnings, *summaries])  # held back is done, not retried
+
+
+class BlockedAnnotationWriter:
+    """Every annotation patch waits until ``release`` is set; counts the patches written."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.annotated: list[str] = []
+        self.lock = threading.Lock()
+
+    def patch_annotations(self, patch: AnnotationPatch) -> None:
+        assert self.release.wait(10)
+        with self.lock:
+            self.annotated.append(patch.name)
+
+    def patch_status(self, *args: object, **kwargs: object) -> frozenset[str]:
+        return frozenset()
+
+
+async def test_a_result_with_thousands_of_patches_starts_only_as_many_writes_as_there_are_slots() -> None:
+    writer = BlockedAnnotationWriter()
+    settings = dataclasses.replace(Settings(), write_concurrency=4)
+    recorder = Recorder(SimpleNamespace(), writer, settings, FakeKeyValue())  # type: ignore[arg-type]
+    patches = [AnnotationPatch("ns", f"s{i}", f"uid-s{i}", {STATE: "Valid"}, "1") for i in range(2000)]
+    evaluation = EvaluationResult(
+        namespace="ns",
+        name="check",
+        uid="uid-check",
+        generation=1,
+        evaluated_at="2026-12-03T00:00:00Z",
+        view_seq=1,
+        status=CertCheckStatus(target_secrets_count=2000),
+        status_changed=True,
+        annotation_patches=patches,
+    )
+    message = FakeMsg(SUBJECT, encoder.encode(evaluation), 1)
+    before = len(asyncio.all_tasks())
+    async with asyncio.TaskGroup() as tasks:
+        await recorder._take(message, tasks)
+        await asyncio.sleep(0.2)
+        # Started early, and again by the result's own turn: each bounded by the 16 slots.
+        assert len(asyncio.all_tasks()) - before <= 2 * 16 + 4
+        writer.release.set()
+        await eventually(lambda: message.acked, timeout=30)
+    assert sorted(writer.annotated) == sorted(p.name for p in patches)  # each once
