@@ -45,9 +45,13 @@ class SlowStatusWriter:
         return frozenset()
 
 
-def result(seq: int, secret: str) -> FakeMsg:
-    """The seq-th evaluation of one CertCheck: a status counting ``seq`` and one Secret to annotate."""
-    evaluation = EvaluationResult(
+def annotated(secret: str) -> AnnotationPatch:
+    return AnnotationPatch("ns", secret, f"uid-{secret}", {STATE: "Valid"}, "1")
+
+
+def evaluation(seq: int, *secrets: str) -> FakeMsg:
+    """The seq-th evaluation of one CertCheck: a status counting ``seq``, and the Secrets to annotate."""
+    result = EvaluationResult(
         namespace="ns",
         name="check",
         uid="uid-check",
@@ -56,11 +60,9 @@ def result(seq: int, secret: str) -> FakeMsg:
         view_seq=seq,
         status=CertCheckStatus(target_secrets_count=seq),
         status_changed=True,
-        annotation_patches=[
-            AnnotationPatch("ns", secret, f"uid-{secret}", {"certcheck.dev/state": "Valid"}, "1")
-        ],
+        annotation_patches=[annotated(secret) for secret in secrets],
     )
-    return FakeMsg(SUBJECT, encoder.encode(evaluation), seq)
+    return FakeMsg(SUBJECT, encoder.encode(result), seq)
 
 
 async def eventually(check: Any, timeout: float = 5.0) -> None:
@@ -75,7 +77,7 @@ async def test_results_during_a_status_write_are_annotated_at_once_and_only_the_
 ):
     writer = SlowStatusWriter()
     recorder = Recorder(SimpleNamespace(), writer, Settings(), FakeKeyValue())  # type: ignore[arg-type]
-    first, second, third = result(1, "s1"), result(2, "s2"), result(3, "s3")
+    first, second, third = evaluation(1, "s1"), evaluation(2, "s2"), evaluation(3, "s3")
     async with asyncio.TaskGroup() as tasks:
         await recorder._take(first, tasks)
         await eventually(lambda: writer.annotated == ["s1"])
@@ -167,19 +169,8 @@ async def test_a_result_with_thousands_of_patches_starts_only_as_many_writes_as_
     writer = BlockedAnnotationWriter()
     settings = dataclasses.replace(Settings(), write_concurrency=4)
     recorder = Recorder(SimpleNamespace(), writer, settings, FakeKeyValue())  # type: ignore[arg-type]
-    patches = [AnnotationPatch("ns", f"s{i}", f"uid-s{i}", {STATE: "Valid"}, "1") for i in range(2000)]
-    evaluation = EvaluationResult(
-        namespace="ns",
-        name="check",
-        uid="uid-check",
-        generation=1,
-        evaluated_at="2026-12-03T00:00:00Z",
-        view_seq=1,
-        status=CertCheckStatus(target_secrets_count=2000),
-        status_changed=True,
-        annotation_patches=patches,
-    )
-    message = FakeMsg(SUBJECT, encoder.encode(evaluation), 1)
+    secrets = [f"s{i}" for i in range(2000)]
+    message = evaluation(1, *secrets)
     before = len(asyncio.all_tasks())
     async with asyncio.TaskGroup() as tasks:
         await recorder._take(message, tasks)
@@ -188,4 +179,4 @@ async def test_a_result_with_thousands_of_patches_starts_only_as_many_writes_as_
         assert len(asyncio.all_tasks()) - before <= 2 * 16 + 4
         writer.release.set()
         await eventually(lambda: message.acked, timeout=30)
-    assert sorted(writer.annotated) == sorted(p.name for p in patches)  # each once
+    assert sorted(writer.annotated) == sorted(secrets)  # each once
