@@ -340,7 +340,8 @@ class Recorder:
             raise failures[0]
 
     async def _apply_evaluation(self, result: EvaluationResult) -> None:
-        # Most were written as the result arrived (``_annotate_all``): only the rest go through the locks.
+        # Those written since the result arrived (``_annotate_all``) are skipped; the others go through the
+        # locks, where one the early start wrote meanwhile is found written and skipped.
         pending = [patch for patch in result.annotation_patches if not self._written_already(patch)]
         await self._annotate_many(pending)
         if cluster_check_of(result.name) is not None:  # a ClusterCertCheck's share of a namespace
