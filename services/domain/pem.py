@@ -58,7 +58,9 @@ def _optional(read: Callable[[], T], default: T) -> T:
         return default
 
 
-@lru_cache(maxsize=65536)
+# A certificate in many Secrets (a CA in every ca.crt) is read once. What a Secret holds is not read again
+# when only its metadata changes (the watcher's SecretMemo), so this need not hold every certificate.
+@lru_cache(maxsize=8192)
 def parse_pem_certificate(pem: str) -> Parsed:
     """Facts of one PEM CERTIFICATE block, or the reason it cannot be read. Cached by content."""
     try:

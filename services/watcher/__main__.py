@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -73,6 +74,7 @@ def _sink(
     put: Any,
     observe: Any,
     after: Callable[[Any, bool], None] = lambda item, deleted: None,
+    on_listed: Callable[[set[tuple[str, str]]], None] = lambda keys: None,
 ) -> Sink[Any]:
     def upsert(item: Any) -> None:
         put(Upsert(kind, observe(item), scope))
@@ -83,10 +85,14 @@ def _sink(
         put(Delete(kind, meta.namespace, meta.name, meta.uid, meta.resourceVersion, scope))
         after(item, True)
 
+    def listed(keys: set[tuple[str, str]]) -> None:
+        on_listed(keys)
+        put(Listed(kind, keys, scope))
+
     return Sink(
         upsert=upsert,
         delete=delete,
-        listed=lambda keys: put(Listed(kind, keys, scope)),
+        listed=listed,
         progress=lambda resource_version: put(Progress(kind, resource_version, scope)),
     )
 
@@ -223,7 +229,14 @@ def build_watches(
             collection(api, "/api/v1/secrets", **kwargs),
             RawSecret,
             key=lambda s: (s.metadata.namespace, s.metadata.name),
-            sink=_sink(subjects.KIND_SECRET, scope, put, secrets.observe, secrets.after),
+            sink=_sink(
+                subjects.KIND_SECRET,
+                scope,
+                put,
+                secrets.observe,
+                secrets.after,
+                functools.partial(secrets.listed, scope),
+            ),
             page_size=settings.list_page_size,
             resume_from=resume.get(scope),
         )

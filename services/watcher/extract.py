@@ -326,9 +326,27 @@ def _sources(
     return _anchored(sources, pems), other_keys
 
 
-def secret_observed(secret: RawSecret, referenced: ReferencedPassword | None = None) -> SecretObserved:
+class SecretContent(msgspec.Struct, frozen=True, array_like=True):
+    """What a Secret's values hold: the sources of its certificate keys and the names of its other keys."""
+
+    sources: list[CertSource]
+    other_keys: list[str]
+
+
+def secret_content(
+    secret_type: str, data: dict[str, str], referenced: ReferencedPassword | None = None
+) -> SecretContent:
     """``referenced``: the keystore password the Secret points at by annotation, already read."""
-    sources, other_keys = _sources(secret.type, secret.data or {}, referenced)
+    sources, other_keys = _sources(secret_type, data, referenced)
+    return SecretContent(bounded_sources(sources), other_keys)
+
+
+def secret_observed(
+    secret: RawSecret, referenced: ReferencedPassword | None = None, content: SecretContent | None = None
+) -> SecretObserved:
+    """``content``: what ``secret_content`` made of this Secret's values, if it is known already."""
+    if content is None:
+        content = secret_content(secret.type, secret.data or {}, referenced)
     meta = secret.metadata
     return SecretObserved(
         namespace=meta.namespace,
@@ -340,8 +358,8 @@ def secret_observed(secret: RawSecret, referenced: ReferencedPassword | None = N
         annotations=ann.owned(meta.annotations),
         edited_annotations=edited_annotations(meta),
         certificate_name=(meta.annotations or {}).get(ann.CERT_MANAGER_CERTIFICATE, None),
-        sources=bounded_sources(sources),
-        other_keys=other_keys,
+        sources=content.sources,
+        other_keys=content.other_keys,
     )
 
 

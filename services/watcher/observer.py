@@ -18,6 +18,7 @@ from services.common.kube import api_error, request, secret_path
 from services.common.settings import Settings
 from services.watcher.extract import RawSecret, decode_small_values, secret_observed
 from services.watcher.listwatch import RetryLater
+from services.watcher.memo import SecretMemo
 from services.watcher.passwords import NotACredential, PasswordIndex, password_ref
 from services.watcher.publisher import Upsert
 
@@ -74,17 +75,22 @@ class SecretObserver:
             return decode_small_values(secret.data or {})
 
         self.passwords = PasswordIndex(read_data)
+        self.memo = SecretMemo()
 
     def observe(self, secret: RawSecret) -> SecretObserved:
         meta = secret.metadata
         referenced = self.passwords.resolve(meta.namespace, meta.name, password_ref(meta.annotations))
-        return secret_observed(secret, referenced)
+        return secret_observed(secret, referenced, self.memo.content(secret, referenced))
+
+    def listed(self, scope: str, keys: set[tuple[str, str]]) -> None:
+        self.memo.listed(self._scopes[scope], keys)
 
     def after(self, secret: RawSecret, deleted: bool) -> None:
         """Once a Secret changed or went: re-read the keystores whose password it holds."""
         namespace = secret.metadata.namespace
         if deleted:
             self.passwords.forget(namespace, secret.metadata.name)
+            self.memo.forget(namespace, secret.metadata.name)
         for holder in self.passwords.keystores_using(namespace, secret.metadata.name):
             try:
                 keystore = read_raw_secret(self._api, namespace, holder)
