@@ -96,6 +96,17 @@ def _ordered(stream: str) -> tuple[str, ...]:
     )
 
 
+def _view(stream: str) -> tuple[str, ...]:
+    """An ephemeral pull consumer that reads a stream in order into a view (services/domain/follow.py),
+    created again from where the view is when it loses its place. Its name is random: any consumer of
+    the stream may be pulled from, which only the evaluator's work consumers are besides."""
+    return (
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*",
+    )
+
+
 def _message_reads(stream: str) -> tuple[str, ...]:
     """Reading one message of a stream by sequence or subject (whether it is still there)."""
     return (
@@ -144,7 +155,7 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
             ),
             *_partitioned_durables(OBJECTS.name),
             *_partitioned_durables(TRIGGERS.name),
-            *_ordered(OBJECTS.name),
+            *_view(OBJECTS.name),
             *_bucket(PARTITIONS_BUCKET),
             *_bucket(EVENT_SLOTS_BUCKET),
             *_message_reads(OBJECTS.name),
@@ -178,7 +189,7 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
     "exporter": Permissions(
         publish=(
             *_stream_lookup(),
-            *_ordered(OBJECTS.name),
+            *_view(OBJECTS.name),
             *_message_reads(OBJECTS.name),
             *_bucket(PARTITIONS_BUCKET),
         )
