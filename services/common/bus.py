@@ -404,9 +404,12 @@ async def publish_pipelined(
     if len(payload) + sum(len(k) + len(v) + 4 for k, v in headers.items()) > bus.nc.max_payload:
         raise TooLargeError(f"{len(payload)} bytes, the server takes at most {bus.nc.max_payload}")
     registered = set(bus.js._publish_async_futures)
+    # A free slot is taken at once: nats-py bounds the wait for one with asyncio.wait_for, a task and a
+    # timer per message (~5% of the watcher's CPU at cold start), which only a full pipeline needs.
+    stall: float | None = stall_timeout if bus.js._publish_async_pending_semaphore.locked() else None
     try:
         return await bus.js.publish_async(
-            subject, payload, headers=dict(headers), msg_ttl=ttl, wait_stall=stall_timeout
+            subject, payload, headers=dict(headers), msg_ttl=ttl, wait_stall=stall
         )
     except BaseException:
         for token in set(bus.js._publish_async_futures) - registered:

@@ -55,6 +55,7 @@ class FakeJetStream:
     fail_subjects: set[str] = field(default_factory=set)
     reads: list[str] = field(default_factory=list)  # get_last_msg subjects
     _publish_async_futures: dict[str, Any] = field(default_factory=dict)
+    _publish_async_pending_semaphore: asyncio.Semaphore = field(default_factory=asyncio.Semaphore)
 
     async def publish_async(self, subject: str, payload: bytes, headers: Any = None, **_: Any) -> Any:
         await self.publish(subject, payload, headers=headers)

@@ -27,6 +27,7 @@ class FakeJetStream:
     sent: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
     futures: list[asyncio.Future[Any]] = field(default_factory=list)
     _publish_async_futures: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+    _publish_async_pending_semaphore: asyncio.Semaphore = field(default_factory=asyncio.Semaphore)
     refuse: bool = False
 
     async def publish_async(self, subject: str, payload: bytes, headers: Any = None, **_: Any) -> Any:
