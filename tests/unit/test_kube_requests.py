@@ -38,6 +38,7 @@ class _Pool:
 
 def _api(answer: _Response) -> tuple[client.ApiClient, _Pool]:
     configuration = client.Configuration(host="https://kube.test")
+    configuration.proxy = "http://proxy.test:3128"  # what only urllib3's pool reaches (kube_http.supported)
     configuration.api_key = {"authorization": "token"}
     configuration.api_key_prefix = {"authorization": "Bearer"}
     api = client.ApiClient(configuration)
@@ -97,7 +98,7 @@ def test_an_error_status_raises_as_the_generated_client_does_and_frees_the_conne
     assert answer.released
 
 
-def test_a_request_reads_the_whole_answer_and_frees_the_connection() -> None:
+def test_a_request_through_urllib3_reads_the_whole_answer_and_frees_the_connection() -> None:
     answer = _Response(404, b"not found")
     api, pool = _api(answer)
     assert request(api, "GET", "/api/v1/namespaces/n/secrets/s") == (404, b"not found")
