@@ -318,8 +318,9 @@ class Recorder:
             await self._annotate_many(patches)
 
     async def _annotate_many(self, patches: Iterable[AnnotationPatch]) -> None:
-        """Write the patches, as many at once as there are slots (a cold start brings thousands: each one
-        started would hold a task until the writers get to it). Raises the first failure, after all."""
+        """Write the patches this recorder has not written already, as many at once as there are slots (a
+        cold start brings thousands: each one started would hold a task until the writers get to it).
+        Raises the first failure, after all."""
         running: set[asyncio.Task[None]] = set()
         failures: list[BaseException] = []
 
@@ -330,6 +331,10 @@ class Recorder:
                 failures.append(task.exception())  # type: ignore[arg-type]
 
         for patch in patches:
+            if self._written_already(patch):
+                # A result is complete: on a CertCheck of thousands of Secrets, each result until the
+                # annotations come back repeats the patches written from the ones before it.
+                continue
             await self._starts.acquire()
             task = asyncio.ensure_future(self._annotate(patch))
             running.add(task)
@@ -342,8 +347,7 @@ class Recorder:
     async def _apply_evaluation(self, result: EvaluationResult) -> None:
         # Those written since the result arrived (``_annotate_all``) are skipped; the others go through the
         # locks, where one the early start wrote meanwhile is found written and skipped.
-        pending = [patch for patch in result.annotation_patches if not self._written_already(patch)]
-        await self._annotate_many(pending)
+        await self._annotate_many(result.annotation_patches)
         if cluster_check_of(result.name) is not None:  # a ClusterCertCheck's share of a namespace
             if self.cluster is not None:
                 await self.cluster.record(result)

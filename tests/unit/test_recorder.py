@@ -180,3 +180,27 @@ async def test_a_result_with_thousands_of_patches_starts_only_as_many_writes_as_
         writer.release.set()
         await eventually(lambda: message.acked, timeout=30)
     assert sorted(writer.annotated) == sorted(secrets)  # each once
+
+
+async def test_patches_written_already_from_the_same_observed_secret_start_no_write() -> None:
+    writer = SlowStatusWriter()
+    writer.release.set()
+    recorder = Recorder(SimpleNamespace(), writer, Settings(), FakeKeyValue())  # type: ignore[arg-type]
+    started: list[str] = []
+    annotate = recorder._annotate
+
+    async def counted(patch: AnnotationPatch) -> None:
+        started.append(patch.name)
+        await annotate(patch)
+
+    recorder._annotate = counted  # type: ignore[method-assign]
+    secrets = [f"s{i}" for i in range(100)]
+    first, second = evaluation(1, *secrets), evaluation(2, *secrets, "new")
+    async with asyncio.TaskGroup() as tasks:
+        await recorder._take(first, tasks)
+        await eventually(lambda: first.acked)
+        started.clear()
+        await recorder._take(second, tasks)  # a complete result: the same 100 patches, and one more
+        await eventually(lambda: second.acked)
+    assert set(started) == {"new"}  # started early, and again by the result's turn (found written then)
+    assert sorted(writer.annotated) == sorted([*secrets, "new"])
