@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from prometheus_client import Counter, Histogram
 from schemas import subjects
 from schemas.messages import (
     AnnotationCleanup,
+    AnnotationPatch,
     CertCheckRemoved,
     Due,
     EvaluationResult,
@@ -80,6 +82,11 @@ PUBLISH_TIMEOUT_SECONDS = 10.0
 PENDING_MARGIN = timedelta(minutes=5)
 CANCEL_MARKER_TTL_SECONDS = 7 * 24 * 3600  # the marker of a cancelled schedule, kept for the compare-and-set
 RESULT_HEADROOM_BYTES = 64 << 10  # under the server's max_payload: headers, and room to spare
+# A patch that did not fit its result is not sent again while the same one went out on its own this
+# recently, with nothing published on its subject since: the recorder is still applying that one (its
+# retries last ~15 minutes before a dead letter), so sending it again would only be applied again.
+OVERFLOW_RESEND_SECONDS = 300.0
+OVERFLOW_MEMORY = 100_000  # subjects remembered, the oldest forgotten first
 # A CertCheck over which this many objects changed, certcheck's own annotations coming back mostly, is
 # evaluated once the work consumer has nothing waiting: each costs the next evaluation a little, and
 # after a cold start or a mass rotation thousands would hold up the next change by a few 100 ms.
@@ -156,6 +163,9 @@ class Evaluator:
         self.follower = ViewFollower(bus, self.view, subjects.objects_of(partition))
         # Per result subject, what this evaluator published there last: (seq, view seq, payload).
         self._published: dict[str, tuple[int, int, bytes]] = {}
+        # Per cleanup subject, the patch last sent there because it did not fit its result: (the patch,
+        # the stream sequence it went out as, when).
+        self._overflow_sent: OrderedDict[str, tuple[AnnotationPatch, int, float]] = OrderedDict()
         # Per CertCheck, the due moment this evaluator last left pending (None: nothing pending), so
         # that an evaluation that moves nothing does not read and rewrite its schedule.
         self._scheduled: dict[CertCheckKey, datetime | None] = {}
@@ -555,11 +565,31 @@ class Evaluator:
             len(overflow),
         )
         for patch in overflow:
-            message = AnnotationCleanup(view_seq=result.view_seq, patch=patch)
             subject = subjects.cleanup_subject(patch.namespace, patch.name)
-            await self.publish_result(subject, encoder.encode(message), result.view_seq)
+            if self._overflow_sent_lately(subject, patch):
+                continue
+            message = AnnotationCleanup(view_seq=result.view_seq, patch=patch)
+            if await self.publish_result(subject, encoder.encode(message), result.view_seq):
+                self._overflow_sent[subject] = (patch, self._published[subject][0], time.monotonic())
+                self._overflow_sent.move_to_end(subject)
+                if len(self._overflow_sent) > OVERFLOW_MEMORY:
+                    self._overflow_sent.popitem(last=False)
         fitted = msgspec.structs.replace(result, annotation_patches=kept)
         return fitted, encoder.encode(fitted)
+
+    def _overflow_sent_lately(self, subject: str, patch: AnnotationPatch) -> bool:
+        """Whether this very patch went out on its own lately and is still the subject's last message."""
+        sent = self._overflow_sent.get(subject)
+        if sent is None:
+            return False
+        sent_patch, seq, at = sent
+        last = self._published.get(subject)
+        return (
+            sent_patch == patch
+            and last is not None
+            and last[0] == seq
+            and time.monotonic() - at < OVERFLOW_RESEND_SECONDS
+        )
 
     async def publish_events(self, events: list[EventIntent]) -> None:
         """Queue each Event for the recorder, once per occurrence (the server drops a repeat of the same

@@ -397,6 +397,43 @@ def test_patches_beyond_what_a_result_carries_go_out_on_their_own_each_once() ->
     assert sorted(in_result + on_their_own) == sorted(names)
 
 
+def _big_certcheck(js: FakeJetStream) -> Evaluator:
+    """A CertCheck of 80 Secrets not annotated yet, whose patches do not all fit its result."""
+    nats = FakeNats(max_payload=service.RESULT_HEADROOM_BYTES + 45_000)
+    settings = Settings(status_cap=100)
+    evaluator = Evaluator(Bus(nc=nats, js=js), settings, test_subjects.partition("ns"))  # type: ignore[arg-type]
+    evaluator.view.apply(1, certcheck("big", 1, "big"))
+    for seq in range(2, 82):
+        evaluator.view.apply(seq, tls_secret(f"s{seq:03d}", seq, "big"))
+    return evaluator
+
+
+def _sent_alone(js: FakeJetStream) -> list[str]:
+    return [s for s, _, _ in js.published if s.startswith(subjects.cleanup_subject("ns", ""))]
+
+
+def test_a_patch_sent_on_its_own_goes_out_again_only_once_its_subject_moved_on_or_a_while_passed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    js = FakeJetStream()
+    evaluator = _big_certcheck(js)
+    asyncio.run(evaluator.act(Effects(evaluate={("ns", "big")}), "change"))
+    first = _sent_alone(js)
+    assert first
+    # Evaluated again before the annotations came back: the same patches, still their subjects' last.
+    asyncio.run(evaluator.act(Effects(evaluate={("ns", "big")}), "change"))
+    assert _sent_alone(js) == first
+    # Something else went out on one subject since (a cleanup, say): that patch is sent again.
+    seq, view_seq, payload = evaluator._published[first[0]]
+    evaluator._published[first[0]] = (seq + 1000, view_seq, payload)
+    asyncio.run(evaluator.act(Effects(evaluate={("ns", "big")}), "change"))
+    assert _sent_alone(js) == [*first, first[0]]
+    # Long enough after: every one is sent again.
+    monkeypatch.setattr(service, "OVERFLOW_RESEND_SECONDS", 0.0)
+    asyncio.run(evaluator.act(Effects(evaluate={("ns", "big")}), "change"))
+    assert _sent_alone(js) == [*first, first[0], *first]
+
+
 def test_a_result_carries_more_certificates_for_the_notifier_than_the_status_lists_only_with_targets() -> (
     None
 ):
