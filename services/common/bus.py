@@ -405,7 +405,7 @@ async def publish_pipelined(
         raise TooLargeError(f"{len(payload)} bytes, the server takes at most {bus.nc.max_payload}")
     registered = set(bus.js._publish_async_futures)
     # A free slot is taken at once: nats-py bounds the wait for one with asyncio.wait_for, a task and a
-    # timer per message (~5% of the watcher's CPU at cold start), which only a full pipeline needs.
+    # timer per message (~4% of the watcher's CPU at cold start), which only a full pipeline needs.
     stall: float | None = stall_timeout if bus.js._publish_async_pending_semaphore.locked() else None
     try:
         return await bus.js.publish_async(
