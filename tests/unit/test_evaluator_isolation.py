@@ -372,15 +372,24 @@ def _raises(*args: Any, **kwargs: Any) -> core.Evaluation:
     raise RuntimeError("a bug")
 
 
-def test_patches_beyond_what_a_result_carries_go_out_on_their_own_each_once() -> None:
-    js = FakeJetStream()
+BIG_NAMES = {f"s{i:03d}" for i in range(80)}
+
+
+def _big_certcheck(js: FakeJetStream) -> Evaluator:
+    """A CertCheck of 80 Secrets not annotated yet (80 patches, ~20 kB) whose status lists all 80
+    certificates (~37 kB), on a bus that carries 45 kB: its patches do not all fit its result."""
     nats = FakeNats(max_payload=service.RESULT_HEADROOM_BYTES + 45_000)
-    settings = Settings(status_cap=100)  # a status of all 80 certificates, ~37 kB
+    settings = Settings(status_cap=100)
     evaluator = Evaluator(Bus(nc=nats, js=js), settings, test_subjects.partition("ns"))  # type: ignore[arg-type]
     evaluator.view.apply(1, certcheck("big", 1, "big"))
-    names = {f"s{i:03d}" for i in range(80)}  # none annotated yet: 80 patches, ~20 kB, and the status ~37
-    for seq, name in enumerate(sorted(names), start=2):
+    for seq, name in enumerate(sorted(BIG_NAMES), start=2):
         evaluator.view.apply(seq, tls_secret(name, seq, "big"))
+    return evaluator
+
+
+def test_patches_beyond_what_a_result_carries_go_out_on_their_own_each_once() -> None:
+    js = FakeJetStream()
+    evaluator, names = _big_certcheck(js), BIG_NAMES
     asyncio.run(evaluator.act(Effects(evaluate={("ns", "big")}), "change"))
     [(_, payload, _)] = [p for p in js.published if p[0] == subjects.result_subject("ns", "big")]
     result = result_decoder.decode(payload)
@@ -395,17 +404,6 @@ def test_patches_beyond_what_a_result_carries_go_out_on_their_own_each_once() ->
     on_their_own = [m.patch.name for m in alone if isinstance(m, AnnotationCleanup)]
     assert len(alone) == len(on_their_own) > 0
     assert sorted(in_result + on_their_own) == sorted(names)
-
-
-def _big_certcheck(js: FakeJetStream) -> Evaluator:
-    """A CertCheck of 80 Secrets not annotated yet, whose patches do not all fit its result."""
-    nats = FakeNats(max_payload=service.RESULT_HEADROOM_BYTES + 45_000)
-    settings = Settings(status_cap=100)
-    evaluator = Evaluator(Bus(nc=nats, js=js), settings, test_subjects.partition("ns"))  # type: ignore[arg-type]
-    evaluator.view.apply(1, certcheck("big", 1, "big"))
-    for seq in range(2, 82):
-        evaluator.view.apply(seq, tls_secret(f"s{seq:03d}", seq, "big"))
-    return evaluator
 
 
 def _sent_alone(js: FakeJetStream) -> list[str]:
