@@ -27,6 +27,22 @@ def metric(stack: Stack, service: str, name: str, labels: str = "") -> float:
     return total
 
 
+def metric_by_label(stack: Stack, service: str, name: str) -> dict[str, float]:
+    """Every series of one family, by its labels as written ('kind="x",outcome="ok"')."""
+    url = f"http://127.0.0.1:{stack.http_ports[stack.process_of(service)]}/metrics?name[]={name}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) + 1 :].rsplit("} ", 1)
+            found[labels] = found.get(labels, 0.0) + float(value)
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

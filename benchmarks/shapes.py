@@ -71,7 +71,7 @@ from kubernetes import client
 from nats.aio.msg import Msg
 
 from benchmarks import measure
-from benchmarks.measure import cpu_seconds, metric, peak_rss_mib, wait_quiet
+from benchmarks.measure import cpu_seconds, metric, metric_by_label, peak_rss_mib, wait_quiet
 from devcluster.certs import make_cert, tls_secret_data
 from devcluster.stack import Stack, api_client
 from schemas import annotations as ann
@@ -394,6 +394,10 @@ class ColdStart:
     foreign_cpu: tuple[float, float]  # Machine.foreign() meanwhile
     # With --evaluators N: per evaluator replica, (partitions held, Secrets in its views).
     shares: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # What the pipeline did meanwhile: evaluations by trigger, results by how the recorder took them,
+    # bus messages per connection (bus_traffic()).
+    work: Counter[str] = field(default_factory=Counter)
+    traffic: Counter[str] = field(default_factory=Counter)
 
 
 NATS = "nats-server"
@@ -585,7 +589,21 @@ def cold_start(
     }
     cold = ColdStart(seconds, cpu, rss, requests, own, audit_writes(stack, offset), writes, ready, foreign)
     cold.shares = evaluator_shares(stack, evaluators)
+    cold.work, cold.traffic = work_done(stack, evaluators), bus_traffic(stack)
     return cold
+
+
+def work_done(stack: Stack, evaluators: int) -> Counter[str]:
+    """Evaluations by trigger (every replica's) and results by kind and outcome, counted so far."""
+    done: Counter[str] = Counter()
+    for instance in evaluator_instances(evaluators):
+        for labels, count in metric_by_label(stack, instance, "certcheck_evaluations_total").items():
+            done["evaluated " + labels.removeprefix('trigger="').rstrip('"')] += int(count)
+    results = metric_by_label(stack, "recorder", "certcheck_recorder_results_total")
+    for labels, count in results.items():
+        fields = dict(part.split("=", 1) for part in labels.split(","))
+        done[f"{fields['kind'].strip(chr(34))} {fields['outcome'].strip(chr(34))}"] += int(count)
+    return done
 
 
 # --- open-loop changes ----------------------------------------------------------------------------
@@ -1303,6 +1321,8 @@ def print_shape(result: ShapeResult) -> None:
         + "; recorder counts "
         + ", ".join(f"{k} {v:.0f}" for k, v in cold.writes.items())
     )
+    print("    work: " + ", ".join(f"{k} {v}" for k, v in sorted(cold.work.items()) if v))
+    print(f"    bus messages per certificate: {traffic_per_change(cold.traffic, plan.certificates)}")
     print_changes(result)
     if result.sweep is not None:
         print_sweep(result.sweep)
