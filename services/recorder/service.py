@@ -174,6 +174,8 @@ class Recorder:
         self._written_status = _Lru(10_000)
         self._status_fields = _Lru(10_000)  # per CertCheck: (uid, the status fields it holds since our write)
         self._written_annotations = _Lru(200_000)
+        # Per Secret, the patch being written and its write (one at a time per Secret: see _annotate).
+        self._writing: dict[tuple[str, str, str], tuple[AnnotationPatch, asyncio.Task[None]]] = {}
         self._busy: set[str] = set()  # subjects with a result being applied
         self._waiting: dict[str, _Taken] = {}  # per busy subject, the newest result that came since
         self._in_flight = 0  # results being applied or waiting
@@ -320,33 +322,54 @@ class Recorder:
     async def _annotate_many(self, patches: Iterable[AnnotationPatch]) -> None:
         """Write the patches this recorder has not written already, as many at once as there are slots (a
         cold start brings thousands: each one started would hold a task until the writers get to it).
-        Raises the first failure, after all."""
+        A patch already being written (from an earlier result, or this one's early start) is waited for,
+        not started again. Raises the first failure, after all."""
         running: set[asyncio.Task[None]] = set()
-        failures: list[BaseException] = []
+        joined: set[asyncio.Task[None]] = set()
+        for patch in patches:
+            # A result is complete: on a CertCheck of thousands of Secrets, each result until the
+            # annotations come back repeats the patches written, or being written, from the ones before.
+            if self._written_already(patch) or self._join(patch, joined):
+                continue
+            await self._starts.acquire()
+            if self._written_already(patch) or self._join(patch, joined):  # while waiting for the slot
+                self._starts.release()
+                continue
+            running.add(self._start_write(patch))
+        waited = running | joined
+        if waited:
+            await asyncio.wait(waited)
+        for task in waited:
+            if task.cancelled():
+                raise RuntimeError("an annotation write was cancelled")
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    def _join(self, patch: AnnotationPatch, joined: set[asyncio.Task[None]]) -> bool:
+        """Whether this very patch is being written; then its write is added to ``joined``."""
+        writing = self._writing.get((patch.namespace, patch.name, patch.uid))
+        if writing is None or writing[0] != patch:
+            return False
+        joined.add(writing[1])
+        return True
+
+    def _start_write(self, patch: AnnotationPatch) -> asyncio.Task[None]:
+        """Start writing ``patch`` in a slot taken for it; the slot is given back when the write ends."""
+        key = (patch.namespace, patch.name, patch.uid)
+        task = asyncio.ensure_future(self._annotate(patch))
+        self._writing[key] = (patch, task)
 
         def finished(task: asyncio.Task[None]) -> None:  # a finished write keeps nothing alive
             self._starts.release()
-            running.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                failures.append(task.exception())  # type: ignore[arg-type]
+            if self._writing.get(key, (None, None))[1] is task:
+                del self._writing[key]
 
-        for patch in patches:
-            if self._written_already(patch):
-                # A result is complete: on a CertCheck of thousands of Secrets, each result until the
-                # annotations come back repeats the patches written from the ones before it.
-                continue
-            await self._starts.acquire()
-            task = asyncio.ensure_future(self._annotate(patch))
-            running.add(task)
-            task.add_done_callback(finished)
-        if running:
-            await asyncio.wait(running)
-        if failures:
-            raise failures[0]
+        task.add_done_callback(finished)
+        return task
 
     async def _apply_evaluation(self, result: EvaluationResult) -> None:
-        # Those written since the result arrived (``_annotate_all``) are skipped; the others go through the
-        # locks, where one the early start wrote meanwhile is found written and skipped.
+        # Those written since the result arrived (``_annotate_all``) are skipped, those still being
+        # written are waited for.
         await self._annotate_many(result.annotation_patches)
         if cluster_check_of(result.name) is not None:  # a ClusterCertCheck's share of a namespace
             if self.cluster is not None:

@@ -204,3 +204,45 @@ async def test_patches_written_already_from_the_same_observed_secret_start_no_wr
         await eventually(lambda: second.acked)
     assert set(started) == {"new"}  # started early, and again by the result's turn (found written then)
     assert sorted(writer.annotated) == sorted([*secrets, "new"])
+
+
+async def test_a_patch_being_written_is_waited_for_not_written_again_by_the_results_after_it() -> None:
+    writer = BlockedAnnotationWriter()
+    recorder = Recorder(SimpleNamespace(), writer, Settings(), FakeKeyValue())  # type: ignore[arg-type]
+    started: list[str] = []
+    annotate = recorder._annotate
+
+    async def counted(patch: AnnotationPatch) -> None:
+        started.append(patch.name)
+        await annotate(patch)
+
+    recorder._annotate = counted  # type: ignore[method-assign]
+    secrets = [f"s{i}" for i in range(300)]
+    results = [evaluation(seq, *secrets) for seq in (1, 2, 3)]  # complete results, the same patches
+    async with asyncio.TaskGroup() as tasks:
+        for message in results:
+            await recorder._take(message, tasks)
+        await asyncio.sleep(0.2)
+        writer.release.set()
+        await eventually(lambda: all(m.acked for m in results), timeout=30)
+    assert sorted(started) == sorted(secrets)  # each started once, by the first result's early start
+    assert sorted(writer.annotated) == sorted(secrets)
+    assert not recorder._writing
+
+
+class FailingAnnotationWriter(BlockedAnnotationWriter):
+    def patch_annotations(self, patch: AnnotationPatch) -> None:
+        assert self.release.wait(10)
+        raise OSError("the API server is down")
+
+
+async def test_a_result_that_waited_for_a_write_that_failed_is_not_acknowledged() -> None:
+    writer = FailingAnnotationWriter()
+    recorder = Recorder(SimpleNamespace(), writer, Settings(), FakeKeyValue())  # type: ignore[arg-type]
+    message = evaluation(1, "s1")
+    async with asyncio.TaskGroup() as tasks:
+        await recorder._take(message, tasks)  # started early; the result's turn waits for that write
+        await asyncio.sleep(0.1)
+        writer.release.set()
+        await eventually(lambda: message.naked)
+    assert not message.acked
