@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -171,26 +171,41 @@ async def durable_consumer(
     return DurablePull(bus, stream, config, sub, on_recreated)
 
 
-@contextlib.asynccontextmanager
-async def held(msgs: Sequence[Msg], every: float = ACK_WAIT_SECONDS / 4) -> AsyncIterator[None]:
+class held:  # noqa: N801 (used as ``async with held(msgs)``)
     """Tell JetStream, while the block runs, that ``msgs`` are still being worked on, so that a short
-    ack wait redelivers quickly what a dead process held without redelivering slow work."""
+    ack wait redelivers quickly what a dead process held without redelivering slow work.
 
-    async def beat() -> None:
+    Work that ends before the first beat (nearly all) costs one timer, not a task: the recorder holds a
+    message like this for every result it applies."""
+
+    __slots__ = ("_beating", "_every", "_msgs", "_timer")
+
+    def __init__(self, msgs: Sequence[Msg], every: float = ACK_WAIT_SECONDS / 4) -> None:
+        self._msgs, self._every = msgs, every
+        self._timer: asyncio.TimerHandle | None = None
+        self._beating: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self._every, self._start_beating)
+
+    def _start_beating(self) -> None:
+        self._beating = asyncio.ensure_future(self._beat())
+
+    async def _beat(self) -> None:
         while True:
-            await asyncio.sleep(every)
-            for msg in msgs:
+            for msg in self._msgs:
                 if not msg.is_acked:
                     with contextlib.suppress(Exception):
                         await msg.in_progress()
+            await asyncio.sleep(self._every)
 
-    beating = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        beating.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beating
+    async def __aexit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._beating is not None:
+            self._beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beating
 
 
 def redelivery_delay(msg: Msg, base: float = 0.5, cap: float = 60.0) -> float:

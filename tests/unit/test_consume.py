@@ -109,6 +109,21 @@ def test_a_batch_is_settled_together_once_its_work_is_done() -> None:
     assert all(m.acked for m in msgs)
 
 
+def test_work_done_before_the_first_beat_starts_no_task_to_beat() -> None:
+    msg = FakeMsg("s.a", b"ok")
+    tasks_during_work: list[int] = []
+
+    async def quick() -> None:
+        tasks_during_work.append(len(asyncio.all_tasks()))
+
+    async def scenario() -> Outcome:
+        return await settle(FakeBus(), [msg], quick(), Policy("thing"))  # type: ignore[list-item]
+
+    assert run(scenario()) == "ok"
+    assert tasks_during_work == [1]  # the scenario's own task only
+    assert msg.acked and msg.progress == 0
+
+
 def test_slow_work_keeps_telling_jetstream_its_messages_are_in_progress() -> None:
     msg = FakeMsg("s.a", b"ok")
     policy = Policy("thing")
