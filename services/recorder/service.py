@@ -250,15 +250,20 @@ class Recorder:
             applied.labels(taken.kind, "refused").inc()
             await dead_letter(self.bus, msg, f"refused result: {taken.refusal}", "refused")
             return
-        outcome = await settle(self.bus, [msg], self._apply_once(msg, result, taken.kind), RESULTS_POLICY)
+        outcome = await settle(self.bus, [msg], self._apply_once(taken, result), RESULTS_POLICY)
         if outcome != "ok":
             applied.labels(taken.kind, outcome).inc()
 
-    async def _apply_once(self, msg: Msg, result: ResultMessage, kind: str) -> None:
+    async def _apply_once(self, taken: _Taken, result: ResultMessage) -> None:
         """Apply a result unless the durable mark says it was, and move the mark past it."""
+        msg, kind = taken.msg, taken.kind
         seq = msg.metadata.sequence.stream
         mark = msg.subject.removeprefix("certcheck.v1.")
-        if await self._applied_up_to(mark) >= seq:  # a redelivery of what was already applied
+        # A clean-up delivered for the first time had its one write started as it arrived (_take), mark
+        # or no mark: reading the mark would spare nothing (a cold start of a CertCheck too large for
+        # one result sends thousands of them).
+        look = taken.redelivered or not isinstance(result, AnnotationCleanup)
+        if look and await self._applied_up_to(mark) >= seq:  # a redelivery of what was already applied
             applied.labels(kind, "duplicate").inc()
             return
         await self.apply(result)
@@ -415,8 +420,14 @@ class Recorder:
 
     def _written_already(self, patch: AnnotationPatch) -> bool:
         """Whether this recorder wrote these values from the same observed Secret."""
-        written = self._written_values(patch)
-        return bool(patch.resource_version) and all(
+        if not patch.resource_version:
+            return False
+        seen = self._written_annotations.get((patch.namespace, patch.name, patch.uid))
+        if seen is None or seen[0] != patch.resource_version:
+            return False
+        written: dict[str, str | None] = seen[1]
+        # Mostly the very values written (compared at C speed); else a subset of what was written.
+        return written == patch.annotations or all(
             written.get(k, "<unknown>") == v for k, v in patch.annotations.items()
         )
 

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from schemas.messages import (
+    AnnotationCleanup,
     AnnotationPatch,
     CertCheckStatus,
     EvaluationResult,
@@ -246,3 +247,48 @@ async def test_a_result_that_waited_for_a_write_that_failed_is_not_acknowledged(
         writer.release.set()
         await eventually(lambda: message.naked)
     assert not message.acked
+
+
+class RecordingAnnotationWriter(SlowStatusWriter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.release.set()
+
+
+class CountingKeyValue(FakeKeyValue):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    async def get(self, key: str) -> Any:
+        self.gets += 1
+        return await super().get(key)
+
+
+def cleanup(seq: int, secret: str, delivered: int = 1) -> FakeMsg:
+    message = AnnotationCleanup(view_seq=seq, patch=annotated(secret))
+    return FakeMsg(f"certcheck.v1.cleanup.ns.{secret}", encoder.encode(message), seq, delivered=delivered)
+
+
+async def test_a_clean_up_delivered_the_first_time_is_written_without_reading_its_applied_mark() -> None:
+    writer, marks = RecordingAnnotationWriter(), CountingKeyValue()
+    recorder = Recorder(SimpleNamespace(), writer, Settings(), marks)  # type: ignore[arg-type]
+    first = cleanup(7, "s1")
+    async with asyncio.TaskGroup() as tasks:
+        await recorder._take(first, tasks)
+        await eventually(lambda: first.acked)
+    assert writer.annotated == ["s1"]
+    assert marks.gets == 0
+    assert marks.entries["cleanup.ns.s1"].value == b"7"  # a redelivery finds it applied
+
+
+async def test_a_clean_up_delivered_again_after_it_was_applied_writes_nothing() -> None:
+    writer, marks = RecordingAnnotationWriter(), CountingKeyValue()
+    await marks.put("cleanup.ns.s1", b"7")
+    recorder = Recorder(SimpleNamespace(), writer, Settings(), marks)  # type: ignore[arg-type]
+    again = cleanup(7, "s1", delivered=2)  # applied, then the process died before its ack
+    async with asyncio.TaskGroup() as tasks:
+        await recorder._take(again, tasks)
+        await eventually(lambda: again.acked)
+    assert writer.annotated == []
+    assert marks.gets == 1
