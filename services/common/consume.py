@@ -171,7 +171,7 @@ async def durable_consumer(
     return DurablePull(bus, stream, config, sub, on_recreated)
 
 
-class held:  # noqa: N801 (used as ``async with held(msgs)``)
+class held:  # a class named as a function: used as ``async with held(msgs)``
     """Tell JetStream, while the block runs, that ``msgs`` are still being worked on, so that a short
     ack wait redelivers quickly what a dead process held without redelivering slow work.
 
