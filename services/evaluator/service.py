@@ -87,6 +87,9 @@ RESULT_HEADROOM_BYTES = 64 << 10  # under the server's max_payload: headers, and
 # retries last ~15 minutes before a dead letter), so sending it again would only be applied again.
 OVERFLOW_RESEND_SECONDS = 300.0
 OVERFLOW_MEMORY = 100_000  # subjects remembered, the oldest forgotten first
+# The results published last, kept as built: the next evaluation of the same CertCheck (soon, for a large
+# one during a cold start) starts from it without decoding what it published (up to ~1 MiB).
+TOLD_MEMORY = 16
 # A CertCheck over which this many objects changed, certcheck's own annotations coming back mostly, is
 # evaluated once the work consumer has nothing waiting: each costs the next evaluation a little, and
 # after a cold start or a mass rotation thousands would hold up the next change by a few 100 ms.
@@ -163,6 +166,8 @@ class Evaluator:
         self.follower = ViewFollower(bus, self.view, subjects.objects_of(partition))
         # Per result subject, what this evaluator published there last: (seq, view seq, payload).
         self._published: dict[str, tuple[int, int, bytes]] = {}
+        # Per result subject, of the last TOLD_MEMORY published: (its stream sequence, the result as built).
+        self._told: OrderedDict[str, tuple[int, EvaluationResult]] = OrderedDict()
         # Per cleanup subject, the patch last sent there because it did not fit its result: (the patch,
         # the stream sequence it went out as, when).
         self._overflow_sent: OrderedDict[str, tuple[AnnotationPatch, int, float]] = OrderedDict()
@@ -498,6 +503,7 @@ class Evaluator:
         if not await self.publish_result(subject, payload, view_seq, last):
             trace(log, "evaluator", object_ref(*key, entry.spec.resource_version), "a newer result is there")
             return  # a newer evaluation owns the schedule
+        self._remember_told(subject, result)
         if log.isEnabledFor(logging.DEBUG):
             self._trace(result, len(evaluation.events), trigger)
         if error is None:
@@ -613,12 +619,21 @@ class Evaluator:
         of the next publish fails and the subject is read), else the stream's last message."""
         mine = self._published.get(subject)
         if mine is not None:
+            told = self._told.get(subject)
+            if told is not None and told[0] == mine[0]:
+                return LastResult(mine[0], mine[1], told[1])
             return _as_last(*mine)
         try:
             last = await self.bus.js.get_last_msg(RESULTS.name, subject)
         except NotFoundError:
             return LastResult(0, 0, None)
         return _as_last(last.seq or 0, int((last.headers or {}).get(HDR_VIEW_SEQ, "0")), last.data or b"")
+
+    def _remember_told(self, subject: str, result: EvaluationResult) -> None:
+        self._told[subject] = (self._published[subject][0], result)
+        self._told.move_to_end(subject)
+        if len(self._told) > TOLD_MEMORY:
+            self._told.popitem(last=False)
 
     async def publish_result(
         self, subject: str, payload: bytes, view_seq: int, last: LastResult | None = None

@@ -484,3 +484,33 @@ def test_a_certcheck_many_of_whose_annotations_came_back_is_evaluated_when_the_c
     else:
         assert js.results()["big"].annotation_patches == []  # ...many are taken in while idle
         assert evaluator.view.pending_changes(("ns", "big")) == 0
+
+
+def test_the_next_evaluation_starts_from_the_result_as_built_equal_to_what_was_published(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    js = FakeJetStream()
+    evaluator = Evaluator(Bus(nc=FakeNats(), js=js), Settings(), test_subjects.partition("ns"))  # type: ignore[arg-type]
+    evaluator.view.apply(1, certcheck("big", 1, "big"))
+    secrets = [tls_secret(f"s{i}", 2 + i, "big") for i in range(20)]
+    for i, secret in enumerate(secrets):
+        evaluator.view.apply(2 + i, secret)
+    decoded: list[bytes] = []
+    as_last = service._as_last
+
+    def counted(seq: int, view_seq: int, data: bytes) -> service.LastResult:
+        decoded.append(data)
+        return as_last(seq, view_seq, data)
+
+    monkeypatch.setattr(service, "_as_last", counted)
+    subject = subjects.result_subject("ns", "big")
+    seq = 30
+    for round_ in range(3):
+        asyncio.run(evaluator.act(Effects(evaluate={("ns", "big")}), "change"))
+        told = asyncio.run(evaluator._last_result(subject))
+        assert told == as_last(*evaluator._published[subject])  # the same as decoding what went out
+        assert told.result is not None and told.result.annotation_patches  # some Secrets still to annotate
+        for secret in secrets[round_ * 5 : round_ * 5 + 5]:  # some annotations come back
+            seq += 1
+            evaluator.view.apply(seq, _echo(secret, told.result, seq))
+    assert decoded == []
