@@ -81,6 +81,11 @@ PUBLISH_TIMEOUT_SECONDS = 10.0
 # while its moment is at least this far ahead: it cannot have fired, whatever the clocks' drift.
 PENDING_MARGIN = timedelta(minutes=5)
 CANCEL_MARKER_TTL_SECONDS = 7 * 24 * 3600  # the marker of a cancelled schedule, kept for the compare-and-set
+# A clean-up (a patch on its own, or a released Secret's removal) expires from the results stream after a
+# day: kept for ever, a recorder consumer created anew would write every one again, old values over
+# newer ones. One not applied by then is derived again by the resync (every 10 hours by default), as
+# long as the Secret's annotations still say otherwise.
+CLEANUP_TTL_SECONDS = 24 * 3600
 RESULT_HEADROOM_BYTES = 64 << 10  # under the server's max_payload: headers, and room to spare
 # A patch that did not fit its result is not sent again while the same one went out on its own this
 # recently, with nothing published on its subject since: the recorder is still applying that one (its
@@ -432,7 +437,10 @@ class Evaluator:
         if patch:
             message = AnnotationCleanup(view_seq=view_seq, patch=patch)
             await self.publish_result(
-                subjects.cleanup_subject(namespace, name), encoder.encode(message), view_seq
+                subjects.cleanup_subject(namespace, name),
+                encoder.encode(message),
+                view_seq,
+                ttl=CLEANUP_TTL_SECONDS,
             )
 
     def _evaluation(
@@ -575,7 +583,8 @@ class Evaluator:
             if self._overflow_sent_lately(subject, patch):
                 continue
             message = AnnotationCleanup(view_seq=result.view_seq, patch=patch)
-            if await self.publish_result(subject, encoder.encode(message), result.view_seq):
+            payload = encoder.encode(message)
+            if await self.publish_result(subject, payload, result.view_seq, ttl=CLEANUP_TTL_SECONDS):
                 self._overflow_sent[subject] = (patch, self._published[subject][0], time.monotonic())
                 self._overflow_sent.move_to_end(subject)
                 if len(self._overflow_sent) > OVERFLOW_MEMORY:
@@ -636,10 +645,16 @@ class Evaluator:
             self._told.popitem(last=False)
 
     async def publish_result(
-        self, subject: str, payload: bytes, view_seq: int, last: LastResult | None = None
+        self,
+        subject: str,
+        payload: bytes,
+        view_seq: int,
+        last: LastResult | None = None,
+        ttl: float | None = None,
     ) -> bool:
         """Publish unless a result from a newer view is already there (compare-and-set per subject,
-        against ``last`` when it was just read). False when a newer one was there."""
+        against ``last`` when it was just read), to expire after ``ttl`` seconds if given. False when a
+        newer one was there."""
         while True:
             last = last or await self._last_result(subject)
             if last.view_seq > view_seq:
@@ -647,7 +662,9 @@ class Evaluator:
                 return False
             headers = {HDR_EXPECTED_LAST_SUBJECT_SEQ: str(last.seq), HDR_VIEW_SEQ: str(view_seq)}
             try:
-                ack = await self.bus.js.publish(subject, payload, stream=RESULTS.name, headers=headers)
+                ack = await self.bus.js.publish(
+                    subject, payload, stream=RESULTS.name, headers=_with_ttl(headers, ttl)
+                )
             except APIError as exc:
                 self._published.pop(subject, None)
                 if exc.err_code != WRONG_LAST_SEQUENCE:

@@ -29,7 +29,7 @@ from schemas.messages import (
     kube_event_decoder,
     result_decoder,
 )
-from schemas.streams import HDR_EXPECTED_LAST_SUBJECT_SEQ, HDR_SCHEDULE
+from schemas.streams import HDR_EXPECTED_LAST_SUBJECT_SEQ, HDR_MSG_TTL, HDR_SCHEDULE
 from services.common.bus import Bus
 from services.common.settings import Settings
 from services.domain import model
@@ -514,3 +514,20 @@ def test_the_next_evaluation_starts_from_the_result_as_built_equal_to_what_was_p
             seq += 1
             evaluator.view.apply(seq, _echo(secret, told.result, seq))
     assert decoded == []
+
+
+def test_clean_ups_expire_from_the_results_stream_and_results_do_not() -> None:
+    js = FakeJetStream()
+    evaluator = _big_certcheck(js)
+    annotated = {"certcheck.dev/state": "Valid"}  # by certcheck, and no CertCheck covers it now
+    evaluator.view.apply(
+        200, msgspec.structs.replace(tls_secret("loose", 200, "nobody"), annotations=annotated)
+    )
+    effects = Effects(evaluate={("ns", "big")}, released={("ns", "loose")})
+    asyncio.run(evaluator.act(effects, "change"))
+    ttl = {subject: headers.get(HDR_MSG_TTL) for subject, _, headers in js.published}
+    cleanups = {s: t for s, t in ttl.items() if s.startswith(subjects.cleanup_subject("ns", ""))}
+    assert subjects.cleanup_subject("ns", "loose") in cleanups  # the released Secret's
+    assert len(cleanups) > 1  # and the patches that did not fit
+    assert set(cleanups.values()) == {str(service.CLEANUP_TTL_SECONDS)}
+    assert ttl[subjects.result_subject("ns", "big")] is None
