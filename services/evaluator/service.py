@@ -92,6 +92,10 @@ RESULT_HEADROOM_BYTES = 64 << 10  # under the server's max_payload: headers, and
 # retries last ~15 minutes before a dead letter), so sending it again would only be applied again.
 OVERFLOW_RESEND_SECONDS = 300.0
 OVERFLOW_MEMORY = 100_000  # subjects remembered, the oldest forgotten first
+# A result with at most this many annotation patches is encoded whole first (it nearly always fits); one
+# with more has its patches encoded once, to measure and to lay into the payload (a 5,000-Secret
+# CertCheck's result was encoded whole, then patch by patch, then whole again).
+FIT_WHOLE_UP_TO = 64
 # The results published last, kept as built: the next evaluation of the same CertCheck (soon, for a large
 # one during a cold start) starts from it without decoding what it published (up to ~1 MiB).
 TOLD_MEMORY = 16
@@ -560,18 +564,29 @@ class Evaluator:
         """The result, within what the bus carries, and encoded: the annotation patches that do not fit
         (a CertCheck over thousands of Secrets not annotated yet) go out first, one message per Secret."""
         budget = self.bus.nc.max_payload - RESULT_HEADROOM_BYTES
-        payload = encoder.encode(result)
-        if len(payload) <= budget:
-            return result, payload
-        budget -= len(encoder.encode(msgspec.structs.replace(result, annotation_patches=[])))
-        kept, overflow = [], []
-        for patch in result.annotation_patches:
-            size = len(encoder.encode(patch)) + 1
-            if size <= budget:
+        patches = result.annotation_patches
+        if len(patches) <= FIT_WHOLE_UP_TO:
+            payload = encoder.encode(result)
+            if len(payload) <= budget:
+                return result, payload
+        # Many patches: encoded at once (one JSON document a line: a newline inside one is escaped),
+        # measured, and laid into the payload as they are.
+        encoded = encoder.encode_lines(patches).split(b"\n")[: len(patches)]
+        room = budget - len(encoder.encode(msgspec.structs.replace(result, annotation_patches=[])))
+        kept: list[AnnotationPatch] = []
+        kept_encoded: list[msgspec.Raw] = []
+        overflow: list[AnnotationPatch] = []
+        for patch, raw in zip(patches, encoded, strict=True):
+            if len(raw) + 1 <= room:
                 kept.append(patch)
-                budget -= size
+                kept_encoded.append(msgspec.Raw(raw))
+                room -= len(raw) + 1
             else:
                 overflow.append(patch)
+        fitted = msgspec.structs.replace(result, annotation_patches=kept) if overflow else result
+        payload = encoder.encode(msgspec.structs.replace(result, annotation_patches=kept_encoded))
+        if not overflow:
+            return fitted, payload
         log.info(
             "result of %s/%s split: %d annotation patches sent on their own",
             result.namespace,
@@ -583,14 +598,13 @@ class Evaluator:
             if self._overflow_sent_lately(subject, patch):
                 continue
             message = AnnotationCleanup(view_seq=result.view_seq, patch=patch)
-            payload = encoder.encode(message)
-            if await self.publish_result(subject, payload, result.view_seq, ttl=CLEANUP_TTL_SECONDS):
+            cleanup = encoder.encode(message)
+            if await self.publish_result(subject, cleanup, result.view_seq, ttl=CLEANUP_TTL_SECONDS):
                 self._overflow_sent[subject] = (patch, self._published[subject][0], time.monotonic())
                 self._overflow_sent.move_to_end(subject)
                 if len(self._overflow_sent) > OVERFLOW_MEMORY:
                     self._overflow_sent.popitem(last=False)
-        fitted = msgspec.structs.replace(result, annotation_patches=kept)
-        return fitted, encoder.encode(fitted)
+        return fitted, payload
 
     def _overflow_sent_lately(self, subject: str, patch: AnnotationPatch) -> bool:
         """Whether this very patch went out on its own lately and is still the subject's last message."""

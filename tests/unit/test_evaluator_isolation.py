@@ -17,7 +17,9 @@ from devcluster.certs import expiring_in
 from schemas import subjects
 from schemas.messages import (
     AnnotationCleanup,
+    AnnotationPatch,
     CertCheckObserved,
+    CertCheckStatus,
     Due,
     EvaluationResult,
     EventIntent,
@@ -26,6 +28,7 @@ from schemas.messages import (
     NotificationTarget,
     SecretObserved,
     due_decoder,
+    encoder,
     kube_event_decoder,
     result_decoder,
 )
@@ -531,3 +534,42 @@ def test_clean_ups_expire_from_the_results_stream_and_results_do_not() -> None:
     assert len(cleanups) > 1  # and the patches that did not fit
     assert set(cleanups.values()) == {str(service.CLEANUP_TTL_SECONDS)}
     assert ttl[subjects.result_subject("ns", "big")] is None
+
+
+@pytest.mark.parametrize("max_payload", [45_000, 1 << 20])  # the patches do not all fit / all fit
+def test_a_result_of_many_patches_is_encoded_as_a_whole_encoding_of_what_it_carries(max_payload: int) -> None:
+    js = FakeJetStream()
+    evaluator = _big_certcheck(js)
+    evaluator.bus.nc.max_payload = service.RESULT_HEADROOM_BYTES + max_payload  # type: ignore[attr-defined]
+    asyncio.run(evaluator.act(Effects(evaluate={("ns", "big")}), "change"))
+    [(_, payload, _)] = [p for p in js.published if p[0] == subjects.result_subject("ns", "big")]
+    result = result_decoder.decode(payload)
+    assert isinstance(result, EvaluationResult)
+    assert len(result.annotation_patches) > service.FIT_WHOLE_UP_TO or max_payload < (1 << 20)
+    assert payload == encoder.encode(result)  # byte for byte what encoding it whole gives
+    told = asyncio.run(evaluator._last_result(subjects.result_subject("ns", "big")))
+    assert told.result == result
+    assert len(payload) <= max_payload
+
+
+def test_patches_whose_values_hold_newlines_and_any_text_are_fitted_intact() -> None:
+    evaluator = _big_certcheck(FakeJetStream())
+    odd = ["line one\nline two", "\u2028\u0000\"'\\", "ü" * 50, ""]
+    patches = [
+        AnnotationPatch("ns", f"s{i}", f"uid-{i}", {"certcheck.dev/problems": odd[i % len(odd)]}, str(i))
+        for i in range(service.FIT_WHOLE_UP_TO * 2)
+    ]
+    result = EvaluationResult(
+        namespace="ns",
+        name="big",
+        uid="uid-big",
+        generation=1,
+        evaluated_at="2026-12-07T00:00:00Z",
+        view_seq=1,
+        status=CertCheckStatus(),
+        status_changed=False,
+        annotation_patches=patches,
+    )
+    fitted, payload = asyncio.run(evaluator._fit(result))
+    assert fitted == result
+    assert result_decoder.decode(payload) == result
