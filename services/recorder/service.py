@@ -115,6 +115,15 @@ def _decoded(msg: Msg) -> _Taken:
     return _Taken(msg, result, refusal=result_refusal(msg.subject, result))
 
 
+def _writes_beyond_its_patches(result: ResultMessage) -> bool:
+    """Whether applying ``result`` writes more than its annotation patches."""
+    if isinstance(result, AnnotationCleanup):
+        return False
+    if isinstance(result, EvaluationResult):
+        return result.status_changed or cluster_check_of(result.name) is not None
+    return True
+
+
 class KeyedLock:
     """One asyncio lock per key, held only while someone uses it: writes to one object go out one at
     a time, in the order they were started."""
@@ -259,10 +268,11 @@ class Recorder:
         msg, kind = taken.msg, taken.kind
         seq = msg.metadata.sequence.stream
         mark = msg.subject.removeprefix("certcheck.v1.")
-        # A clean-up delivered for the first time had its one write started as it arrived (_take), mark
-        # or no mark: reading the mark would spare nothing (a cold start of a CertCheck too large for
-        # one result sends thousands of them).
-        look = taken.redelivered or not isinstance(result, AnnotationCleanup)
+        # A result delivered for the first time had its annotation patches started as it arrived (_take),
+        # mark or no mark: unless applying it writes more (a status), reading the mark would spare nothing
+        # (a cold start of a CertCheck too large for one result sends thousands of clean-ups; most
+        # changes leave the status as it is).
+        look = taken.redelivered or _writes_beyond_its_patches(result)
         if look and await self._applied_up_to(mark) >= seq:  # a redelivery of what was already applied
             applied.labels(kind, "duplicate").inc()
             return

@@ -9,6 +9,8 @@ import threading
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
+
 from schemas.messages import (
     AnnotationCleanup,
     AnnotationPatch,
@@ -17,6 +19,7 @@ from schemas.messages import (
     EventIntent,
     encoder,
     kube_event_decoder,
+    result_decoder,
 )
 from services.common.consume import handle_one
 from services.common.settings import Settings
@@ -292,3 +295,20 @@ async def test_a_clean_up_delivered_again_after_it_was_applied_writes_nothing() 
         await eventually(lambda: again.acked)
     assert writer.annotated == []
     assert marks.gets == 1
+
+
+async def test_a_result_that_leaves_the_status_as_it_is_reads_no_mark_and_one_that_writes_it_does() -> None:
+    writer, marks = RecordingAnnotationWriter(), CountingKeyValue()
+    recorder = Recorder(SimpleNamespace(), writer, Settings(), marks)  # type: ignore[arg-type]
+    unchanged = evaluation(1, "s1")
+    quiet = result_decoder.decode(unchanged.data)
+    unchanged.data = encoder.encode(msgspec.structs.replace(quiet, status_changed=False))
+    async with asyncio.TaskGroup() as tasks:
+        await recorder._take(unchanged, tasks)
+        await eventually(lambda: unchanged.acked)
+        assert (writer.annotated, writer.statuses, marks.gets) == (["s1"], [], 0)
+        changed = evaluation(2, "s1")
+        await recorder._take(changed, tasks)
+        await eventually(lambda: changed.acked)
+    assert (writer.statuses, marks.gets) == ([2], 1)
+    assert marks.entries["results.ns.check"].value == b"2"
