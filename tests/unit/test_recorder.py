@@ -186,10 +186,8 @@ async def test_a_result_with_thousands_of_patches_starts_only_as_many_writes_as_
     assert sorted(writer.annotated) == sorted(secrets)  # each once
 
 
-async def test_patches_written_already_from_the_same_observed_secret_start_no_write() -> None:
-    writer = SlowStatusWriter()
-    writer.release.set()
-    recorder = Recorder(SimpleNamespace(), writer, Settings(), FakeKeyValue())  # type: ignore[arg-type]
+def started_writes(recorder: Recorder) -> list[str]:
+    """The Secrets whose annotation write the recorder starts from now on, in order."""
     started: list[str] = []
     annotate = recorder._annotate
 
@@ -198,6 +196,14 @@ async def test_patches_written_already_from_the_same_observed_secret_start_no_wr
         await annotate(patch)
 
     recorder._annotate = counted  # type: ignore[method-assign]
+    return started
+
+
+async def test_patches_written_already_from_the_same_observed_secret_start_no_write() -> None:
+    writer = SlowStatusWriter()
+    writer.release.set()
+    recorder = Recorder(SimpleNamespace(), writer, Settings(), FakeKeyValue())  # type: ignore[arg-type]
+    started = started_writes(recorder)
     secrets = [f"s{i}" for i in range(100)]
     first, second = evaluation(1, *secrets), evaluation(2, *secrets, "new")
     async with asyncio.TaskGroup() as tasks:
@@ -213,14 +219,7 @@ async def test_patches_written_already_from_the_same_observed_secret_start_no_wr
 async def test_a_patch_being_written_is_waited_for_not_written_again_by_the_results_after_it() -> None:
     writer = BlockedAnnotationWriter()
     recorder = Recorder(SimpleNamespace(), writer, Settings(), FakeKeyValue())  # type: ignore[arg-type]
-    started: list[str] = []
-    annotate = recorder._annotate
-
-    async def counted(patch: AnnotationPatch) -> None:
-        started.append(patch.name)
-        await annotate(patch)
-
-    recorder._annotate = counted  # type: ignore[method-assign]
+    started = started_writes(recorder)
     secrets = [f"s{i}" for i in range(300)]
     results = [evaluation(seq, *secrets) for seq in (1, 2, 3)]  # complete results, the same patches
     async with asyncio.TaskGroup() as tasks:
