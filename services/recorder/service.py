@@ -432,10 +432,7 @@ class Recorder:
         """Whether this recorder wrote these values from the same observed Secret."""
         if not patch.resource_version:
             return False
-        seen = self._written_annotations.get((patch.namespace, patch.name, patch.uid))
-        if seen is None or seen[0] != patch.resource_version:
-            return False
-        written: dict[str, str | None] = seen[1]
+        written = self._written_values(patch)
         # Mostly the very values written (compared at C speed); else a subset of what was written.
         return written == patch.annotations or all(
             written.get(k, "<unknown>") == v for k, v in patch.annotations.items()
