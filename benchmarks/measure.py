@@ -11,15 +11,20 @@ from pathlib import Path
 from devcluster.stack import Stack
 
 
-def metric(stack: Stack, service: str, name: str, labels: str = "") -> float:
+def _family(stack: Stack, service: str, name: str) -> str:
+    """One metric family as the service exposes it ("" while it is not serving yet)."""
     # Only that family: rendering every certificate's series at each poll would cost the process more
     # CPU than what is measured (the all-in-one process serves the exporter's on the same port).
     url = f"http://127.0.0.1:{stack.http_ports[stack.process_of(service)]}/metrics?name[]={name}"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-    except OSError:  # not serving yet
-        return 0.0
+            return str(response.read().decode())
+    except OSError:
+        return ""
+
+
+def metric(stack: Stack, service: str, name: str, labels: str = "") -> float:
+    text = _family(stack, service, name)
     total = 0.0
     for line in text.splitlines():
         if line.startswith(name) and labels in line:
@@ -29,14 +34,8 @@ def metric(stack: Stack, service: str, name: str, labels: str = "") -> float:
 
 def metric_by_label(stack: Stack, service: str, name: str) -> dict[str, float]:
     """Every series of one family, by its labels as written ('kind="x",outcome="ok"')."""
-    url = f"http://127.0.0.1:{stack.http_ports[stack.process_of(service)]}/metrics?name[]={name}"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
     found: dict[str, float] = {}
-    for line in text.splitlines():
+    for line in _family(stack, service, name).splitlines():
         if line.startswith(name + "{"):
             labels, value = line[len(name) + 1 :].rsplit("} ", 1)
             found[labels] = found.get(labels, 0.0) + float(value)
