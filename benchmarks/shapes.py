@@ -410,17 +410,31 @@ def pids(stack: Stack) -> dict[str, int]:
     return {name: proc.pid for name, proc in found.items() if proc is not None}
 
 
+JS_API = "JetStream API requests"
+NATS_CPU_MS = "nats-server CPU ms"
+
+
+def _monitored(stack: Stack, endpoint: str) -> dict[str, Any]:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{stack.nats.monitor_port}/{endpoint}", timeout=5
+    ) as response:
+        found: dict[str, Any] = json.load(response)
+        return found
+
+
 def bus_traffic(stack: Stack) -> Counter[str]:
     """What nats-server counted per connection name so far: messages it took from each ("<name> in":
-    publishes, acknowledgements, requests) and gave to each ("<name> out": deliveries, replies)."""
-    url = f"http://127.0.0.1:{stack.nats.monitor_port}/connz?limit=4096"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        connections = json.load(response).get("connections") or []
+    publishes, acknowledgements, requests) and gave to each ("<name> out": deliveries, replies); and
+    the JetStream API requests it answered (stream and consumer info, message gets: each far dearer to
+    it than a publish) and the CPU it used."""
     counted: Counter[str] = Counter()
-    for connection in connections:
+    for connection in _monitored(stack, "connz?limit=4096").get("connections") or []:
         name = connection.get("name") or "unnamed"
         counted[f"{name} in"] += connection.get("in_msgs", 0)
         counted[f"{name} out"] += connection.get("out_msgs", 0)
+    counted[JS_API] = _monitored(stack, "jsz").get("api", {}).get("total", 0)
+    if stack.nats.proc is not None:
+        counted[NATS_CPU_MS] = round(cpu_seconds(stack.nats.proc.pid) * 1000)
     return counted
 
 
@@ -921,6 +935,39 @@ class Stages(threading.Thread):
         self.join(timeout=5)
 
 
+class CpuTimeline(threading.Thread):
+    """With --dump: the CPU each process of the run used, every ``interval`` seconds while the changes
+    are sent (the kernel counts in 10 ms ticks): which process was busy when slow changes came together."""
+
+    def __init__(self, stack: Stack, interval: float = 0.05) -> None:
+        super().__init__(daemon=True, name="cpu-timeline")
+        cp = stack.control_plane
+        procs = {"kube-apiserver": cp.apiserver, "etcd": cp.etcd}
+        procs.update({f"nats-{i}": node.proc for i, node in enumerate(stack.nats_cluster)})
+        procs.update({name: service.proc for name, service in stack.services.items() if service.running})
+        self.pids = {name: proc.pid for name, proc in procs.items() if proc is not None}
+        self.pids["benchmark"] = os.getpid()
+        self.interval = interval
+        self.samples: list[tuple[float, dict[str, float]]] = []  # (when, CPU seconds so far by process)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            with contextlib.suppress(OSError):
+                self.samples.append((time.monotonic(), {n: cpu_seconds(p) for n, p in self.pids.items()}))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=5)
+
+    def dump(self, path: Path, start: float) -> None:
+        """One JSON line per interval: its end in ms from ``start``, and each process's CPU ms in it."""
+        with path.open("w") as out:
+            for (_, before), (at, after) in zip(self.samples, self.samples[1:], strict=False):
+                used = {n: round((after[n] - before[n]) * 1000) for n in after if after[n] > before[n]}
+                out.write(json.dumps({"at": round((at - start) * 1000, 1), "cpu": used}) + "\n")
+
+
 def record_changes(changes: list[Change]) -> None:
     """Put in the plan the notAfter each change left in its Secret (those answered without an error, the
     latest scheduled last): the next changes are planned from there, with the right Event reasons."""
@@ -1229,19 +1276,22 @@ def run_shape(workdir: Path, shape: Shape, floor: Floor, args: argparse.Namespac
         changes = plan_changes(plan, change_count(args), Settings().status_cap, datetime.now(UTC))
         cpu, machine, traffic = service_cpu(stack), Machine(stack), bus_traffic(stack)
         evaluated = evaluations(stack, args.evaluators)
-        stages = Stages(stack.nats.url)
+        stages, timeline = Stages(stack.nats.url), CpuTimeline(stack)
         if args.dump is not None:
             stages.start()
             stages.ready.wait(10)
+            timeline.start()
         with profiles.phase(stack, "changes"):
             run_changes(api, changes, args.rate, args.effect_timeout, lambda c: patch_data(api, c))
         if args.dump is not None:
             stages.stop()
+            timeline.stop()
         change_cpu = {name: seconds - cpu.get(name, 0.0) for name, seconds in service_cpu(stack).items()}
         change_traffic = bus_traffic(stack)
         change_traffic.subtract(traffic)
         if args.dump is not None:
             dump_changes(args.dump / f"{shape.name}.jsonl", changes, stages)
+            timeline.dump(args.dump / f"{shape.name}-cpu.jsonl", changes[0].scheduled if changes else 0.0)
         count, seconds = evaluations(stack, args.evaluators)
         evaluated = (count - evaluated[0], seconds - evaluated[1])
         foreign = machine.foreign()
@@ -1334,14 +1384,19 @@ def print_shape(result: ShapeResult) -> None:
 
 
 def traffic_per_change(traffic: Counter[str], changes: int) -> str:
-    """Per connection name, messages taken in and given out per change ("watcher 2.0/1.0")."""
-    names = sorted({key.rsplit(" ", 1)[0] for key in traffic})
+    """Per connection name, messages taken in and given out per change ("watcher 2.0/1.0"); then the
+    JetStream API requests and nats-server's CPU, per change."""
+    names = sorted({key.rsplit(" ", 1)[0] for key in traffic if key not in (JS_API, NATS_CPU_MS)})
     parts = [
         f"{name} {traffic[f'{name} in'] / changes:.1f}/{traffic[f'{name} out'] / changes:.1f}"
         for name in names
         if traffic[f"{name} in"] or traffic[f"{name} out"]
     ]
-    return "(in/out, as nats-server counts) " + ", ".join(parts)
+    return (
+        "(in/out, as nats-server counts) "
+        + ", ".join(parts)
+        + f"; {JS_API} {traffic[JS_API] / changes:.2f}, {NATS_CPU_MS} {traffic[NATS_CPU_MS] / changes:.2f}"
+    )
 
 
 def print_changes(result: ShapeResult) -> None:
@@ -1472,7 +1527,8 @@ def main() -> None:
         type=Path,
         default=None,
         help="a directory: each shape's changes at --rate, one JSON line per change (when it was "
-        "scheduled, sent, answered and each effect seen, in ms from the first change's moment)",
+        "scheduled, sent, answered and each effect seen, in ms from the first change's moment), and "
+        "<shape>-cpu.jsonl: each process's CPU ms in every 50 ms meanwhile",
     )
     parser.add_argument(
         "--profile",
