@@ -14,6 +14,7 @@ from schemas import subjects
 from schemas.streams import (
     ALL_STREAMS,
     CLUSTER_SHARES_BUCKET,
+    DEADLETTER,
     EVENT_SLOTS_BUCKET,
     EVENTS,
     KUBE_EVENTS,
@@ -71,7 +72,7 @@ def _durable(stream: str, consumer: str) -> tuple[str, ...]:
 
 
 def _partitioned_durables(stream: str) -> tuple[str, ...]:
-    """Durable consumers of a stream whose names say their partition (``evaluator-objects-3``): the
+    """Durable consumers of a stream whose names say their partition (``evaluator-due-3``): the
     service is the only durable reader of that stream, and the partition count is set at install, so
     the consumer token is a wildcard."""
     api = "$JS.API.CONSUMER"
@@ -99,7 +100,7 @@ def _ordered(stream: str) -> tuple[str, ...]:
 def _view(stream: str) -> tuple[str, ...]:
     """An ephemeral pull consumer that reads a stream in order into a view (services/domain/follow.py),
     created again from where the view is when it loses its place. Its name is random: any consumer of
-    the stream may be pulled from, which only the evaluator's work consumers are besides."""
+    the stream may be pulled from (no service has a durable one there)."""
     return (
         f"$JS.API.CONSUMER.CREATE.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}.>",
@@ -153,7 +154,6 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
                 subjects.DEADLETTER_ALL,
                 f"{subjects.PREFIX}.events.>",  # the public expiry events (schemas/events.py)
             ),
-            *_partitioned_durables(OBJECTS.name),
             *_partitioned_durables(TRIGGERS.name),
             *_view(OBJECTS.name),
             *_bucket(PARTITIONS_BUCKET),
@@ -165,6 +165,7 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
             f"$JS.API.STREAM.MSG.GET.{TRIGGERS.name}",
             f"$JS.API.DIRECT.GET.{TRIGGERS.name}",
             f"$JS.API.DIRECT.GET.{TRIGGERS.name}.>",
+            f"$JS.API.STREAM.MSG.GET.{DEADLETTER.name}",  # whether an object message was parked already
         ),
     ),
     "recorder": Permissions(

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,7 +33,6 @@ from schemas.streams import (
     TRIGGERS,
     WATCHER_STATE_BUCKET,
     evaluator_due_consumer,
-    evaluator_objects_consumer,
 )
 from services.common.kube import CERTCHECK_GROUP, CERTCHECK_PLURAL, CERTCHECK_VERSION
 from tests import subjects as test_subjects
@@ -201,15 +201,28 @@ def wait_for(probe: Callable[[], T | None], timeout: float = 15.0, what: str = "
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
 
 
-# Every durable consumer of the pipeline (stream, consumer): the work the services have left to do.
+# Every durable consumer of the pipeline (stream, consumer): the work the services have left to do (but
+# the evaluator's changes: it takes them from its view, and tells whether any wait).
 PIPELINE_CONSUMERS = (
-    *((OBJECTS.name, evaluator_objects_consumer(p)) for p in range(DEFAULT_PARTITIONS)),
     *((TRIGGERS.name, evaluator_due_consumer(p)) for p in range(DEFAULT_PARTITIONS)),
     (RESULTS.name, RECORDER_CONSUMER),
     (KUBE_EVENTS.name, RECORDER_EVENTS_CONSUMER),
     (RESULTS.name, NOTIFIER_CONSUMER),
 )
 PIPELINE_STREAMS = (OBJECTS.name, TRIGGERS.name, RESULTS.name, KUBE_EVENTS.name)
+
+
+def evaluator_changes_waiting(stack: Stack) -> float:
+    """In how many partitions the evaluator has object changes it has not acted on (0 when it is not
+    running: what it has not read waits in the stream for its start-up evaluation)."""
+    port = stack.http_ports.get(stack.process_of("evaluator"))
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            lines = response.read().decode().splitlines()
+    except OSError:
+        return 0.0
+    name = "certcheck_evaluator_changes_waiting "
+    return sum(float(line[len(name) :]) for line in lines if line.startswith(name))
 
 
 def wait_idle(stack: Stack, timeout: float = 30.0, interval: float = 0.2) -> None:
@@ -237,6 +250,9 @@ def wait_idle(stack: Stack, timeout: float = 30.0, interval: float = 0.2) -> Non
                         continue
                     if info.num_pending or info.num_ack_pending:
                         busy[durable] = f"{info.num_pending} pending, {info.num_ack_pending} unacknowledged"
+                waiting = evaluator_changes_waiting(stack)
+                if waiting:
+                    busy["evaluator"] = f"changes waiting in {waiting:.0f} partitions"
                 tails = {name: (await js.stream_info(name)).state.last_seq for name in PIPELINE_STREAMS}
                 if not busy and tails == previous:
                     return

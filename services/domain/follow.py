@@ -21,7 +21,7 @@ from services.common.bus import Bus
 from services.common.logs import object_ref, trace
 from services.common.runtime import backoff
 from services.domain.provenance import object_refusal
-from services.domain.view import View
+from services.domain.view import Effects, View
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +99,33 @@ async def _next(received: asyncio.Queue[Msg]) -> Msg:
         raise _Restart("silence", f"nothing from the server in {SILENCE_SECONDS:.0f}s") from exc
 
 
+Applied = Callable[[int, Effects], None]
+Refused = Callable[[Msg, str], None]
+
+
+def _ignore_refused(msg: Msg, reason: str) -> None:
+    pass
+
+
 class ViewFollower:
     """Reads the objects stream (the subjects of ``subject``, say one partition's) in order, with an
-    ephemeral pull consumer of its own, and folds every message into ``view``."""
+    ephemeral pull consumer of its own, and folds every message into ``view``: what each asks for goes to
+    ``on_applied`` (the evaluator's work), each message that cannot be applied to ``on_refused``."""
 
-    def __init__(self, bus: Bus, view: View, subject: str = subjects.OBJECTS_ALL) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        view: View,
+        subject: str = subjects.OBJECTS_ALL,
+        on_applied: Applied | None = None,
+        on_refused: Refused = _ignore_refused,
+    ) -> None:
         self.bus = bus
         self.view = view
         self.subject = subject
+        self.on_applied = on_applied
+        self.on_refused = on_refused
         self._advanced = asyncio.Condition()
-        # Sequences of messages that could not be decoded, and why: the work consumer dead-letters them.
-        self.undecodable: dict[int, str] = {}
         # How many messages the stream held beyond the last one read (0: everything it holds was read).
         self.behind: int | None = None
         self._received: asyncio.Queue[Msg] | None = None
@@ -208,9 +224,11 @@ class ViewFollower:
         except Exception as exc:  # whatever a message holds, the view moves on past it
             log.error("%s object message %s at seq %d: %r", problem, msg.subject, seq, exc)
             bad_objects.inc()
-            if len(self.undecodable) < 10_000:
-                self.undecodable[seq] = f"{problem} object message: {exc}"[:500]
             self.view.seq = max(self.view.seq, seq)
+            self.on_refused(msg, f"{problem} object message: {exc}"[:500])
+            return
+        if self.on_applied is not None:
+            self.on_applied(seq, effects)
 
     async def _applied(self, seq: int, timeout: float) -> bool:
         try:
@@ -219,17 +237,6 @@ class ViewFollower:
         except TimeoutError:
             return False
         return True
-
-    async def wait_for(self, seq: int) -> None:
-        """Until the view has applied stream sequence ``seq``, or that message is gone from the stream
-        (a tombstone expired, a purge) before it was read."""
-        while not await self._applied(seq, GONE_CHECK_SECONDS):
-            try:
-                await self.bus.js.get_msg(OBJECTS.name, seq)
-            except NotFoundError:
-                return
-            except Exception as exc:  # the bus unreachable: keep waiting
-                log.debug("checking for message %d: %s", seq, exc)
 
     async def catch_up(self) -> None:
         """Until the view holds everything the stream holds: it read a message with nothing after it,

@@ -9,9 +9,7 @@ CertChecks it affects, so a Secret change is mapped to exactly the CertChecks th
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from collections import OrderedDict
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -426,13 +424,8 @@ class SourceIndex:
 
 
 class View:
-    def __init__(self, effects_memory: int = 100_000) -> None:
-        """``effects_memory``: how many messages' effects are kept for the work consumer to take (0: none,
-        for a view nobody evaluates from, the exporter's)."""
+    def __init__(self) -> None:
         self.seq = 0
-        # Effects are kept only for messages after this one: those up to it were acknowledged already
-        # (the start-up evaluation covers them), and would be kept for nobody.
-        self.effects_after = 0
         self.certchecks: dict[str, dict[str, CertCheckEntry]] = {}
         self.sources: dict[str, SourceIndex] = {kind.name: SourceIndex(kind) for kind in SOURCE_KINDS}
         self.secrets = self.sources[SECRETS.name]  # the kind certcheck annotates
@@ -443,11 +436,9 @@ class View:
             SecretObserved: self.secrets,
             ConfigMapObserved: self.sources[CONFIGMAPS.name],
         }
-        self._effects: OrderedDict[int, Effects] = OrderedDict()
         # Bumped whenever a CertCheck of the namespace changes which Secrets it covers, or its
         # threshold: a Secret's coverage, computed once, holds until then (or until the Secret changes).
         self._coverage_epochs: dict[str, int] = {}
-        self._effects_memory = effects_memory
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -475,30 +466,6 @@ class View:
             for name, entry in entries.items():
                 if not entry.covered_by and entry.view.annotations:
                     yield (namespace, name)
-
-    def effects_of(self, seq: int) -> Effects | None:
-        return self._effects.get(seq)
-
-    def passed_over(self, seq: int, delivered: Container[int] = ()) -> tuple[Effects, list[int]]:
-        """The effects of every message before ``seq`` still remembered, merged, and their sequences,
-        but for the messages ``delivered`` (a batch's own, taken as they come).
-
-        The objects stream keeps one message per subject: one replaced by a newer message on its subject
-        before the work consumer fetched it is never delivered, yet the view, following ahead, may have
-        applied it and recorded what it asks for (a CertCheck's new spec, say, replaced in the stream by
-        the status certcheck wrote for the old one, which asks for nothing). The work consumer delivers
-        in stream order, so what is remembered before the message it delivers was passed over (or is a
-        redelivery to come, which then finds nothing remembered and is covered as too old)."""
-        earlier = [s for s in itertools.takewhile(lambda s: s < seq, self._effects) if s not in delivered]
-        merged = Effects()
-        for s in earlier:
-            merged.merge(self._effects[s])
-        return merged, earlier
-
-    def forget_effects(self, seqs: Iterable[int]) -> None:
-        """The effects of these messages were acted on and the messages acknowledged."""
-        for seq in seqs:
-            self._effects.pop(seq, None)
 
     def coverage(self, namespace: str, secret_name: str) -> model.Coverage:
         entry = self.secrets.namespaces[namespace][secret_name]
@@ -588,10 +555,6 @@ class View:
         else:
             effects = self._delete_certcheck(event)
         self.seq = max(self.seq, seq)
-        if seq > self.effects_after and self._effects_memory > 0:
-            self._effects[seq] = effects
-            while len(self._effects) > self._effects_memory:
-                self._effects.popitem(last=False)
         return effects
 
     def _apply_certcheck(self, event: CertCheckObserved) -> Effects:

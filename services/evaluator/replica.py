@@ -11,7 +11,7 @@ from services.common.bus import Bus
 from services.common.runtime import cancel_and_wait, resilient, spawn
 from services.common.settings import Settings
 from services.domain.view import View
-from services.evaluator.service import Evaluator
+from services.evaluator.service import Evaluator, changes_waiting
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ class EvaluatorReplica:
         self.evaluators: dict[int, Evaluator] = {}
         self.started: set[int] = set()  # partitions whose start-up evaluation went through
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        changes_waiting.set_function(lambda: sum(e.changes_waiting for e in self.evaluators.values()))
 
     def views(self) -> list[View]:
         """The views of the partitions held and caught up (what the all-in-one exporter serves)."""

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+from nats.aio.msg import Msg
 from nats.js.errors import APIError, NotFoundError
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from schemas import subjects
 from schemas.messages import (
@@ -28,19 +29,19 @@ from schemas.messages import (
     result_decoder,
 )
 from schemas.streams import (
+    DEADLETTER,
     EVENT_SLOTS_BUCKET,
+    HDR_DEAD_STREAM_SEQ,
     HDR_EXPECTED_LAST_SUBJECT_SEQ,
     HDR_MSG_ID,
     HDR_MSG_TTL,
     HDR_SCHEDULE,
     HDR_SCHEDULE_TARGET,
     HDR_VIEW_SEQ,
-    OBJECTS,
     RESULTS,
     SCHEDULE_HORIZON,
     TRIGGERS,
     evaluator_due_consumer,
-    evaluator_objects_consumer,
 )
 from services.common.bus import Bus, key_value, publish_pipelined
 from services.common.consume import (
@@ -74,6 +75,7 @@ log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071
 BATCH = 500
+MAX_REFUSED_KEPT = 10_000  # object messages the view could not apply, waiting to be dead-lettered
 MAX_EVALUATION_ATTEMPTS = 10  # retries of an evaluation that raised, 1 s doubling to 5 min apart
 RETRY_CAP_SECONDS = 300.0
 PUBLISH_TIMEOUT_SECONDS = 10.0
@@ -105,7 +107,6 @@ TOLD_MEMORY = 16
 REFRESH_AFTER_CHANGES = 256
 # The work of a batch is never given up: evaluating one CertCheck cannot fail it (a failure becomes its
 # EvaluationFailed status), so only publishing can, which retrying cures and giving up would not.
-OBJECTS_POLICY = Policy("object changes", max_deliveries=None)
 DUE_POLICY = Policy("due evaluations", max_deliveries=None)
 
 
@@ -120,12 +121,12 @@ failed_evaluations = Counter(
     "certcheck_evaluation_failures_total", "Evaluations that raised (recorded as EvaluationFailed)"
 )
 stale_results = Counter("certcheck_stale_results_dropped_total", "Results dropped: a newer one was published")
-passed_over = Counter(
-    "certcheck_replaced_messages_acted_on_total",
-    "Object messages replaced in the stream before the work consumer fetched them, acted on with the next",
-)
 bad_messages = Counter(
     "certcheck_evaluator_bad_messages_total", "Messages that could not be decoded", ["stream"]
+)
+changes_waiting = Gauge(
+    "certcheck_evaluator_changes_waiting",
+    "Partitions held with object messages received and not yet acted on (0: every change evaluated)",
 )
 schedule_lag = Histogram(
     "certcheck_schedule_lag_seconds",
@@ -151,7 +152,12 @@ def _as_last(seq: int, view_seq: int, data: bytes) -> LastResult:
         decoded = result_decoder.decode(data)
     except msgspec.DecodeError:  # anyone on the bus could have put it there: only its seq counts
         decoded = None
-    return LastResult(seq, view_seq, decoded if isinstance(decoded, EvaluationResult) else None)
+    return LastResult(
+        seq,
+        view_seq,
+        decoded if isinstance(decoded, EvaluationResult) else None,
+        decoded.uid if isinstance(decoded, CertCheckRemoved) else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +167,7 @@ class LastResult:
     seq: int
     view_seq: int
     result: EvaluationResult | None  # None: none yet, or not an evaluation (a removal, undecodable)
+    removed_uid: str | None = None  # a removal: of the CertCheck with this uid
 
 
 class Evaluator:
@@ -172,7 +179,15 @@ class Evaluator:
         self.settings = settings
         self.partition = partition
         self.view = View()
-        self.follower = ViewFollower(bus, self.view, subjects.objects_of(partition))
+        self.follower = ViewFollower(
+            bus, self.view, subjects.objects_of(partition), on_applied=self._applied, on_refused=self._refused
+        )
+        # What the messages the view applied since the last evaluation ask for (the work of
+        # work_objects), and the messages it could not apply (to dead-letter).
+        self._changes = Effects()
+        self._changed = asyncio.Event()
+        self._refused_messages: list[tuple[Msg, str]] = []
+        self._acting = False
         # Per result subject, what this evaluator published there last: (seq, view seq, payload).
         self._published: dict[str, tuple[int, int, bytes]] = {}
         # Per result subject, of the last TOLD_MEMORY published: (its stream sequence, the result as built).
@@ -208,22 +223,9 @@ class Evaluator:
         return self._lifecycle
 
     async def consumers(self) -> None:
-        """Create the durable work consumers before reading the view, so nothing falls between."""
-        work = await self._objects_consumer()
-        acked = (await work.consumer_info()).ack_floor
-        self.view.effects_after = acked.stream_seq if acked else 0
+        """Create the durable consumer of due evaluations before reading the view, so nothing falls
+        between."""
         await self._due_consumer()
-
-    async def _objects_consumer(self) -> DurablePull:
-        return await durable_consumer(
-            self.bus,
-            OBJECTS.name,
-            evaluator_objects_consumer(self.partition),
-            subjects.objects_of(self.partition),
-            new_only=True,
-            max_ack_pending=20_000,
-            on_recreated=self._missed_while_gone,
-        )
 
     async def _due_consumer(self) -> DurablePull:
         return await durable_consumer(
@@ -236,7 +238,7 @@ class Evaluator:
         )
 
     async def _missed_while_gone(self) -> None:
-        """A work consumer was deleted and is created again for new messages only: what came while it
+        """The due consumer was deleted and is created again for new messages only: what came while it
         was gone is caught by evaluating everything, as at start."""
         await self.sweep("consumer-recreated")
 
@@ -247,6 +249,9 @@ class Evaluator:
         effects = Effects(
             evaluate=set(self.view.all_certchecks()), released=set(self.view.uncovered_annotated())
         )
+        # What the view applied until now is covered by evaluating everything from it, but for the
+        # CertChecks deleted, which the sweep no longer sees.
+        self._changes = Effects(removed=self._changes.removed)
         for key in effects.evaluate:
             entry = self.view.certcheck(key)
             if entry is not None:
@@ -256,43 +261,76 @@ class Evaluator:
         await self.act(effects, trigger)
         sweeps.labels(trigger).inc()
 
+    def _applied(self, seq: int, effects: Effects) -> None:
+        """The view applied a message: what it asks for is done with the next evaluations."""
+        if effects.evaluate or effects.removed or effects.released or effects.annotated:
+            self._changes.merge(effects)
+            self._changed.set()
+
+    def _refused(self, msg: Msg, reason: str) -> None:
+        if len(self._refused_messages) < MAX_REFUSED_KEPT:
+            self._refused_messages.append((msg, reason))
+            self._changed.set()
+
+    @property
+    def changes_waiting(self) -> bool:
+        """Whether object messages were received (or are known to be on their way) and not acted on."""
+        return bool(self._changed.is_set() or self._acting or self.follower.buffered or self.follower.behind)
+
     async def work_objects(self) -> None:
-        sub = await self._objects_consumer()
+        """Act on what the messages the view applied ask for, all that came since the last time at once.
+        Nothing here is durable, and needs not be: a process that dies before acting leaves it to its
+        successor's start-up evaluation of everything (and a failed publish is tried again)."""
+        failures = 0
         while True:
-            msgs = await fetch_batch(sub, BATCH, wait=FETCH_WAIT_SECONDS)
-            if not msgs:
-                continue
-            effects = Effects()
-            settled, taken = [], []
-            for msg in msgs:
-                seq = msg.metadata.sequence.stream
-                await self.follower.wait_for(seq)
-                if seq in self.follower.undecodable:
-                    await dead_letter(self.bus, msg, self.follower.undecodable.pop(seq), "undecodable")
-                    continue
-                settled.append(msg)
-                taken.append(seq)
-                found = self.view.effects_of(seq)
-                if found is None:  # too old to remember: re-evaluate the whole namespace
-                    found = Effects(evaluate=set(self._namespace_of(msg.subject)))
-                effects.merge(found)
-            # What the view applied before the batch's last message and no message of it delivered was
-            # passed over (one look for the whole batch: the effects of its own messages are remembered
-            # until it settles).
-            delivered = {msg.metadata.sequence.stream for msg in msgs}
-            passed, passed_seqs = self.view.passed_over(max(delivered), delivered=delivered)
-            if passed_seqs:
-                passed_over.inc(len(passed_seqs))
-                effects.merge(passed)
-                taken += passed_seqs
+            await self._changed.wait()
+            self._changed.clear()
+            await self._dead_letter_refused()
+            effects, self._changes = self._changes, Effects()
             effects.evaluate |= self._annotations_to_put_back(effects.annotated, utcnow())
-            if not settled:
-                continue  # what was passed over stays remembered, taken with the next message
-            if await settle(self.bus, settled, self.act(effects, "change"), OBJECTS_POLICY) == "ok":
-                self.view.forget_effects(taken)
+            self._acting = True
+            try:
+                await self.act(effects, "change")
+            except Exception as exc:
+                effects.merge(self._changes)  # the later ones after: removals stay in order
+                self._changes = effects
+                failures += 1
+                delay = backoff(failures, RETRY_CAP_SECONDS)
+                log.warning("acting on object changes failed, again in %.1fs: %s", delay, exc)
+                self._changed.set()
+                await asyncio.sleep(delay)
+                continue
+            finally:
+                self._acting = False
+            failures = 0
             self._note_echoes(effects.annotated)
-            if not msgs[-1].metadata.num_pending:
-                await self.refresh_echoed()
+            if not self._changed.is_set() and not self.follower.buffered and not self.follower.behind:
+                self._acting = True
+                try:
+                    await self.refresh_echoed()
+                finally:
+                    self._acting = False
+
+    async def _dead_letter_refused(self) -> None:
+        """Park each object message the view could not apply, once: one parked before (by this
+        partition's holder before a restart) is found in the dead-letter stream and left."""
+        while self._refused_messages:
+            msg, reason = self._refused_messages[0]
+            seq = msg.metadata.sequence.stream
+            try:
+                if not await self._parked_already(msg.subject, seq):
+                    await park(self.bus, msg.subject, msg.data, reason, "undecodable", seq)
+            except Exception as exc:  # the bus unreachable: tried again with the next change
+                log.warning("dead-lettering object message %d: %s", seq, exc)
+                return
+            self._refused_messages.pop(0)
+
+    async def _parked_already(self, subject: str, seq: int) -> bool:
+        try:
+            last = await self.bus.js.get_last_msg(DEADLETTER.name, subjects.deadletter_subject(subject))
+        except NotFoundError:
+            return False
+        return (last.headers or {}).get(HDR_DEAD_STREAM_SEQ) == str(seq)
 
     def _note_echoes(self, annotated: Iterable[SecretKey]) -> None:
         for namespace, name in annotated:
@@ -324,14 +362,6 @@ class Evaluator:
             if core.annotation_patch(entry.view, desired):
                 wanted |= {(namespace, certcheck) for certcheck in entry.covered_by}
         return wanted
-
-    def _namespace_of(self, subject: str) -> list[CertCheckKey]:
-        """Every CertCheck of the namespace an object subject names (none for a subject that names none)."""
-        try:
-            namespace = subjects.split_object_subject(subject).namespace
-        except ValueError:
-            return []
-        return [key for key in self.view.all_certchecks() if key[0] == namespace]
 
     async def work_due(self) -> None:
         sub = await self._due_consumer()
@@ -411,9 +441,14 @@ class Evaluator:
             raise PublishFailed(f"{len(failures)} publishes failed, first {failures[0]}")
 
     async def _removed(self, namespace: str, name: str, uid: str, view_seq: int) -> None:
+        """Tell that the CertCheck is gone, unless its subject says so already (a view reading the
+        stream again after a restart applies every deletion still in it); what follows the removal is
+        done again either way, as it may not have been (telling what was told is harmless)."""
+        subject = subjects.result_subject(namespace, name)
+        last = await self._last_result(subject)
         removed = CertCheckRemoved(namespace=namespace, name=name, uid=uid, view_seq=view_seq)
-        if await self.publish_result(
-            subjects.result_subject(namespace, name), encoder.encode(removed), view_seq
+        if last.removed_uid == uid or await self.publish_result(
+            subject, encoder.encode(removed), view_seq, last
         ):
             await (await self.lifecycle()).certcheck_removed(namespace, name, utcnow())
             await self.schedule((namespace, name), None, view_seq=view_seq)

@@ -38,7 +38,7 @@ class ExporterReplica:
         return [f.view for p, f in sorted(self.followers.items()) if p in self.caught_up]
 
     async def claim(self, partition: int) -> None:
-        follower = ViewFollower(self.bus, View(effects_memory=0), subjects.objects_of(partition))
+        follower = ViewFollower(self.bus, View(), subjects.objects_of(partition))
         self.followers[partition] = follower
         self._tasks[partition] = spawn(self._follow(partition, follower), f"partition-{partition}")
 

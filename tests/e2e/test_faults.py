@@ -216,10 +216,7 @@ def _where_is(stack: Stack, cluster: Cluster, namespace: str, progress: _Progres
             )  # type: ignore[union-attr]
         except Exception as exc:
             out.append(f"result: {exc!r}")
-        for consumer, stream in (
-            ("evaluator-objects", "CERTCHECK_OBJECTS"),
-            ("recorder", "CERTCHECK_RESULTS"),
-        ):
+        for consumer, stream in (("recorder", "CERTCHECK_RESULTS"),):
             info = await js.consumer_info(stream, consumer)
             out.append(
                 f"{consumer} pending {info.num_pending} ack {info.num_ack_pending} "

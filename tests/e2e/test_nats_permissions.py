@@ -18,7 +18,8 @@ from schemas.streams import (
     OBJECTS,
     RECORDER_CONSUMER,
     RESULTS,
-    evaluator_objects_consumer,
+    TRIGGERS,
+    evaluator_due_consumer,
 )
 from tests import subjects as test_subjects
 
@@ -43,7 +44,7 @@ FORBIDDEN_PUBLISH = [
         (user, f"$JS.API.CONSUMER.DELETE.{stream}.{consumer}")
         for user in ("watcher", "evaluator", "recorder", "notifier", "exporter")
         for stream, consumer in (
-            (OBJECTS.name, evaluator_objects_consumer(0)),
+            (TRIGGERS.name, evaluator_due_consumer(0)),
             (RESULTS.name, RECORDER_CONSUMER),
             (RESULTS.name, NOTIFIER_CONSUMER),
         )

@@ -20,8 +20,9 @@ from schemas.streams import (
     OBJECTS,
     RECORDER_CONSUMER,
     RESULTS,
+    TRIGGERS,
     StreamSpec,
-    evaluator_objects_consumer,
+    evaluator_due_consumer,
 )
 from services.common import bus as bus_mod
 from tests import subjects as test_subjects
@@ -148,15 +149,16 @@ def test_a_deleted_durable_consumer_is_created_again_counted_and_work_goes_on(
     )
 
 
-def test_the_evaluators_deleted_work_consumer_comes_back_and_what_came_meanwhile_is_evaluated(
+def test_the_evaluators_deleted_due_consumer_comes_back_and_a_full_evaluation_covers_what_fired_meanwhile(
     cluster: Cluster, namespace: str, stack: Stack
 ) -> None:
-    """The evaluator's consumer takes new messages only: created again, it would start after a change
-    made while it was gone. The change is still evaluated: a recreation is followed by a full sweep."""
+    """The evaluator's due consumer takes new messages only: created again, it would start after a due
+    time that fired while it was gone. A recreation is followed by a full sweep; changes meanwhile are
+    evaluated as ever (the evaluator takes them from its view)."""
     before = metric(stack, "evaluator", "certcheck_consumer_recreated_total")
-    consumer = evaluator_objects_consumer(test_subjects.partition(namespace))
+    consumer = evaluator_due_consumer(test_subjects.partition(namespace))
 
-    asyncio.run(delete_consumer(stack, OBJECTS.name, consumer))
+    asyncio.run(delete_consumer(stack, TRIGGERS.name, consumer))
     cert, key = expiring_in(10)  # made while the consumer is gone, or just after it came back
     cluster.create_tls_secret(namespace, "meanwhile", cert, key, labels={"app": "gone"})
     cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "gone"}})
@@ -182,3 +184,28 @@ def test_the_evaluators_deleted_work_consumer_comes_back_and_what_came_meanwhile
         timeout=30,
         what="the full evaluation after the consumer came back",
     )
+
+
+def test_changes_reach_the_evaluator_through_its_view_alone_with_no_durable_consumer_on_the_objects(
+    cluster: Cluster, namespace: str, stack: Stack
+) -> None:
+    """Every object message is read once by the evaluator (its view follows the stream and hands on what
+    each asks for), not a second time by a durable work consumer with its acknowledgements."""
+    cert, key = expiring_in(10)
+    cluster.create_tls_secret(namespace, "viewed", cert, key, labels={"app": "viewed"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "viewed"}})
+    wait_for(
+        lambda: cluster.annotations(namespace, "viewed").get("certcheck.dev/state") == "ExpiringSoon",
+        timeout=30,
+        what="the change evaluated",
+    )
+
+    async def durables() -> list[str]:
+        nc = await nats.connect(stack.nats.url)
+        try:
+            infos = await nc.jetstream().consumers_info(OBJECTS.name)
+            return [info.config.durable_name for info in infos if info.config.durable_name]
+        finally:
+            await nc.close()
+
+    assert asyncio.run(durables()) == []

@@ -26,13 +26,20 @@ from schemas.messages import (
     LabelSelector,
     NotificationSpec,
     NotificationTarget,
+    ObjectDeleted,
     SecretObserved,
     due_decoder,
     encoder,
     kube_event_decoder,
     result_decoder,
 )
-from schemas.streams import HDR_EXPECTED_LAST_SUBJECT_SEQ, HDR_MSG_TTL, HDR_SCHEDULE
+from schemas.streams import (
+    HDR_DEAD_REASON,
+    HDR_DEAD_STREAM_SEQ,
+    HDR_EXPECTED_LAST_SUBJECT_SEQ,
+    HDR_MSG_TTL,
+    HDR_SCHEDULE,
+)
 from services.common.bus import Bus
 from services.common.settings import Settings
 from services.domain import model
@@ -573,3 +580,105 @@ def test_patches_whose_values_hold_newlines_and_any_text_are_fitted_intact() -> 
     fitted, payload = asyncio.run(evaluator._fit(result))
     assert fitted == result
     assert result_decoder.decode(payload) == result
+
+
+# --- the changes the view applies ------------------------------------------------------------------
+
+
+def applied(evaluator: Evaluator, *messages: Any) -> None:
+    """Fold messages into the evaluator's view as its follower does, handing on what each asks for."""
+    for message in messages:
+        seq = evaluator.view.seq + 1
+        evaluator._applied(seq, evaluator.view.apply(seq, message))
+
+
+async def worked(evaluator: Evaluator, until: Any, timeout: float = 5.0) -> None:
+    """Run the evaluator's work on changes until ``until()`` holds and nothing waits any more."""
+    evaluator.follower.behind = 0  # caught up
+    task = asyncio.create_task(evaluator.work_objects())
+    try:
+        async with asyncio.timeout(timeout):
+            while not until() or evaluator.changes_waiting:
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+
+
+def results_published(js: FakeJetStream, name: str) -> int:
+    return sum(1 for subject, _, _ in js.published if subject == subjects.result_subject("ns", name))
+
+
+def test_the_changes_the_view_applied_meanwhile_are_evaluated_together_each_certcheck_once() -> None:
+    js = FakeJetStream()
+    evaluator = Evaluator(Bus(nc=FakeNats(), js=js), Settings(), test_subjects.partition("ns"))  # type: ignore[arg-type]
+    applied(evaluator, certcheck("alpha", 1, "alpha"), tls_secret("alpha-tls", 2, "alpha"))
+    applied(evaluator, certcheck("gamma", 3, "gamma"), tls_secret("gamma-tls", 4, "gamma"))
+    assert evaluator.changes_waiting
+    asyncio.run(worked(evaluator, lambda: len(js.results()) == 2))
+    assert (results_published(js, "alpha"), results_published(js, "gamma")) == (1, 1)
+    assert js.results()["alpha"].status.target_certs_count == 1  # from the view as the changes left it
+
+
+def test_changes_whose_publishing_failed_are_kept_and_acted_on_again() -> None:
+    js = FakeJetStream()
+    evaluator = Evaluator(Bus(nc=FakeNats(), js=js), Settings(), test_subjects.partition("ns"))  # type: ignore[arg-type]
+    js.fail_subjects.add(subjects.result_subject("ns", "alpha"))
+    applied(evaluator, certcheck("alpha", 1, "alpha"), tls_secret("alpha-tls", 2, "alpha"))
+
+    async def failing_then_back() -> None:
+        evaluator.follower.behind = 0
+        task = asyncio.create_task(evaluator.work_objects())
+        await asyncio.sleep(0.2)
+        assert results_published(js, "alpha") == 0 and evaluator.changes_waiting  # kept, not dropped
+        js.fail_subjects.clear()
+        task.cancel()
+        await worked(evaluator, lambda: results_published(js, "alpha") == 1)
+
+    asyncio.run(failing_then_back())
+
+
+def test_a_start_up_sweep_takes_over_what_was_applied_before_it_but_for_removals() -> None:
+    js = FakeJetStream()
+    evaluator = Evaluator(Bus(nc=FakeNats(), js=js), Settings(), test_subjects.partition("ns"))  # type: ignore[arg-type]
+    applied(evaluator, certcheck("alpha", 1, "alpha"), tls_secret("alpha-tls", 2, "alpha"))
+    applied(evaluator, certcheck("gone", 3, "gone"))
+    evaluator.view.apply(4, ObjectDeleted(subjects.KIND_CERTCHECK, "ns", "gone", "uid-gone", "4"))
+    evaluator._applied(4, Effects(removed=[("ns", "gone", "uid-gone")]))
+    asyncio.run(evaluator.sweep("start"))
+    assert results_published(js, "alpha") == 1
+    asyncio.run(worked(evaluator, lambda: results_published(js, "gone") == 1))
+    assert results_published(js, "alpha") == 1  # not evaluated a second time for the catch-up's changes
+
+
+def test_a_removal_already_on_its_subject_is_not_published_again_after_a_restart() -> None:
+    """A view reading the stream again applies every deletion still in it: the removal its predecessor
+    published is not published again (nor told again)."""
+    js = FakeJetStream()
+    bus = Bus(nc=FakeNats(), js=js)  # type: ignore[arg-type]
+    removal = Effects(removed=[("ns", "alpha", "uid-alpha")])
+    first = Evaluator(bus, Settings(), test_subjects.partition("ns"))
+    asyncio.run(first.act(removal, "change"))
+    restarted = Evaluator(bus, Settings(), test_subjects.partition("ns"))
+    restarted.view.seq = 7
+    asyncio.run(restarted.act(removal, "change"))
+    assert results_published(js, "alpha") == 1
+    other_uid = Effects(removed=[("ns", "alpha", "uid-alpha-2")])  # a CertCheck of the same name, since
+    asyncio.run(restarted.act(other_uid, "change"))
+    assert results_published(js, "alpha") == 2
+
+
+def test_an_object_message_the_view_cannot_apply_is_dead_lettered_once_across_restarts() -> None:
+    js = FakeJetStream()
+    bus = Bus(nc=FakeNats(), js=js)  # type: ignore[arg-type]
+    subject = test_subjects.object_subject(subjects.KIND_SECRET, "ns", "garbage")
+    garbage = SimpleNamespace(
+        subject=subject, data=b"\xff not json", metadata=SimpleNamespace(sequence=SimpleNamespace(stream=42))
+    )
+    for _ in range(2):  # the holder, then its successor reading the stream again
+        evaluator = Evaluator(bus, Settings(), test_subjects.partition("ns"))
+        evaluator._refused(garbage, "undecodable object message: not json")  # type: ignore[arg-type]
+        asyncio.run(worked(evaluator, lambda: True))
+    parked = [(s, h) for s, _, h in js.published if s == subjects.deadletter_subject(subject)]
+    assert len(parked) == 1
+    assert parked[0][1][HDR_DEAD_STREAM_SEQ] == "42"
+    assert parked[0][1][HDR_DEAD_REASON].startswith("undecodable object message")

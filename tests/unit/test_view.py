@@ -130,35 +130,17 @@ def test_status_only_update_of_a_certcheck_triggers_nothing() -> None:
     assert effects.evaluate == set()
 
 
-def test_a_spec_change_replaced_in_the_stream_by_a_status_write_is_still_handed_to_the_work_consumer() -> (
-    None
-):
-    """The view applied a new spec (message 2) that the stream then replaced by certcheck's status
-    write for the old spec (message 3, which asks for nothing): the work consumer is given message 3
-    only, and must still evaluate what message 2 asked for."""
+def test_a_spec_change_replaced_in_the_stream_before_the_view_read_it_still_asks_for_an_evaluation() -> None:
+    """The stream keeps one message per object: the new spec (message 2) was replaced by certcheck's
+    status write for it (message 3) before the view got to it. Message 3 holds the whole object, so the
+    view sees the spec change from what it held (message 1)."""
     view = View()
     view.apply(1, certcheck("a", {"app": "x"}))
-    view.forget_effects([1])  # acted on
-    view.apply(2, certcheck("a", {"app": "x"}, generation=2, rv="2", threshold=7))
     status_write = msgspec.structs.replace(
         certcheck("a", {"app": "x"}, generation=2, rv="3", threshold=7),
         status=msgspec.Raw(b'{"validCount":1}'),
     )
-    assert view.apply(3, status_write).evaluate == set()
-    passed, seqs = view.passed_over(3)
-    assert (passed.evaluate, seqs) == ({("ns", "a")}, [2])
-    assert view.passed_over(3, delivered={2, 3})[1] == []  # a message of the same batch is no passed-over one
-    view.forget_effects([2, 3])
-    assert view.passed_over(4)[1] == []
-
-
-def test_a_batch_looks_once_for_what_was_passed_over_between_and_before_its_own_messages() -> None:
-    view = View()
-    for seq in range(1, 7):
-        view.apply(seq, secret(f"s{seq}", {"app": "x"}, rv=str(seq)))
-    view.forget_effects([1])  # acted on in an earlier batch
-    # The batch delivers 3 and 5 (2 and 4 were replaced in the stream); 6 is beyond it.
-    assert view.passed_over(5, delivered={3, 5})[1] == [2, 4]
+    assert view.apply(3, status_write).evaluate == {("ns", "a")}
 
 
 def test_deleting_a_certcheck_releases_secrets_nobody_else_covers_and_reevaluates_the_others() -> None:
@@ -305,27 +287,6 @@ def test_a_secrets_coverage_follows_certchecks_created_and_deleted_beside_it() -
     assert view.coverage("ns", "a") == model.Coverage(("one", "two"), 60)
     fold(view, ObjectDeleted(subjects.KIND_CERTCHECK, "ns", "two", "uid-two", "2"))
     assert view.coverage("ns", "a") == model.Coverage(("one",), 30)
-
-
-def test_effects_are_kept_until_acted_on_and_only_for_messages_not_yet_acknowledged() -> None:
-    view = View()
-    view.effects_after = 2  # the work consumer acknowledged up to 2: nobody asks for those again
-    view.apply(1, certcheck("a", {"app": "x"}))
-    view.apply(2, secret("old", {"app": "x"}))
-    view.apply(3, secret("new", {"app": "x"}))
-    assert view.effects_of(1) is None and view.effects_of(2) is None
-    found = view.effects_of(3)
-    assert found is not None and found.evaluate == {("ns", "a")}
-    view.forget_effects([3])
-    assert view.effects_of(3) is None
-
-
-def test_a_view_nobody_evaluates_from_keeps_no_effects() -> None:
-    view = View(effects_memory=0)
-    view.apply(1, certcheck("a", {"app": "x"}))
-    effects = view.apply(2, secret("s", {"app": "x"}))
-    assert effects.evaluate == {("ns", "a")}
-    assert view.effects_of(2) is None
 
 
 SourceMaker = Callable[..., SecretObserved | ConfigMapObserved]
