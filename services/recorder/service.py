@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -165,6 +165,17 @@ class _Held:
             self._locks[self._key] = (lock, users - 1)
 
 
+async def _settled(writes: set[asyncio.Task[None]]) -> None:
+    """Until every write has ended; then raises the first failure."""
+    if writes:
+        await asyncio.wait(writes)
+    for task in writes:
+        if task.cancelled():
+            raise RuntimeError("an annotation write was cancelled")
+        if task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+
 class Recorder:
     def __init__(
         self,
@@ -188,6 +199,8 @@ class Recorder:
         self._busy: set[str] = set()  # subjects with a result being applied
         self._waiting: dict[str, _Taken] = {}  # per busy subject, the newest result that came since
         self._in_flight = 0  # results being applied or waiting
+        # Per subject, the stream sequence of the last result whose patches are being started early.
+        self._arrived: dict[str, int] = {}
         self._room = asyncio.Condition()
         self._one_secret_at_a_time = KeyedLock()
         self._event_budget = EventBudget(settings.event_burst, settings.event_refill_seconds)
@@ -216,9 +229,11 @@ class Recorder:
     async def _take(self, msg: Msg, tasks: asyncio.TaskGroup) -> None:
         taken = _decoded(msg)
         usable = taken.refusal is None and not taken.redelivered
-        if usable and isinstance(taken.result, EvaluationResult | AnnotationCleanup):
-            tasks.create_task(self._annotate_all(taken.result))  # applied again in order: a no-op then
         subject = msg.subject
+        if usable and isinstance(taken.result, EvaluationResult | AnnotationCleanup):
+            seq = msg.metadata.sequence.stream
+            self._arrived[subject] = seq
+            tasks.create_task(self._annotate_all(taken.result, subject, seq))  # applied again in order
         if subject not in self._busy:
             self._busy.add(subject)
             self._in_flight += 1
@@ -328,17 +343,38 @@ class Recorder:
             self._written_status.pop((result.namespace, result.name), None)
             self._status_fields.pop((result.namespace, result.name), None)
 
-    async def _annotate_all(self, result: EvaluationResult | AnnotationCleanup) -> None:
-        """A result's annotation patches, started as it arrives; a failure is left to its turn."""
+    async def _annotate_all(
+        self, result: EvaluationResult | AnnotationCleanup, subject: str, seq: int
+    ) -> None:
+        """A result's annotation patches, started as it arrives; a failure is left to its turn. Once a
+        newer result came on its subject, it starts no more (that one is complete: it has every patch
+        still to write, with the newest values), and once it starts no more it lets go of the result:
+        on a CertCheck of thousands of Secrets each result repeats thousands of patches (~10 MiB
+        decoded), and dozens of them waited here for slots."""
+
+        def superseded() -> bool:
+            return self._arrived.get(subject) != seq
+
         patches = result.annotation_patches if isinstance(result, EvaluationResult) else [result.patch]
+        started = await self._started(patches, superseded)
+        del result, patches
+        if not superseded():
+            del self._arrived[subject]
         with contextlib.suppress(Exception):
-            await self._annotate_many(patches)
+            await _settled(started)
 
     async def _annotate_many(self, patches: Iterable[AnnotationPatch]) -> None:
-        """Write the patches this recorder has not written already, as many at once as there are slots (a
-        cold start brings thousands: each one started would hold a task until the writers get to it).
-        A patch already being written (from an earlier result, or this one's early start) is waited for,
-        not started again. Raises the first failure, after all."""
+        """Write the patches this recorder has not written already (see ``_started``). Raises the first
+        failure, after all."""
+        await _settled(await self._started(patches))
+
+    async def _started(
+        self, patches: Iterable[AnnotationPatch], stop: Callable[[], bool] = lambda: False
+    ) -> set[asyncio.Task[None]]:
+        """The writes of the patches this recorder has not written already, started as many at once as
+        there are slots (a cold start brings thousands: each one started would hold a task until the
+        writers get to it), until ``stop()`` says to start no more. A patch already being written (from
+        an earlier result, or this one's early start) is waited for, not started again."""
         running: set[asyncio.Task[None]] = set()
         joined: set[asyncio.Task[None]] = set()
         for patch in patches:
@@ -346,19 +382,17 @@ class Recorder:
             # annotations come back repeats the patches written, or being written, from the ones before.
             if self._written_already(patch) or self._join(patch, joined):
                 continue
+            if stop():
+                break
             await self._starts.acquire()
-            if self._written_already(patch) or self._join(patch, joined):  # while waiting for the slot
+            if stop():  # while waiting for the slot
+                self._starts.release()
+                break
+            if self._written_already(patch) or self._join(patch, joined):
                 self._starts.release()
                 continue
             running.add(self._start_write(patch))
-        waited = running | joined
-        if waited:
-            await asyncio.wait(waited)
-        for task in waited:
-            if task.cancelled():
-                raise RuntimeError("an annotation write was cancelled")
-            if task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        return running | joined
 
     def _join(self, patch: AnnotationPatch, joined: set[asyncio.Task[None]]) -> bool:
         """Whether this very patch is being written; then its write is added to ``joined``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import threading
 from types import SimpleNamespace
 from typing import Any
@@ -81,7 +82,8 @@ async def test_results_during_a_status_write_are_annotated_at_once_and_only_the_
 ):
     writer = SlowStatusWriter()
     recorder = Recorder(SimpleNamespace(), writer, Settings(), FakeKeyValue())  # type: ignore[arg-type]
-    first, second, third = evaluation(1, "s1"), evaluation(2, "s2"), evaluation(3, "s3")
+    # Complete results, as the evaluator publishes them: each repeats the patches not yet seen applied.
+    first, second, third = evaluation(1, "s1"), evaluation(2, "s1", "s2"), evaluation(3, "s1", "s2", "s3")
     async with asyncio.TaskGroup() as tasks:
         await recorder._take(first, tasks)
         await eventually(lambda: writer.annotated == ["s1"])
@@ -231,6 +233,30 @@ async def test_a_patch_being_written_is_waited_for_not_written_again_by_the_resu
     assert sorted(started) == sorted(secrets)  # each started once, by the first result's early start
     assert sorted(writer.annotated) == sorted(secrets)
     assert not recorder._writing
+
+
+def results_alive() -> list[int]:
+    """The view sequences of the decoded EvaluationResults still held anywhere."""
+    gc.collect()
+    return sorted(o.view_seq for o in gc.get_objects() if isinstance(o, EvaluationResult))
+
+
+async def test_a_result_whose_patches_are_being_written_is_let_go_of_until_its_turn() -> None:
+    """On a CertCheck of thousands of Secrets, each result repeats the patches still being written: one
+    superseded before its turn is held by nothing once its patches are started or joined."""
+    writer = BlockedAnnotationWriter()
+    recorder = Recorder(SimpleNamespace(), writer, Settings(), FakeKeyValue())  # type: ignore[arg-type]
+    secrets = [f"s{i}" for i in range(300)]
+    results = [evaluation(seq, *secrets) for seq in (1, 2, 3)]
+    async with asyncio.TaskGroup() as tasks:
+        for message in results:
+            await recorder._take(message, tasks)
+        await asyncio.sleep(0.2)
+        # 1 is being applied, 3 waits for its turn; 2 was superseded by 3 and is written by nobody.
+        assert results_alive() == [1, 3]
+        writer.release.set()
+        await eventually(lambda: all(m.acked for m in results), timeout=30)
+    assert sorted(writer.annotated) == sorted(secrets)
 
 
 class FailingAnnotationWriter(BlockedAnnotationWriter):
