@@ -235,10 +235,20 @@ async def test_a_patch_being_written_is_waited_for_not_written_again_by_the_resu
     assert not recorder._writing
 
 
-def results_alive() -> list[int]:
-    """The view sequences of the decoded EvaluationResults still held anywhere."""
+def results_alive(evaluated_at: str) -> list[int]:
+    """The view sequences of the decoded EvaluationResults evaluated at that moment still held anywhere."""
     gc.collect()
-    return sorted(o.view_seq for o in gc.get_objects() if isinstance(o, EvaluationResult))
+    return sorted(
+        o.view_seq
+        for o in gc.get_objects()
+        if isinstance(o, EvaluationResult) and o.evaluated_at == evaluated_at
+    )
+
+
+def evaluated_at(message: FakeMsg, moment: str) -> FakeMsg:
+    """The same evaluation, as evaluated at ``moment`` (to tell its decoded copies from other tests')."""
+    result = msgspec.structs.replace(result_decoder.decode(message.data), evaluated_at=moment)
+    return FakeMsg(SUBJECT, encoder.encode(result), message.seq)
 
 
 async def test_a_result_whose_patches_are_being_written_is_let_go_of_until_its_turn() -> None:
@@ -247,13 +257,14 @@ async def test_a_result_whose_patches_are_being_written_is_let_go_of_until_its_t
     writer = BlockedAnnotationWriter()
     recorder = Recorder(SimpleNamespace(), writer, Settings(), FakeKeyValue())  # type: ignore[arg-type]
     secrets = [f"s{i}" for i in range(300)]
-    results = [evaluation(seq, *secrets) for seq in (1, 2, 3)]
+    moment = "2026-12-07T18:00:00Z"
+    results = [evaluated_at(evaluation(seq, *secrets), moment) for seq in (1, 2, 3)]
     async with asyncio.TaskGroup() as tasks:
         for message in results:
             await recorder._take(message, tasks)
         await asyncio.sleep(0.2)
         # 1 is being applied, 3 waits for its turn; 2 was superseded by 3 and is written by nobody.
-        assert results_alive() == [1, 3]
+        assert results_alive(moment) == [1, 3]
         writer.release.set()
         await eventually(lambda: all(m.acked for m in results), timeout=30)
     assert sorted(writer.annotated) == sorted(secrets)
