@@ -137,14 +137,9 @@ PARTITIONS_METADATA = "certcheck.dev/partitions"
 PARTITIONS_BUCKET = "certcheck_partitions"
 DEFAULT_PARTITIONS = 16
 
-# Durable consumers (shared by every replica of the service that binds them). The evaluator's are one
+# Durable consumers (shared by every replica of the service that binds them). The evaluator's is one
 # per partition, bound only by the replica holding that partition's lease.
-EVALUATOR_OBJECTS_CONSUMER = "evaluator-objects"
 EVALUATOR_DUE_CONSUMER = "evaluator-due"
-
-
-def evaluator_objects_consumer(partition: int) -> str:
-    return f"{EVALUATOR_OBJECTS_CONSUMER}-{partition}"
 
 
 def evaluator_due_consumer(partition: int) -> str:
