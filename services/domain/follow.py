@@ -103,10 +103,6 @@ Applied = Callable[[int, Effects], None]
 Refused = Callable[[Msg, str], None]
 
 
-def _ignore_refused(msg: Msg, reason: str) -> None:
-    pass
-
-
 class ViewFollower:
     """Reads the objects stream (the subjects of ``subject``, say one partition's) in order, with an
     ephemeral pull consumer of its own, and folds every message into ``view``: what each asks for goes to
@@ -118,7 +114,7 @@ class ViewFollower:
         view: View,
         subject: str = subjects.OBJECTS_ALL,
         on_applied: Applied | None = None,
-        on_refused: Refused = _ignore_refused,
+        on_refused: Refused | None = None,
     ) -> None:
         self.bus = bus
         self.view = view
@@ -225,7 +221,8 @@ class ViewFollower:
             log.error("%s object message %s at seq %d: %r", problem, msg.subject, seq, exc)
             bad_objects.inc()
             self.view.seq = max(self.view.seq, seq)
-            self.on_refused(msg, f"{problem} object message: {exc}"[:500])
+            if self.on_refused is not None:
+                self.on_refused(msg, f"{problem} object message: {exc}"[:500])
             return
         if self.on_applied is not None:
             self.on_applied(seq, effects)
