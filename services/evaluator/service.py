@@ -187,6 +187,7 @@ class Evaluator:
         self._changes = Effects()
         self._changed = asyncio.Event()
         self._refused_messages: list[tuple[Msg, str]] = []
+        self._park_failures = 0
         self._acting = False
         # Per result subject, what this evaluator published there last: (seq, view seq, payload).
         self._published: dict[str, tuple[int, int, bytes]] = {}
@@ -320,9 +321,13 @@ class Evaluator:
             try:
                 if not await self._parked_already(msg.subject, seq):
                     await park(self.bus, msg.subject, msg.data, reason, "undecodable", seq)
-            except Exception as exc:  # the bus unreachable: tried again with the next change
-                log.warning("dead-lettering object message %d: %s", seq, exc)
+            except Exception as exc:  # the bus unreachable: tried again later, change or not
+                self._park_failures += 1
+                delay = backoff(self._park_failures, RETRY_CAP_SECONDS)
+                log.warning("dead-lettering object message %d failed, again in %.1fs: %s", seq, delay, exc)
+                asyncio.get_running_loop().call_later(delay, self._changed.set)
                 return
+            self._park_failures = 0
             self._refused_messages.pop(0)
 
     async def _parked_already(self, subject: str, seq: int) -> bool:

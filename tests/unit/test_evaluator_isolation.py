@@ -682,3 +682,30 @@ def test_an_object_message_the_view_cannot_apply_is_dead_lettered_once_across_re
     assert len(parked) == 1
     assert parked[0][1][HDR_DEAD_STREAM_SEQ] == "42"
     assert parked[0][1][HDR_DEAD_REASON].startswith("undecodable object message")
+
+
+def test_a_dead_letter_that_could_not_be_published_is_tried_again_with_no_further_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(service, "backoff", lambda failures, cap: 0.01)
+    js = FakeJetStream()
+    subject = test_subjects.object_subject(subjects.KIND_SECRET, "ns", "garbage")
+    js.fail_subjects.add(subjects.deadletter_subject(subject))
+    evaluator = Evaluator(Bus(nc=FakeNats(), js=js), Settings(), test_subjects.partition("ns"))  # type: ignore[arg-type]
+    garbage = SimpleNamespace(
+        subject=subject, data=b"\xff not json", metadata=SimpleNamespace(sequence=SimpleNamespace(stream=42))
+    )
+    evaluator._refused(garbage, "undecodable object message: not json")  # type: ignore[arg-type]
+
+    def parked() -> int:
+        return sum(1 for s, _, _ in js.published if s == subjects.deadletter_subject(subject))
+
+    async def bus_back_later() -> None:
+        task = asyncio.create_task(worked(evaluator, lambda: parked() == 1))
+        await asyncio.sleep(0.1)  # several attempts fail meanwhile
+        assert parked() == 0
+        js.fail_subjects.clear()
+        await task
+
+    asyncio.run(bus_back_later())
+    assert parked() == 1
