@@ -34,7 +34,9 @@ For each shape:
    once quiet, one open-loop batch per rate, lowest first, each for --sweep-duration seconds and planned
    as the others (every change a notAfter of its own), waiting for quiet after each. A rate is sustained
    when every change's annotation was seen, with a p99 of at most --sweep-p99 ms and at most 3x the
-   lowest rate's; the sweep stops at the first rate that is not.
+   lowest rate's; the sweep stops at the first rate that is not. The floor runs the same rates with
+   the API server alone, each change the data patch and at once the annotation patch a recorder would
+   send: the most certcheck could sustain on the same machine.
 3. Quiet restart: every service stopped and started again; the Kubernetes writes in the 10 s after.
 """
 
@@ -1039,6 +1041,7 @@ class Floor:
     lag_ms: float
     foreign_cpu: tuple[float, float]  # Machine.foreign() during the burst and the changes
     writer_cpu: float  # CPU seconds the writer itself spent on the burst (the benchmark's process)
+    sweep: Sweep | None = None  # with --sweep: the API server alone, two writes per change
 
     def for_writes(self, writes: int) -> float:
         """Seconds the API server takes for ``writes`` annotation patches at the recorder's concurrency."""
@@ -1088,6 +1091,7 @@ def measure_floor(workdir: Path, certificates: int, args: argparse.Namespace) ->
         seconds, writer_cpu = floor_burst(writer, plan, concurrency)
         changes = floor_changes(api, writer, plan, args)
         seen = effect_latency(changes, "annotation")
+        foreign = machine.foreign()
         return Floor(
             certificates,
             seconds,
@@ -1095,11 +1099,36 @@ def measure_floor(workdir: Path, certificates: int, args: argparse.Namespace) ->
             round_trips(changes),
             seen,
             lag_ms(changes),
-            machine.foreign(),
+            foreign,
             writer_cpu,
+            floor_sweep(stack, api, writer, plan, args) if args.sweep else None,
         )
     finally:
         stack.stop()
+
+
+def floor_sweep(stack: Stack, api: Api, writer: KubeWriter, plan: Plan, args: argparse.Namespace) -> Sweep:
+    """The sweep's rates with the API server alone: per change the data patch the shapes send, then at
+    once the annotation patch a recorder would send (what certcheck costs it at the least, with no
+    service's CPU in between). The highest rate certcheck could sustain on this machine."""
+    now = datetime.now(UTC)
+
+    def batch(first: int, count: int) -> list[Change]:
+        changes = []
+        for i in range(first, first + count):
+            secret = plan.secrets[i % len(plan.secrets)]
+            not_after = (now + timedelta(days=400 + i % 50, hours=12, seconds=i)).replace(microsecond=0)
+            cert, pem_key = make_cert(f"{secret.name}.floor-{i}", not_after)
+            changes.append(Change(secret, not_after, ("annotation",), data=tls_secret_data(cert, pem_key)))
+        return changes
+
+    def send(change: Change) -> None:
+        patch_data(api, change)
+        secret = change.secret
+        annotations: dict[str, str | None] = {ann.NOT_AFTER: change.value}
+        writer.patch_annotations(AnnotationPatch(secret.namespace, secret.name, secret.uid, annotations))
+
+    return sweep_rates(stack, api, args, batch, send, settle=lambda: time.sleep(2.0))
 
 
 def noise_note(foreign: tuple[float, float]) -> str:
@@ -1116,6 +1145,9 @@ def print_floor(floor: Floor, rate: float) -> None:
     print(f"  one patch at {rate:g}/s, round trip:       {floor.round_trip}")
     print(f"  one patch at {rate:g}/s, until watch sees: {floor.seen}")
     print(f"  sends lagged <= {floor.lag_ms:.0f}ms; {noise_note(floor.foreign_cpu)}")
+    if floor.sweep is not None:
+        print("  the sweep's rates, two writes per change (the data patch, then the annotation patch):")
+        print_sweep(floor.sweep)
 
 
 # --- the sweep ------------------------------------------------------------------------------------
@@ -1188,18 +1220,37 @@ class Sweep:
 
 
 def run_sweep(stack: Stack, api: Api, plan: Plan, first: int, args: argparse.Namespace) -> Sweep:
-    """One open-loop batch of changes per rate, lowest first, waiting for quiet after each; stops after the
-    first rate not sustained. ``first``: how many changes the plan's Secrets went through before."""
-    sweep = Sweep(args.sweep, args.sweep_duration, args.sweep_p99)
+    """The sweep's rates against certcheck. ``first``: how many changes the plan's Secrets went through
+    before."""
+
+    def batch(start: int, count: int) -> list[Change]:
+        return plan_changes(plan, count, Settings().status_cap, datetime.now(UTC), first + start)
+
+    return sweep_rates(
+        stack, api, args, batch, lambda c: patch_data(api, c), settle=lambda: wait_quiet(stack)
+    )
+
+
+def sweep_rates(
+    stack: Stack,
+    api: Api,
+    args: argparse.Namespace,
+    batch: Callable[[int, int], list[Change]],
+    send: Callable[[Change], None],
+    settle: Callable[[], object],
+) -> Sweep:
+    """One open-loop batch of changes per rate (``batch(first, count)``), lowest first, settling after
+    each (its trailing writes are not the next rate's); stops after the first rate not sustained."""
+    sweep, first = Sweep(args.sweep, args.sweep_duration, args.sweep_p99), 0
     for per_second in args.sweep:
         count = max(1, round(per_second * args.sweep_duration))
-        changes = plan_changes(plan, count, Settings().status_cap, datetime.now(UTC), first)
+        changes = batch(first, count)
         first += count
         machine = Machine(stack)
-        run_changes(api, changes, per_second, args.effect_timeout, lambda c: patch_data(api, c))
+        run_changes(api, changes, per_second, args.effect_timeout, send)
         foreign = machine.foreign()
         record_changes(changes)
-        wait_quiet(stack)  # this rate's trailing writes are not the next one's
+        settle()
         sweep.steps.append(SweepStep(per_second, changes, foreign))
         if sweep.verdict(sweep.steps[-1]) != "yes":
             break
@@ -1482,7 +1533,11 @@ def print_summary(results: list[ShapeResult], floor: Floor) -> None:
             row += f"{figures.brief:>14}{figures.p50 / base:>8.1f}"
         sustained = r.sweep.cell if r.sweep is not None else "-"
         print(row + f"{missed:>12}{r.change_foreign_cpu[0]:>13.1f}{sustained:>13}")
-    print(f"{'floor':<8}{floor.round_trip.brief:>10}{floor.seen.brief:>14}{1.0:>8.1f}")
+    floor_sustained = floor.sweep.cell if floor.sweep is not None else "-"
+    print(
+        f"{'floor':<8}{floor.round_trip.brief:>10}{floor.seen.brief:>14}{1.0:>8.1f}"
+        f"{'':>44}{floor_sustained:>13}"
+    )
 
 
 def main() -> None:
