@@ -444,6 +444,19 @@ def service_cpu(stack: Stack) -> dict[str, float]:
     return {name: cpu_seconds(pid) for name, pid in pids(stack).items() if name != NATS}
 
 
+def cpu_by_part(stack: Stack) -> dict[str, float]:
+    """CPU seconds so far of certcheck's services, nats-server, the API server with etcd, and this
+    benchmark (its writes and watches): where the cores go."""
+    cp = stack.control_plane
+    control = sum(cpu_seconds(p.pid) for p in (cp.apiserver, cp.etcd) if p is not None)
+    return {
+        "certcheck": sum(service_cpu(stack).values()),
+        NATS: cpu_seconds(stack.nats.proc.pid) if stack.nats.proc is not None else 0.0,
+        "API server+etcd": control,
+        "benchmark": time.process_time(),
+    }
+
+
 def evaluations(stack: Stack, evaluators: int) -> tuple[float, float]:
     """How many CertCheck evaluations the evaluators ran so far, and the seconds they took in all."""
     instances = evaluator_instances(evaluators)
@@ -1161,6 +1174,13 @@ class SweepStep:
     rate: float  # changes per second
     changes: list[Change]
     foreign_cpu: tuple[float, float]  # Machine.foreign() during the changes
+    cpu: dict[str, float] = field(default_factory=dict)  # cpu_by_part() during the changes
+    seconds: float = 0.0  # from the first change sent until every effect was seen (or given up)
+
+    @property
+    def cores(self) -> str:
+        """The cores each part kept busy meanwhile, on average."""
+        return " ".join(f"{used / max(self.seconds, 1e-9):.2f}" for used in self.cpu.values())
 
     @property
     def annotation(self) -> Latency:
@@ -1246,12 +1266,13 @@ def sweep_rates(
         count = max(1, round(per_second * args.sweep_duration))
         changes = batch(first, count)
         first += count
-        machine = Machine(stack)
+        machine, cpu, started = Machine(stack), cpu_by_part(stack), time.monotonic()
         run_changes(api, changes, per_second, args.effect_timeout, send)
-        foreign = machine.foreign()
+        foreign, elapsed = machine.foreign(), time.monotonic() - started
+        used = {part: seconds - cpu[part] for part, seconds in cpu_by_part(stack).items()}
         record_changes(changes)
         settle()
-        sweep.steps.append(SweepStep(per_second, changes, foreign))
+        sweep.steps.append(SweepStep(per_second, changes, foreign, used, elapsed))
         if sweep.verdict(sweep.steps[-1]) != "yes":
             break
     return sweep
@@ -1287,6 +1308,8 @@ class ShapeResult:
     restart_audit: Counter[tuple[str, str]]  # every certcheck write in the audit log
     sweep: Sweep | None = None  # with --sweep
     change_traffic: Counter[str] = field(default_factory=Counter)  # bus_traffic() during the changes
+    change_audit: Counter[tuple[str, str]] = field(default_factory=Counter)  # certcheck's writes for them
+    change_parts: dict[str, float] = field(default_factory=dict)  # cpu_by_part() during the changes
 
     @property
     def ratio(self) -> float:
@@ -1326,6 +1349,7 @@ def run_shape(workdir: Path, shape: Shape, floor: Floor, args: argparse.Namespac
         settled = wait_quiet(stack)
         changes = plan_changes(plan, change_count(args), Settings().status_cap, datetime.now(UTC))
         cpu, machine, traffic = service_cpu(stack), Machine(stack), bus_traffic(stack)
+        parts, offset = cpu_by_part(stack), audit_offset(stack)
         evaluated = evaluations(stack, args.evaluators)
         stages, timeline = Stages(stack.nats.url), CpuTimeline(stack)
         if args.dump is not None:
@@ -1338,6 +1362,7 @@ def run_shape(workdir: Path, shape: Shape, floor: Floor, args: argparse.Namespac
             stages.stop()
             timeline.stop()
         change_cpu = {name: seconds - cpu.get(name, 0.0) for name, seconds in service_cpu(stack).items()}
+        change_parts = {part: seconds - parts[part] for part, seconds in cpu_by_part(stack).items()}
         change_traffic = bus_traffic(stack)
         change_traffic.subtract(traffic)
         if args.dump is not None:
@@ -1348,6 +1373,7 @@ def run_shape(workdir: Path, shape: Shape, floor: Floor, args: argparse.Namespac
         foreign = machine.foreign()
         record_changes(changes)
         wait_quiet(stack)  # the changes' trailing writes are not the restart's
+        change_audit = audit_writes(stack, offset)
         restart, audited = quiet_restart(stack)
         # Last: a rate that is not sustained may leave a backlog behind.
         sweep = run_sweep(stack, api, plan, len(changes), args) if args.sweep else None
@@ -1368,6 +1394,7 @@ def run_shape(workdir: Path, shape: Shape, floor: Floor, args: argparse.Namespac
         )
         result.sweep = sweep
         result.change_traffic = change_traffic
+        result.change_audit, result.change_parts = change_audit, change_parts
         return result
     finally:
         stack.stop()
@@ -1468,6 +1495,17 @@ def print_changes(result: ShapeResult) -> None:
     )
     print(f"    {noise_note(result.change_foreign_cpu)}")
     print(f"    bus messages per change: {traffic_per_change(result.change_traffic, len(changes))}")
+    writes: Counter[str] = Counter()
+    for (_, what), count in result.change_audit.items():
+        writes[what] += count
+    print(
+        "    certcheck's API writes per change (audit log): "
+        + (", ".join(f"{what} {n / len(changes):.2f}" for what, n in sorted(writes.items())) or "none")
+    )
+    print(
+        "    CPU ms per change: "
+        + ", ".join(f"{part} {used / len(changes) * 1000:.1f}" for part, used in result.change_parts.items())
+    )
     print(f"    data patch round trip:  {round_trips(changes)}")
     for effect in EFFECTS:
         print(f"    -> {effect + ':':<12} {effect_latency(changes, effect)}")
@@ -1478,9 +1516,10 @@ def print_sweep(sweep: Sweep) -> None:
         f"  sweep: open-loop changes for {sweep.duration:g}s per rate, lowest first, quiet between; "
         f"sustained = {sweep.criterion}"
     )
+    parts = " ".join(sweep.steps[0].cpu) if sweep.steps else ""
     print(
         f"    {'rate/s':>8}{'annotation p50/p99':>20}{'status p99':>12}{'never seen':>12}"
-        f"{'sends lagged':>14}{'failed':>8}{'other CPU-s':>13}  sustained"
+        f"{'sends lagged':>14}{'failed':>8}{'other CPU-s':>13}  cores used ({parts}) | sustained"
     )
     for step in sweep.steps:
         status = effect_latency(step.changes, "status")
@@ -1489,7 +1528,7 @@ def print_sweep(sweep: Sweep) -> None:
             f"    {step.rate:>8g}{step.annotation.brief + 'ms':>20}"
             f"{(f'{status.p99:.0f}ms' if status.seen else '-'):>12}{step.never_seen:>12}"
             f"{f'<= {lag_ms(step.changes):.0f}ms':>14}{errors:>8}{step.foreign_cpu[0]:>13.1f}"
-            f"  {sweep.verdict(step)}"
+            f"  {step.cores} | {sweep.verdict(step)}"
         )
     highest, untried = sweep.highest, sweep.rates[len(sweep.steps) :]
     found, last = f"{highest:g}/s" if highest is not None else "none", sweep.steps[-1].rate
