@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from benchmarks.shapes import Shape, plan_changes, plan_shape
+from benchmarks.shapes import Change, SecretPlan, Shape, Sweep, SweepStep, plan_changes, plan_shape
 from services.common.settings import Settings
 from services.evaluator.status import DEFAULT_STATUS_CAP
 
@@ -27,3 +27,20 @@ def test_a_status_that_lists_every_certificate_is_looked_at_for_every_change() -
 
 def test_the_status_cap_setting_defaults_to_what_the_evaluator_lists() -> None:
     assert Settings().status_cap == DEFAULT_STATUS_CAP
+
+
+def seen_after(milliseconds: list[float]) -> list[Change]:
+    secret = SecretPlan("ns", "s", {}, "check", NOW)
+    return [Change(secret, NOW, ("annotation",), seen={"annotation": ms / 1000}) for ms in milliseconds]
+
+
+def test_a_swept_rate_whose_p99_grew_past_three_times_the_lowest_rates_is_not_sustained() -> None:
+    sweep = Sweep([25, 50, 100], duration=10, p99_limit=1000)
+    sweep.steps = [
+        SweepStep(25, seen_after([10] * 99 + [20]), (0, 0), {"a": 3.0, "b": 1.0}, 10.0),
+        SweepStep(50, seen_after([12] * 99 + [50]), (0, 0)),
+        SweepStep(100, seen_after([12] * 98 + [111, 120]), (0, 0)),
+    ]
+    assert [sweep.verdict(step) for step in sweep.steps] == ["yes", "yes", "no: p99 > 3x the lowest rate's"]
+    assert sweep.highest == 50
+    assert sweep.steps[0].cores == "0.30 0.10"  # CPU seconds over the step's own span
