@@ -305,7 +305,7 @@ class Evaluator:
                 self._acting = False
             failures = 0
             self._note_echoes(effects.annotated)
-            if not self._changed.is_set() and not self.follower.buffered and not self.follower.behind:
+            if not self.changes_waiting:  # nothing more came meanwhile, nor is on its way
                 self._acting = True
                 try:
                     await self.refresh_echoed()
