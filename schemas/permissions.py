@@ -129,6 +129,11 @@ def _bucket(bucket: str) -> tuple[str, ...]:
     )
 
 
+def _bucket_reads(bucket: str) -> tuple[str, ...]:
+    """Reading another service's bucket, key by key, without writing it (nor creating it)."""
+    return (f"$JS.API.STREAM.INFO.KV_{bucket}", *_message_reads(f"KV_{bucket}"))
+
+
 def _subjects(*patterns: str) -> tuple[str, ...]:
     return patterns
 
@@ -158,6 +163,7 @@ SERVICE_PERMISSIONS: dict[str, Permissions] = {
             *_view(OBJECTS.name),
             *_bucket(PARTITIONS_BUCKET),
             *_bucket(EVENT_SLOTS_BUCKET),
+            *_bucket_reads(RECORDER_APPLIED_BUCKET),  # whether a status not as told was applied
             *_message_reads(OBJECTS.name),
             f"$JS.API.STREAM.MSG.GET.{RESULTS.name}",
             f"$JS.API.DIRECT.GET.{RESULTS.name}",

@@ -77,6 +77,11 @@ def result_subject(namespace: str, certcheck: str) -> str:
     return f"{PREFIX}.results.{namespace}.{certcheck}"
 
 
+def applied_mark(subject: str) -> str:
+    """The recorder's applied-mark key of a results subject (``results.<ns>.<name>``, ``cleanup.…``)."""
+    return subject.removeprefix(PREFIX + ".")
+
+
 def cleanup_subject(namespace: str, secret: str) -> str:
     """Last-value subject telling the recorder to remove certcheck's annotations from a Secret."""
     return f"{PREFIX}.cleanup.{namespace}.{secret}"

@@ -57,6 +57,9 @@ class Settings:
     resync_interval_seconds: float = field(
         default_factory=lambda: float(_env("resync_interval_seconds", str(10 * 3600)))
     )
+    # How long after a result that changes a status, or a status changed into something not told, the
+    # status is looked at: not what was told once the recorder applied it, it is written again.
+    status_check_seconds: float = field(default_factory=lambda: float(_env("status_check_seconds", "10")))
     # recorder
     write_concurrency: int = field(default_factory=lambda: int(_env("write_concurrency", "16")))
     # Normal Events on Secrets (Renewed, Recovered) per namespace: a burst, then one per refill period

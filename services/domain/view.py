@@ -136,6 +136,9 @@ class Effects:
     # Covered Secrets that changed in nothing but their annotations (certcheck's own writes coming back,
     # or someone's edit): whoever evaluates checks they still say what they should.
     annotated: set[SecretKey] = field(default_factory=set)
+    # CertChecks whose status alone changed (certcheck's own write coming back, or someone's): whoever
+    # evaluates checks it still says what was told.
+    statuses: set[CertCheckKey] = field(default_factory=set)
 
     def describe(self) -> str:
         """For a debug line: which CertChecks to evaluate, remove, which Secrets to release or check."""
@@ -148,6 +151,7 @@ class Effects:
             if self.released
             else "",
             "annotations to check" if self.annotated else "",
+            "statuses to check" if self.statuses else "",
         ]
         return "; ".join(part for part in parts if part) or "nothing to do"
 
@@ -156,6 +160,7 @@ class Effects:
         self.removed.extend(other.removed)
         self.released |= other.released
         self.annotated |= other.annotated
+        self.statuses |= other.statuses
 
 
 def _newer(incoming: str, current: str) -> bool:
@@ -594,7 +599,7 @@ class View:
             if failures_changed:
                 return Effects(evaluate={(event.namespace, event.name)})
             previous.resource_version = event.resource_version
-            return Effects()
+            return Effects(statuses={(event.namespace, event.name)})
         if previous and previous.spec.uid != event.uid:
             self._delete_certcheck(
                 ObjectDeleted(

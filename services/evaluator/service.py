@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
 
 from schemas import subjects
@@ -38,6 +39,7 @@ from schemas.streams import (
     HDR_SCHEDULE,
     HDR_SCHEDULE_TARGET,
     HDR_VIEW_SEQ,
+    RECORDER_APPLIED_BUCKET,
     RESULTS,
     SCHEDULE_HORIZON,
     TRIGGERS,
@@ -59,6 +61,7 @@ from services.common.logs import object_ref, trace
 from services.common.runtime import backoff
 from services.common.settings import Settings
 from services.domain.certs import describe
+from services.domain.clusterchecks import cluster_check_of
 from services.domain.follow import ViewFollower
 from services.domain.lifecycle import Slot
 from services.domain.provenance import due_refusal
@@ -70,6 +73,7 @@ from services.evaluator.incremental import evaluate_in_view
 from services.evaluator.lifecycle import LifecycleEvents, removal_reason
 from services.evaluator.slots import found_slots
 from services.evaluator.status import notable_entries
+from services.evaluator.statuswatch import StatusWatch
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +123,10 @@ evaluation_seconds = Histogram(
 sweeps = Counter("certcheck_sweeps_total", "Full evaluations that went through", ["trigger"])
 failed_evaluations = Counter(
     "certcheck_evaluation_failures_total", "Evaluations that raised (recorded as EvaluationFailed)"
+)
+statuses_put_back = Counter(
+    "certcheck_evaluator_statuses_put_back_total",
+    "CertChecks evaluated again because their status was not what their last result told, once applied",
 )
 stale_results = Counter("certcheck_stale_results_dropped_total", "Results dropped: a newer one was published")
 bad_messages = Counter(
@@ -202,6 +210,9 @@ class Evaluator:
         self._lifecycle: LifecycleEvents | None = None
         # The CertChecks covering Secrets whose annotations came back since the consumer was last idle.
         self._echoed: set[CertCheckKey] = set()
+        # Whether each status says what its last result told (statuswatch.py); and the recorder's marks.
+        self._statuses = StatusWatch(self._changed.set, settings.status_check_seconds)
+        self._recorder_marks: KeyValue | None = None
 
     async def follow_objects(self) -> None:
         await self.follower.run()
@@ -213,6 +224,7 @@ class Evaluator:
 
     async def flush(self) -> None:
         """Write what waits to be written (what each CertCheck told), before the partition is handed over."""
+        self._statuses.close()
         if self._lifecycle is not None:
             await self._lifecycle.flush()
 
@@ -264,6 +276,10 @@ class Evaluator:
 
     def _applied(self, seq: int, effects: Effects) -> None:
         """The view applied a message: what it asks for is done with the next evaluations."""
+        for key in effects.statuses:
+            entry = self.view.certcheck(key)
+            if entry is not None:
+                self._statuses.came_back(key, entry.spec.uid, entry.observed)
         if effects.evaluate or effects.removed or effects.released or effects.annotated:
             self._changes.merge(effects)
             self._changed.set()
@@ -289,6 +305,7 @@ class Evaluator:
             await self._dead_letter_refused()
             effects, self._changes = self._changes, Effects()
             effects.evaluate |= self._annotations_to_put_back(effects.annotated, utcnow())
+            effects.evaluate |= await self._statuses_to_put_back()
             self._acting = True
             try:
                 await self.act(effects, "change")
@@ -367,6 +384,37 @@ class Evaluator:
             if core.annotation_patch(entry.view, desired):
                 wanted |= {(namespace, certcheck) for certcheck in entry.covered_by}
         return wanted
+
+    async def _statuses_to_put_back(self) -> set[CertCheckKey]:
+        """The CertChecks whose status, checked as due (statuswatch.py), is not what their last result
+        told although the recorder applied that result: evaluated again, which writes it again. One the
+        recorder has yet to apply is checked again later."""
+        wanted: set[CertCheckKey] = set()
+        for key, told in self._statuses.take_due().items():
+            entry = self.view.certcheck(key)
+            if entry is None or told.as_told(entry.spec.uid, entry.observed):
+                if entry is not None:
+                    self._statuses.confirmed(key, told)
+                continue
+            self._statuses.check_again(key, told)  # until it comes back as told
+            if await self._recorder_applied(key) >= told.seq:
+                statuses_put_back.inc()
+                log.info("CertCheck %s/%s: its status is not what its last result told: written again", *key)
+                wanted.add(key)
+        return wanted
+
+    async def _recorder_applied(self, key: CertCheckKey) -> int:
+        """The results-stream sequence the recorder applied last for this CertCheck (0: none, or unknown)."""
+        try:
+            if self._recorder_marks is None:  # the recorder's bucket, read only
+                self._recorder_marks = await self.bus.js.key_value(RECORDER_APPLIED_BUCKET)
+            entry = await self._recorder_marks.get(subjects.applied_mark(subjects.result_subject(*key)))
+            return int(entry.value or b"0")
+        except (KeyNotFoundError, BucketNotFoundError):
+            return 0
+        except Exception as exc:  # the bus unreachable, or a mark that is no number: looked at later
+            log.warning("reading the recorder's mark for %s/%s: %r", *key, exc)
+            return 0
 
     async def work_due(self) -> None:
         sub = await self._due_consumer()
@@ -452,6 +500,7 @@ class Evaluator:
         subject = subjects.result_subject(namespace, name)
         last = await self._last_result(subject)
         removed = CertCheckRemoved(namespace=namespace, name=name, uid=uid, view_seq=view_seq)
+        self._statuses.forget((namespace, name))
         if last.removed_uid == uid or await self.publish_result(
             subject, encoder.encode(removed), view_seq, last
         ):
@@ -556,6 +605,9 @@ class Evaluator:
             trace(log, "evaluator", object_ref(*key, entry.spec.resource_version), "a newer result is there")
             return  # a newer evaluation owns the schedule
         self._remember_told(subject, result)
+        if cluster_check_of(key[1]) is None:  # a ClusterCertCheck's share has no status of its own
+            seq = self._published[subject][0]
+            self._statuses.told(key, seq, result.uid, result.status, result.status_changed)
         if log.isEnabledFor(logging.DEBUG):
             self._trace(result, len(evaluation.events), trigger)
         if error is None:

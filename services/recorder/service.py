@@ -282,7 +282,7 @@ class Recorder:
         """Apply a result unless the durable mark says it was, and move the mark past it."""
         msg, kind = taken.msg, taken.kind
         seq = msg.metadata.sequence.stream
-        mark = msg.subject.removeprefix("certcheck.v1.")
+        mark = subjects.applied_mark(msg.subject)
         # A result delivered for the first time had its annotation patches started as it arrived (_take),
         # mark or no mark: unless applying it writes more (a status), reading the mark would spare nothing
         # (a cold start of a CertCheck too large for one result sends thousands of clean-ups; most

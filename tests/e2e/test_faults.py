@@ -32,6 +32,7 @@ from devcluster.certs import make_cert, tls_secret_data
 from devcluster.stack import Stack, api_client
 from services.notifier.core import DELIVERY_HEADER
 from tests.conftest import LOOPBACK_WEBHOOKS, Cluster, running, wait_for
+from tests.e2e.helpers import metric
 from tests.receivers import Receiver
 
 CERTCHECKS = 4
@@ -182,6 +183,68 @@ def _statuses_valid(cluster: Cluster, namespace: str, count: int) -> bool:
         if counts != (per_check, 0, per_check):
             return False
     return True
+
+
+def _status_diagnosis(stack: Stack, cluster: Cluster, namespace: str, count: int) -> str:
+    """Each CertCheck whose status is wrong: what it shows, what its last result says, the recorder's
+    mark, and the recorder's status writes by outcome."""
+    import asyncio
+
+    import nats
+
+    from schemas.messages import EvaluationResult, result_decoder
+
+    per_check = count // CERTCHECKS
+    wrong = []
+    for index in range(CERTCHECKS):
+        status = cluster.status(namespace, f"c{index}")
+        counts = (status.get("targetCertsCount"), status.get("expiringSoonCount"), status.get("validCount"))
+        if counts != (per_check, 0, per_check):
+            wrong.append((f"c{index}", counts, status.get("lastEvaluationTime")))
+
+    async def bus() -> str:
+        nc = await nats.connect(stack.nats.url)
+        js = nc.jetstream()
+        out = []
+        for name, counts, at in wrong:
+            line = f"{name} status {counts} at {at}"
+            try:
+                msg = await js.get_last_msg("CERTCHECK_RESULTS", f"certcheck.v1.results.{namespace}.{name}")
+                result = result_decoder.decode(msg.data)
+                if isinstance(result, EvaluationResult):
+                    shown = (
+                        result.status.target_certs_count,
+                        result.status.expiring_soon_count,
+                        result.status.valid_count,
+                    )
+                    line += (
+                        f"; result seq {msg.seq} view {result.view_seq} status {shown} "
+                        f"changed {result.status_changed} at {result.evaluated_at} "
+                        f"rv {result.resource_version}"
+                    )
+            except Exception as exc:
+                line += f"; result: {exc!r}"
+            try:
+                kv = await js.key_value("certcheck_recorder_applied")
+                entry = await kv.get(f"results.{namespace}.{name}")
+                line += f"; applied mark {entry.value!r}"
+            except Exception as exc:
+                line += f"; applied: {exc!r}"
+            out.append(line)
+        info = await js.consumer_info("CERTCHECK_RESULTS", "recorder")
+        pending = f"pending {info.num_pending} ack {info.num_ack_pending}"
+        out.append(f"recorder {pending} redelivered {info.num_redelivered}")
+        await nc.close()
+        for outcome in ("ok", "gone", "error"):  # since the recorder last started
+            count = metric(
+                stack, "recorder", "certcheck_kubernetes_writes_total", f'kind="status",outcome="{outcome}"'
+            )
+            out.append(f"status writes {outcome}: {count:.0f}")
+        put_back = metric(stack, "evaluator", "certcheck_evaluator_statuses_put_back_total")
+        out.append(f"statuses put back: {put_back:.0f}")
+        return "\n".join(out)
+
+    return asyncio.run(bus())
 
 
 def _where_is(stack: Stack, cluster: Cluster, namespace: str, progress: _Progress) -> str:
@@ -338,7 +401,11 @@ def test_nothing_is_lost_or_doubled_when_processes_and_the_bus_die_at_random(
             _where_is(stack, cluster, namespace, _converged(cluster, namespace, count, "Valid", later_text))
         )
         raise
-    wait_for(lambda: _statuses_valid(cluster, namespace, count), timeout=60, what="every status")
+    try:
+        wait_for(lambda: _statuses_valid(cluster, namespace, count), timeout=60, what="every status")
+    except AssertionError:
+        print(_status_diagnosis(stack, cluster, namespace, count))
+        raise
 
     def events_complete() -> list[Any] | None:
         events = _events(cluster, namespace)

@@ -274,3 +274,39 @@ def test_annotations_edited_by_hand_are_put_back_every_time_and_across_a_recorde
         )
     wait_settled(stack, cluster, namespace)
     assert sorted((e.reason, e.count) for e in cluster.events(namespace, "Secret", "s")) == events_before
+
+
+def test_a_status_edited_by_hand_is_put_back_without_telling_anything_again(
+    cluster: Cluster, namespace: str, stack: Stack
+) -> None:
+    cert, key = expiring_in(10)
+    cluster.create_tls_secret(namespace, "s", cert, key, labels={"app": "hand"})
+    cluster.create_certcheck(namespace, "c", {"matchLabels": {"app": "hand"}})
+    written = cluster.wait_status(namespace, "c", expiringSoonCount=1)
+    wait_settled(stack, cluster, namespace)
+
+    def told() -> list[tuple[str, str, int]]:
+        return sorted((e.involved_object.name, e.reason, e.count) for e in cluster.events(namespace))
+
+    events_before = told()
+    assert ("c", "ExpiringSoon", 1) in events_before
+    cluster.custom.patch_namespaced_custom_object_status(
+        "certcheck.dev",
+        "v1alpha1",
+        namespace,
+        "certchecks",
+        "c",
+        {"status": {"expiringSoonCount": 0, "validCount": 1, "certificates": None}},
+    )
+    assert cluster.status(namespace, "c")["validCount"] == 1
+    # Looked at the status check delay (10 s) after the edit came back, then evaluated and written.
+    status = wait_for(
+        lambda: (s := cluster.status(namespace, "c")).get("expiringSoonCount") == 1 and s,
+        timeout=40,
+        what="the status put back",
+    )
+    assert status["validCount"] == 0
+    assert status["certificates"] == written["certificates"]
+    wait_settled(stack, cluster, namespace)
+    assert told() == events_before
+    assert metric(stack, "evaluator", "certcheck_evaluator_statuses_put_back_total") >= 1

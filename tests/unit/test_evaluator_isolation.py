@@ -39,6 +39,7 @@ from schemas.streams import (
     HDR_EXPECTED_LAST_SUBJECT_SEQ,
     HDR_MSG_TTL,
     HDR_SCHEDULE,
+    RECORDER_APPLIED_BUCKET,
 )
 from services.common.bus import Bus
 from services.common.settings import Settings
@@ -709,3 +710,71 @@ def test_a_dead_letter_that_could_not_be_published_is_tried_again_with_no_furthe
 
     asyncio.run(bus_back_later())
     assert parked() == 1
+
+
+# --- a status that is not what was told -------------------------------------------------------------
+
+
+def with_status(observed: CertCheckObserved, status: CertCheckStatus) -> CertCheckObserved:
+    return msgspec.structs.replace(observed, status=msgspec.Raw(encoder.encode(status)))
+
+
+async def recorder_applied(js: FakeJetStream, name: str) -> None:
+    """The recorder's mark: the result now on the CertCheck's subject was applied."""
+    subject = subjects.result_subject("ns", name)
+    marks = await js.key_value(RECORDER_APPLIED_BUCKET)
+    await marks.put(subjects.applied_mark(subject), str(js.last[subject][0]).encode())
+
+
+def checking_evaluator() -> tuple[Evaluator, FakeJetStream]:
+    js = FakeJetStream()
+    settings = Settings(status_check_seconds=0.05)
+    return Evaluator(Bus(nc=FakeNats(), js=js), settings, test_subjects.partition("ns")), js  # type: ignore[arg-type]
+
+
+def test_a_status_set_back_after_it_was_written_is_written_again_once_the_recorder_applied_its_result() -> (
+    None
+):
+    evaluator, js = checking_evaluator()
+
+    async def run() -> None:
+        applied(evaluator, certcheck("alpha", 1, "alpha"), tls_secret("alpha-tls", 2, "alpha"))
+        await worked(evaluator, lambda: results_published(js, "alpha") == 1)
+        told = js.results()["alpha"]
+        assert told.status_changed and told.status.expiring_soon_count == 1
+        await recorder_applied(js, "alpha")
+        applied(evaluator, with_status(certcheck("alpha", 3, "alpha"), told.status))  # the write, back
+        await asyncio.sleep(0.2)
+        assert results_published(js, "alpha") == 1  # as told: nothing to do
+        # A late write of an older result (or an edit by hand) sets it back.
+        applied(evaluator, with_status(certcheck("alpha", 4, "alpha"), CertCheckStatus()))
+        await worked(evaluator, lambda: results_published(js, "alpha") == 2, timeout=2)
+        again = js.results()["alpha"]
+        assert again.status_changed and again.resource_version == "4"
+        assert again.status.expiring_soon_count == 1 and again.status.certificates == told.status.certificates
+
+    asyncio.run(run())
+    assert service.statuses_put_back._value.get() >= 1
+
+
+def test_a_status_not_yet_as_told_is_left_to_the_recorder_until_it_applied_that_result() -> None:
+    evaluator, js = checking_evaluator()
+
+    async def run() -> None:
+        applied(evaluator, certcheck("alpha", 1, "alpha"), tls_secret("alpha-tls", 2, "alpha"))
+        evaluator.follower.behind = 0
+        task = asyncio.create_task(evaluator.work_objects())
+        try:
+            await asyncio.sleep(0.3)  # several checks: the recorder has not applied it (no mark)
+            assert results_published(js, "alpha") == 1
+            await recorder_applied(js, "alpha")  # applied, yet the status never came back as told
+            async with asyncio.timeout(3):
+                while results_published(js, "alpha") < 2:
+                    await asyncio.sleep(0.01)
+            applied(evaluator, with_status(certcheck("alpha", 3, "alpha"), js.results()["alpha"].status))
+            await asyncio.sleep(0.3)
+            assert results_published(js, "alpha") == 2  # back as told: no more checks
+        finally:
+            task.cancel()
+
+    asyncio.run(run())

@@ -53,3 +53,15 @@ def test_only_the_stream_owners_may_create_or_update_the_certcheck_streams() -> 
 def test_no_service_may_delete_a_consumer() -> None:
     for user, permissions in SERVICE_PERMISSIONS.items():
         assert not [p for p in permissions.publish if ".CONSUMER.DELETE." in p], user
+
+
+def test_the_evaluator_reads_the_recorders_applied_marks_and_only_the_recorder_writes_them() -> None:
+    from schemas.streams import RECORDER_APPLIED_BUCKET
+
+    writes = f"$KV.{RECORDER_APPLIED_BUCKET}.>"
+    reads = f"$JS.API.DIRECT.GET.KV_{RECORDER_APPLIED_BUCKET}.>"
+    assert sorted(u for u, p in SERVICE_PERMISSIONS.items() if writes in p.publish) == ["recorder"]
+    assert sorted(u for u, p in SERVICE_PERMISSIONS.items() if reads in p.publish) == [
+        "evaluator",
+        "recorder",
+    ]

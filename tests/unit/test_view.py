@@ -120,7 +120,7 @@ def test_older_resource_version_arriving_late_is_ignored() -> None:
     assert entry is not None and entry.view.labels == {"app": "x"}
 
 
-def test_status_only_update_of_a_certcheck_triggers_nothing() -> None:
+def test_status_only_update_of_a_certcheck_evaluates_nothing_and_asks_for_its_status_to_be_checked() -> None:
     view = View()
     fold(view, certcheck("a", {"app": "x"}))
     updated = msgspec.structs.replace(
@@ -128,6 +128,9 @@ def test_status_only_update_of_a_certcheck_triggers_nothing() -> None:
     )
     [effects] = fold(view, updated)
     assert effects.evaluate == set()
+    assert effects.statuses == {("ns", "a")}
+    entry = view.certcheck(("ns", "a"))
+    assert entry is not None and entry.observed is not None and entry.observed.valid_count == 1
 
 
 def test_a_spec_change_replaced_in_the_stream_before_the_view_read_it_still_asks_for_an_evaluation() -> None:
