@@ -389,7 +389,7 @@ class Evaluator:
         """The CertChecks whose status, checked as due (statuswatch.py), is not what their last result
         told although the recorder applied that result: evaluated again, which writes it again. One the
         recorder has yet to apply is checked again later."""
-        wanted: set[CertCheckKey] = set()
+        not_as_told: dict[CertCheckKey, int] = {}
         for key, told in self._statuses.take_due().items():
             entry = self.view.certcheck(key)
             if entry is None or told.as_told(entry.spec.uid, entry.observed):
@@ -397,10 +397,12 @@ class Evaluator:
                     self._statuses.confirmed(key, told)
                 continue
             self._statuses.check_again(key, told)  # until it comes back as told
-            if await self._recorder_applied(key) >= told.seq:
-                statuses_put_back.inc()
-                log.info("CertCheck %s/%s: its status is not what its last result told: written again", *key)
-                wanted.add(key)
+            not_as_told[key] = told.seq
+        marks = await asyncio.gather(*(self._recorder_applied(key) for key in not_as_told))
+        wanted = {key for (key, seq), mark in zip(not_as_told.items(), marks, strict=True) if mark >= seq}
+        for key in sorted(wanted):
+            statuses_put_back.inc()
+            log.info("CertCheck %s/%s: its status is not what its last result told: written again", *key)
         return wanted
 
     async def _recorder_applied(self, key: CertCheckKey) -> int:
