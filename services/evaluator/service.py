@@ -126,7 +126,8 @@ failed_evaluations = Counter(
 )
 statuses_put_back = Counter(
     "certcheck_evaluator_statuses_put_back_total",
-    "CertChecks evaluated again because their status was not what their last result told, once applied",
+    "CertChecks evaluated again: their status not what their last result told once the recorder applied "
+    "it (set back since, or its write not seen yet)",
 )
 stale_results = Counter("certcheck_stale_results_dropped_total", "Results dropped: a newer one was published")
 bad_messages = Counter(
