@@ -115,6 +115,25 @@ ALL_STREAMS = (OBJECTS, RESULTS, TRIGGERS, KUBE_EVENTS, DEADLETTER, EVENTS)
 # Key-value buckets (JetStream-backed, file storage).
 # The recorder's durable "applied up to" mark per results subject: a redelivered result is not re-applied.
 RECORDER_APPLIED_BUCKET = "certcheck_recorder_applied"
+
+
+@dataclass(frozen=True)
+class AppliedMark:
+    """A value of the recorder's applied bucket: ``<seq>`` or ``<seq> <resourceVersion>``, the latter
+    when applying that result wrote the CertCheck's status (the version the write made)."""
+
+    seq: int
+    status_version: str = ""
+
+    def encode(self) -> bytes:
+        return f"{self.seq} {self.status_version}".encode() if self.status_version else str(self.seq).encode()
+
+    @classmethod
+    def decode(cls, value: bytes | None) -> AppliedMark:
+        seq, _, version = (value or b"0").decode().partition(" ")
+        return cls(int(seq or "0"), version)
+
+
 # The watcher's last fully published resourceVersion per resource: a restart resumes its watches there.
 WATCHER_STATE_BUCKET = "certcheck_watcher"
 

@@ -80,6 +80,26 @@ class _ClusterCheck(msgspec.Struct):
     status: msgspec.Raw = msgspec.Raw(b"null")
 
 
+class _Written(msgspec.Struct):
+    metadata: _Meta = msgspec.field(default_factory=_Meta)
+
+
+def _resource_version(data: bytes) -> str:
+    """The resourceVersion of the object a write answered with ("" if the answer says none)."""
+    try:
+        return msgspec.json.decode(data, type=_Written).metadata.resourceVersion
+    except msgspec.DecodeError:
+        return ""
+
+
+@dataclass(frozen=True)
+class StatusWrite:
+    """What a status write left: the status fields the object holds now, and its resourceVersion."""
+
+    holds: frozenset[str]
+    resource_version: str
+
+
 @dataclass(frozen=True)
 class ClusterCheckRead:
     """A ClusterCertCheck as read for a compare-and-set of its status."""
@@ -113,6 +133,11 @@ class KubeWriter:
         gone_is: str = "",
     ) -> int:
         status, data = self._send(method, path, body, content_type)
+        return self._outcome(kind, status, data, gone_is)
+
+    def _outcome(self, kind: str, status: int, data: bytes, gone_is: str = "") -> int:
+        """Count the write; raise Gone for an object that went (or was re-created), an error for any
+        other failure but a conflict (409, returned)."""
         if status < 300:
             writes.labels(kind, "ok").inc()
             return status
@@ -125,7 +150,7 @@ class KubeWriter:
             raise api_error(status, data)
         return status
 
-    def _patch_status(self, namespace: str, name: str, uid: str, fields: dict[str, object]) -> None:
+    def _patch_status(self, namespace: str, name: str, uid: str, fields: dict[str, object]) -> str:
         # The status subresource ignores metadata in a merge patch, so the uid in it guards nothing
         # there: a JSON patch that only tests the uid does (422 for a re-created namesake). The window
         # between the two requests is a delete and re-create in a few milliseconds.
@@ -139,13 +164,9 @@ class KubeWriter:
             writes.labels("status", "gone").inc()
             raise Gone(f"CertCheck {namespace}/{name} (uid {uid})")
         body = {"metadata": {"uid": uid}, "status": fields}
-        self._write(
-            "status",
-            "PATCH",
-            _certcheck_status_path(namespace, name),
-            body,
-            gone_is=f"CertCheck {namespace}/{name}",
-        )
+        status, data = self._send("PATCH", _certcheck_status_path(namespace, name), body, MERGE_PATCH)
+        self._outcome("status", status, data, f"CertCheck {namespace}/{name}")
+        return _resource_version(data) if status < 300 else ""
 
     def patch_status(
         self,
@@ -154,13 +175,13 @@ class KubeWriter:
         uid: str,
         status: CertCheckStatus,
         present: frozenset[str] | None = None,
-    ) -> frozenset[str]:
+    ) -> StatusWrite:
         """Write the status (all but the notifier's field) of the CertCheck with this uid. Returns the
-        status fields it holds now, which, passed as ``present`` to the next write of the same object,
-        let that one be a single request: a JSON patch that tests the uid, sets every field that has a
-        value and removes those of ``present`` that have none. If the status is not as ``present``
-        says (someone removed a field), or the uid differs, that patch fails as a whole and the write
-        goes the two-request way, which tells the two apart."""
+        status fields it holds now and the resourceVersion the write made. Those fields, passed as
+        ``present`` to the next write of the same object, let that one be a single request: a JSON patch
+        that tests the uid, sets every field that has a value and removes those of ``present`` that have
+        none. If the status is not as ``present`` says (someone removed a field), or the uid differs,
+        that patch fails as a whole and the write goes the two-request way, which tells the two apart."""
         # Every field is sent, None as null, so a merge patch also removes what no longer applies.
         fields = msgspec.to_builtins(status)
         fields.pop("notificationFailures", None)  # the notifier's field: never overwritten from here
@@ -169,15 +190,14 @@ class KubeWriter:
             ops: list[dict[str, object]] = [{"op": "test", "path": "/metadata/uid", "value": uid}]
             ops += [{"op": "add", "path": f"/status/{k}", "value": fields[k]} for k in sorted(holds)]
             ops += [{"op": "remove", "path": f"/status/{k}"} for k in sorted(present - holds) if k in fields]
-            code, _ = self._send("PATCH", _certcheck_status_path(namespace, name), ops, JSON_PATCH)
+            code, data = self._send("PATCH", _certcheck_status_path(namespace, name), ops, JSON_PATCH)
             if code < 300:
                 writes.labels("status", "ok").inc()
-                return holds
+                return StatusWrite(holds, _resource_version(data))
             if code == 404:
                 writes.labels("status", "gone").inc()
                 raise Gone(f"CertCheck {namespace}/{name}")
-        self._patch_status(namespace, name, uid, fields)
-        return holds
+        return StatusWrite(holds, self._patch_status(namespace, name, uid, fields))
 
     def patch_notification_failures(
         self, namespace: str, name: str, uid: str, failures: list[NotificationFailure]

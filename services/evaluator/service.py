@@ -43,6 +43,7 @@ from schemas.streams import (
     RESULTS,
     SCHEDULE_HORIZON,
     TRIGGERS,
+    AppliedMark,
     evaluator_due_consumer,
 )
 from services.common.bus import Bus, key_value, publish_pipelined
@@ -146,6 +147,15 @@ schedule_lag = Histogram(
 
 def _with_ttl(headers: dict[str, str], ttl: float | None) -> dict[str, str]:
     return headers if ttl is None else {**headers, HDR_MSG_TTL: str(int(ttl))}
+
+
+def _not_seen_yet(written: str, seen: str) -> bool:
+    """Whether the view has yet to see the status write that made resourceVersion ``written``: it holds
+    an older version of the CertCheck. resourceVersions are compared as numbers, as etcd makes them;
+    one that is not a number (another storage) cannot tell, and the status counts as seen."""
+    if not (written.isdigit() and seen.isdigit()):
+        return False
+    return int(seen) < int(written)
 
 
 class PublishFailed(Exception):
@@ -390,7 +400,7 @@ class Evaluator:
         """The CertChecks whose status, checked as due (statuswatch.py), is not what their last result
         told although the recorder applied that result: evaluated again, which writes it again. One the
         recorder has yet to apply is checked again later."""
-        not_as_told: dict[CertCheckKey, int] = {}
+        not_as_told: dict[CertCheckKey, tuple[int, str]] = {}  # the result's seq, the view's version
         for key, told in self._statuses.take_due().items():
             entry = self.view.certcheck(key)
             if entry is None or told.as_told(entry.spec.uid, entry.observed):
@@ -398,26 +408,30 @@ class Evaluator:
                     self._statuses.confirmed(key, told)
                 continue
             self._statuses.check_again(key, told)  # until it comes back as told
-            not_as_told[key] = told.seq
+            not_as_told[key] = (told.seq, entry.spec.resource_version)
         marks = await asyncio.gather(*(self._recorder_applied(key) for key in not_as_told))
-        wanted = {key for (key, seq), mark in zip(not_as_told.items(), marks, strict=True) if mark >= seq}
+        wanted = {
+            key
+            for (key, (seq, seen)), mark in zip(not_as_told.items(), marks, strict=True)
+            if mark.seq >= seq and not _not_seen_yet(mark.status_version, seen)
+        }
         for key in sorted(wanted):
             statuses_put_back.inc()
             log.info("CertCheck %s/%s: its status is not what its last result told: written again", *key)
         return wanted
 
-    async def _recorder_applied(self, key: CertCheckKey) -> int:
-        """The results-stream sequence the recorder applied last for this CertCheck (0: none, or unknown)."""
+    async def _recorder_applied(self, key: CertCheckKey) -> AppliedMark:
+        """What the recorder applied last for this CertCheck (sequence 0: nothing, or unknown)."""
         try:
             if self._recorder_marks is None:  # the recorder's bucket, read only
                 self._recorder_marks = await self.bus.js.key_value(RECORDER_APPLIED_BUCKET)
             entry = await self._recorder_marks.get(subjects.applied_mark(subjects.result_subject(*key)))
-            return int(entry.value or b"0")
+            return AppliedMark.decode(entry.value)
         except (KeyNotFoundError, BucketNotFoundError):
-            return 0
+            return AppliedMark(0)
         except Exception as exc:  # the bus unreachable, or a mark that is no number: looked at later
             log.warning("reading the recorder's mark for %s/%s: %r", *key, exc)
-            return 0
+            return AppliedMark(0)
 
     async def work_due(self) -> None:
         sub = await self._due_consumer()

@@ -35,7 +35,7 @@ from schemas.messages import (
     kube_event_decoder,
     result_decoder,
 )
-from schemas.streams import KUBE_EVENTS, RECORDER_CONSUMER, RECORDER_EVENTS_CONSUMER, RESULTS
+from schemas.streams import KUBE_EVENTS, RECORDER_CONSUMER, RECORDER_EVENTS_CONSUMER, RESULTS, AppliedMark
 from services.common.bus import Bus
 from services.common.consume import (
     FETCH_WAIT_SECONDS,
@@ -47,7 +47,7 @@ from services.common.consume import (
     fetch_batch,
     settle,
 )
-from services.common.kube_writer import Gone, KubeWriter
+from services.common.kube_writer import Gone, KubeWriter, StatusWrite
 from services.common.logs import object_ref, trace
 from services.common.settings import Settings
 from services.domain.clusterchecks import cluster_check_of
@@ -291,8 +291,10 @@ class Recorder:
         if look and await self._applied_up_to(mark) >= seq:  # a redelivery of what was already applied
             applied.labels(kind, "duplicate").inc()
             return
-        await self.apply(result)
-        await self.applied.put(mark, str(seq).encode())
+        written_at = await self.apply(result)
+        # With the resourceVersion its status write made, if it made one: the evaluator tells a status
+        # not yet seen since from one set back (services/evaluator/statuswatch.py).
+        await self.applied.put(mark, AppliedMark(seq, written_at or "").encode())
         applied.labels(kind, "ok").inc()
 
     # --- Events ------------------------------------------------------------------------------------
@@ -328,20 +330,22 @@ class Recorder:
             entry = await self.applied.get(mark)
         except KeyNotFoundError:
             return 0
-        return int(entry.value or b"0")
+        return AppliedMark.decode(entry.value).seq
 
-    async def apply(self, result: ResultMessage) -> None:
+    async def apply(self, result: ResultMessage) -> str | None:
+        """Apply the result; the resourceVersion its status write made, if it made one."""
         if isinstance(result, EvaluationResult):
-            await self._apply_evaluation(result)
-        elif isinstance(result, AnnotationCleanup):
+            return await self._apply_evaluation(result)
+        if isinstance(result, AnnotationCleanup):
             await self._annotate(result.patch)
         elif isinstance(result, CertCheckRemoved):
             if cluster_check_of(result.name) is not None:
                 if self.cluster is not None:
                     await self.cluster.remove(result)
-                return
+                return None
             self._written_status.pop((result.namespace, result.name), None)
             self._status_fields.pop((result.namespace, result.name), None)
+        return None
 
     async def _annotate_all(
         self, result: EvaluationResult | AnnotationCleanup, subject: str, seq: int
@@ -416,14 +420,14 @@ class Recorder:
         task.add_done_callback(finished)
         return task
 
-    async def _apply_evaluation(self, result: EvaluationResult) -> None:
+    async def _apply_evaluation(self, result: EvaluationResult) -> str | None:
         # Those written since the result arrived (``_annotate_all``) are skipped, those still being
         # written are waited for.
         await self._annotate_many(result.annotation_patches)
         if cluster_check_of(result.name) is not None:  # a ClusterCertCheck's share of a namespace
             if self.cluster is not None:
                 await self.cluster.record(result)
-            return
+            return None
         status_key = (result.namespace, result.name)
         # Skipped only as a repeat of what this recorder wrote from the same observed CertCheck: a status
         # edited by hand since comes with a newer resourceVersion and is put back.
@@ -431,7 +435,7 @@ class Recorder:
         if result.status_changed and self._written_status.get(status_key) != fingerprint:
             written_uid, present = self._status_fields.get(status_key, ("", None))
             try:
-                holds = await self._call(
+                written: StatusWrite = await self._call(
                     self.writer.patch_status,
                     result.namespace,
                     result.name,
@@ -440,14 +444,13 @@ class Recorder:
                     present if written_uid == result.uid else None,
                 )
             except Gone:
-                pass  # the CertCheck went; its Events are still sent, as before
-            else:
-                self._written_status.put(status_key, fingerprint)
-                self._status_fields.put(status_key, (result.uid, holds))
-                ref = object_ref(result.namespace, result.name, result.resource_version)
-                trace(
-                    log, "recorder", ref, "status written (evaluated from view message %d)", result.view_seq
-                )
+                return None  # the CertCheck went; its Events are still sent, as before
+            self._written_status.put(status_key, fingerprint)
+            self._status_fields.put(status_key, (result.uid, written.holds))
+            ref = object_ref(result.namespace, result.name, result.resource_version)
+            trace(log, "recorder", ref, "status written (evaluated from view message %d)", result.view_seq)
+            return written.resource_version
+        return None
 
     async def _annotate(self, patch: AnnotationPatch) -> None:
         """Write the patch, unless this recorder wrote these values already from the same observed

@@ -55,12 +55,15 @@ def test_a_status_write_after_the_first_is_one_request_that_still_refuses_a_name
     wait_for(lambda: cluster.status(namespace, "c").get("observedGeneration"), what="a first status")
     uid = old_check["metadata"]["uid"]
     first = CertCheckStatus(valid_count=1, earliest_not_after="2030-01-01T00:00:00Z")
-    present = writer.patch_status(namespace, "c", uid, first)
+    written = writer.patch_status(namespace, "c", uid, first)
     assert len(sent) == 2  # the uid test, then the merge patch: what the status holds is not known yet
+    assert written.resource_version == cluster.certcheck(namespace, "c")["metadata"]["resourceVersion"]
     sent.clear()
     second = CertCheckStatus(valid_count=2)  # earliestNotAfter gone
-    present = writer.patch_status(namespace, "c", uid, second, present)
+    written = writer.patch_status(namespace, "c", uid, second, written.holds)
     assert sent == ["application/json-patch+json"]
+    assert written.resource_version == cluster.certcheck(namespace, "c")["metadata"]["resourceVersion"]
+    present = written.holds
     status = cluster.status(namespace, "c")
     assert status["validCount"] == 2 and "earliestNotAfter" not in status
 

@@ -40,6 +40,7 @@ from schemas.streams import (
     HDR_MSG_TTL,
     HDR_SCHEDULE,
     RECORDER_APPLIED_BUCKET,
+    AppliedMark,
 )
 from services.common.bus import Bus
 from services.common.settings import Settings
@@ -719,11 +720,12 @@ def with_status(observed: CertCheckObserved, status: CertCheckStatus) -> CertChe
     return msgspec.structs.replace(observed, status=msgspec.Raw(encoder.encode(status)))
 
 
-async def recorder_applied(js: FakeJetStream, name: str) -> None:
-    """The recorder's mark: the result now on the CertCheck's subject was applied."""
+async def recorder_applied(js: FakeJetStream, name: str, status_version: str = "") -> None:
+    """The recorder's mark: the result now on the CertCheck's subject was applied (its status write
+    making ``status_version``)."""
     subject = subjects.result_subject("ns", name)
     marks = await js.key_value(RECORDER_APPLIED_BUCKET)
-    await marks.put(subjects.applied_mark(subject), str(js.last[subject][0]).encode())
+    await marks.put(subjects.applied_mark(subject), AppliedMark(js.last[subject][0], status_version).encode())
 
 
 def checking_evaluator() -> tuple[Evaluator, FakeJetStream]:
@@ -778,3 +780,30 @@ def test_a_status_not_yet_as_told_is_left_to_the_recorder_until_it_applied_that_
             task.cancel()
 
     asyncio.run(run())
+
+
+def test_a_status_whose_write_the_view_has_not_seen_yet_is_waited_for_not_written_again() -> None:
+    evaluator, js = checking_evaluator()
+
+    async def run() -> None:
+        applied(evaluator, certcheck("alpha", 1, "alpha"), tls_secret("alpha-tls", 2, "alpha"))
+        evaluator.follower.behind = 0
+        task = asyncio.create_task(evaluator.work_objects())
+        try:
+            await eventually(lambda: results_published(js, "alpha") == 1)
+            await recorder_applied(js, "alpha", status_version="9")  # the view holds version 1
+            await asyncio.sleep(0.3)  # several checks: the write's echo is late, not lost
+            assert results_published(js, "alpha") == 1
+            # Version 9 comes back set back (someone wrote over it in between): written again.
+            applied(evaluator, with_status(certcheck("alpha", 10, "alpha"), CertCheckStatus()))
+            await eventually(lambda: results_published(js, "alpha") == 2, timeout=3)
+        finally:
+            task.cancel()
+
+    asyncio.run(run())
+
+
+async def eventually(until: Any, timeout: float = 2.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not until():
+            await asyncio.sleep(0.01)
