@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError
@@ -191,7 +191,7 @@ class Recorder:
         self._pool = ThreadPoolExecutor(settings.write_concurrency, thread_name_prefix="kube-write")
         self._limit = asyncio.Semaphore(settings.write_concurrency * 2)
         self._starts = asyncio.Semaphore(settings.write_concurrency * 4)  # annotation writes started early
-        self._written_status = _Lru(10_000)
+        self._written_status = _Lru(10_000)  # per CertCheck: (what was written from what, the version made)
         self._status_fields = _Lru(10_000)  # per CertCheck: (uid, the status fields it holds since our write)
         self._written_annotations = _Lru(200_000)
         # Per Secret, the patch being written and its write (one at a time per Secret: see _annotate).
@@ -432,7 +432,10 @@ class Recorder:
         # Skipped only as a repeat of what this recorder wrote from the same observed CertCheck: a status
         # edited by hand since comes with a newer resourceVersion and is put back.
         fingerprint = (result.uid, result.resource_version, encoder.encode(result.status))
-        if result.status_changed and self._written_status.get(status_key) != fingerprint:
+        repeated, version = self._written_status.get(status_key, (None, ""))
+        if result.status_changed and repeated == fingerprint:
+            return cast(str, version)  # the version that write made: its echo may be on its way
+        if result.status_changed:
             written_uid, present = self._status_fields.get(status_key, ("", None))
             try:
                 written: StatusWrite = await self._call(
@@ -445,7 +448,7 @@ class Recorder:
                 )
             except Gone:
                 return None  # the CertCheck went; its Events are still sent, as before
-            self._written_status.put(status_key, fingerprint)
+            self._written_status.put(status_key, (fingerprint, written.resource_version))
             self._status_fields.put(status_key, (result.uid, written.holds))
             ref = object_ref(result.namespace, result.name, result.resource_version)
             trace(log, "recorder", ref, "status written (evaluated from view message %d)", result.view_seq)

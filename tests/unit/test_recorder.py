@@ -350,3 +350,9 @@ async def test_a_result_that_leaves_the_status_as_it_is_reads_no_mark_and_one_th
     assert (writer.statuses, marks.gets) == ([2], 1)
     # With the version the status write made: the evaluator tells a write not seen yet from one set back.
     assert marks.entries["results.ns.check"].value == b"2 101"
+    async with asyncio.TaskGroup() as tasks:  # the same status from the same CertCheck, once more
+        repeat = FakeMsg(SUBJECT, changed.data, 3)
+        await recorder._take(repeat, tasks)
+        await eventually(lambda: repeat.acked)
+    assert writer.statuses == [2]  # not written again, and the mark keeps the version that write made
+    assert marks.entries["results.ns.check"].value == b"3 101"
