@@ -4,6 +4,8 @@ and retried with backoff, the others are published as usual. The bus is a record
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -734,6 +736,18 @@ def checking_evaluator() -> tuple[Evaluator, FakeJetStream]:
     return Evaluator(Bus(nc=FakeNats(), js=js), settings, test_subjects.partition("ns")), js  # type: ignore[arg-type]
 
 
+@contextlib.asynccontextmanager
+async def working(evaluator: Evaluator) -> AsyncIterator[None]:
+    """CertCheck alpha and its Secret applied, and the evaluator working on changes meanwhile."""
+    applied(evaluator, certcheck("alpha", 1, "alpha"), tls_secret("alpha-tls", 2, "alpha"))
+    evaluator.follower.behind = 0
+    task = asyncio.create_task(evaluator.work_objects())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
 def test_a_status_set_back_after_it_was_written_is_written_again_once_the_recorder_applied_its_result() -> (
     None
 ):
@@ -763,21 +777,15 @@ def test_a_status_not_yet_as_told_is_left_to_the_recorder_until_it_applied_that_
     evaluator, js = checking_evaluator()
 
     async def run() -> None:
-        applied(evaluator, certcheck("alpha", 1, "alpha"), tls_secret("alpha-tls", 2, "alpha"))
-        evaluator.follower.behind = 0
-        task = asyncio.create_task(evaluator.work_objects())
-        try:
+        async with working(evaluator):
+            await eventually(lambda: results_published(js, "alpha") == 1)
             await asyncio.sleep(0.3)  # several checks: the recorder has not applied it (no mark)
             assert results_published(js, "alpha") == 1
             await recorder_applied(js, "alpha")  # applied, yet the status never came back as told
-            async with asyncio.timeout(3):
-                while results_published(js, "alpha") < 2:
-                    await asyncio.sleep(0.01)
+            await eventually(lambda: results_published(js, "alpha") == 2, timeout=3)
             applied(evaluator, with_status(certcheck("alpha", 3, "alpha"), js.results()["alpha"].status))
             await asyncio.sleep(0.3)
             assert results_published(js, "alpha") == 2  # back as told: no more checks
-        finally:
-            task.cancel()
 
     asyncio.run(run())
 
@@ -786,10 +794,7 @@ def test_a_status_whose_write_the_view_has_not_seen_yet_is_waited_for_not_writte
     evaluator, js = checking_evaluator()
 
     async def run() -> None:
-        applied(evaluator, certcheck("alpha", 1, "alpha"), tls_secret("alpha-tls", 2, "alpha"))
-        evaluator.follower.behind = 0
-        task = asyncio.create_task(evaluator.work_objects())
-        try:
+        async with working(evaluator):
             await eventually(lambda: results_published(js, "alpha") == 1)
             await recorder_applied(js, "alpha", status_version="9")  # the view holds version 1
             await asyncio.sleep(0.3)  # several checks: the write's echo is late, not lost
@@ -797,8 +802,6 @@ def test_a_status_whose_write_the_view_has_not_seen_yet_is_waited_for_not_writte
             # Version 9 comes back set back (someone wrote over it in between): written again.
             applied(evaluator, with_status(certcheck("alpha", 10, "alpha"), CertCheckStatus()))
             await eventually(lambda: results_published(js, "alpha") == 2, timeout=3)
-        finally:
-            task.cancel()
 
     asyncio.run(run())
 
