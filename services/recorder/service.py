@@ -9,6 +9,7 @@ and a small cache of what was written skips repeats across results without a req
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -124,6 +125,12 @@ def _writes_beyond_its_patches(result: ResultMessage) -> bool:
     return True
 
 
+def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[Any], object], arg: Any) -> None:
+    """Call ``fn(arg)`` on the loop, from a pool thread; nothing once the loop has closed."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, arg)
+
+
 class KeyedLock:
     """One asyncio lock per key, held only while someone uses it: writes to one object go out one at
     a time, in the order they were started."""
@@ -189,6 +196,7 @@ class Recorder:
         self.applied = applied
         self.writer = writer
         self._pool = ThreadPoolExecutor(settings.write_concurrency, thread_name_prefix="kube-write")
+        self._calls: set[concurrent.futures.Future[Any]] = set()  # submitted to the pool, not yet ended
         self._limit = asyncio.Semaphore(settings.write_concurrency * 2)
         self._starts = asyncio.Semaphore(settings.write_concurrency * 4)  # annotation writes started early
         self._written_status = _Lru(10_000)  # per CertCheck: (what was written from what, the version made)
@@ -209,7 +217,18 @@ class Recorder:
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         async with self._limit:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+            loop = asyncio.get_running_loop()
+            call = self._pool.submit(fn, *args)
+            self._calls.add(call)
+            call.add_done_callback(lambda done: _on_loop(loop, self._calls.discard, done))
+            return await asyncio.wrap_future(call)
+
+    async def _writes_of_the_last_run(self) -> None:
+        """Until every write a failed run left in the thread pool has ended (a thread cannot be
+        cancelled): one of them may be a status write, and the next run writing the same status anew
+        before it lands would see its newer value set back by the older one."""
+        if self._calls:
+            await asyncio.wait([asyncio.wrap_future(call) for call in list(self._calls)])
 
     async def run(self) -> None:
         """Apply results as they come, one at a time per subject. A result that arrives while the one
@@ -217,6 +236,7 @@ class Recorder:
         applied (each result is complete), so a CertCheck changing faster than its status can be
         written gets as many status writes as the API server takes, no more; its annotation patches
         are started at once, so no Secret waits for a status write."""
+        await self._writes_of_the_last_run()
         sub = await durable_consumer(self.bus, RESULTS.name, RECORDER_CONSUMER)
         self._busy, self._waiting, self._in_flight = set(), {}, 0  # what a failed run held is redelivered
         async with asyncio.TaskGroup() as tasks:

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import msgspec
+import pytest
 
 from schemas.messages import (
     AnnotationCleanup,
@@ -356,3 +357,22 @@ async def test_a_result_that_leaves_the_status_as_it_is_reads_no_mark_and_one_th
         await eventually(lambda: repeat.acked)
     assert writer.statuses == [2]  # not written again, and the mark keeps the version that write made
     assert marks.entries["results.ns.check"].value == b"3 101"
+
+
+async def test_a_run_that_failed_leaves_its_status_write_to_end_before_the_next_run_writes_anew() -> None:
+    """A thread cannot be cancelled: the write a failed run left in the pool lands before the next one's."""
+    writer = SlowStatusWriter()
+    recorder = Recorder(SimpleNamespace(), writer, Settings(), FakeKeyValue())  # type: ignore[arg-type]
+    older = evaluation(1)
+    with pytest.raises(ExceptionGroup):
+        async with asyncio.TaskGroup() as tasks:
+            await recorder._take(older, tasks)
+            await eventually(lambda: recorder._calls)  # its status write is in a pool thread
+            raise RuntimeError("the run fails (the bus, say): its tasks are cancelled")
+    assert not older.acked and writer.statuses == []
+    next_run = asyncio.create_task(recorder._writes_of_the_last_run())
+    await asyncio.sleep(0.1)
+    assert not next_run.done()  # the older write has not landed yet
+    writer.release.set()
+    await asyncio.wait_for(next_run, 5)
+    assert writer.statuses == [1] and not recorder._calls
