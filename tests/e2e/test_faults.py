@@ -30,7 +30,9 @@ from kubernetes import client
 
 from devcluster.certs import make_cert, tls_secret_data
 from devcluster.stack import Stack, api_client
+from schemas import subjects
 from services.notifier.core import DELIVERY_HEADER
+from tests import subjects as test_subjects
 from tests.conftest import LOOPBACK_WEBHOOKS, Cluster, running, wait_for
 from tests.e2e.helpers import metric
 from tests.receivers import Receiver
@@ -264,7 +266,7 @@ def _where_is(stack: Stack, cluster: Cluster, namespace: str, progress: _Progres
         out = [f"{name} rv {secret.metadata.resource_version}"]
         try:
             msg = await js.get_last_msg(
-                "CERTCHECK_OBJECTS", f"certcheck.v1.objects.secret.{namespace}.{name}"
+                "CERTCHECK_OBJECTS", test_subjects.object_subject(subjects.KIND_SECRET, namespace, name)
             )
             observed = object_decoder.decode(msg.data)
             out.append(f"objects seq {msg.seq} rv {observed.resource_version} headers {msg.headers}")  # type: ignore[union-attr]
@@ -274,9 +276,9 @@ def _where_is(stack: Stack, cluster: Cluster, namespace: str, progress: _Progres
         try:
             msg = await js.get_last_msg("CERTCHECK_RESULTS", f"certcheck.v1.results.{namespace}.c{part}")
             result = result_decoder.decode(msg.data)
-            out.append(
-                f"result seq {msg.seq} view {result.view_seq} patches {len(result.annotation_patches)}"
-            )  # type: ignore[union-attr]
+            patches = result.annotation_patches  # type: ignore[union-attr]
+            mine = [(p.resource_version, p.annotations) for p in patches if p.name == name]
+            out.append(f"result seq {msg.seq} view {result.view_seq} patches {len(patches)}, {name}'s {mine}")  # type: ignore[union-attr]
         except Exception as exc:
             out.append(f"result: {exc!r}")
         for consumer, stream in (("recorder", "CERTCHECK_RESULTS"),):
